@@ -1,0 +1,119 @@
+//! The C ABI: a thin skin over [`crate::pool`]. Nothing but argument checks, the panic boundary,
+//! status mapping and ownership transfer lives here; `include/zcopy.h` is generated from it.
+//!
+//! Every export runs inside [`guard`], so a Rust panic becomes `ZC_ERR_INTERNAL` and never
+//! unwinds into C. Out-parameters are written only on success.
+
+#![allow(non_camel_case_types)]
+
+pub mod buffer;
+pub mod pool;
+pub mod status;
+
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{Error, Result};
+use crate::pool::MAX_KEY_LEN;
+use status::{record_error, status_of, zc_status, ZC_ERR_INTERNAL, ZC_OK};
+
+/// Runs `body` behind the panic boundary and turns its result into a status, recording the
+/// message of a failure for `zc_last_error_message`.
+pub(crate) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> zc_status {
+    guard_status(name, || body().map(|()| ZC_OK))
+}
+
+/// Like [`guard`], for a body that picks its own status on success (the batch calls, which
+/// record per-item failures themselves).
+pub(crate) fn guard_status(name: &str, body: impl FnOnce() -> Result<zc_status>) -> zc_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            record_error(&e);
+            status_of(&e)
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            record_error(&Error::Internal(format!("{name} panicked: {what}")));
+            ZC_ERR_INTERNAL
+        }
+    }
+}
+
+/// Runs an infallible accessor behind the panic boundary, answering `fallback` if it panics.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Borrows a non-NULL pointer argument.
+///
+/// # Safety
+/// `ptr` is NULL or points to a live `T` for `'a`.
+pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
+    // SAFETY: the caller promises `ptr` is NULL or valid for `'a`; NULL is refused here.
+    unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{name} is NULL")))
+}
+
+/// Checks an out-parameter is non-NULL before any work is done.
+pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<*mut T> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{name} is NULL")));
+    }
+    Ok(ptr)
+}
+
+/// Borrows a key given as pointer + length. The length is checked before the bytes are read.
+///
+/// # Safety
+/// When `len` is within limits and `ptr` is non-NULL, `ptr` points to `len` readable bytes.
+pub(crate) unsafe fn key_arg<'a>(ptr: *const c_char, len: usize) -> Result<&'a [u8]> {
+    if len > MAX_KEY_LEN {
+        return Err(invalid(format!("key of {len} bytes is longer than {MAX_KEY_LEN}")));
+    }
+    if len == 0 {
+        return Err(invalid("key is empty"));
+    }
+    if ptr.is_null() {
+        return Err(invalid("key is NULL"));
+    }
+    // SAFETY: non-NULL, and the caller promises `len` readable bytes behind it.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+}
+
+/// Borrows an array argument of `n` elements; NULL is allowed only when `n` is 0.
+///
+/// # Safety
+/// `ptr` is NULL or points to `n` readable `T`s for `'a`.
+pub(crate) unsafe fn array_arg<'a, T>(ptr: *const T, n: usize, name: &str) -> Result<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: non-NULL, and the caller promises `n` readable elements.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
+/// Mutable version of [`array_arg`].
+///
+/// # Safety
+/// `ptr` is NULL or points to `n` writable `T`s for `'a`, not aliased elsewhere meanwhile.
+pub(crate) unsafe fn array_out<'a, T>(ptr: *mut T, n: usize, name: &str) -> Result<&'a mut [T]> {
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: non-NULL, and the caller promises `n` writable, unaliased elements.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+}

@@ -1,0 +1,492 @@
+//! `zc_pool`: opening, closing, reading and deleting.
+
+use std::ffi::{c_char, CStr};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::buffer::zc_buffer;
+use super::status::{record_message, status_of, zc_status, ZC_OK};
+use super::{arg, array_arg, array_out, guard, guard_status, guard_value, invalid, key_arg, out_arg};
+use crate::error::{Error, Result};
+use crate::pool::{Pool, PoolOptions, Wait, DEFAULT_POOL_SIZE};
+use crate::region::PageMode;
+
+/// Anonymous memory advised for transparent huge pages (the default).
+pub const ZC_PAGES_TRANSPARENT_HUGE: u32 = 0;
+/// Anonymous memory in 4 KiB pages.
+pub const ZC_PAGES_SMALL: u32 = 1;
+/// Explicit huge pages: `MAP_HUGETLB`, or a file on the hugetlbfs mount named by `hugetlbfs_dir`.
+pub const ZC_PAGES_HUGETLB: u32 = 2;
+/// Longest key, in bytes.
+pub const ZC_MAX_KEY_LEN: usize = 4096;
+/// Alignment of every data pointer, in bytes.
+pub const ZC_ALIGNMENT: usize = 64;
+/// Pool size `zc_pool_options_init` sets: 256 MiB.
+pub const ZC_DEFAULT_POOL_SIZE: u64 = 256 << 20;
+
+const _: () = assert!(ZC_MAX_KEY_LEN == crate::pool::MAX_KEY_LEN && ZC_ALIGNMENT == crate::pool::ALIGNMENT);
+const _: () = assert!(ZC_DEFAULT_POOL_SIZE == DEFAULT_POOL_SIZE as u64);
+
+/// An open pool of objects in one mapped region.
+///
+/// Thread-safe: every function taking a `zc_pool *` may be called from any number of threads at
+/// once, except `zc_pool_close`, which must not race with other calls on the same pool (calls
+/// already blocked in `zc_get` are woken and answer `ZC_ERR_POOL_CLOSED`).
+/// Buffers may outlive it: memory stays mapped until the last `zc_buffer` is released.
+///
+/// Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
+/// `zc_create_buffer`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
+/// `zc_delete`, `zc_contains`.
+pub struct zc_pool {
+    pool: Pool,
+}
+
+/// Options for `zc_pool_open`. Fill it with `zc_pool_options_init`, then change what you need.
+///
+/// `reserved` must stay zero: later versions give those bytes meaning (with zero meaning the old
+/// behaviour), so programs built against this header keep working with newer libraries.
+#[repr(C)]
+pub struct zc_pool_options {
+    /// Bytes of object memory; rounded up to the page size. Default 256 MiB.
+    pub size: u64,
+    /// Most objects live at once; 0 (the default) derives it from `size`: one per 4 KiB, at least 1024.
+    pub max_objects: u64,
+    /// With `ZC_PAGES_HUGETLB`: a directory on a hugetlbfs mount, or NULL for `MAP_HUGETLB`.
+    /// Borrowed for the duration of `zc_pool_open` only.
+    pub hugetlbfs_dir: *const c_char,
+    /// One of `ZC_PAGES_*`. Default `ZC_PAGES_TRANSPARENT_HUGE`.
+    pub page_mode: u32,
+    /// Touch every page at open, so object writes never fault. Default true.
+    pub prefault: bool,
+    /// `mlock` the pool (needs `RLIMIT_MEMLOCK` or `CAP_IPC_LOCK`). Default false.
+    pub lock_memory: bool,
+    /// Must be zero.
+    pub reserved: [u64; 8],
+}
+
+/// Counters of a pool, filled by `zc_pool_get_stats`.
+#[repr(C)]
+#[derive(Default)]
+pub struct zc_pool_stats {
+    /// Bytes of object memory.
+    pub capacity_bytes: u64,
+    /// Bytes reserved by live objects (each rounded up to 64).
+    pub used_bytes: u64,
+    /// A size that `zc_create_buffer` can get right now.
+    pub largest_free_block: u64,
+    /// Objects holding memory: created, sealed, and deleted-but-still-referenced.
+    pub object_count: u64,
+    /// Keys present (created or sealed).
+    pub key_count: u64,
+    /// Most objects live at once.
+    pub max_objects: u64,
+    /// Page size the pool was laid out for.
+    pub page_size: u64,
+    /// Nanoseconds `zc_pool_open` spent mapping, prefaulting and locking the memory.
+    pub open_nanos: u64,
+    /// Zero in this version; later versions fill them.
+    pub reserved: [u64; 8],
+}
+
+fn defaults() -> zc_pool_options {
+    zc_pool_options {
+        size: ZC_DEFAULT_POOL_SIZE,
+        max_objects: 0,
+        hugetlbfs_dir: std::ptr::null(),
+        page_mode: ZC_PAGES_TRANSPARENT_HUGE,
+        prefault: true,
+        lock_memory: false,
+        reserved: [0; 8],
+    }
+}
+
+/// # Safety
+/// `hugetlbfs_dir` is NULL or a NUL-terminated string.
+unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
+    if let Some(i) = o.reserved.iter().position(|&r| r != 0) {
+        return Err(invalid(format!(
+            "options.reserved[{i}] is not zero: call zc_pool_options_init, or use the header matching this library"
+        )));
+    }
+    let size = usize::try_from(o.size).map_err(|_| invalid(format!("size {} does not fit in memory", o.size)))?;
+    if size == 0 {
+        return Err(invalid("pool size is 0"));
+    }
+    let max_objects = usize::try_from(o.max_objects)
+        .ok()
+        .filter(|&n| n <= u32::MAX as usize / 2 - 2)
+        .ok_or_else(|| invalid(format!("max_objects {} is above {}", o.max_objects, u32::MAX / 2 - 2)))?;
+    let pages = match o.page_mode {
+        ZC_PAGES_TRANSPARENT_HUGE => PageMode::TransparentHuge,
+        ZC_PAGES_SMALL => PageMode::Small,
+        ZC_PAGES_HUGETLB if o.hugetlbfs_dir.is_null() => PageMode::HugeTlb { dir: None },
+        ZC_PAGES_HUGETLB => {
+            // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
+            let dir = unsafe { CStr::from_ptr(o.hugetlbfs_dir) };
+            let dir = dir.to_str().map_err(|_| invalid("hugetlbfs_dir is not valid UTF-8"))?;
+            PageMode::HugeTlb { dir: Some(PathBuf::from(dir)) }
+        }
+        other => return Err(invalid(format!("page_mode {other} is not one of ZC_PAGES_*"))),
+    };
+    Ok(PoolOptions { size, pages, prefault: o.prefault, lock_memory: o.lock_memory, max_objects })
+}
+
+/// Fills every field of `*opts` with its default. NULL is a no-op.
+///
+/// # Safety
+/// `opts` is NULL or points to writable memory for one `zc_pool_options`.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_options_init(opts: *mut zc_pool_options) {
+    guard_value((), || {
+        if !opts.is_null() {
+            // SAFETY: non-NULL and writable per the contract above.
+            unsafe { opts.write(defaults()) };
+        }
+    })
+}
+
+/// Maps a pool as `opts` says (NULL: all defaults) and writes it to `*out`.
+///
+/// The caller owns `*out` and must free it with `zc_pool_close`.
+///
+/// # Safety
+/// `opts` is NULL or a valid `zc_pool_options`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_open(opts: *const zc_pool_options, out: *mut *mut zc_pool) -> zc_status {
+    guard("zc_pool_open", || {
+        let out = out_arg(out, "out")?;
+        let defaults = defaults();
+        // SAFETY: `opts` is NULL or valid per the contract.
+        let opts = unsafe { opts.as_ref() }.unwrap_or(&defaults);
+        // SAFETY: `hugetlbfs_dir` is NULL or a C string per the contract.
+        let opts = unsafe { options_from_c(opts) }?;
+        let pool = Pool::open(&opts)?;
+        // SAFETY: `out` is non-NULL and writable.
+        unsafe { out.write(Box::into_raw(Box::new(zc_pool { pool }))) };
+        Ok(())
+    })
+}
+
+/// Closes the pool: later calls on its buffers' keys fail with `ZC_ERR_POOL_CLOSED`, blocked
+/// `zc_get` calls wake with it, and every sealed object nobody holds is freed. Buffers still held
+/// stay valid; the memory is unmapped when the last one is released. NULL is a no-op.
+///
+/// Consumes `pool`; do not use it afterwards.
+///
+/// # Safety
+/// `pool` is NULL or came from `zc_pool_open` and was not closed before.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_close(pool: *mut zc_pool) {
+    guard_value((), || {
+        if !pool.is_null() {
+            // SAFETY: `pool` came from `Box::into_raw` in `zc_pool_open` and is closed only once.
+            drop(unsafe { Box::from_raw(pool) });
+        }
+    })
+}
+
+/// Writes a snapshot of the pool's counters to `*out`.
+///
+/// # Safety
+/// `pool` is NULL or a live pool; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_pool_stats) -> zc_status {
+    guard("zc_pool_get_stats", || {
+        // SAFETY: `pool` is NULL or live per the contract.
+        let pool = unsafe { arg(pool, "pool") }?;
+        let out = out_arg(out, "out")?;
+        let s = pool.pool.stats();
+        let stats = zc_pool_stats {
+            capacity_bytes: s.capacity_bytes,
+            used_bytes: s.used_bytes,
+            largest_free_block: s.largest_free_block,
+            object_count: s.object_count,
+            key_count: s.key_count,
+            max_objects: s.max_objects,
+            page_size: s.page_size,
+            open_nanos: s.open_nanos,
+            reserved: [0; 8],
+        };
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(stats) };
+        Ok(())
+    })
+}
+
+/// Reserves `size` bytes for the key in the pool and writes a writable buffer to `*out`. The key
+/// is invisible to `zc_get` until `zc_seal`. Contents of the new bytes are unspecified.
+/// `ZC_ERR_ALREADY_EXISTS` if the key is created or sealed; `ZC_ERR_OUT_OF_MEMORY` if no block
+/// fits now; `ZC_ERR_INVALID_ARGUMENT` if `size` exceeds the pool's capacity.
+///
+/// The caller owns `*out` and must free it with `zc_release` (which aborts it unless sealed).
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_create_buffer(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+    size: usize,
+    out: *mut *mut zc_buffer,
+) -> zc_status {
+    guard("zc_create_buffer", || {
+        // SAFETY: per the contract above.
+        let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
+        let out = out_arg(out, "out")?;
+        let buf = pool.pool.create(key, size)?;
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(zc_buffer::into_raw(buf)) };
+        Ok(())
+    })
+}
+
+/// A read-only reference to the sealed object under the key, written to `*out`: its data pointer
+/// is the address the creator wrote, no copy. `timeout_ms`: 0 answers at once
+/// (`ZC_ERR_NOT_FOUND`, or `ZC_ERR_NOT_SEALED` for a created key); > 0 waits that long for the key
+/// to be created and sealed, then `ZC_ERR_TIMEOUT`; -1 waits forever.
+///
+/// The caller owns `*out` and must free it with `zc_release`.
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_get(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+    timeout_ms: i64,
+    out: *mut *mut zc_buffer,
+) -> zc_status {
+    guard("zc_get", || {
+        // SAFETY: per the contract above.
+        let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
+        let out = out_arg(out, "out")?;
+        let wait = Wait::from_millis(timeout_ms)?;
+        let buf = match wait {
+            Wait::Now => pool.pool.get(key, wait)?,
+            // A blocked call must survive `zc_pool_close` from another thread: wait on the shared
+            // state, not on the `zc_pool` that close frees.
+            _ => pool.pool.share().get(key, wait)?,
+        };
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(zc_buffer::into_raw(buf)) };
+        Ok(())
+    })
+}
+
+/// Removes the key at once; it can be created again. Readers holding the object keep valid,
+/// unchanged bytes; its memory is freed at the last `zc_release`. `ZC_ERR_NOT_SEALED` for a
+/// created-but-unsealed key (its creator aborts it), `ZC_ERR_NOT_FOUND` for an absent one.
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn zc_delete(pool: *mut zc_pool, key: *const c_char, key_len: usize) -> zc_status {
+    guard("zc_delete", || {
+        // SAFETY: per the contract above.
+        let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
+        pool.pool.delete(key)
+    })
+}
+
+/// True if the key is sealed (visible to `zc_get`). False for created-only keys, absent keys,
+/// bad arguments and closed pools.
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn zc_contains(pool: *const zc_pool, key: *const c_char, key_len: usize) -> bool {
+    guard_value(false, || {
+        // SAFETY: per the contract above.
+        match unsafe { (arg(pool, "pool"), key_arg(key, key_len)) } {
+            (Ok(pool), Ok(key)) => pool.pool.contains(key),
+            _ => false,
+        }
+    })
+}
+
+/// Creates the key, copies `size` bytes from `data` into it and seals it: the one-copy put.
+/// Fails like `zc_create_buffer`; on failure nothing is stored.
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes; `data` to `size` bytes (NULL if 0).
+#[no_mangle]
+pub unsafe extern "C" fn zc_put(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+    data: *const u8,
+    size: usize,
+) -> zc_status {
+    guard("zc_put", || {
+        // SAFETY: per the contract above.
+        let (pool, key, data) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_arg(data, size, "data")?) };
+        pool.pool.put(key, data)
+    })
+}
+
+/// Copies the sealed object under the key into `dst` (`dst_capacity` bytes) and writes its size
+/// to `*out_size`: the one-copy get. Waits as `zc_get` does. `ZC_ERR_INVALID_ARGUMENT` if the
+/// object is larger than `dst_capacity` (nothing is copied; `zc_get` tells its size).
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes; `dst` to `dst_capacity` writable
+/// bytes (NULL if 0); `out_size` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_get_into(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+    timeout_ms: i64,
+    dst: *mut u8,
+    dst_capacity: usize,
+    out_size: *mut usize,
+) -> zc_status {
+    guard("zc_get_into", || {
+        // SAFETY: per the contract above.
+        let (pool, key, dst) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_out(dst, dst_capacity, "dst")?) };
+        let out_size = out_arg(out_size, "out_size")?;
+        let wait = Wait::from_millis(timeout_ms)?;
+        let n = match wait {
+            Wait::Now => pool.pool.get_into(key, wait, dst)?,
+            _ => {
+                let buf = pool.pool.share().get(key, wait)?;
+                copy_out(&buf, key, dst)?
+            }
+        };
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out_size.write(n) };
+        Ok(())
+    })
+}
+
+fn copy_out(buf: &crate::Buffer, key: &[u8], dst: &mut [u8]) -> Result<usize> {
+    let src = buf.as_slice();
+    if dst.len() < src.len() {
+        return Err(Error::InvalidArgument(format!(
+            "destination holds {} bytes, object {} has {}",
+            dst.len(),
+            crate::error::Key::new(key),
+            src.len()
+        )));
+    }
+    dst[..src.len()].copy_from_slice(src);
+    Ok(src.len())
+}
+
+/// Arguments shared by the batch calls, checked before any item runs.
+struct Batch<'a> {
+    keys: &'a [*const c_char],
+    key_lens: &'a [usize],
+    bufs: &'a mut [*mut zc_buffer],
+    statuses: &'a mut [zc_status],
+}
+
+impl Batch<'_> {
+    /// Runs `item` for each index; records per-item statuses and handles (NULL on failure).
+    /// Answers `ZC_OK` if every item succeeded, else the first failure's status, whose message,
+    /// prefixed with its index, becomes the thread's last error.
+    fn run(&mut self, mut item: impl FnMut(usize, &[u8]) -> Result<crate::Buffer>) -> zc_status {
+        let mut first_failure = ZC_OK;
+        for i in 0..self.keys.len() {
+            // SAFETY: the caller of the batch promises `keys[i]` points to `key_lens[i]` bytes.
+            let result = unsafe { key_arg(self.keys[i], self.key_lens[i]) }.and_then(|key| item(i, key));
+            match result {
+                Ok(buf) => {
+                    self.bufs[i] = zc_buffer::into_raw(buf);
+                    self.statuses[i] = ZC_OK;
+                }
+                Err(e) => {
+                    self.bufs[i] = std::ptr::null_mut();
+                    self.statuses[i] = status_of(&e);
+                    if first_failure == ZC_OK {
+                        first_failure = status_of(&e);
+                        record_message(&format!("item {i}: {e}"));
+                    }
+                }
+            }
+        }
+        first_failure
+    }
+}
+
+/// Creates `n` buffers, as `zc_create_buffer` does for each key `i` (`keys[i]`, `key_lens[i]`,
+/// `sizes[i]`). Writes one handle (NULL on failure) to `out_bufs[i]` and one status to
+/// `out_statuses[i]` per item. Answers `ZC_OK` if all succeeded, else the first failure's status.
+/// With a NULL array (and `n > 0`) it answers `ZC_ERR_INVALID_ARGUMENT` and writes nothing.
+///
+/// The caller owns every non-NULL `out_bufs[i]` and must free each with `zc_release`.
+///
+/// # Safety
+/// Each array is NULL or holds `n` elements; each `keys[i]` points to `key_lens[i]` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn zc_create_batch(
+    pool: *mut zc_pool,
+    keys: *const *const c_char,
+    key_lens: *const usize,
+    sizes: *const usize,
+    n: usize,
+    out_bufs: *mut *mut zc_buffer,
+    out_statuses: *mut zc_status,
+) -> zc_status {
+    guard_status("zc_create_batch", || {
+        // SAFETY: per the contract above.
+        let (pool, keys, key_lens, sizes, bufs, statuses) = unsafe {
+            (
+                arg(pool, "pool")?,
+                array_arg(keys, n, "keys")?,
+                array_arg(key_lens, n, "key_lens")?,
+                array_arg(sizes, n, "sizes")?,
+                array_out(out_bufs, n, "out_bufs")?,
+                array_out(out_statuses, n, "out_statuses")?,
+            )
+        };
+        Ok(Batch { keys, key_lens, bufs, statuses }.run(|i, key| pool.pool.create(key, sizes[i])))
+    })
+}
+
+/// Gets `n` keys, as `zc_get` does for each, with one deadline `timeout_ms` from now for the
+/// whole batch. Writes one handle (NULL on failure) and one status per item, and answers like
+/// `zc_create_batch`.
+///
+/// The caller owns every non-NULL `out_bufs[i]` and must free each with `zc_release`.
+///
+/// # Safety
+/// Each array is NULL or holds `n` elements; each `keys[i]` points to `key_lens[i]` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn zc_get_batch(
+    pool: *mut zc_pool,
+    keys: *const *const c_char,
+    key_lens: *const usize,
+    n: usize,
+    timeout_ms: i64,
+    out_bufs: *mut *mut zc_buffer,
+    out_statuses: *mut zc_status,
+) -> zc_status {
+    guard_status("zc_get_batch", || {
+        // SAFETY: per the contract above.
+        let (pool, keys, key_lens, bufs, statuses) = unsafe {
+            (
+                arg(pool, "pool")?,
+                array_arg(keys, n, "keys")?,
+                array_arg(key_lens, n, "key_lens")?,
+                array_out(out_bufs, n, "out_bufs")?,
+                array_out(out_statuses, n, "out_statuses")?,
+            )
+        };
+        let wait = Wait::from_millis(timeout_ms)?;
+        let shared = pool.pool.share();
+        let deadline = match wait {
+            Wait::For(d) => Instant::now().checked_add(d),
+            _ => None,
+        };
+        Ok(Batch { keys, key_lens, bufs, statuses }.run(|_, key| {
+            let item_wait = match (wait, deadline) {
+                (Wait::For(_), Some(d)) => Wait::For(d.saturating_duration_since(Instant::now())),
+                (w, _) => w,
+            };
+            shared.get(key, item_wait)
+        }))
+    })
+}

@@ -1,0 +1,20 @@
+//! zcopy: zero-copy object buffers in one pre-registered memory pool.
+//!
+//! A [`Pool`] maps one large region once; objects are created in place inside it, sealed, read in
+//! place by any number of readers and released. The safe Rust API lives in [`pool`]; the C ABI in
+//! [`ffi`] is a thin skin over it and `include/zcopy.h` is generated from it.
+//!
+//! Layers, each one module with one job (see `README.md`):
+//! [`region`] maps memory, [`alloc`] hands out offsets in it, [`index`] maps keys to objects and
+//! their states, [`pool`] composes them, [`ffi`] exports them to C.
+
+pub mod alloc;
+pub mod error;
+pub mod ffi;
+pub mod index;
+pub mod pool;
+pub mod region;
+
+pub use error::{Error, Result};
+pub use pool::{Buffer, Pool, PoolOptions, PoolStats};
+pub use region::PageMode;

@@ -1,0 +1,440 @@
+//! The safe Rust API: a pool of objects living in one mapped region.
+//!
+//! `Pool::open` maps the region; `create` reserves a writable buffer for a key in place; `seal`
+//! makes it immutable and visible; `get` hands out read references to the same bytes; dropping a
+//! [`Buffer`] releases it. `delete` removes a key at once while readers keep their bytes until they
+//! release. Closing the pool refuses new work; memory stays mapped until the last buffer is gone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::alloc::{AllocError, Arena, Block, MAX_SEGMENT};
+use crate::error::{Bytes, Error, Key, Result};
+use crate::index::{Entry, Index, IndexError, Lookup};
+use crate::region::{PageMode, Region, RegionOptions};
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Pool size when none is given.
+pub const DEFAULT_POOL_SIZE: usize = 256 << 20;
+/// Every data pointer is aligned to at least this many bytes.
+pub const ALIGNMENT: usize = crate::alloc::GRANULE;
+
+/// How to open a pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Bytes of object memory; rounded up to the page size in use.
+    pub size: usize,
+    pub pages: PageMode,
+    /// Touch every page at open, so no object write ever takes a page fault.
+    pub prefault: bool,
+    /// `mlock` the region, so it is never swapped out.
+    pub lock_memory: bool,
+    /// Most objects live at once; 0 derives it from the size (one per 4 KiB, at least 1024).
+    pub max_objects: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            size: DEFAULT_POOL_SIZE,
+            pages: PageMode::TransparentHuge,
+            prefault: true,
+            lock_memory: false,
+            max_objects: 0,
+        }
+    }
+}
+
+impl PoolOptions {
+    fn effective_max_objects(&self, capacity: usize) -> usize {
+        match self.max_objects {
+            0 => (capacity / 4096).clamp(1024, 1 << 24),
+            n => n,
+        }
+    }
+}
+
+/// How long `get` waits for a key to be created and sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Answer at once.
+    Now,
+    For(Duration),
+    Forever,
+}
+
+impl Wait {
+    /// The C convention: 0 = now, > 0 = milliseconds, -1 = forever.
+    pub fn from_millis(ms: i64) -> Result<Wait> {
+        match ms {
+            0 => Ok(Wait::Now),
+            -1 => Ok(Wait::Forever),
+            ms if ms > 0 => Ok(Wait::For(Duration::from_millis(ms as u64))),
+            ms => Err(Error::InvalidArgument(format!("timeout {ms} ms: use 0 (no wait), -1 (forever) or a positive count"))),
+        }
+    }
+
+    fn millis(self) -> i64 {
+        match self {
+            Wait::Now => 0,
+            Wait::For(d) => d.as_millis().min(i64::MAX as u128) as i64,
+            Wait::Forever => -1,
+        }
+    }
+}
+
+/// A snapshot of a pool's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of object memory.
+    pub capacity_bytes: u64,
+    /// Bytes reserved by live objects (each rounded up to 64).
+    pub used_bytes: u64,
+    /// A size that a create can get right now.
+    pub largest_free_block: u64,
+    /// Objects holding memory: created, sealed, and deleted-but-still-referenced.
+    pub object_count: u64,
+    /// Keys present (created or sealed).
+    pub key_count: u64,
+    pub max_objects: u64,
+    /// Page size the region was laid out for.
+    pub page_size: u64,
+    /// Time `open` spent mapping, prefaulting and locking the region.
+    pub open_nanos: u64,
+}
+
+pub(crate) struct Inner {
+    region: Region,
+    arena: Mutex<Arena>,
+    index: Index<Object>,
+}
+
+/// One object: a block of the region, its key and whether it is sealed. Frees its block on drop.
+pub(crate) struct Object {
+    pool: Arc<Inner>,
+    key: Arc<[u8]>,
+    block: Block,
+    size: usize,
+    sealed: AtomicBool,
+}
+
+impl Entry for Object {
+    fn key(&self) -> &Arc<[u8]> {
+        &self.key
+    }
+    fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+    fn mark_sealed(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        self.pool.arena().free(self.block);
+    }
+}
+
+/// An open pool. Thread-safe: share it by reference across threads. Dropping it closes it.
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("region", &self.inner.region).finish()
+    }
+}
+
+/// One reference to one object. Writable while its creator has not sealed it; read-only after.
+/// Dropping it releases the reference; dropping an unsealed one aborts the object.
+pub struct Buffer {
+    obj: Arc<Object>,
+    writer: bool,
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key is empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!("key of {} bytes is longer than {MAX_KEY_LEN}", key.len())));
+    }
+    Ok(())
+}
+
+fn index_error(e: IndexError, key: &[u8], wait: Wait) -> Error {
+    match e {
+        IndexError::AlreadyExists => Error::AlreadyExists(Key::new(key)),
+        IndexError::NotFound => Error::NotFound(Key::new(key)),
+        IndexError::NotSealed => Error::NotSealed(Key::new(key)),
+        IndexError::AlreadySealed => Error::AlreadySealed(Key::new(key)),
+        IndexError::Timeout => Error::Timeout { key: Key::new(key), ms: wait.millis() },
+        IndexError::Closed => Error::PoolClosed,
+    }
+}
+
+impl Inner {
+    fn arena(&self) -> MutexGuard<'_, Arena> {
+        // Arena updates are single calls that either complete or panic before changing anything.
+        self.arena.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
+        check_key(key)?;
+        if self.index.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        let found = match self.index.lookup(key) {
+            Lookup::Sealed(obj) => Ok(obj),
+            Lookup::Unsealed if wait == Wait::Now => Err(IndexError::NotSealed),
+            Lookup::Absent if wait == Wait::Now => Err(IndexError::NotFound),
+            _ => {
+                let deadline = match wait {
+                    Wait::For(d) => Instant::now().checked_add(d),
+                    _ => None,
+                };
+                self.index.wait_sealed(key, deadline)
+            }
+        };
+        found.map(|obj| Buffer { obj, writer: false }).map_err(|e| index_error(e, key, wait))
+    }
+}
+
+impl Pool {
+    /// Maps and prepares the region. Fails with `InvalidArgument` for a bad size, `System` when
+    /// the memory cannot be mapped, prefaulted or locked.
+    pub fn open(opts: &PoolOptions) -> Result<Pool> {
+        let region = Region::map(&RegionOptions {
+            len: opts.size,
+            pages: opts.pages.clone(),
+            prefault: opts.prefault,
+            lock: opts.lock_memory,
+        })?;
+        let max_objects = opts.effective_max_objects(region.len());
+        let arena = Arena::new(region.len(), max_objects, MAX_SEGMENT);
+        Ok(Pool { inner: Arc::new(Inner { region, arena: Mutex::new(arena), index: Index::new() }) })
+    }
+
+    /// The shared state, for a caller that must not borrow this `Pool` while it waits.
+    pub(crate) fn share(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+
+    /// Reserves `size` bytes for `key` and returns the writable buffer. The key stays invisible to
+    /// `get` until the buffer is sealed. Contents of a new buffer are unspecified.
+    pub fn create(&self, key: &[u8], size: usize) -> Result<Buffer> {
+        check_key(key)?;
+        let inner = &self.inner;
+        if size > inner.region.len() {
+            return Err(Error::InvalidArgument(format!(
+                "size {} is larger than the whole pool ({})",
+                Bytes(size as u64),
+                Bytes(inner.region.len() as u64)
+            )));
+        }
+        let made = inner.index.insert_with(key, || {
+            let allocated = inner.arena().allocate(size);
+            let block = allocated.map_err(|e| self.alloc_error(e, size))?;
+            Ok(Arc::new(Object { pool: inner.clone(), key: key.into(), block, size, sealed: AtomicBool::new(false) }))
+        });
+        match made {
+            Ok(Ok(obj)) => Ok(Buffer { obj, writer: true }),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(index_error(e, key, Wait::Now)),
+        }
+    }
+
+    fn alloc_error(&self, e: AllocError, size: usize) -> Error {
+        match e {
+            AllocError::NoSpace { largest_free } => {
+                let arena = self.inner.arena();
+                Error::PoolFull {
+                    requested: size as u64,
+                    largest_free: largest_free as u64,
+                    used: arena.used() as u64,
+                    capacity: arena.capacity() as u64,
+                }
+            }
+            AllocError::TooManyObjects { limit } => Error::ObjectLimit { limit: limit as u64 },
+        }
+    }
+
+    /// A read reference to the sealed object under `key`: the same bytes its creator wrote.
+    pub fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
+        self.inner.get(key, wait)
+    }
+
+    /// Removes `key` at once. Readers holding it keep valid, unchanged bytes until they release;
+    /// the memory is freed at the last release. Only sealed keys can be deleted (an unsealed one
+    /// belongs to its creator, who aborts it).
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        check_key(key)?;
+        let removed = self.inner.index.remove_sealed(key).map_err(|e| index_error(e, key, Wait::Now))?;
+        drop(removed);
+        Ok(())
+    }
+
+    /// Whether `key` is sealed (and so visible to `get`). False for bad keys and after close.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        check_key(key).is_ok() && self.inner.index.contains_sealed(key)
+    }
+
+    /// Creates, copies `data` in and seals: the one-copy put.
+    pub fn put(&self, key: &[u8], data: &[u8]) -> Result<()> {
+        let mut buf = self.create(key, data.len())?;
+        buf.as_mut_slice().ok_or_else(|| Error::Internal("new buffer is not writable".into()))?.copy_from_slice(data);
+        buf.seal()
+    }
+
+    /// Copies the sealed object under `key` into `dst`: the one-copy get. Returns its size.
+    pub fn get_into(&self, key: &[u8], wait: Wait, dst: &mut [u8]) -> Result<usize> {
+        let buf = self.get(key, wait)?;
+        let src = buf.as_slice();
+        if dst.len() < src.len() {
+            return Err(Error::InvalidArgument(format!(
+                "destination holds {} bytes, object {} has {}",
+                dst.len(),
+                Key::new(key),
+                src.len()
+            )));
+        }
+        dst[..src.len()].copy_from_slice(src);
+        Ok(src.len())
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let inner = &self.inner;
+        let arena = inner.arena();
+        PoolStats {
+            capacity_bytes: arena.capacity() as u64,
+            used_bytes: arena.used() as u64,
+            largest_free_block: arena.largest_free() as u64,
+            object_count: arena.live() as u64,
+            key_count: inner.index.len() as u64,
+            max_objects: arena.max_objects() as u64,
+            page_size: inner.region.page_size() as u64,
+            open_nanos: inner.region.map_time().as_nanos() as u64,
+        }
+    }
+
+    /// First byte of the region and its length.
+    pub fn region(&self) -> (*mut u8, usize) {
+        (self.inner.region.base(), self.inner.region.len())
+    }
+
+    /// Refuses all new work (`PoolClosed`), wakes every waiting `get`, and drops the pool's own
+    /// references. Buffers still held keep their memory mapped until they are released.
+    /// Idempotent.
+    pub fn close(&self) {
+        let entries = self.inner.index.close();
+        drop(entries);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.index.is_closed()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Buffer {
+    pub fn key(&self) -> &[u8] {
+        &self.obj.key
+    }
+
+    pub fn len(&self) -> usize {
+        self.obj.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.obj.size == 0
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.obj.is_sealed()
+    }
+
+    /// Offset of the first byte from the start of the pool's region.
+    pub fn offset(&self) -> usize {
+        self.obj.block.offset
+    }
+
+    /// Address of the first byte, inside the pool's region. Valid while this buffer lives.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.obj.pool.region.ptr_at(self.obj.block.offset)
+    }
+
+    /// Writable address: only for the creator's buffer, and only until it is sealed.
+    pub fn as_mut_ptr(&self) -> Option<*mut u8> {
+        (self.writer && !self.is_sealed()).then(|| self.obj.pool.region.ptr_at(self.obj.block.offset))
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the block [offset, offset + size) lies inside the region, which stays mapped while
+        // `self.obj` (and so its `Arc<Inner>`) lives. Sealed bytes are never written again; unsealed
+        // bytes are written only through `as_mut_slice`, which needs `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.obj.size) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        let size = self.obj.size;
+        // SAFETY: as in `as_slice`; this is the only writable handle to the block and it is
+        // borrowed mutably for the slice's life.
+        self.as_mut_ptr().map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
+    }
+
+    /// Makes the object immutable and visible to `get`, and wakes its waiters. The buffer stays a
+    /// read reference that must still be released.
+    pub fn seal(&mut self) -> Result<()> {
+        if !self.writer {
+            return Err(Error::AlreadySealed(Key::new(self.key())));
+        }
+        self.obj.pool.index.seal(&self.obj).map_err(|e| index_error(e, &self.obj.key, Wait::Now))
+    }
+
+    /// Discards an unsealed object: its key vanishes and its memory is freed. On a sealed buffer
+    /// it fails with `AlreadySealed` and gives the buffer back untouched.
+    pub fn abort(self) -> std::result::Result<(), (Error, Buffer)> {
+        match self.check_abortable() {
+            Ok(()) => {
+                drop(self);
+                Ok(())
+            }
+            Err(e) => Err((e, self)),
+        }
+    }
+
+    /// Whether `abort` would succeed: only the creator's buffer, before it is sealed.
+    pub fn check_abortable(&self) -> Result<()> {
+        if self.is_sealed() || !self.writer {
+            return Err(Error::AlreadySealed(Key::new(self.key())));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if self.writer && !self.is_sealed() {
+            self.obj.pool.index.remove_unsealed(&self.obj);
+        }
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("key", &Key::new(self.key()).to_string())
+            .field("len", &self.len())
+            .field("sealed", &self.is_sealed())
+            .finish()
+    }
+}
