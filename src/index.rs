@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -49,7 +49,6 @@ pub struct Index<T> {
     shards: Box<[Shard<T>]>,
     hasher: foldhash::fast::RandomState,
     closed: AtomicBool,
-    keys: AtomicUsize,
 }
 
 impl<T: Entry> Default for Index<T> {
@@ -61,9 +60,16 @@ impl<T: Entry> Default for Index<T> {
 impl<T: Entry> Index<T> {
     pub fn new() -> Self {
         let shards = (0..SHARDS)
-            .map(|_| Shard { map: Mutex::new(Map::default()), sealed: Condvar::new() })
+            .map(|_| Shard {
+                map: Mutex::new(Map::default()),
+                sealed: Condvar::new(),
+            })
             .collect();
-        Index { shards, hasher: Default::default(), closed: AtomicBool::new(false), keys: AtomicUsize::new(0) }
+        Index {
+            shards,
+            hasher: Default::default(),
+            closed: AtomicBool::new(false),
+        }
     }
 
     fn shard(&self, key: &[u8]) -> &Shard<T> {
@@ -81,9 +87,9 @@ impl<T: Entry> Index<T> {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Keys present (created or sealed).
+    /// Keys present (created or sealed). Takes every shard's lock in turn: for stats, not hot paths.
     pub fn len(&self) -> usize {
-        self.keys.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| self.lock(s).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -110,7 +116,6 @@ impl<T: Entry> Index<T> {
             Err(e) => return Ok(Err(e)),
         };
         map.insert(entry.key().clone(), entry.clone());
-        self.keys.fetch_add(1, Ordering::Relaxed);
         Ok(Ok(entry))
     }
 
@@ -163,7 +168,11 @@ impl<T: Entry> Index<T> {
                     if now >= d {
                         return Err(IndexError::Timeout);
                     }
-                    shard.sealed.wait_timeout(map, d - now).unwrap_or_else(|p| p.into_inner()).0
+                    shard
+                        .sealed
+                        .wait_timeout(map, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
         }
@@ -180,7 +189,6 @@ impl<T: Entry> Index<T> {
             Some(current) if Arc::ptr_eq(current, entry) && !entry.is_sealed() => {
                 let removed = map.remove(&**entry.key());
                 drop(map);
-                self.keys.fetch_sub(1, Ordering::Relaxed);
                 drop(removed);
                 true
             }
@@ -197,11 +205,7 @@ impl<T: Entry> Index<T> {
         match map.get(key) {
             None => Err(IndexError::NotFound),
             Some(e) if !e.is_sealed() => Err(IndexError::NotSealed),
-            Some(_) => {
-                let e = map.remove(key).ok_or(IndexError::NotFound)?;
-                self.keys.fetch_sub(1, Ordering::Relaxed);
-                Ok(e)
-            }
+            Some(_) => map.remove(key).ok_or(IndexError::NotFound),
         }
     }
 
@@ -216,7 +220,6 @@ impl<T: Entry> Index<T> {
             drop(map);
             shard.sealed.notify_all();
         }
-        self.keys.store(0, Ordering::Relaxed);
         entries
     }
 }
@@ -246,7 +249,10 @@ mod tests {
     }
 
     fn obj(key: &[u8]) -> Result<Arc<Obj>, ()> {
-        Ok(Arc::new(Obj { key: key.into(), sealed: AtomicBool::new(false) }))
+        Ok(Arc::new(Obj {
+            key: key.into(),
+            sealed: AtomicBool::new(false),
+        }))
     }
 
     fn state(ix: &Index<Obj>, key: &[u8]) -> &'static str {
@@ -281,7 +287,9 @@ mod tests {
     fn duplicate_insert_is_refused_without_calling_make() {
         let ix = Index::new();
         ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        let r = ix.insert_with(b"k", || -> Result<Arc<Obj>, ()> { panic!("make must not run") });
+        let r = ix.insert_with(b"k", || -> Result<Arc<Obj>, ()> {
+            panic!("make must not run")
+        });
         assert_eq!(r.err(), Some(IndexError::AlreadyExists));
     }
 
@@ -301,10 +309,16 @@ mod tests {
         assert!(ix.remove_unsealed(&first));
         assert!(!ix.remove_unsealed(&first), "second abort is a no-op");
         let second = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        assert!(!ix.remove_unsealed(&first), "a stale handle must not remove a new entry");
+        assert!(
+            !ix.remove_unsealed(&first),
+            "a stale handle must not remove a new entry"
+        );
         assert_eq!(state(&ix, b"k"), "unsealed");
         ix.seal(&second).unwrap();
-        assert!(!ix.remove_unsealed(&second), "sealed entries are not aborted");
+        assert!(
+            !ix.remove_unsealed(&second),
+            "sealed entries are not aborted"
+        );
     }
 
     #[test]
@@ -312,7 +326,8 @@ mod tests {
         let ix = Arc::new(Index::<Obj>::new());
         let ix2 = ix.clone();
         let waiter = std::thread::spawn(move || {
-            ix2.wait_sealed(b"k", Some(Instant::now() + Duration::from_secs(10))).map(|e| e.key.to_vec())
+            ix2.wait_sealed(b"k", Some(Instant::now() + Duration::from_secs(10)))
+                .map(|e| e.key.to_vec())
         });
         std::thread::sleep(Duration::from_millis(20));
         let e = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
@@ -343,7 +358,10 @@ mod tests {
         let entries = ix.close();
         assert_eq!(entries.len(), 2);
         assert_eq!(waiter.join().unwrap(), Some(IndexError::Closed));
-        assert_eq!(ix.insert_with(b"c", || obj(b"c")).err(), Some(IndexError::Closed));
+        assert_eq!(
+            ix.insert_with(b"c", || obj(b"c")).err(),
+            Some(IndexError::Closed)
+        );
         assert_eq!(ix.remove_sealed(b"a").err(), Some(IndexError::Closed));
         assert_eq!(ix.len(), 0);
     }

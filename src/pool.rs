@@ -6,10 +6,10 @@
 //! release. Closing the pool refuses new work; memory stays mapped until the last buffer is gone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::alloc::{AllocError, Arena, Block, MAX_SEGMENT};
+use crate::alloc::{AllocError, Arena, Block, SharedArena, MAX_SEGMENT};
 use crate::error::{Bytes, Error, Key, Result};
 use crate::index::{Entry, Index, IndexError, Lookup};
 use crate::region::{PageMode, Region, RegionOptions};
@@ -72,7 +72,9 @@ impl Wait {
             0 => Ok(Wait::Now),
             -1 => Ok(Wait::Forever),
             ms if ms > 0 => Ok(Wait::For(Duration::from_millis(ms as u64))),
-            ms => Err(Error::InvalidArgument(format!("timeout {ms} ms: use 0 (no wait), -1 (forever) or a positive count"))),
+            ms => Err(Error::InvalidArgument(format!(
+                "timeout {ms} ms: use 0 (no wait), -1 (forever) or a positive count"
+            ))),
         }
     }
 
@@ -105,15 +107,26 @@ pub struct PoolStats {
     pub open_nanos: u64,
 }
 
+/// The shared state. Aligned so that the `Arc` counts (bumped by every create and free) and the
+/// arena lock (taken by both) do not share a cache line with what every call reads.
+#[repr(align(128))]
 pub(crate) struct Inner {
     region: Region,
-    arena: Mutex<Arena>,
     index: Index<Object>,
+    /// Freed blocks are cached with the `Arc<Inner>` their object held (see `Object::pool`).
+    arena: SharedArena<Arc<Inner>>,
 }
 
 /// One object: a block of the region, its key and whether it is sealed. Frees its block on drop.
+///
+/// Cache-line aligned: readers bump its `Arc` count on every get, and two hot objects allocated
+/// side by side would otherwise make readers of different keys contend on one line.
+#[repr(align(64))]
 pub(crate) struct Object {
-    pool: Arc<Inner>,
+    /// Keeps the region mapped while the object lives. Always `Some` until `drop`, which hands it
+    /// to the arena's cache together with the freed block; the next create of the same size takes
+    /// both, so creating and freeing objects never touches the pool's shared reference count.
+    pool: Option<Arc<Inner>>,
     key: Arc<[u8]>,
     block: Block,
     size: usize,
@@ -132,9 +145,25 @@ impl Entry for Object {
     }
 }
 
+impl Object {
+    fn pool(&self) -> &Inner {
+        match &self.pool {
+            Some(pool) => pool,
+            None => unreachable!("an object's pool is only taken in drop"),
+        }
+    }
+}
+
 impl Drop for Object {
     fn drop(&mut self) {
-        self.pool.arena().free(self.block);
+        if let Some(pool) = self.pool.take() {
+            // The slot is its own allocation: putting the pool's `Arc` into it borrows nothing of
+            // the pool, which a concurrent `close` may free once it drains the slot.
+            let slot = pool.arena.slot();
+            if let Err((block, pool)) = slot.put(self.block, pool) {
+                pool.arena.free(block);
+            }
+        }
     }
 }
 
@@ -145,7 +174,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("region", &self.inner.region).finish()
+        f.debug_struct("Pool")
+            .field("region", &self.inner.region)
+            .finish()
     }
 }
 
@@ -161,7 +192,10 @@ fn check_key(key: &[u8]) -> Result<()> {
         return Err(Error::InvalidArgument("key is empty".into()));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!("key of {} bytes is longer than {MAX_KEY_LEN}", key.len())));
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes is longer than {MAX_KEY_LEN}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -172,17 +206,15 @@ fn index_error(e: IndexError, key: &[u8], wait: Wait) -> Error {
         IndexError::NotFound => Error::NotFound(Key::new(key)),
         IndexError::NotSealed => Error::NotSealed(Key::new(key)),
         IndexError::AlreadySealed => Error::AlreadySealed(Key::new(key)),
-        IndexError::Timeout => Error::Timeout { key: Key::new(key), ms: wait.millis() },
+        IndexError::Timeout => Error::Timeout {
+            key: Key::new(key),
+            ms: wait.millis(),
+        },
         IndexError::Closed => Error::PoolClosed,
     }
 }
 
 impl Inner {
-    fn arena(&self) -> MutexGuard<'_, Arena> {
-        // Arena updates are single calls that either complete or panic before changing anything.
-        self.arena.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
         check_key(key)?;
         if self.index.is_closed() {
@@ -200,7 +232,9 @@ impl Inner {
                 self.index.wait_sealed(key, deadline)
             }
         };
-        found.map(|obj| Buffer { obj, writer: false }).map_err(|e| index_error(e, key, wait))
+        found
+            .map(|obj| Buffer { obj, writer: false })
+            .map_err(|e| index_error(e, key, wait))
     }
 }
 
@@ -216,7 +250,13 @@ impl Pool {
         })?;
         let max_objects = opts.effective_max_objects(region.len());
         let arena = Arena::new(region.len(), max_objects, MAX_SEGMENT);
-        Ok(Pool { inner: Arc::new(Inner { region, arena: Mutex::new(arena), index: Index::new() }) })
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                region,
+                index: Index::new(),
+                arena: SharedArena::new(arena),
+            }),
+        })
     }
 
     /// The shared state, for a caller that must not borrow this `Pool` while it waits.
@@ -237,9 +277,18 @@ impl Pool {
             )));
         }
         let made = inner.index.insert_with(key, || {
-            let allocated = inner.arena().allocate(size);
-            let block = allocated.map_err(|e| self.alloc_error(e, size))?;
-            Ok(Arc::new(Object { pool: inner.clone(), key: key.into(), block, size, sealed: AtomicBool::new(false) }))
+            let (block, cached) = inner
+                .arena
+                .allocate(size)
+                .map_err(|e| self.alloc_error(e, size))?;
+            let pool = cached.unwrap_or_else(|| inner.clone());
+            Ok(Arc::new(Object {
+                pool: Some(pool),
+                key: key.into(),
+                block,
+                size,
+                sealed: AtomicBool::new(false),
+            }))
         });
         match made {
             Ok(Ok(obj)) => Ok(Buffer { obj, writer: true }),
@@ -251,15 +300,17 @@ impl Pool {
     fn alloc_error(&self, e: AllocError, size: usize) -> Error {
         match e {
             AllocError::NoSpace { largest_free } => {
-                let arena = self.inner.arena();
+                let usage = self.inner.arena.usage();
                 Error::PoolFull {
                     requested: size as u64,
                     largest_free: largest_free as u64,
-                    used: arena.used() as u64,
-                    capacity: arena.capacity() as u64,
+                    used: usage.used as u64,
+                    capacity: usage.capacity as u64,
                 }
             }
-            AllocError::TooManyObjects { limit } => Error::ObjectLimit { limit: limit as u64 },
+            AllocError::TooManyObjects { limit } => Error::ObjectLimit {
+                limit: limit as u64,
+            },
         }
     }
 
@@ -273,7 +324,11 @@ impl Pool {
     /// belongs to its creator, who aborts it).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         check_key(key)?;
-        let removed = self.inner.index.remove_sealed(key).map_err(|e| index_error(e, key, Wait::Now))?;
+        let removed = self
+            .inner
+            .index
+            .remove_sealed(key)
+            .map_err(|e| index_error(e, key, Wait::Now))?;
         drop(removed);
         Ok(())
     }
@@ -286,7 +341,9 @@ impl Pool {
     /// Creates, copies `data` in and seals: the one-copy put.
     pub fn put(&self, key: &[u8], data: &[u8]) -> Result<()> {
         let mut buf = self.create(key, data.len())?;
-        buf.as_mut_slice().ok_or_else(|| Error::Internal("new buffer is not writable".into()))?.copy_from_slice(data);
+        buf.as_mut_slice()
+            .ok_or_else(|| Error::Internal("new buffer is not writable".into()))?
+            .copy_from_slice(data);
         buf.seal()
     }
 
@@ -308,14 +365,14 @@ impl Pool {
 
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
-        let arena = inner.arena();
+        let usage = inner.arena.usage();
         PoolStats {
-            capacity_bytes: arena.capacity() as u64,
-            used_bytes: arena.used() as u64,
-            largest_free_block: arena.largest_free() as u64,
-            object_count: arena.live() as u64,
+            capacity_bytes: usage.capacity as u64,
+            used_bytes: usage.used as u64,
+            largest_free_block: usage.largest_free as u64,
+            object_count: usage.live as u64,
             key_count: inner.index.len() as u64,
-            max_objects: arena.max_objects() as u64,
+            max_objects: usage.max_objects as u64,
             page_size: inner.region.page_size() as u64,
             open_nanos: inner.region.map_time().as_nanos() as u64,
         }
@@ -332,6 +389,8 @@ impl Pool {
     pub fn close(&self) {
         let entries = self.inner.index.close();
         drop(entries);
+        let cached = self.inner.arena.close();
+        drop(cached);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -369,12 +428,13 @@ impl Buffer {
 
     /// Address of the first byte, inside the pool's region. Valid while this buffer lives.
     pub fn as_ptr(&self) -> *const u8 {
-        self.obj.pool.region.ptr_at(self.obj.block.offset)
+        self.obj.pool().region.ptr_at(self.obj.block.offset)
     }
 
     /// Writable address: only for the creator's buffer, and only until it is sealed.
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
-        (self.writer && !self.is_sealed()).then(|| self.obj.pool.region.ptr_at(self.obj.block.offset))
+        (self.writer && !self.is_sealed())
+            .then(|| self.obj.pool().region.ptr_at(self.obj.block.offset))
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -388,7 +448,8 @@ impl Buffer {
         let size = self.obj.size;
         // SAFETY: as in `as_slice`; this is the only writable handle to the block and it is
         // borrowed mutably for the slice's life.
-        self.as_mut_ptr().map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
+        self.as_mut_ptr()
+            .map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
     }
 
     /// Makes the object immutable and visible to `get`, and wakes its waiters. The buffer stays a
@@ -397,7 +458,11 @@ impl Buffer {
         if !self.writer {
             return Err(Error::AlreadySealed(Key::new(self.key())));
         }
-        self.obj.pool.index.seal(&self.obj).map_err(|e| index_error(e, &self.obj.key, Wait::Now))
+        self.obj
+            .pool()
+            .index
+            .seal(&self.obj)
+            .map_err(|e| index_error(e, &self.obj.key, Wait::Now))
     }
 
     /// Discards an unsealed object: its key vanishes and its memory is freed. On a sealed buffer
@@ -424,7 +489,7 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if self.writer && !self.is_sealed() {
-            self.obj.pool.index.remove_unsealed(&self.obj);
+            self.obj.pool().index.remove_unsealed(&self.obj);
         }
     }
 }

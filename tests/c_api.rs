@@ -12,7 +12,10 @@ fn manifest_dir() -> PathBuf {
 /// `target/<profile>`, where cargo put `libzcopy.so` for this test run.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
 }
 
 /// A folder holding `libzcopy.so` and the `libzcopy.so.0` its SONAME asks for (made once per run).
@@ -24,7 +27,11 @@ fn lib_dir() -> PathBuf {
 fn make_lib_dir() -> PathBuf {
     let profile = profile_dir();
     let lib = profile.join("libzcopy.so");
-    assert!(lib.exists(), "{} is missing: cargo test builds the cdylib with the tests", lib.display());
+    assert!(
+        lib.exists(),
+        "{} is missing: cargo test builds the cdylib with the tests",
+        lib.display()
+    );
     let dir = profile.join("c_tests_lib");
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["libzcopy.so", "libzcopy.so.0"] {
@@ -50,16 +57,29 @@ pub fn build_c(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
     let out = profile_dir().join("c_tests_bin").join(name);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let mut cmd = compiler.to_command();
-    cmd.args(["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread"])
-        .arg("-I")
-        .arg(root.join("include"))
-        .arg("-I")
-        .arg(root.join("c_tests"))
-        .args(extra_flags);
+    cmd.args([
+        "-std=c11",
+        "-D_GNU_SOURCE",
+        "-Wall",
+        "-Wextra",
+        "-Wpedantic",
+        "-Werror",
+        "-pthread",
+    ])
+    .arg("-I")
+    .arg(root.join("include"))
+    .arg("-I")
+    .arg(root.join("c_tests"))
+    .args(extra_flags);
     for s in sources {
         cmd.arg(root.join(s));
     }
-    cmd.arg("-o").arg(&out).arg("-L").arg(&lib).arg("-lzcopy").arg(format!("-Wl,-rpath,{}", lib.display()));
+    cmd.arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lzcopy")
+        .arg(format!("-Wl,-rpath,{}", lib.display()));
     let result = cmd.output().expect("run the C compiler");
     assert!(
         result.status.success(),
@@ -72,11 +92,19 @@ pub fn build_c(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
 
 /// Runs a built program and returns its stdout; fails the test on a non-zero exit.
 pub fn run(program: &Path, args: &[&str]) -> String {
-    let result = Command::new(program).args(args).output().expect("run the C program");
+    let result = Command::new(program)
+        .args(args)
+        .output()
+        .expect("run the C program");
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&result.stderr);
     print!("{stdout}");
-    assert!(result.status.success(), "{} failed ({}):\n{stdout}\n{stderr}", program.display(), result.status);
+    assert!(
+        result.status.success(),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        program.display(),
+        result.status
+    );
     stdout
 }
 
@@ -84,14 +112,20 @@ fn c_test(file: &str) {
     let name = Path::new(file).file_stem().unwrap().to_str().unwrap();
     let program = build_c(name, &[file], &[]);
     let out = run(&program, &[]);
-    assert!(out.contains(" passed, 0 failed"), "{name} printed no summary:\n{out}");
+    assert!(
+        out.contains(" passed, 0 failed"),
+        "{name} printed no summary:\n{out}"
+    );
 }
 
 #[test]
 fn header_is_up_to_date() {
     let checked_in = std::fs::read_to_string(manifest_dir().join("include/zcopy.h")).unwrap();
     let fresh = std::fs::read_to_string(env!("ZCOPY_GENERATED_HEADER")).unwrap();
-    assert!(checked_in == fresh, "include/zcopy.h is stale: run `cargo build` outside CI and commit it");
+    assert!(
+        checked_in == fresh,
+        "include/zcopy.h is stale: run `cargo build` outside CI and commit it"
+    );
 }
 
 #[test]
@@ -113,5 +147,8 @@ fn c_threads() {
 fn c_example_lifecycle_builds_and_runs() {
     let program = build_c("example_lifecycle", &["examples/c/lifecycle.c"], &[]);
     let out = run(&program, &[]);
-    assert!(out.contains("zero-copy: reader pointer == writer pointer"), "{out}");
+    assert!(
+        out.contains("zero-copy: reader pointer == writer pointer"),
+        "{out}"
+    );
 }

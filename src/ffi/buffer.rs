@@ -37,7 +37,8 @@ impl zc_buffer {
 pub unsafe extern "C" fn zc_seal(buf: *mut zc_buffer) -> zc_status {
     guard("zc_seal", || {
         // SAFETY: NULL is refused; otherwise live and unshared per the contract.
-        let buf = unsafe { buf.as_mut() }.ok_or_else(|| Error::InvalidArgument("buf is NULL".into()))?;
+        let buf =
+            unsafe { buf.as_mut() }.ok_or_else(|| Error::InvalidArgument("buf is NULL".into()))?;
         buf.buf.seal()
     })
 }

@@ -76,7 +76,9 @@ pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<*mut T> {
 /// When `len` is within limits and `ptr` is non-NULL, `ptr` points to `len` readable bytes.
 pub(crate) unsafe fn key_arg<'a>(ptr: *const c_char, len: usize) -> Result<&'a [u8]> {
     if len > MAX_KEY_LEN {
-        return Err(invalid(format!("key of {len} bytes is longer than {MAX_KEY_LEN}")));
+        return Err(invalid(format!(
+            "key of {len} bytes is longer than {MAX_KEY_LEN}"
+        )));
     }
     if len == 0 {
         return Err(invalid("key is empty"));

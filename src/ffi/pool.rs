@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use super::buffer::zc_buffer;
 use super::status::{record_message, status_of, zc_status, ZC_OK};
-use super::{arg, array_arg, array_out, guard, guard_status, guard_value, invalid, key_arg, out_arg};
+use super::{
+    arg, array_arg, array_out, guard, guard_status, guard_value, invalid, key_arg, out_arg,
+};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolOptions, Wait, DEFAULT_POOL_SIZE};
 use crate::region::PageMode;
@@ -24,7 +26,8 @@ pub const ZC_ALIGNMENT: usize = 64;
 /// Pool size `zc_pool_options_init` sets: 256 MiB.
 pub const ZC_DEFAULT_POOL_SIZE: u64 = 256 << 20;
 
-const _: () = assert!(ZC_MAX_KEY_LEN == crate::pool::MAX_KEY_LEN && ZC_ALIGNMENT == crate::pool::ALIGNMENT);
+const _: () =
+    assert!(ZC_MAX_KEY_LEN == crate::pool::MAX_KEY_LEN && ZC_ALIGNMENT == crate::pool::ALIGNMENT);
 const _: () = assert!(ZC_DEFAULT_POOL_SIZE == DEFAULT_POOL_SIZE as u64);
 
 /// An open pool of objects in one mapped region.
@@ -108,14 +111,21 @@ unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
             "options.reserved[{i}] is not zero: call zc_pool_options_init, or use the header matching this library"
         )));
     }
-    let size = usize::try_from(o.size).map_err(|_| invalid(format!("size {} does not fit in memory", o.size)))?;
+    let size = usize::try_from(o.size)
+        .map_err(|_| invalid(format!("size {} does not fit in memory", o.size)))?;
     if size == 0 {
         return Err(invalid("pool size is 0"));
     }
     let max_objects = usize::try_from(o.max_objects)
         .ok()
         .filter(|&n| n <= u32::MAX as usize / 2 - 2)
-        .ok_or_else(|| invalid(format!("max_objects {} is above {}", o.max_objects, u32::MAX / 2 - 2)))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "max_objects {} is above {}",
+                o.max_objects,
+                u32::MAX / 2 - 2
+            ))
+        })?;
     let pages = match o.page_mode {
         ZC_PAGES_TRANSPARENT_HUGE => PageMode::TransparentHuge,
         ZC_PAGES_SMALL => PageMode::Small,
@@ -123,12 +133,26 @@ unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
         ZC_PAGES_HUGETLB => {
             // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
             let dir = unsafe { CStr::from_ptr(o.hugetlbfs_dir) };
-            let dir = dir.to_str().map_err(|_| invalid("hugetlbfs_dir is not valid UTF-8"))?;
-            PageMode::HugeTlb { dir: Some(PathBuf::from(dir)) }
+            let dir = dir
+                .to_str()
+                .map_err(|_| invalid("hugetlbfs_dir is not valid UTF-8"))?;
+            PageMode::HugeTlb {
+                dir: Some(PathBuf::from(dir)),
+            }
         }
-        other => return Err(invalid(format!("page_mode {other} is not one of ZC_PAGES_*"))),
+        other => {
+            return Err(invalid(format!(
+                "page_mode {other} is not one of ZC_PAGES_*"
+            )))
+        }
     };
-    Ok(PoolOptions { size, pages, prefault: o.prefault, lock_memory: o.lock_memory, max_objects })
+    Ok(PoolOptions {
+        size,
+        pages,
+        prefault: o.prefault,
+        lock_memory: o.lock_memory,
+        max_objects,
+    })
 }
 
 /// Fills every field of `*opts` with its default. NULL is a no-op.
@@ -152,7 +176,10 @@ pub unsafe extern "C" fn zc_pool_options_init(opts: *mut zc_pool_options) {
 /// # Safety
 /// `opts` is NULL or a valid `zc_pool_options`; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn zc_pool_open(opts: *const zc_pool_options, out: *mut *mut zc_pool) -> zc_status {
+pub unsafe extern "C" fn zc_pool_open(
+    opts: *const zc_pool_options,
+    out: *mut *mut zc_pool,
+) -> zc_status {
     guard("zc_pool_open", || {
         let out = out_arg(out, "out")?;
         let defaults = defaults();
@@ -190,7 +217,10 @@ pub unsafe extern "C" fn zc_pool_close(pool: *mut zc_pool) {
 /// # Safety
 /// `pool` is NULL or a live pool; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_pool_stats) -> zc_status {
+pub unsafe extern "C" fn zc_pool_get_stats(
+    pool: *const zc_pool,
+    out: *mut zc_pool_stats,
+) -> zc_status {
     guard("zc_pool_get_stats", || {
         // SAFETY: `pool` is NULL or live per the contract.
         let pool = unsafe { arg(pool, "pool") }?;
@@ -282,7 +312,11 @@ pub unsafe extern "C" fn zc_get(
 /// # Safety
 /// `pool` is NULL or live; `key` points to `key_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn zc_delete(pool: *mut zc_pool, key: *const c_char, key_len: usize) -> zc_status {
+pub unsafe extern "C" fn zc_delete(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+) -> zc_status {
     guard("zc_delete", || {
         // SAFETY: per the contract above.
         let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
@@ -296,7 +330,11 @@ pub unsafe extern "C" fn zc_delete(pool: *mut zc_pool, key: *const c_char, key_l
 /// # Safety
 /// `pool` is NULL or live; `key` points to `key_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn zc_contains(pool: *const zc_pool, key: *const c_char, key_len: usize) -> bool {
+pub unsafe extern "C" fn zc_contains(
+    pool: *const zc_pool,
+    key: *const c_char,
+    key_len: usize,
+) -> bool {
     guard_value(false, || {
         // SAFETY: per the contract above.
         match unsafe { (arg(pool, "pool"), key_arg(key, key_len)) } {
@@ -321,7 +359,13 @@ pub unsafe extern "C" fn zc_put(
 ) -> zc_status {
     guard("zc_put", || {
         // SAFETY: per the contract above.
-        let (pool, key, data) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_arg(data, size, "data")?) };
+        let (pool, key, data) = unsafe {
+            (
+                arg(pool, "pool")?,
+                key_arg(key, key_len)?,
+                array_arg(data, size, "data")?,
+            )
+        };
         pool.pool.put(key, data)
     })
 }
@@ -345,7 +389,13 @@ pub unsafe extern "C" fn zc_get_into(
 ) -> zc_status {
     guard("zc_get_into", || {
         // SAFETY: per the contract above.
-        let (pool, key, dst) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_out(dst, dst_capacity, "dst")?) };
+        let (pool, key, dst) = unsafe {
+            (
+                arg(pool, "pool")?,
+                key_arg(key, key_len)?,
+                array_out(dst, dst_capacity, "dst")?,
+            )
+        };
         let out_size = out_arg(out_size, "out_size")?;
         let wait = Wait::from_millis(timeout_ms)?;
         let n = match wait {
@@ -391,7 +441,8 @@ impl Batch<'_> {
         let mut first_failure = ZC_OK;
         for i in 0..self.keys.len() {
             // SAFETY: the caller of the batch promises `keys[i]` points to `key_lens[i]` bytes.
-            let result = unsafe { key_arg(self.keys[i], self.key_lens[i]) }.and_then(|key| item(i, key));
+            let result =
+                unsafe { key_arg(self.keys[i], self.key_lens[i]) }.and_then(|key| item(i, key));
             match result {
                 Ok(buf) => {
                     self.bufs[i] = zc_buffer::into_raw(buf);
@@ -442,7 +493,13 @@ pub unsafe extern "C" fn zc_create_batch(
                 array_out(out_statuses, n, "out_statuses")?,
             )
         };
-        Ok(Batch { keys, key_lens, bufs, statuses }.run(|i, key| pool.pool.create(key, sizes[i])))
+        Ok(Batch {
+            keys,
+            key_lens,
+            bufs,
+            statuses,
+        }
+        .run(|i, key| pool.pool.create(key, sizes[i])))
     })
 }
 
@@ -481,7 +538,13 @@ pub unsafe extern "C" fn zc_get_batch(
             Wait::For(d) => Instant::now().checked_add(d),
             _ => None,
         };
-        Ok(Batch { keys, key_lens, bufs, statuses }.run(|_, key| {
+        Ok(Batch {
+            keys,
+            key_lens,
+            bufs,
+            statuses,
+        }
+        .run(|_, key| {
             let item_wait = match (wait, deadline) {
                 (Wait::For(_), Some(d)) => Wait::For(d.saturating_duration_since(Instant::now())),
                 (w, _) => w,
