@@ -109,8 +109,12 @@ impl Drop for CPool {
     }
 }
 
-pub fn release(buf: *mut zc_buffer) {
-    // SAFETY: every handle passed here is live and released once.
+/// Releases a handle.
+///
+/// # Safety
+/// `buf` is a live handle, released only this once.
+pub unsafe fn release(buf: *mut zc_buffer) {
+    // SAFETY: per the contract above.
     unsafe { zc_release(buf) };
 }
 
@@ -237,7 +241,8 @@ fn bench_get(s: &Settings, rows: &mut Vec<Row>) {
             unsafe { zc_get_into(pool.raw(), k, n, 0, dst.as_mut_ptr(), dst.len(), &mut got) };
             black_box(&dst);
         });
-        release(writer);
+        // SAFETY: `writer` is live and released once.
+        unsafe { release(writer) };
         pool.delete(key.as_bytes());
         rows.push(row(
             format!("get + release, {}", human_size(size)),
@@ -371,8 +376,8 @@ fn bench_put(s: &Settings, rows: &mut Vec<Row>) {
         unsafe {
             ptr::copy_nonoverlapping(src.as_ptr(), zc_buffer_data(buf), size);
             zc_seal(buf);
+            release(buf);
         }
-        release(buf);
         pool.delete(b"put");
     });
     let ratio = memcpy_ns / put_ns;

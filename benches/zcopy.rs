@@ -1,6 +1,7 @@
 //! `cargo bench`: the full benchmark suite, printed as a table of ratios against baselines.
 
 #[path = "suite.rs"]
+#[allow(dead_code)] // the demo uses the parts the bench does not
 mod suite;
 
 fn main() {

@@ -80,8 +80,11 @@ fn main() {
     step(&format!(
         "reader still sees its bytes: first byte 0x{first:02X}"
     ));
-    release(reader);
-    release(writer);
+    // SAFETY: both handles are live and released once.
+    unsafe {
+        release(reader);
+        release(writer);
+    }
     let s = pool.stats();
     step(&format!(
         "zc_release of the last reference: {} objects, {} bytes used",

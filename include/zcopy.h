@@ -81,7 +81,8 @@ typedef uint32_t zc_status;
  */
 typedef struct zc_pool_options {
     /**
-     * Bytes of object memory; rounded up to the page size. Default 256 MiB.
+     * Bytes of object memory (rounded up to 64; the mapping is rounded up to the page size).
+     * Default 256 MiB.
      */
     uint64_t size;
     /**
@@ -230,8 +231,9 @@ extern "C" {
 zc_status zc_seal(struct zc_buffer *buf);
 
 /**
- * Discards an unsealed object: its key vanishes and its memory is freed. On a sealed buffer (or
- * one from `zc_get`) it answers `ZC_ERR_ALREADY_SEALED` and changes nothing.
+ * Discards an unsealed object: its key vanishes and its memory is freed (also after the pool was
+ * closed). On a sealed buffer (or one from `zc_get`) it answers `ZC_ERR_ALREADY_SEALED` and
+ * changes nothing.
  *
  * Consumes `buf` when it answers `ZC_OK`; otherwise `buf` stays valid and must still be released.
  *

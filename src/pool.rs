@@ -24,7 +24,8 @@ pub const ALIGNMENT: usize = crate::alloc::GRANULE;
 /// How to open a pool.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Bytes of object memory; rounded up to the page size in use.
+    /// Bytes of object memory (rounded up to 64); the mapping behind it is rounded up to the page
+    /// size in use.
     pub size: usize,
     pub pages: PageMode,
     /// Touch every page at open, so no object write ever takes a page fault.
@@ -112,6 +113,8 @@ pub struct PoolStats {
 #[repr(align(128))]
 pub(crate) struct Inner {
     region: Region,
+    /// Bytes objects can use (`PoolOptions::size` in whole granules); never changes.
+    capacity: usize,
     index: Index<Object>,
     /// Freed blocks are cached with the `Arc<Inner>` their object held (see `Object::pool`).
     arena: SharedArena<Arc<Inner>>,
@@ -248,11 +251,15 @@ impl Pool {
             prefault: opts.prefault,
             lock: opts.lock_memory,
         })?;
-        let max_objects = opts.effective_max_objects(region.len());
-        let arena = Arena::new(region.len(), max_objects, MAX_SEGMENT);
+        // Capacity is what was asked for (in whole granules), not the page-rounded mapping, so
+        // a 1 MiB pool holds 1 MiB whatever page size backs it.
+        let capacity = opts.size.div_ceil(ALIGNMENT) * ALIGNMENT;
+        let max_objects = opts.effective_max_objects(capacity);
+        let arena = Arena::new(capacity, max_objects, MAX_SEGMENT);
         Ok(Pool {
             inner: Arc::new(Inner {
                 region,
+                capacity,
                 index: Index::new(),
                 arena: SharedArena::new(arena),
             }),
@@ -269,11 +276,12 @@ impl Pool {
     pub fn create(&self, key: &[u8], size: usize) -> Result<Buffer> {
         check_key(key)?;
         let inner = &self.inner;
-        if size > inner.region.len() {
+        let capacity = inner.capacity;
+        if size > capacity {
             return Err(Error::InvalidArgument(format!(
                 "size {} is larger than the whole pool ({})",
                 Bytes(size as u64),
-                Bytes(inner.region.len() as u64)
+                Bytes(capacity as u64)
             )));
         }
         let made = inner.index.insert_with(key, || {
@@ -363,8 +371,11 @@ impl Pool {
         Ok(src.len())
     }
 
+    /// A snapshot of the counters. Returns the per-thread caches' free blocks to the allocator
+    /// first, so `largest_free_block` sees them coalesced.
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
+        drop(inner.arena.flush());
         let usage = inner.arena.usage();
         PoolStats {
             capacity_bytes: usage.capacity as u64,

@@ -2,45 +2,12 @@
 //! and the checked-in `include/zcopy.h`, with `-Wall -Wextra -Wpedantic -Werror`, and runs them.
 //! Each program exits non-zero at its first failing check.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/<profile>`, where cargo put `libzcopy.so` for this test run.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
-}
-
-/// A folder holding `libzcopy.so` and the `libzcopy.so.0` its SONAME asks for (made once per run).
-fn lib_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(make_lib_dir).clone()
-}
-
-fn make_lib_dir() -> PathBuf {
-    let profile = profile_dir();
-    let lib = profile.join("libzcopy.so");
-    assert!(
-        lib.exists(),
-        "{} is missing: cargo test builds the cdylib with the tests",
-        lib.display()
-    );
-    let dir = profile.join("c_tests_lib");
-    std::fs::create_dir_all(&dir).unwrap();
-    for name in ["libzcopy.so", "libzcopy.so.0"] {
-        let link = dir.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).unwrap();
-    }
-    dir
-}
+use common::{lib_dir, manifest_dir, profile_dir};
 
 /// Compiles `sources` (paths relative to the repository) into one program and returns its path.
 pub fn build_c(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {

@@ -1,16 +1,12 @@
 //! `scripts/install.sh` lays out a prefix that C programs build against through pkg-config, and
 //! the installed library resolves through its SONAME link.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
-}
+use common::profile_dir;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -35,7 +31,7 @@ fn installed_prefix_builds_and_runs_a_c_program_through_pkg_config() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let prefix = profile_dir().join("install-test-prefix");
     let _ = std::fs::remove_dir_all(&prefix);
-    let lib = profile_dir().join("libzcopy.so");
+    let lib = common::lib_path();
     run(Command::new("bash")
         .arg(root.join("scripts/install.sh"))
         .arg("--lib")

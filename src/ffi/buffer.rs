@@ -43,8 +43,9 @@ pub unsafe extern "C" fn zc_seal(buf: *mut zc_buffer) -> zc_status {
     })
 }
 
-/// Discards an unsealed object: its key vanishes and its memory is freed. On a sealed buffer (or
-/// one from `zc_get`) it answers `ZC_ERR_ALREADY_SEALED` and changes nothing.
+/// Discards an unsealed object: its key vanishes and its memory is freed (also after the pool was
+/// closed). On a sealed buffer (or one from `zc_get`) it answers `ZC_ERR_ALREADY_SEALED` and
+/// changes nothing.
 ///
 /// Consumes `buf` when it answers `ZC_OK`; otherwise `buf` stays valid and must still be released.
 ///

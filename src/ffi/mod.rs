@@ -119,3 +119,43 @@ pub(crate) unsafe fn array_out<'a, T>(ptr: *mut T, n: usize, name: &str) -> Resu
     // SAFETY: non-NULL, and the caller promises `n` writable, unaliased elements.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::status::{zc_last_error_message, ZC_ERR_INVALID_ARGUMENT};
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: zc_last_error_message never returns NULL; the string lives until the next
+        // failing call on this thread.
+        unsafe { std::ffi::CStr::from_ptr(zc_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_inside_an_export_becomes_internal_error_with_its_message() {
+        let status = guard("zc_test_export", || panic!("boom {}", 42));
+        assert_eq!(status, ZC_ERR_INTERNAL);
+        assert_eq!(
+            last_error(),
+            "internal error: zc_test_export panicked: boom 42"
+        );
+        assert_eq!(guard_value(7, || panic!("in an accessor")), 7);
+    }
+
+    #[test]
+    fn errors_map_to_their_status_and_message() {
+        assert_eq!(
+            guard("zc_test_export", || Err(invalid("size is 0"))),
+            ZC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(last_error(), "invalid argument: size is 0");
+        assert_eq!(guard("zc_test_export", || Ok(())), ZC_OK);
+        assert_eq!(
+            last_error(),
+            "invalid argument: size is 0",
+            "success leaves the last error alone"
+        );
+    }
+}

@@ -50,7 +50,8 @@ pub struct zc_pool {
 /// behaviour), so programs built against this header keep working with newer libraries.
 #[repr(C)]
 pub struct zc_pool_options {
-    /// Bytes of object memory; rounded up to the page size. Default 256 MiB.
+    /// Bytes of object memory (rounded up to 64; the mapping is rounded up to the page size).
+    /// Default 256 MiB.
     pub size: u64,
     /// Most objects live at once; 0 (the default) derives it from `size`: one per 4 KiB, at least 1024.
     pub max_objects: u64,
