@@ -9,8 +9,7 @@ use std::env;
 use std::path::PathBuf;
 
 fn main() {
-    let crate_dir =
-        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     for path in ["src", "cbindgen.toml", "zcopy.map", "build.rs"] {
@@ -18,8 +17,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=CI");
 
-    let config =
-        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml parses");
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml parses");
     let bindings = cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
@@ -29,14 +27,8 @@ fn main() {
     bindings.write_to_file(&fresh);
     println!("cargo:rustc-env=ZCOPY_GENERATED_HEADER={}", fresh.display());
     // The C tests compile with the `cc` crate at test time and need the target it would use.
-    println!(
-        "cargo:rustc-env=ZCOPY_TARGET={}",
-        env::var("TARGET").expect("cargo sets TARGET")
-    );
-    println!(
-        "cargo:rustc-env=ZCOPY_HOST={}",
-        env::var("HOST").expect("cargo sets HOST")
-    );
+    println!("cargo:rustc-env=ZCOPY_TARGET={}", env::var("TARGET").expect("cargo sets TARGET"));
+    println!("cargo:rustc-env=ZCOPY_HOST={}", env::var("HOST").expect("cargo sets HOST"));
 
     if env::var_os("CI").is_none_or(|v| v.is_empty()) {
         bindings.write_to_file(crate_dir.join("include").join("zcopy.h"));
@@ -44,8 +36,5 @@ fn main() {
 
     let major = env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libzcopy.so.{major}");
-    println!(
-        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
-        crate_dir.join("zcopy.map").display()
-    );
+    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", crate_dir.join("zcopy.map").display());
 }

@@ -49,10 +49,7 @@ impl CPool {
         let (k, n) = Self::key(key);
         let mut buf = ptr::null_mut();
         // SAFETY: live pool, key slice, writable out.
-        check(
-            unsafe { zc_create_buffer(self.0, k, n, size, &mut buf) },
-            "zc_create_buffer",
-        );
+        check(unsafe { zc_create_buffer(self.0, k, n, size, &mut buf) }, "zc_create_buffer");
         buf
     }
 
@@ -84,10 +81,7 @@ impl CPool {
     pub fn stats(&self) -> zc_pool_stats {
         let mut s = zc_pool_stats::default();
         // SAFETY: live pool, writable out.
-        check(
-            unsafe { zc_pool_get_stats(self.0, &mut s) },
-            "zc_pool_get_stats",
-        );
+        check(unsafe { zc_pool_get_stats(self.0, &mut s) }, "zc_pool_get_stats");
         s
     }
 
@@ -184,15 +178,7 @@ fn row(
     target: String,
     met: bool,
 ) -> Row {
-    Row {
-        name,
-        zcopy,
-        baseline,
-        ratio,
-        ratio_means,
-        target,
-        met,
-    }
+    Row { name, zcopy, baseline, ratio, ratio_means, target, met }
 }
 
 pub struct Settings {
@@ -203,18 +189,10 @@ pub struct Settings {
 
 impl Settings {
     pub fn full() -> Settings {
-        Settings {
-            min_time: Duration::from_millis(200),
-            runs: 5,
-            open_gib: 1,
-        }
+        Settings { min_time: Duration::from_millis(200), runs: 5, open_gib: 1 }
     }
     pub fn quick() -> Settings {
-        Settings {
-            min_time: Duration::from_millis(60),
-            runs: 3,
-            open_gib: 1,
-        }
+        Settings { min_time: Duration::from_millis(60), runs: 3, open_gib: 1 }
     }
 }
 
@@ -317,11 +295,7 @@ fn bench_cycle(s: &Settings, rows: &mut Vec<Row>) {
     let time = s.min_time * 2;
     let rate = |count: u64| count as f64 / time.as_secs_f64();
     let one = median((0..s.runs).map(|_| rate(cycles(&pool, 0, time))).collect());
-    let copy = median(
-        (0..s.runs)
-            .map(|_| rate(copy_cycles(&pool, time)))
-            .collect(),
-    );
+    let copy = median((0..s.runs).map(|_| rate(copy_cycles(&pool, time))).collect());
     let two = median(
         (0..s.runs)
             .map(|_| {
@@ -333,11 +307,7 @@ fn bench_cycle(s: &Settings, rows: &mut Vec<Row>) {
             })
             .collect(),
     );
-    assert_eq!(
-        pool.stats().used_bytes,
-        0,
-        "cycles must leave the pool empty"
-    );
+    assert_eq!(pool.stats().used_bytes, 0, "cycles must leave the pool empty");
     rows.push(row(
         "create+seal+get+release+delete, 4 KiB, 1 thread".into(),
         format!("{:.2} M/s", one / 1e6),
@@ -384,11 +354,7 @@ fn bench_put(s: &Settings, rows: &mut Vec<Row>) {
     rows.push(row(
         "one-copy put, 64 MiB".into(),
         format!("{} ({:.1} GB/s)", fmt_ns(put_ns), size as f64 / put_ns),
-        format!(
-            "{} (memcpy, {:.1} GB/s)",
-            fmt_ns(memcpy_ns),
-            size as f64 / memcpy_ns
-        ),
+        format!("{} (memcpy, {:.1} GB/s)", fmt_ns(memcpy_ns), size as f64 / memcpy_ns),
         ratio,
         "× memcpy speed",
         "≥ 0.9× memcpy".into(),

@@ -7,11 +7,7 @@ mod suite;
 fn main() {
     // `cargo bench -- --quick` for a shorter run.
     let quick = std::env::args().any(|a| a == "--quick");
-    let settings = if quick {
-        suite::Settings::quick()
-    } else {
-        suite::Settings::full()
-    };
+    let settings = if quick { suite::Settings::quick() } else { suite::Settings::full() };
     let rows = suite::run(&settings);
     suite::print(&rows);
 }

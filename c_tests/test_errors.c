@@ -430,7 +430,7 @@ static bool open_refused(const zc_pool_options *o, zc_status expected) {
 
 static bool test_bad_options_are_invalid_argument(void) {
     zc_pool_options o;
-    for (size_t i = 0; i < 8; i++) {
+    for (size_t i = 0; i < sizeof o.reserved / sizeof o.reserved[0]; i++) {
         zc_pool_options_init(&o);
         o.size = 4 * MIB;
         o.page_mode = ZC_PAGES_SMALL;

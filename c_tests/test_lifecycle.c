@@ -32,7 +32,7 @@ static bool stats_of(const zc_pool *pool, zc_pool_stats *st) {
     CHECK_OK(zc_pool_get_stats(pool, st));
     CHECK(st->used_bytes % 64 == 0);
     CHECK(st->used_bytes <= st->capacity_bytes);
-    for (size_t i = 0; i < 8; i++) {
+    for (size_t i = 0; i < sizeof st->reserved / sizeof st->reserved[0]; i++) {
         CHECK(st->reserved[i] == 0);
     }
     return true;
@@ -71,7 +71,7 @@ static bool test_options_init_sets_documented_defaults(void) {
     CHECK(o.page_mode == ZC_PAGES_TRANSPARENT_HUGE);
     CHECK(o.prefault == true);
     CHECK(o.lock_memory == false);
-    for (size_t i = 0; i < 8; i++) {
+    for (size_t i = 0; i < sizeof o.reserved / sizeof o.reserved[0]; i++) {
         CHECK(o.reserved[i] == 0);
     }
     return true;

@@ -35,17 +35,12 @@ fn main() {
     let written = unsafe { zc_buffer_data(writer) };
     // SAFETY: as above: 1 MiB of writable pool memory.
     unsafe { ptr::write_bytes(written, 0xAB, 1 << 20) };
-    step(&format!(
-        "zc_create_buffer: 1 MiB writable buffer at {written:p}, filled in place"
-    ));
+    step(&format!("zc_create_buffer: 1 MiB writable buffer at {written:p}, filled in place"));
 
     let mut early = ptr::null_mut();
     // SAFETY: live pool, key slice, writable out.
     let status = unsafe { zc_get(pool.raw(), key.as_ptr().cast(), key.len(), 0, &mut early) };
-    step(&format!(
-        "zc_get before seal: {:?} (invisible until sealed)",
-        status_name(status)
-    ));
+    step(&format!("zc_get before seal: {:?} (invisible until sealed)", status_name(status)));
 
     // SAFETY: live writer handle.
     assert_eq!(unsafe { zc_seal(writer) }, ZC_OK);
@@ -53,16 +48,9 @@ fn main() {
 
     let reader = pool.get(key);
     // SAFETY: live handles.
-    let (read, size, writable) = unsafe {
-        (
-            zc_buffer_const_data(reader),
-            zc_buffer_size(reader),
-            zc_buffer_data(reader),
-        )
-    };
-    step(&format!(
-        "zc_get: {size} bytes at {read:p}, writable pointer {writable:p} (read-only)"
-    ));
+    let (read, size, writable) =
+        unsafe { (zc_buffer_const_data(reader), zc_buffer_size(reader), zc_buffer_data(reader)) };
+    step(&format!("zc_get: {size} bytes at {read:p}, writable pointer {writable:p} (read-only)"));
     assert_eq!(read, written.cast_const());
     println!("\n  zero-copy: reader pointer == writer pointer ({read:p}); no byte was copied\n");
 
@@ -77,35 +65,24 @@ fn main() {
     ));
     // SAFETY: the reader is live; its bytes stay valid and unchanged until it is released.
     let first = unsafe { *read };
-    step(&format!(
-        "reader still sees its bytes: first byte 0x{first:02X}"
-    ));
+    step(&format!("reader still sees its bytes: first byte 0x{first:02X}"));
     // SAFETY: both handles are live and released once.
     unsafe {
         release(reader);
         release(writer);
     }
     let s = pool.stats();
-    step(&format!(
-        "zc_release of the last reference: {} objects, {} bytes used",
-        s.object_count, s.used_bytes
-    ));
+    step(&format!("zc_release of the last reference: {} objects, {} bytes used", s.object_count, s.used_bytes));
     drop(pool);
     step("zc_pool_close\n");
 
     println!("Benchmarks (through the C ABI; ratios against baselines measured in this run):\n");
-    let settings = if quick {
-        suite::Settings::quick()
-    } else {
-        suite::Settings::full()
-    };
+    let settings = if quick { suite::Settings::quick() } else { suite::Settings::full() };
     let rows = suite::run(&settings);
     suite::print(&rows);
 }
 
 fn status_name(status: zc_status) -> String {
     // SAFETY: zc_status_str never returns NULL and returns a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(zc_status_str(status)) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { std::ffi::CStr::from_ptr(zc_status_str(status)) }.to_string_lossy().into_owned()
 }

@@ -25,6 +25,21 @@
 #define ZC_PAGES_HUGETLB 2
 
 /**
+ * Register with every RDMA device if there are any (the default); none is local mode.
+ */
+#define ZC_RDMA_AUTO 0
+
+/**
+ * Do not register at open (`zc_pool_register_pd` still works).
+ */
+#define ZC_RDMA_OFF 1
+
+/**
+ * Fail with `ZC_ERR_RDMA` unless the region is registered with at least one device.
+ */
+#define ZC_RDMA_REQUIRED 2
+
+/**
  * Longest key, in bytes.
  */
 #define ZC_MAX_KEY_LEN 4096
@@ -48,8 +63,8 @@
  * same handle. It may outlive its pool (the memory stays mapped until it is released), but using
  * it after `zc_release` is undefined.
  *
- * Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_seal`, `zc_abort`,
- * `zc_release`.
+ * Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_rdma_desc`,
+ * `zc_seal`, `zc_abort`, `zc_release`.
  */
 typedef struct zc_buffer zc_buffer;
 
@@ -63,7 +78,8 @@ typedef struct zc_buffer zc_buffer;
  *
  * Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
  * `zc_create_buffer`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
- * `zc_delete`, `zc_contains`.
+ * `zc_delete`, `zc_contains`, `zc_pool_region`, `zc_pool_rdma_count`, `zc_pool_rdma_pd`,
+ * `zc_pool_register_pd`.
  */
 typedef struct zc_pool zc_pool;
 
@@ -72,6 +88,29 @@ typedef struct zc_pool zc_pool;
  * Unknown values (from a newer library) are still accepted by `zc_status_str`.
  */
 typedef uint32_t zc_status;
+
+/**
+ * Where a buffer's bytes are for RDMA: post `addr`/`length` with `lkey` locally, or hand
+ * `addr`/`rkey` to a peer. Valid while the buffer is held and the pool's registration lives.
+ */
+typedef struct zc_rdma_desc {
+    /**
+     * Virtual address of the first byte (the registration's IOVA is the address).
+     */
+    uint64_t addr;
+    /**
+     * Bytes.
+     */
+    uint64_t length;
+    /**
+     * Local key, for this process's work requests.
+     */
+    uint32_t lkey;
+    /**
+     * Remote key, for a peer's RDMA READ (sealed) or WRITE (created).
+     */
+    uint32_t rkey;
+} zc_rdma_desc;
 
 /**
  * Options for `zc_pool_open`. Fill it with `zc_pool_options_init`, then change what you need.
@@ -107,9 +146,18 @@ typedef struct zc_pool_options {
      */
     bool lock_memory;
     /**
+     * One of `ZC_RDMA_*`. Default `ZC_RDMA_AUTO`.
+     */
+    uint32_t rdma;
+    /**
+     * Comma-separated names of the RDMA devices to register with ("mlx5_0,mlx5_1"); NULL (the
+     * default) is every device. Borrowed for the duration of `zc_pool_open` only.
+     */
+    const char *rdma_devices;
+    /**
      * Must be zero.
      */
-    uint64_t reserved[8];
+    uint64_t reserved[6];
 } zc_pool_options;
 
 /**
@@ -149,9 +197,17 @@ typedef struct zc_pool_stats {
      */
     uint64_t open_nanos;
     /**
+     * RDMA registrations of the pool (`zc_pool_rdma_count`).
+     */
+    uint64_t rdma_registrations;
+    /**
+     * Nanoseconds `zc_pool_open` spent registering the pool with RDMA devices.
+     */
+    uint64_t rdma_register_nanos;
+    /**
      * Zero in this version; later versions fill them.
      */
-    uint64_t reserved[8];
+    uint64_t reserved[6];
 } zc_pool_stats;
 
 /**
@@ -283,6 +339,20 @@ const uint8_t *zc_buffer_const_data(const struct zc_buffer *buf);
  * `buf` is NULL or a live handle.
  */
 size_t zc_buffer_size(const struct zc_buffer *buf);
+
+/**
+ * Writes where the buffer's bytes are for RDMA, with the keys of registration `index`, to
+ * `*out`: a created (unsealed) buffer is a target for a peer's RDMA WRITE, a sealed one a source
+ * for RDMA READ. `ZC_ERR_RDMA` in local mode (no registration); `ZC_ERR_INVALID_ARGUMENT` for an
+ * index past `zc_pool_rdma_count`; `ZC_ERR_POOL_CLOSED` for a caller PD's registration after
+ * the pool was closed.
+ *
+ * # Safety
+ * `buf` is NULL or a live handle; `out` is NULL or writable.
+ */
+zc_status zc_buffer_rdma_desc(const struct zc_buffer *buf,
+                              uint32_t index,
+                              struct zc_rdma_desc *out);
 
 /**
  * Fills every field of `*opts` with its default. NULL is a no-op.
@@ -441,6 +511,54 @@ zc_status zc_get_batch(struct zc_pool *pool,
                        int64_t timeout_ms,
                        struct zc_buffer **out_bufs,
                        zc_status *out_statuses);
+
+/**
+ * RDMA registrations of the pool: one per device registered at open, plus one per
+ * `zc_pool_register_pd`. 0 in local mode and for NULL.
+ *
+ * # Safety
+ * `pool` is NULL or live.
+ */
+uint32_t zc_pool_rdma_count(const struct zc_pool *pool);
+
+/**
+ * The `struct ibv_pd *` of registration `index` (for creating queue pairs that can use its
+ * keys); NULL past the last registration and for NULL.
+ *
+ * Borrowed: owned by the pool (or by the caller, for `zc_pool_register_pd`); valid until the
+ * pool is closed and its last buffer released.
+ *
+ * # Safety
+ * `pool` is NULL or live.
+ */
+void *zc_pool_rdma_pd(const struct zc_pool *pool, uint32_t index);
+
+/**
+ * Registers the whole pool on a protection domain the caller's engine owns (`struct ibv_pd *`:
+ * keys are valid only on queue pairs of the PD that registered them) and writes its
+ * registration index to `*out_index`. `ZC_ERR_RDMA` if libibverbs is missing or registration
+ * fails.
+ *
+ * Borrowed: the pool deregisters this registration at `zc_pool_close`; `ibv_pd` must stay
+ * allocated until then.
+ *
+ * # Safety
+ * `pool` is NULL or live; `ibv_pd` is NULL or a live `struct ibv_pd *`; `out_index` is NULL or
+ * writable.
+ */
+zc_status zc_pool_register_pd(struct zc_pool *pool, void *ibv_pd, uint32_t *out_index);
+
+/**
+ * Writes the first byte of the pool's mapped region to `*base` and its length to `*length`,
+ * for engines that register memory themselves (Mooncake Transfer Engine, NIXL, UCX). Every
+ * buffer's bytes lie inside it.
+ *
+ * Borrowed: the region stays mapped until the pool is closed and its last buffer released.
+ *
+ * # Safety
+ * `pool` is NULL or live; `base` and `length` are NULL or writable.
+ */
+zc_status zc_pool_region(const struct zc_pool *pool, void **base, size_t *length);
 
 /**
  * A static, human-readable name for `status`. Never NULL: unknown codes give "unknown status".

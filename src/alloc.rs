@@ -31,10 +31,7 @@ pub struct Block {
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("offset", &self.offset)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("Block").field("offset", &self.offset).field("len", &self.len).finish()
     }
 }
 
@@ -70,10 +67,7 @@ impl Arena {
         let segment_limit = (segment_limit.min(MAX_SEGMENT) / GRANULE * GRANULE).max(GRANULE);
         let max_objects = max_objects.max(1);
         // Each live block, and each free range between them, takes one allocator node.
-        let nodes = max_objects
-            .saturating_mul(2)
-            .saturating_add(2)
-            .min(u32::MAX as usize - 2) as u32;
+        let nodes = max_objects.saturating_mul(2).saturating_add(2).min(u32::MAX as usize - 2) as u32;
         let mut segments = Vec::new();
         let mut start = 0;
         while start < len {
@@ -85,30 +79,18 @@ impl Arena {
             });
             start += seg_len;
         }
-        Arena {
-            segments,
-            capacity: len,
-            used: 0,
-            live: 0,
-            max_objects,
-        }
+        Arena { segments, capacity: len, used: 0, live: 0, max_objects }
     }
 
     /// Reserves `size` bytes (rounded up to [`GRANULE`]). Size 0 reserves nothing but still counts
     /// as a live object.
     pub fn allocate(&mut self, size: usize) -> Result<Block, AllocError> {
         if self.live >= self.max_objects {
-            return Err(AllocError::TooManyObjects {
-                limit: self.max_objects,
-            });
+            return Err(AllocError::TooManyObjects { limit: self.max_objects });
         }
         if size == 0 {
             self.live += 1;
-            return Ok(Block {
-                offset: 0,
-                len: 0,
-                slot: None,
-            });
+            return Ok(Block { offset: 0, len: 0, slot: None });
         }
         let units = size.div_ceil(GRANULE);
         if let Ok(units32) = u32::try_from(units) {
@@ -128,9 +110,7 @@ impl Arena {
                 }
             }
         }
-        Err(AllocError::NoSpace {
-            largest_free: self.largest_free(),
-        })
+        Err(AllocError::NoSpace { largest_free: self.largest_free() })
     }
 
     /// Returns a block. Each block must be freed exactly once (the pool's `Drop` guarantees it).
@@ -164,11 +144,7 @@ impl Arena {
     /// A size that is guaranteed to fit right now (the allocator's bins give a lower bound of the
     /// longest free range, exact for sizes up to a few KiB and within 12.5% beyond).
     pub fn largest_free(&self) -> usize {
-        self.segments
-            .iter()
-            .map(|s| s.alloc.storage_report().largest_free_region as usize * GRANULE)
-            .max()
-            .unwrap_or(0)
+        self.segments.iter().map(|s| s.alloc.storage_report().largest_free_region as usize * GRANULE).max().unwrap_or(0)
     }
 
     /// Starts and lengths of the segments, in order.
@@ -256,19 +232,9 @@ impl<T> CacheSlot<T> {
 
 impl<T> SharedArena<T> {
     pub fn new(arena: Arena) -> SharedArena<T> {
-        let slot = || {
-            Arc::new(CacheSlot {
-                cache: Padded(Mutex::new(Cache {
-                    blocks: Vec::new(),
-                    bytes: 0,
-                    closed: false,
-                })),
-            })
-        };
-        SharedArena {
-            arena: Padded(Mutex::new(arena)),
-            slots: (0..CACHE_SLOTS).map(|_| slot()).collect(),
-        }
+        let slot =
+            || Arc::new(CacheSlot { cache: Padded(Mutex::new(Cache { blocks: Vec::new(), bytes: 0, closed: false })) });
+        SharedArena { arena: Padded(Mutex::new(arena)), slots: (0..CACHE_SLOTS).map(|_| slot()).collect() }
     }
 
     /// A block of at least `size` bytes, with the token it was cached with, if it was.
@@ -370,10 +336,7 @@ mod tests {
             assert_eq!(b.len, s.div_ceil(GRANULE) * GRANULE);
             assert!(b.offset + b.len <= 1 << 20);
         }
-        let mut ranges: Vec<(usize, usize)> = blocks
-            .iter()
-            .map(|b| (b.offset, b.offset + b.len))
-            .collect();
+        let mut ranges: Vec<(usize, usize)> = blocks.iter().map(|b| (b.offset, b.offset + b.len)).collect();
         ranges.sort();
         for w in ranges.windows(2) {
             assert!(w[0].1 <= w[1].0, "overlap {:?}", w);
@@ -387,10 +350,7 @@ mod tests {
         let mut a = Arena::new(1 << 20, 1024, MAX_SEGMENT);
         let first = a.allocate(512 << 10).unwrap();
         let second = a.allocate(512 << 10).unwrap();
-        assert_eq!(
-            a.allocate(64).unwrap_err(),
-            AllocError::NoSpace { largest_free: 0 }
-        );
+        assert_eq!(a.allocate(64).unwrap_err(), AllocError::NoSpace { largest_free: 0 });
         a.free(first);
         assert_eq!(a.used(), 512 << 10);
         let again = a.allocate(512 << 10).unwrap();
@@ -399,11 +359,7 @@ mod tests {
         a.free(second);
         assert_eq!(a.used(), 0);
         assert_eq!(a.live(), 0);
-        assert_eq!(
-            a.allocate(1 << 20).unwrap().offset,
-            0,
-            "frees must coalesce back to one range"
-        );
+        assert_eq!(a.allocate(1 << 20).unwrap().offset, 0, "frees must coalesce back to one range");
     }
 
     #[test]
@@ -412,10 +368,7 @@ mod tests {
         let z = a.allocate(0).unwrap();
         assert_eq!((z.len, a.used(), a.live()), (0, 0, 1));
         let _one = a.allocate(1).unwrap();
-        assert_eq!(
-            a.allocate(0).unwrap_err(),
-            AllocError::TooManyObjects { limit: 2 }
-        );
+        assert_eq!(a.allocate(0).unwrap_err(), AllocError::TooManyObjects { limit: 2 });
         a.free(z);
         assert_eq!(a.live(), 1);
     }
@@ -423,9 +376,7 @@ mod tests {
     #[test]
     fn one_gib_arena_holds_a_hundred_thousand_live_objects() {
         let mut a = Arena::new(1 << 30, 262_144, MAX_SEGMENT);
-        let blocks: Vec<Block> = (0..100_000)
-            .map(|i| a.allocate(64 + (i % 7) * 100).unwrap())
-            .collect();
+        let blocks: Vec<Block> = (0..100_000).map(|i| a.allocate(64 + (i % 7) * 100).unwrap()).collect();
         assert_eq!(a.live(), 100_000);
         for b in blocks {
             a.free(b);
@@ -440,32 +391,19 @@ mod tests {
         assert_eq!(a.segments().count(), 4);
         let mut blocks = Vec::new();
         while let Ok(b) = a.allocate(24 << 10) {
-            assert_eq!(
-                b.offset / seg,
-                (b.offset + b.len - 1) / seg,
-                "{b:?} crosses a boundary"
-            );
+            assert_eq!(b.offset / seg, (b.offset + b.len - 1) / seg, "{b:?} crosses a boundary");
             blocks.push(b);
         }
         // 2 blocks of 24 KiB fit in each 64 KiB segment.
         assert_eq!(blocks.len(), 8);
-        assert!(matches!(
-            a.allocate(seg + 64),
-            Err(AllocError::NoSpace { .. })
-        ));
+        assert!(matches!(a.allocate(seg + 64), Err(AllocError::NoSpace { .. })));
     }
 
     #[test]
     fn request_larger_than_any_segment_fails_without_panicking() {
         let mut a = Arena::new(1 << 20, 16, MAX_SEGMENT);
-        assert!(matches!(
-            a.allocate(usize::MAX),
-            Err(AllocError::NoSpace { .. })
-        ));
-        assert!(matches!(
-            a.allocate(2 << 20),
-            Err(AllocError::NoSpace { .. })
-        ));
+        assert!(matches!(a.allocate(usize::MAX), Err(AllocError::NoSpace { .. })));
+        assert!(matches!(a.allocate(2 << 20), Err(AllocError::NoSpace { .. })));
     }
 }
 
@@ -498,11 +436,7 @@ mod shared_tests {
         let u = a.usage();
         assert_eq!((u.used, u.live), (0, 0));
         let (again, token) = a.allocate(4090).unwrap();
-        assert_eq!(
-            (again.offset, token),
-            (b.offset, Some(7)),
-            "same rounded size comes from the cache"
-        );
+        assert_eq!((again.offset, token), (b.offset, Some(7)), "same rounded size comes from the cache");
         assert_eq!(a.usage().used, 4096);
         assert_eq!(free(&a, again, 8), None);
     }
@@ -537,10 +471,7 @@ mod shared_tests {
         let (big, _) = a.allocate(1024).unwrap();
         let (other, _) = a.allocate(2048).unwrap();
         assert_eq!(a.usage().live, 2);
-        assert_eq!(
-            a.allocate(64).unwrap_err(),
-            AllocError::TooManyObjects { limit: 2 }
-        );
+        assert_eq!(a.allocate(64).unwrap_err(), AllocError::TooManyObjects { limit: 2 });
         let _ = (free(&a, big, 0), free(&a, other, 0));
     }
 
@@ -581,10 +512,6 @@ mod shared_tests {
         let u = a.usage();
         assert_eq!((u.used, u.live), (0, 0));
         let _ = a.flush();
-        assert_eq!(
-            a.allocate(8 << 20).unwrap().0.len,
-            8 << 20,
-            "everything coalesces after a flush"
-        );
+        assert_eq!(a.allocate(8 << 20).unwrap().0.len, 8 << 20, "everything coalesces after a flush");
     }
 }

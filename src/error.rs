@@ -17,15 +17,8 @@ pub enum Error {
     AlreadySealed(Key),
     #[error("pool full: asked {}, largest free block {}, {} of {} in use",
             Bytes(*.requested), Bytes(*.largest_free), Bytes(*.used), Bytes(*.capacity))]
-    PoolFull {
-        requested: u64,
-        largest_free: u64,
-        used: u64,
-        capacity: u64,
-    },
-    #[error(
-        "object limit reached: {limit} objects live (raise max_objects when opening the pool)"
-    )]
+    PoolFull { requested: u64, largest_free: u64, used: u64, capacity: u64 },
+    #[error("object limit reached: {limit} objects live (raise max_objects when opening the pool)")]
     ObjectLimit { limit: u64 },
     #[error("timed out after {ms} ms waiting for key {key} to be sealed")]
     Timeout { key: Key, ms: i64 },
@@ -34,10 +27,7 @@ pub enum Error {
     #[error("rdma: {0}")]
     Rdma(String),
     #[error("{what}: {source}")]
-    System {
-        what: String,
-        source: std::io::Error,
-    },
+    System { what: String, source: std::io::Error },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,10 +36,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn system(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::System {
-            what: what.into(),
-            source,
-        }
+        Error::System { what: what.into(), source }
     }
 }
 
@@ -66,8 +53,7 @@ impl Key {
 
     fn with_len(mut self, full_len: usize) -> Self {
         if full_len > Self::SHOWN {
-            self.0
-                .extend_from_slice(format!("...({full_len} bytes)").as_bytes());
+            self.0.extend_from_slice(format!("...({full_len} bytes)").as_bytes());
         }
         self
     }
@@ -130,15 +116,7 @@ mod tests {
 
     #[test]
     fn pool_full_message_names_request_and_largest_block() {
-        let e = Error::PoolFull {
-            requested: 64 << 20,
-            largest_free: 12 << 20,
-            used: 1 << 30,
-            capacity: 1 << 30,
-        };
-        assert_eq!(
-            e.to_string(),
-            "pool full: asked 64 MiB, largest free block 12 MiB, 1 GiB of 1 GiB in use"
-        );
+        let e = Error::PoolFull { requested: 64 << 20, largest_free: 12 << 20, used: 1 << 30, capacity: 1 << 30 };
+        assert_eq!(e.to_string(), "pool full: asked 64 MiB, largest free block 12 MiB, 1 GiB of 1 GiB in use");
     }
 }

@@ -59,17 +59,8 @@ impl<T: Entry> Default for Index<T> {
 
 impl<T: Entry> Index<T> {
     pub fn new() -> Self {
-        let shards = (0..SHARDS)
-            .map(|_| Shard {
-                map: Mutex::new(Map::default()),
-                sealed: Condvar::new(),
-            })
-            .collect();
-        Index {
-            shards,
-            hasher: Default::default(),
-            closed: AtomicBool::new(false),
-        }
+        let shards = (0..SHARDS).map(|_| Shard { map: Mutex::new(Map::default()), sealed: Condvar::new() }).collect();
+        Index { shards, hasher: Default::default(), closed: AtomicBool::new(false) }
     }
 
     fn shard(&self, key: &[u8]) -> &Shard<T> {
@@ -168,11 +159,7 @@ impl<T: Entry> Index<T> {
                     if now >= d {
                         return Err(IndexError::Timeout);
                     }
-                    shard
-                        .sealed
-                        .wait_timeout(map, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+                    shard.sealed.wait_timeout(map, d - now).unwrap_or_else(|p| p.into_inner()).0
                 }
             };
         }
@@ -249,10 +236,7 @@ mod tests {
     }
 
     fn obj(key: &[u8]) -> Result<Arc<Obj>, ()> {
-        Ok(Arc::new(Obj {
-            key: key.into(),
-            sealed: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(Obj { key: key.into(), sealed: AtomicBool::new(false) }))
     }
 
     fn state(ix: &Index<Obj>, key: &[u8]) -> &'static str {
@@ -287,9 +271,7 @@ mod tests {
     fn duplicate_insert_is_refused_without_calling_make() {
         let ix = Index::new();
         ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        let r = ix.insert_with(b"k", || -> Result<Arc<Obj>, ()> {
-            panic!("make must not run")
-        });
+        let r = ix.insert_with(b"k", || -> Result<Arc<Obj>, ()> { panic!("make must not run") });
         assert_eq!(r.err(), Some(IndexError::AlreadyExists));
     }
 
@@ -309,16 +291,10 @@ mod tests {
         assert!(ix.remove_unsealed(&first));
         assert!(!ix.remove_unsealed(&first), "second abort is a no-op");
         let second = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        assert!(
-            !ix.remove_unsealed(&first),
-            "a stale handle must not remove a new entry"
-        );
+        assert!(!ix.remove_unsealed(&first), "a stale handle must not remove a new entry");
         assert_eq!(state(&ix, b"k"), "unsealed");
         ix.seal(&second).unwrap();
-        assert!(
-            !ix.remove_unsealed(&second),
-            "sealed entries are not aborted"
-        );
+        assert!(!ix.remove_unsealed(&second), "sealed entries are not aborted");
     }
 
     #[test]
@@ -326,8 +302,7 @@ mod tests {
         let ix = Arc::new(Index::<Obj>::new());
         let ix2 = ix.clone();
         let waiter = std::thread::spawn(move || {
-            ix2.wait_sealed(b"k", Some(Instant::now() + Duration::from_secs(10)))
-                .map(|e| e.key.to_vec())
+            ix2.wait_sealed(b"k", Some(Instant::now() + Duration::from_secs(10))).map(|e| e.key.to_vec())
         });
         std::thread::sleep(Duration::from_millis(20));
         let e = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
@@ -358,10 +333,7 @@ mod tests {
         let entries = ix.close();
         assert_eq!(entries.len(), 2);
         assert_eq!(waiter.join().unwrap(), Some(IndexError::Closed));
-        assert_eq!(
-            ix.insert_with(b"c", || obj(b"c")).err(),
-            Some(IndexError::Closed)
-        );
+        assert_eq!(ix.insert_with(b"c", || obj(b"c")).err(), Some(IndexError::Closed));
         assert_eq!(ix.remove_sealed(b"a").err(), Some(IndexError::Closed));
         assert_eq!(ix.len(), 0);
     }

@@ -5,16 +5,19 @@
 //! [`ffi`] is a thin skin over it and `include/zcopy.h` is generated from it.
 //!
 //! Layers, each one module with one job (see `README.md`):
-//! [`region`] maps memory, [`alloc`] hands out offsets in it, [`index`] maps keys to objects and
-//! their states, [`pool`] composes them, [`ffi`] exports them to C.
+//! [`region`] maps memory, [`rdma`] registers it with the NICs, [`alloc`] hands out offsets in
+//! it, [`index`] maps keys to objects and their states, [`pool`] composes them, [`ffi`] exports
+//! them to C.
 
 pub mod alloc;
 pub mod error;
 pub mod ffi;
 pub mod index;
 pub mod pool;
+pub mod rdma;
 pub mod region;
 
 pub use error::{Error, Result};
 pub use pool::{Buffer, Pool, PoolOptions, PoolStats};
+pub use rdma::{RdmaDesc, RdmaMode};
 pub use region::PageMode;

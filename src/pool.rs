@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::alloc::{AllocError, Arena, Block, SharedArena, MAX_SEGMENT};
+use crate::alloc::{AllocError, Arena, Block, SharedArena};
 use crate::error::{Bytes, Error, Key, Result};
 use crate::index::{Entry, Index, IndexError, Lookup};
+use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
 use crate::region::{PageMode, Region, RegionOptions};
 
 /// Longest key accepted, in bytes.
@@ -34,6 +35,10 @@ pub struct PoolOptions {
     pub lock_memory: bool,
     /// Most objects live at once; 0 derives it from the size (one per 4 KiB, at least 1024).
     pub max_objects: usize,
+    /// Whether to register the region with the RDMA devices at open.
+    pub rdma: RdmaMode,
+    /// The devices to register with, by name; `None` is all of them.
+    pub rdma_devices: Option<Vec<String>>,
 }
 
 impl Default for PoolOptions {
@@ -44,6 +49,8 @@ impl Default for PoolOptions {
             prefault: true,
             lock_memory: false,
             max_objects: 0,
+            rdma: RdmaMode::Auto,
+            rdma_devices: None,
         }
     }
 }
@@ -106,12 +113,18 @@ pub struct PoolStats {
     pub page_size: u64,
     /// Time `open` spent mapping, prefaulting and locking the region.
     pub open_nanos: u64,
+    /// RDMA registrations of the region: one per device at open, one per `register_pd`.
+    pub rdma_registrations: u64,
+    /// Time `open` spent registering the region with RDMA devices.
+    pub rdma_register_nanos: u64,
 }
 
 /// The shared state. Aligned so that the `Arc` counts (bumped by every create and free) and the
 /// arena lock (taken by both) do not share a cache line with what every call reads.
 #[repr(align(128))]
 pub(crate) struct Inner {
+    /// Declared before `region`: memory registrations go before the memory is unmapped.
+    rdma: Registrations,
     region: Region,
     /// Bytes objects can use (`PoolOptions::size` in whole granules); never changes.
     capacity: usize,
@@ -177,9 +190,7 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("region", &self.inner.region)
-            .finish()
+        f.debug_struct("Pool").field("region", &self.inner.region).finish()
     }
 }
 
@@ -195,10 +206,7 @@ fn check_key(key: &[u8]) -> Result<()> {
         return Err(Error::InvalidArgument("key is empty".into()));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "key of {} bytes is longer than {MAX_KEY_LEN}",
-            key.len()
-        )));
+        return Err(Error::InvalidArgument(format!("key of {} bytes is longer than {MAX_KEY_LEN}", key.len())));
     }
     Ok(())
 }
@@ -209,10 +217,7 @@ fn index_error(e: IndexError, key: &[u8], wait: Wait) -> Error {
         IndexError::NotFound => Error::NotFound(Key::new(key)),
         IndexError::NotSealed => Error::NotSealed(Key::new(key)),
         IndexError::AlreadySealed => Error::AlreadySealed(Key::new(key)),
-        IndexError::Timeout => Error::Timeout {
-            key: Key::new(key),
-            ms: wait.millis(),
-        },
+        IndexError::Timeout => Error::Timeout { key: Key::new(key), ms: wait.millis() },
         IndexError::Closed => Error::PoolClosed,
     }
 }
@@ -235,9 +240,7 @@ impl Inner {
                 self.index.wait_sealed(key, deadline)
             }
         };
-        found
-            .map(|obj| Buffer { obj, writer: false })
-            .map_err(|e| index_error(e, key, wait))
+        found.map(|obj| Buffer { obj, writer: false }).map_err(|e| index_error(e, key, wait))
     }
 }
 
@@ -254,15 +257,18 @@ impl Pool {
         // Capacity is what was asked for (in whole granules), not the page-rounded mapping, so
         // a 1 MiB pool holds 1 MiB whatever page size backs it.
         let capacity = opts.size.div_ceil(ALIGNMENT) * ALIGNMENT;
+        let rdma = Registrations::open(
+            region.base(),
+            region.len(),
+            region.page_size(),
+            opts.rdma,
+            opts.rdma_devices.as_deref(),
+        )?;
         let max_objects = opts.effective_max_objects(capacity);
-        let arena = Arena::new(capacity, max_objects, MAX_SEGMENT);
+        // Blocks never straddle two memory registrations.
+        let arena = Arena::new(capacity, max_objects, rdma.chunk_len());
         Ok(Pool {
-            inner: Arc::new(Inner {
-                region,
-                capacity,
-                index: Index::new(),
-                arena: SharedArena::new(arena),
-            }),
+            inner: Arc::new(Inner { rdma, region, capacity, index: Index::new(), arena: SharedArena::new(arena) }),
         })
     }
 
@@ -285,18 +291,9 @@ impl Pool {
             )));
         }
         let made = inner.index.insert_with(key, || {
-            let (block, cached) = inner
-                .arena
-                .allocate(size)
-                .map_err(|e| self.alloc_error(e, size))?;
+            let (block, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
             let pool = cached.unwrap_or_else(|| inner.clone());
-            Ok(Arc::new(Object {
-                pool: Some(pool),
-                key: key.into(),
-                block,
-                size,
-                sealed: AtomicBool::new(false),
-            }))
+            Ok(Arc::new(Object { pool: Some(pool), key: key.into(), block, size, sealed: AtomicBool::new(false) }))
         });
         match made {
             Ok(Ok(obj)) => Ok(Buffer { obj, writer: true }),
@@ -316,9 +313,7 @@ impl Pool {
                     capacity: usage.capacity as u64,
                 }
             }
-            AllocError::TooManyObjects { limit } => Error::ObjectLimit {
-                limit: limit as u64,
-            },
+            AllocError::TooManyObjects { limit } => Error::ObjectLimit { limit: limit as u64 },
         }
     }
 
@@ -332,11 +327,7 @@ impl Pool {
     /// belongs to its creator, who aborts it).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         check_key(key)?;
-        let removed = self
-            .inner
-            .index
-            .remove_sealed(key)
-            .map_err(|e| index_error(e, key, Wait::Now))?;
+        let removed = self.inner.index.remove_sealed(key).map_err(|e| index_error(e, key, Wait::Now))?;
         drop(removed);
         Ok(())
     }
@@ -349,9 +340,7 @@ impl Pool {
     /// Creates, copies `data` in and seals: the one-copy put.
     pub fn put(&self, key: &[u8], data: &[u8]) -> Result<()> {
         let mut buf = self.create(key, data.len())?;
-        buf.as_mut_slice()
-            .ok_or_else(|| Error::Internal("new buffer is not writable".into()))?
-            .copy_from_slice(data);
+        buf.as_mut_slice().ok_or_else(|| Error::Internal("new buffer is not writable".into()))?.copy_from_slice(data);
         buf.seal()
     }
 
@@ -386,6 +375,8 @@ impl Pool {
             max_objects: usage.max_objects as u64,
             page_size: inner.region.page_size() as u64,
             open_nanos: inner.region.map_time().as_nanos() as u64,
+            rdma_registrations: inner.rdma.count() as u64,
+            rdma_register_nanos: inner.rdma.open_time().as_nanos() as u64,
         }
     }
 
@@ -402,6 +393,27 @@ impl Pool {
         drop(entries);
         let cached = self.inner.arena.close();
         drop(cached);
+        self.inner.rdma.close_caller_pds();
+    }
+
+    /// RDMA registrations: one per device registered at open, plus one per `register_pd`.
+    pub fn rdma_count(&self) -> u32 {
+        self.inner.rdma.count()
+    }
+
+    /// The `struct ibv_pd *` of registration `index`; NULL past the end.
+    pub fn rdma_pd(&self, index: u32) -> *mut std::ffi::c_void {
+        self.inner.rdma.pd(index).cast()
+    }
+
+    /// Registers the whole region on a protection domain the caller owns (`struct ibv_pd *`) and
+    /// answers its registration index. The pool deregisters it at `close`; the PD must live
+    /// until then.
+    pub fn register_pd(&self, pd: *mut std::ffi::c_void) -> Result<u32> {
+        if self.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        self.inner.rdma.register_pd(pd.cast())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -437,6 +449,12 @@ impl Buffer {
         self.obj.block.offset
     }
 
+    /// Where the buffer's bytes are for RDMA, with the keys of registration `index`: a target for
+    /// a peer's RDMA WRITE while unsealed, a source for RDMA READ once sealed.
+    pub fn rdma_desc(&self, index: u32) -> Result<RdmaDesc> {
+        self.obj.pool().rdma.desc(index, self.obj.block.offset, self.obj.size)
+    }
+
     /// Address of the first byte, inside the pool's region. Valid while this buffer lives.
     pub fn as_ptr(&self) -> *const u8 {
         self.obj.pool().region.ptr_at(self.obj.block.offset)
@@ -444,8 +462,7 @@ impl Buffer {
 
     /// Writable address: only for the creator's buffer, and only until it is sealed.
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
-        (self.writer && !self.is_sealed())
-            .then(|| self.obj.pool().region.ptr_at(self.obj.block.offset))
+        (self.writer && !self.is_sealed()).then(|| self.obj.pool().region.ptr_at(self.obj.block.offset))
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -459,8 +476,7 @@ impl Buffer {
         let size = self.obj.size;
         // SAFETY: as in `as_slice`; this is the only writable handle to the block and it is
         // borrowed mutably for the slice's life.
-        self.as_mut_ptr()
-            .map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
+        self.as_mut_ptr().map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
     }
 
     /// Makes the object immutable and visible to `get`, and wakes its waiters. The buffer stays a
@@ -469,11 +485,7 @@ impl Buffer {
         if !self.writer {
             return Err(Error::AlreadySealed(Key::new(self.key())));
         }
-        self.obj
-            .pool()
-            .index
-            .seal(&self.obj)
-            .map_err(|e| index_error(e, &self.obj.key, Wait::Now))
+        self.obj.pool().index.seal(&self.obj).map_err(|e| index_error(e, &self.obj.key, Wait::Now))
     }
 
     /// Discards an unsealed object: its key vanishes and its memory is freed. On a sealed buffer

@@ -69,9 +69,7 @@ impl Region {
     /// The length is rounded up to the page size in use.
     pub fn map(opts: &RegionOptions) -> Result<Region> {
         if opts.len == 0 {
-            return Err(Error::InvalidArgument(
-                "pool size must be greater than zero".into(),
-            ));
+            return Err(Error::InvalidArgument("pool size must be greater than zero".into()));
         }
         let started = Instant::now();
         let mut region = match &opts.pages {
@@ -96,18 +94,12 @@ impl Region {
 
     fn map_anon(len: usize, align: usize, advice: Advice) -> Result<Region> {
         let len = round_up(len, align)?;
-        let map_len = len
-            .checked_add(align)
-            .ok_or_else(|| Error::InvalidArgument(format!("pool size {len} overflows")))?;
+        let map_len =
+            len.checked_add(align).ok_or_else(|| Error::InvalidArgument(format!("pool size {len} overflows")))?;
         let map: MmapRaw = MmapOptions::new()
             .len(map_len)
             .map_anon()
-            .map_err(|e| {
-                Error::system(
-                    format!("mmap of {} anonymous memory", Bytes(map_len as u64)),
-                    e,
-                )
-            })?
+            .map_err(|e| Error::system(format!("mmap of {} anonymous memory", Bytes(map_len as u64)), e))?
             .into();
         let addr = map.as_mut_ptr() as usize;
         let start = round_up(addr, align)? - addr;
@@ -124,7 +116,15 @@ impl Region {
             .len(len)
             .huge(Some(page.trailing_zeros() as u8))
             .map_anon()
-            .map_err(|e| Error::system(format!("mmap(MAP_HUGETLB) of {} (are huge pages reserved in /proc/sys/vm/nr_hugepages?)", Bytes(len as u64)), e))?
+            .map_err(|e| {
+                Error::system(
+                    format!(
+                        "mmap(MAP_HUGETLB) of {} (are huge pages reserved in /proc/sys/vm/nr_hugepages?)",
+                        Bytes(len as u64)
+                    ),
+                    e,
+                )
+            })?
             .into();
         Ok(Region::new(map, 0, len, page, None))
     }
@@ -133,11 +133,7 @@ impl Region {
         let page = hugetlbfs_page_size(dir)?;
         let len = round_up(len, page)?;
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let path = dir.join(format!(
-            "zcopy-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = dir.join(format!("zcopy-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -147,14 +143,7 @@ impl Region {
         // The name is only needed to create the file; the mapping keeps the memory.
         let _ = std::fs::remove_file(&path);
         file.set_len(len as u64).map_err(|e| {
-            Error::system(
-                format!(
-                    "size {} to {} (not enough free huge pages?)",
-                    path.display(),
-                    Bytes(len as u64)
-                ),
-                e,
-            )
+            Error::system(format!("size {} to {} (not enough free huge pages?)", path.display(), Bytes(len as u64)), e)
         })?;
         let map = MmapOptions::new()
             .len(len)
@@ -164,35 +153,18 @@ impl Region {
     }
 
     fn new(map: MmapRaw, start: usize, len: usize, page_size: usize, file: Option<File>) -> Region {
-        Region {
-            map,
-            start,
-            len,
-            page_size,
-            locked: false,
-            map_time: Duration::ZERO,
-            _file: file,
-        }
+        Region { map, start, len, page_size, locked: false, map_time: Duration::ZERO, _file: file }
     }
 
     fn prefault(&self) -> Result<()> {
-        match self
-            .map
-            .advise_range(Advice::PopulateWrite, self.start, self.len)
-        {
+        match self.map.advise_range(Advice::PopulateWrite, self.start, self.len) {
             Ok(()) => Ok(()),
             // Kernels before 5.14 do not know MADV_POPULATE_WRITE: touch every page instead.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.touch_pages();
                 Ok(())
             }
-            Err(e) => Err(Error::system(
-                format!(
-                    "prefault of {} (MADV_POPULATE_WRITE)",
-                    Bytes(self.len as u64)
-                ),
-                e,
-            )),
+            Err(e) => Err(Error::system(format!("prefault of {} (MADV_POPULATE_WRITE)", Bytes(self.len as u64)), e)),
         }
     }
 
@@ -211,10 +183,7 @@ impl Region {
         if rc != 0 {
             let e = io::Error::last_os_error();
             return Err(Error::system(
-                format!(
-                    "mlock of {} (check `ulimit -l` / RLIMIT_MEMLOCK)",
-                    Bytes(self.len as u64)
-                ),
+                format!("mlock of {} (check `ulimit -l` / RLIMIT_MEMLOCK)", Bytes(self.len as u64)),
                 e,
             ));
         }
@@ -267,9 +236,9 @@ impl Drop for Region {
 }
 
 fn round_up(value: usize, align: usize) -> Result<usize> {
-    value.checked_next_multiple_of(align).ok_or_else(|| {
-        Error::InvalidArgument(format!("size {value} overflows when rounded to {align}"))
-    })
+    value
+        .checked_next_multiple_of(align)
+        .ok_or_else(|| Error::InvalidArgument(format!("size {value} overflows when rounded to {align}")))
 }
 
 /// The PMD huge page size transparent huge pages use (2 MiB on x86-64).
@@ -282,29 +251,19 @@ fn thp_size() -> usize {
 }
 
 fn hugetlbfs_page_size(dir: &Path) -> Result<usize> {
-    let cpath = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::InvalidArgument(format!(
-            "hugetlbfs path {} contains a NUL byte",
-            dir.display()
-        ))
-    })?;
+    let cpath = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("hugetlbfs path {} contains a NUL byte", dir.display())))?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `cpath` is a valid C string and `st` is writable memory of the right type.
     let rc = unsafe { libc::statfs(cpath.as_ptr(), st.as_mut_ptr()) };
     if rc != 0 {
-        return Err(Error::system(
-            format!("statfs {}", dir.display()),
-            io::Error::last_os_error(),
-        ));
+        return Err(Error::system(format!("statfs {}", dir.display()), io::Error::last_os_error()));
     }
     // SAFETY: statfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
     const HUGETLBFS_MAGIC: libc::c_long = 0x9584_58f6;
     if st.f_type as libc::c_long != HUGETLBFS_MAGIC {
-        return Err(Error::InvalidArgument(format!(
-            "{} is not on a hugetlbfs mount",
-            dir.display()
-        )));
+        return Err(Error::InvalidArgument(format!("{} is not on a hugetlbfs mount", dir.display())));
     }
     Ok(st.f_bsize as usize)
 }
@@ -321,9 +280,7 @@ mod tests {
         for line in smaps.lines() {
             let head = line.split_whitespace().next().unwrap_or("");
             if let Some((lo, hi)) = head.split_once('-') {
-                if let (Ok(lo), Ok(hi)) =
-                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                {
+                if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
                     if inside {
                         return current;
                     }
@@ -357,98 +314,53 @@ mod tests {
 
     #[test]
     fn thp_region_is_huge_aligned_dontfork_hugepage_advised_and_prefaulted() {
-        let r = Region::map(&RegionOptions {
-            len: 8 << 20,
-            pages: PageMode::TransparentHuge,
-            prefault: true,
-            lock: false,
-        })
-        .unwrap();
+        let r =
+            Region::map(&RegionOptions { len: 8 << 20, pages: PageMode::TransparentHuge, prefault: true, lock: false })
+                .unwrap();
         assert_eq!(r.len(), 8 << 20);
         assert_eq!(r.base() as usize % thp_size(), 0);
         let smaps = smaps_of(r.base() as usize);
         let flags = vm_flags(&smaps);
-        assert!(
-            flags.contains(&"dc".to_string()),
-            "MADV_DONTFORK missing: {flags:?}"
-        );
-        assert!(
-            flags.contains(&"hg".to_string()),
-            "MADV_HUGEPAGE missing: {flags:?}"
-        );
+        assert!(flags.contains(&"dc".to_string()), "MADV_DONTFORK missing: {flags:?}");
+        assert!(flags.contains(&"hg".to_string()), "MADV_HUGEPAGE missing: {flags:?}");
         // Prefaulted: every byte of the usable range is resident before anything writes to it.
         assert!(kib(&smaps, "Rss:") >= 8 << 10, "not prefaulted:\n{smaps}");
     }
 
     #[test]
     fn small_page_region_is_advised_nohugepage_and_not_resident_without_prefault() {
-        let r = Region::map(&RegionOptions {
-            len: 1 << 20,
-            pages: PageMode::Small,
-            prefault: false,
-            lock: false,
-        })
-        .unwrap();
+        let r =
+            Region::map(&RegionOptions { len: 1 << 20, pages: PageMode::Small, prefault: false, lock: false }).unwrap();
         let smaps = smaps_of(r.base() as usize);
         let flags = vm_flags(&smaps);
-        assert!(
-            flags.contains(&"nh".to_string()),
-            "MADV_NOHUGEPAGE missing: {flags:?}"
-        );
-        assert!(
-            flags.contains(&"dc".to_string()),
-            "MADV_DONTFORK missing: {flags:?}"
-        );
+        assert!(flags.contains(&"nh".to_string()), "MADV_NOHUGEPAGE missing: {flags:?}");
+        assert!(flags.contains(&"dc".to_string()), "MADV_DONTFORK missing: {flags:?}");
         assert_eq!(kib(&smaps, "Rss:"), 0);
         assert_eq!(r.page_size(), 4096);
     }
 
     #[test]
     fn region_length_is_rounded_up_to_the_page_size() {
-        let r = Region::map(&RegionOptions {
-            len: 5000,
-            pages: PageMode::Small,
-            prefault: true,
-            lock: false,
-        })
-        .unwrap();
+        let r = Region::map(&RegionOptions { len: 5000, pages: PageMode::Small, prefault: true, lock: false }).unwrap();
         assert_eq!(r.len(), 8192);
-        let r = Region::map(&RegionOptions {
-            len: 1,
-            pages: PageMode::TransparentHuge,
-            prefault: false,
-            lock: false,
-        })
-        .unwrap();
+        let r = Region::map(&RegionOptions { len: 1, pages: PageMode::TransparentHuge, prefault: false, lock: false })
+            .unwrap();
         assert_eq!(r.len(), thp_size());
     }
 
     #[test]
     fn locked_region_shows_locked_flag_and_unlocks_on_drop() {
-        let r = Region::map(&RegionOptions {
-            len: 1 << 20,
-            pages: PageMode::Small,
-            prefault: true,
-            lock: true,
-        })
-        .unwrap();
+        let r =
+            Region::map(&RegionOptions { len: 1 << 20, pages: PageMode::Small, prefault: true, lock: true }).unwrap();
         assert!(r.is_locked());
         let flags = vm_flags(&smaps_of(r.base() as usize));
-        assert!(
-            flags.contains(&"lo".to_string()),
-            "VM_LOCKED missing: {flags:?}"
-        );
+        assert!(flags.contains(&"lo".to_string()), "VM_LOCKED missing: {flags:?}");
     }
 
     #[test]
     fn zero_length_and_overflowing_lengths_are_invalid_arguments() {
-        let e = Region::map(&RegionOptions {
-            len: 0,
-            pages: PageMode::Small,
-            prefault: false,
-            lock: false,
-        })
-        .unwrap_err();
+        let e =
+            Region::map(&RegionOptions { len: 0, pages: PageMode::Small, prefault: false, lock: false }).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
         let e = Region::map(&RegionOptions {
             len: usize::MAX - 10,
@@ -464,9 +376,7 @@ mod tests {
     fn hugetlbfs_path_that_is_not_hugetlbfs_is_refused_with_its_name() {
         let e = Region::map(&RegionOptions {
             len: 4 << 20,
-            pages: PageMode::HugeTlb {
-                dir: Some(std::env::temp_dir()),
-            },
+            pages: PageMode::HugeTlb { dir: Some(std::env::temp_dir()) },
             prefault: false,
             lock: false,
         })

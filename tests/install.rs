@@ -21,22 +21,14 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn installed_prefix_builds_and_runs_a_c_program_through_pkg_config() {
-    if Command::new("pkg-config")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if Command::new("pkg-config").arg("--version").output().is_err() {
         panic!("pkg-config is not installed (apt-get install pkg-config)");
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let prefix = profile_dir().join("install-test-prefix");
     let _ = std::fs::remove_dir_all(&prefix);
     let lib = common::lib_path();
-    run(Command::new("bash")
-        .arg(root.join("scripts/install.sh"))
-        .arg("--lib")
-        .arg(&lib)
-        .arg(&prefix));
+    run(Command::new("bash").arg(root.join("scripts/install.sh")).arg("--lib").arg(&lib).arg(&prefix));
 
     let version = env!("CARGO_PKG_VERSION");
     assert!(prefix.join(format!("lib/libzcopy.so.{version}")).is_file());
@@ -47,43 +39,23 @@ fn installed_prefix_builds_and_runs_a_c_program_through_pkg_config() {
     assert!(prefix.join("include/zcopy.h").is_file());
 
     let pc_path = prefix.join("lib/pkgconfig");
-    let flags = run(Command::new("pkg-config")
-        .env("PKG_CONFIG_PATH", &pc_path)
-        .args(["--cflags", "--libs", "zcopy"]));
-    assert!(
-        flags.contains(&format!("-I{}/include", prefix.display())),
-        "{flags}"
-    );
+    let flags = run(Command::new("pkg-config").env("PKG_CONFIG_PATH", &pc_path).args(["--cflags", "--libs", "zcopy"]));
+    assert!(flags.contains(&format!("-I{}/include", prefix.display())), "{flags}");
     assert!(flags.contains("-lzcopy"), "{flags}");
-    let modversion = run(Command::new("pkg-config")
-        .env("PKG_CONFIG_PATH", &pc_path)
-        .args(["--modversion", "zcopy"]));
+    let modversion = run(Command::new("pkg-config").env("PKG_CONFIG_PATH", &pc_path).args(["--modversion", "zcopy"]));
     assert_eq!(modversion.trim(), version);
 
     let program = prefix.join("lifecycle");
     let mut cc = Command::new("cc");
-    cc.args([
-        "-std=c11",
-        "-Wall",
-        "-Wextra",
-        "-Wpedantic",
-        "-Werror",
-        "-pthread",
-    ])
-    .arg(root.join("examples/c/lifecycle.c"))
-    .arg("-o")
-    .arg(&program)
-    .args(flags.split_whitespace());
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread"])
+        .arg(root.join("examples/c/lifecycle.c"))
+        .arg("-o")
+        .arg(&program)
+        .args(flags.split_whitespace());
     run(&mut cc);
 
     let needed = run(Command::new("readelf").arg("-d").arg(&program));
-    assert!(
-        needed.contains("[libzcopy.so.0]"),
-        "the program must depend on the SONAME:\n{needed}"
-    );
+    assert!(needed.contains("[libzcopy.so.0]"), "the program must depend on the SONAME:\n{needed}");
     let out = run(Command::new(&program).env("LD_LIBRARY_PATH", prefix.join("lib")));
-    assert!(
-        out.contains("zero-copy: reader pointer == writer pointer"),
-        "{out}"
-    );
+    assert!(out.contains("zero-copy: reader pointer == writer pointer"), "{out}");
 }

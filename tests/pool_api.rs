@@ -10,13 +10,8 @@ use zcopy::{Error, PageMode, Pool, PoolOptions};
 const MIB: usize = 1 << 20;
 
 fn pool_with(size: usize, max_objects: usize) -> Pool {
-    Pool::open(&PoolOptions {
-        size,
-        pages: PageMode::Small,
-        max_objects,
-        ..Default::default()
-    })
-    .expect("open a small pool")
+    Pool::open(&PoolOptions { size, pages: PageMode::Small, max_objects, ..Default::default() })
+        .expect("open a small pool")
 }
 
 fn small_pool() -> Pool {
@@ -25,17 +20,13 @@ fn small_pool() -> Pool {
 
 /// A recognisable fill: byte `i` of a value tagged `tag`.
 fn pattern(tag: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag)).collect()
 }
 
 /// Creates, fills with `data` through the writable slice, seals.
 fn put_via_buffer(pool: &Pool, key: &[u8], data: &[u8]) -> zcopy::Buffer {
     let mut buf = pool.create(key, data.len()).expect("create");
-    buf.as_mut_slice()
-        .expect("fresh buffer is writable")
-        .copy_from_slice(data);
+    buf.as_mut_slice().expect("fresh buffer is writable").copy_from_slice(data);
     buf.seal().expect("seal");
     buf
 }
@@ -52,20 +43,11 @@ fn round_trip_reader_sees_writers_bytes_at_the_same_aligned_address() {
     assert_eq!(w.len(), 1000);
     assert_eq!(w.key(), b"obj");
     assert!(!w.is_sealed());
-    let wptr = w
-        .as_mut_ptr()
-        .expect("creator's unsealed buffer is writable");
-    assert_eq!(
-        wptr as usize % 64,
-        0,
-        "data pointer must be 64-byte aligned"
-    );
+    let wptr = w.as_mut_ptr().expect("creator's unsealed buffer is writable");
+    assert_eq!(wptr as usize % 64, 0, "data pointer must be 64-byte aligned");
     assert_eq!(wptr as *const u8, w.as_ptr());
     let (base, len) = pool.region();
-    assert!(
-        wptr as usize >= base as usize && wptr as usize + 1000 <= base as usize + len,
-        "pointer inside region"
-    );
+    assert!(wptr as usize >= base as usize && wptr as usize + 1000 <= base as usize + len, "pointer inside region");
     {
         let s = w.as_mut_slice().unwrap();
         assert_eq!(s.len(), 1000);
@@ -75,30 +57,17 @@ fn round_trip_reader_sees_writers_bytes_at_the_same_aligned_address() {
     assert!(w.is_sealed());
     assert!(w.as_mut_ptr().is_none(), "no writable pointer after seal");
     assert!(w.as_mut_slice().is_none(), "no writable slice after seal");
-    assert_eq!(
-        w.as_slice(),
-        &data[..],
-        "writer's buffer stays a read reference"
-    );
+    assert_eq!(w.as_slice(), &data[..], "writer's buffer stays a read reference");
 
     let r = pool.get(b"obj", Wait::Now).unwrap();
-    assert_eq!(
-        r.as_ptr(),
-        wptr as *const u8,
-        "zero copy: reader sees the writer's address"
-    );
+    assert_eq!(r.as_ptr(), wptr as *const u8, "zero copy: reader sees the writer's address");
     assert_eq!(r.offset(), w.offset());
     assert_eq!(r.as_slice(), &data[..]);
     assert_eq!(r.len(), 1000);
     assert!(r.is_sealed());
-    let mut r2 = pool
-        .get(b"obj", Wait::For(Duration::from_millis(10)))
-        .unwrap();
+    let mut r2 = pool.get(b"obj", Wait::For(Duration::from_millis(10))).unwrap();
     assert!(r2.as_mut_ptr().is_none(), "get buffers are never writable");
-    assert!(
-        r2.as_mut_slice().is_none(),
-        "get buffers are never writable"
-    );
+    assert!(r2.as_mut_slice().is_none(), "get buffers are never writable");
     assert_eq!(r2.as_ptr(), wptr as *const u8);
     assert!(pool.contains(b"obj"));
 }
@@ -107,10 +76,7 @@ fn round_trip_reader_sees_writers_bytes_at_the_same_aligned_address() {
 fn every_data_pointer_is_64_byte_aligned_for_odd_sizes() {
     let pool = small_pool();
     let mut held = Vec::new();
-    for (i, size) in [1usize, 3, 63, 64, 65, 100, 127, 129, 4095, 4097]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, size) in [1usize, 3, 63, 64, 65, 100, 127, 129, 4095, 4097].into_iter().enumerate() {
         let b = pool.create(format!("k{i}").as_bytes(), size).unwrap();
         assert_eq!(b.as_ptr() as usize % 64, 0, "size {size}");
         assert_eq!(b.len(), size);
@@ -118,10 +84,7 @@ fn every_data_pointer_is_64_byte_aligned_for_odd_sizes() {
     }
     let s = pool.stats();
     assert_eq!(s.used_bytes % 64, 0);
-    let expected: u64 = [1u64, 3, 63, 64, 65, 100, 127, 129, 4095, 4097]
-        .iter()
-        .map(|n| n.div_ceil(64) * 64)
-        .sum();
+    let expected: u64 = [1u64, 3, 63, 64, 65, 100, 127, 129, 4095, 4097].iter().map(|n| n.div_ceil(64) * 64).sum();
     assert_eq!(s.used_bytes, expected);
 }
 
@@ -181,15 +144,9 @@ fn keys_differing_only_in_length_are_distinct() {
         pool.put(&vec![b'k'; n], &[n as u8; 3]).unwrap();
     }
     for n in 1..=4usize {
-        assert_eq!(
-            pool.get(&vec![b'k'; n], Wait::Now).unwrap().as_slice(),
-            &[n as u8; 3]
-        );
+        assert_eq!(pool.get(&vec![b'k'; n], Wait::Now).unwrap().as_slice(), &[n as u8; 3]);
     }
-    assert!(matches!(
-        pool.get(&[b'k'; 5], Wait::Now),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(pool.get(&[b'k'; 5], Wait::Now), Err(Error::NotFound(_))));
 }
 
 #[test]
@@ -197,47 +154,21 @@ fn empty_and_over_long_keys_are_invalid_arguments_and_4096_bytes_works() {
     let pool = small_pool();
     let long = vec![b'x'; 4097];
     for key in [&b""[..], &long[..]] {
+        assert!(matches!(pool.create(key, 8), Err(Error::InvalidArgument(_))), "create {}", key.len());
+        assert!(matches!(pool.get(key, Wait::Now), Err(Error::InvalidArgument(_))), "get {}", key.len());
         assert!(
-            matches!(pool.create(key, 8), Err(Error::InvalidArgument(_))),
-            "create {}",
-            key.len()
-        );
-        assert!(
-            matches!(pool.get(key, Wait::Now), Err(Error::InvalidArgument(_))),
-            "get {}",
-            key.len()
-        );
-        assert!(
-            matches!(
-                pool.get(key, Wait::For(Duration::from_millis(5))),
-                Err(Error::InvalidArgument(_))
-            ),
+            matches!(pool.get(key, Wait::For(Duration::from_millis(5))), Err(Error::InvalidArgument(_))),
             "get For {}",
             key.len()
         );
-        assert!(
-            matches!(pool.delete(key), Err(Error::InvalidArgument(_))),
-            "delete {}",
-            key.len()
-        );
-        assert!(
-            matches!(pool.put(key, b"v"), Err(Error::InvalidArgument(_))),
-            "put {}",
-            key.len()
-        );
+        assert!(matches!(pool.delete(key), Err(Error::InvalidArgument(_))), "delete {}", key.len());
+        assert!(matches!(pool.put(key, b"v"), Err(Error::InvalidArgument(_))), "put {}", key.len());
         let mut dst = [0u8; 4];
-        assert!(matches!(
-            pool.get_into(key, Wait::Now, &mut dst),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(pool.get_into(key, Wait::Now, &mut dst), Err(Error::InvalidArgument(_))));
         assert!(!pool.contains(key));
     }
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (0, 0, 0),
-        "rejected calls hold nothing"
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0), "rejected calls hold nothing");
 
     let max = vec![b'y'; 4096];
     assert_eq!(max.len(), zcopy::pool::MAX_KEY_LEN);
@@ -258,24 +189,14 @@ fn empty_and_over_long_keys_are_invalid_arguments_and_4096_bytes_works() {
 fn create_of_an_existing_created_or_sealed_key_is_already_exists() {
     let pool = small_pool();
     let w = pool.create(b"k", 16).unwrap();
-    assert!(matches!(
-        pool.create(b"k", 16),
-        Err(Error::AlreadyExists(_))
-    ));
+    assert!(matches!(pool.create(b"k", 16), Err(Error::AlreadyExists(_))));
     assert!(matches!(pool.put(b"k", b"x"), Err(Error::AlreadyExists(_))));
     let mut w = w;
     w.as_mut_slice().unwrap().copy_from_slice(&[5; 16]);
     w.seal().unwrap();
-    assert!(matches!(
-        pool.create(b"k", 16),
-        Err(Error::AlreadyExists(_))
-    ));
+    assert!(matches!(pool.create(b"k", 16), Err(Error::AlreadyExists(_))));
     assert!(matches!(pool.put(b"k", b"x"), Err(Error::AlreadyExists(_))));
-    assert_eq!(
-        pool.get(b"k", Wait::Now).unwrap().as_slice(),
-        &[5; 16],
-        "failed create left the value alone"
-    );
+    assert_eq!(pool.get(b"k", Wait::Now).unwrap().as_slice(), &[5; 16], "failed create left the value alone");
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (64, 1, 1));
 }
@@ -284,15 +205,9 @@ fn create_of_an_existing_created_or_sealed_key_is_already_exists() {
 fn get_now_is_not_sealed_for_created_and_not_found_for_absent() {
     let pool = small_pool();
     let _w = pool.create(b"created", 8).unwrap();
-    assert!(matches!(
-        pool.get(b"created", Wait::Now),
-        Err(Error::NotSealed(_))
-    ));
+    assert!(matches!(pool.get(b"created", Wait::Now), Err(Error::NotSealed(_))));
     assert!(!pool.contains(b"created"), "unsealed keys are invisible");
-    assert!(matches!(
-        pool.get(b"absent", Wait::Now),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(pool.get(b"absent", Wait::Now), Err(Error::NotFound(_))));
     assert!(!pool.contains(b"absent"));
 }
 
@@ -304,18 +219,9 @@ fn get_with_timeout_on_unsealed_or_absent_key_times_out_after_the_wait() {
         let t = Instant::now();
         let r = pool.get(key, Wait::For(Duration::from_millis(30)));
         let elapsed = t.elapsed();
-        assert!(
-            matches!(r, Err(Error::Timeout { ms: 30, .. })),
-            "{key:?}: {r:?}"
-        );
-        assert!(
-            elapsed >= Duration::from_millis(30),
-            "{key:?} returned after {elapsed:?}"
-        );
-        assert!(
-            elapsed < Duration::from_secs(5),
-            "{key:?} returned after {elapsed:?}"
-        );
+        assert!(matches!(r, Err(Error::Timeout { ms: 30, .. })), "{key:?}: {r:?}");
+        assert!(elapsed >= Duration::from_millis(30), "{key:?} returned after {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{key:?} returned after {elapsed:?}");
     }
 }
 
@@ -323,14 +229,8 @@ fn get_with_timeout_on_unsealed_or_absent_key_times_out_after_the_wait() {
 fn wait_from_millis_follows_the_c_convention() {
     assert_eq!(Wait::from_millis(0).unwrap(), Wait::Now);
     assert_eq!(Wait::from_millis(-1).unwrap(), Wait::Forever);
-    assert_eq!(
-        Wait::from_millis(25).unwrap(),
-        Wait::For(Duration::from_millis(25))
-    );
-    assert!(matches!(
-        Wait::from_millis(-2),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert_eq!(Wait::from_millis(25).unwrap(), Wait::For(Duration::from_millis(25)));
+    assert!(matches!(Wait::from_millis(-2), Err(Error::InvalidArgument(_))));
 }
 
 #[test]
@@ -354,11 +254,7 @@ fn forever_getter_in_another_thread_is_woken_by_seal() {
     });
     assert_eq!(got.0, wptr, "the woken getter sees the writer's address");
     assert_eq!(got.1, data);
-    assert!(
-        got.2 >= Duration::from_millis(45),
-        "getter waited {:?}",
-        got.2
-    );
+    assert!(got.2 >= Duration::from_millis(45), "getter waited {:?}", got.2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,15 +266,9 @@ fn dropping_an_unsealed_buffer_aborts_it_and_frees_its_memory() {
     let pool = small_pool();
     let w = pool.create(b"tmp", MIB).unwrap();
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (MIB as u64, 1, 1)
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (MIB as u64, 1, 1));
     drop(w);
-    assert!(matches!(
-        pool.get(b"tmp", Wait::Now),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(pool.get(b"tmp", Wait::Now), Err(Error::NotFound(_))));
     assert!(matches!(pool.delete(b"tmp"), Err(Error::NotFound(_))));
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0));
@@ -388,10 +278,7 @@ fn dropping_an_unsealed_buffer_aborts_it_and_frees_its_memory() {
     assert!(w.abort().is_ok(), "explicit abort of an unsealed buffer");
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0));
-    assert!(matches!(
-        pool.get(b"tmp", Wait::Now),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(pool.get(b"tmp", Wait::Now), Err(Error::NotFound(_))));
 }
 
 #[test]
@@ -414,10 +301,7 @@ fn abort_on_a_sealed_buffer_fails_and_gives_it_back_readable() {
         other => panic!("abort of a get buffer: {:?}", other.map_err(|(e, _)| e)),
     }
     drop(w);
-    assert!(
-        pool.contains(b"k"),
-        "releasing the sealed writer does not remove the key"
-    );
+    assert!(pool.contains(b"k"), "releasing the sealed writer does not remove the key");
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (320, 1, 1));
 }
@@ -451,44 +335,25 @@ fn delete_while_referenced_removes_key_at_once_and_frees_at_last_release() {
     assert!(matches!(pool.get(b"k", Wait::Now), Err(Error::NotFound(_))));
     assert!(matches!(pool.delete(b"k"), Err(Error::NotFound(_))));
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (1024, 1, 0),
-        "memory held by readers"
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (1024, 1, 0), "memory held by readers");
 
     // Re-create under the same key with new content.
     let new = pattern(2, 500);
     let w2 = put_via_buffer(&pool, b"k", &new);
-    assert_ne!(
-        w2.as_ptr(),
-        old_ptr,
-        "new object must not reuse memory still referenced"
-    );
+    assert_ne!(w2.as_ptr(), old_ptr, "new object must not reuse memory still referenced");
     assert_eq!(pool.get(b"k", Wait::Now).unwrap().as_slice(), &new[..]);
     assert_eq!(r.as_slice(), &old[..], "old reader keeps the old bytes");
     assert_eq!(w.as_slice(), &old[..], "old writer keeps the old bytes");
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (1024 + 512, 2, 1)
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (1024 + 512, 2, 1));
 
     drop(w);
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count),
-        (1024 + 512, 2),
-        "one reference still held"
-    );
+    assert_eq!((s.used_bytes, s.object_count), (1024 + 512, 2), "one reference still held");
     assert_eq!(r.as_slice(), &old[..]);
     drop(r);
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (512, 1, 1),
-        "freed at the last release"
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (512, 1, 1), "freed at the last release");
     drop(w2);
     assert_eq!(pool.get(b"k", Wait::Now).unwrap().as_slice(), &new[..]);
 }
@@ -498,10 +363,7 @@ fn delete_of_unsealed_is_not_sealed_and_of_absent_is_not_found() {
     let pool = small_pool();
     let w = pool.create(b"k", 8).unwrap();
     assert!(matches!(pool.delete(b"k"), Err(Error::NotSealed(_))));
-    assert!(
-        matches!(pool.create(b"k", 8), Err(Error::AlreadyExists(_))),
-        "delete left the unsealed key alone"
-    );
+    assert!(matches!(pool.create(b"k", 8), Err(Error::AlreadyExists(_))), "delete left the unsealed key alone");
     assert!(matches!(pool.delete(b"nope"), Err(Error::NotFound(_))));
     drop(w);
     assert!(matches!(pool.delete(b"k"), Err(Error::NotFound(_))));
@@ -520,19 +382,11 @@ fn pool_full_reports_the_request_and_recovers_after_deletes() {
             Ok(()) => n += 1,
             Err(e) => break e,
         }
-        assert!(
-            n <= 8,
-            "an 8 MiB pool cannot hold more than eight 1 MiB objects"
-        );
+        assert!(n <= 8, "an 8 MiB pool cannot hold more than eight 1 MiB objects");
     };
     assert!(n >= 6, "only {n} MiB objects fit in an 8 MiB pool");
     match &err {
-        Error::PoolFull {
-            requested,
-            largest_free,
-            used,
-            capacity,
-        } => {
+        Error::PoolFull { requested, largest_free, used, capacity } => {
             assert_eq!(*requested, MIB as u64);
             assert_eq!(*capacity, 8 * MIB as u64);
             assert_eq!(*used, (n * MIB) as u64);
@@ -544,43 +398,25 @@ fn pool_full_reports_the_request_and_recovers_after_deletes() {
     assert!(msg.contains("pool full: asked"), "{msg}");
     assert!(msg.contains("1 MiB"), "{msg}");
     // The failed create left no trace.
-    assert!(matches!(
-        pool.get(format!("big{n}").as_bytes(), Wait::Now),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(pool.get(format!("big{n}").as_bytes(), Wait::Now), Err(Error::NotFound(_))));
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        ((n * MIB) as u64, n as u64, n as u64)
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), ((n * MIB) as u64, n as u64, n as u64));
 
     pool.delete(b"big0").unwrap();
     pool.delete(b"big1").unwrap();
     pool.put(b"again", &vec![0xEE; MIB]).unwrap();
-    assert_eq!(
-        pool.get(b"again", Wait::Now).unwrap().as_slice(),
-        &vec![0xEE; MIB][..]
-    );
+    assert_eq!(pool.get(b"again", Wait::Now).unwrap().as_slice(), &vec![0xEE; MIB][..]);
     for i in 2..n {
         let b = pool.get(format!("big{i}").as_bytes(), Wait::Now).unwrap();
-        assert!(
-            b.as_slice().iter().all(|&x| x == i as u8),
-            "object big{i} intact"
-        );
+        assert!(b.as_slice().iter().all(|&x| x == i as u8), "object big{i} intact");
     }
 }
 
 #[test]
 fn size_larger_than_capacity_is_invalid_argument() {
     let pool = small_pool();
-    assert!(matches!(
-        pool.create(b"huge", 8 * MIB + 1),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        pool.create(b"huge", usize::MAX),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(pool.create(b"huge", 8 * MIB + 1), Err(Error::InvalidArgument(_))));
+    assert!(matches!(pool.create(b"huge", usize::MAX), Err(Error::InvalidArgument(_))));
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0));
 }
@@ -590,9 +426,7 @@ fn largest_free_block_can_be_created_right_now() {
     let pool = small_pool();
     let lf = pool.stats().largest_free_block;
     assert!(lf > 0 && lf <= 8 * MIB as u64, "{lf}");
-    let b = pool
-        .create(b"lf", lf as usize)
-        .expect("a create of largest_free_block must succeed");
+    let b = pool.create(b"lf", lf as usize).expect("a create of largest_free_block must succeed");
     drop(b);
     // Fragment, then try again.
     let mut held = Vec::new();
@@ -603,9 +437,7 @@ fn largest_free_block_can_be_created_right_now() {
     held.remove(5);
     let lf = pool.stats().largest_free_block;
     assert!(lf > 0);
-    let b = pool
-        .create(b"lf2", lf as usize)
-        .expect("a create of largest_free_block must succeed");
+    let b = pool.create(b"lf2", lf as usize).expect("a create of largest_free_block must succeed");
     assert_eq!(b.len() as u64, lf);
 }
 
@@ -619,10 +451,7 @@ fn max_objects_limits_live_objects_including_deleted_but_referenced() {
     let err = pool.create(b"d", 1).unwrap_err();
     assert!(matches!(err, Error::ObjectLimit { limit: 3 }), "{err:?}");
     assert!(err.to_string().contains("object limit"), "{err}");
-    assert!(matches!(
-        pool.put(b"d", b"x"),
-        Err(Error::ObjectLimit { .. })
-    ));
+    assert!(matches!(pool.put(b"d", b"x"), Err(Error::ObjectLimit { .. })));
     assert!(matches!(pool.get(b"d", Wait::Now), Err(Error::NotFound(_))));
 
     drop(c); // abort frees a slot
@@ -655,43 +484,23 @@ fn put_and_get_into_round_trip_and_small_destination_is_invalid_argument() {
     let mut big = vec![0x55u8; 20_000];
     assert_eq!(pool.get_into(b"p", Wait::Now, &mut big).unwrap(), 10_000);
     assert_eq!(&big[..10_000], &data[..]);
-    assert!(
-        big[10_000..].iter().all(|&b| b == 0x55),
-        "bytes past the object untouched"
-    );
+    assert!(big[10_000..].iter().all(|&b| b == 0x55), "bytes past the object untouched");
 
     let mut exact = vec![0u8; 10_000];
-    assert_eq!(
-        pool.get_into(b"p", Wait::For(Duration::from_millis(5)), &mut exact)
-            .unwrap(),
-        10_000
-    );
+    assert_eq!(pool.get_into(b"p", Wait::For(Duration::from_millis(5)), &mut exact).unwrap(), 10_000);
     assert_eq!(exact, data);
 
     let mut small = vec![0x77u8; 9_999];
-    assert!(matches!(
-        pool.get_into(b"p", Wait::Now, &mut small),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(
-        small.iter().all(|&b| b == 0x77),
-        "failed get_into writes nothing"
-    );
-    assert!(matches!(
-        pool.get_into(b"absent", Wait::Now, &mut big),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(pool.get_into(b"p", Wait::Now, &mut small), Err(Error::InvalidArgument(_))));
+    assert!(small.iter().all(|&b| b == 0x77), "failed get_into writes nothing");
+    assert!(matches!(pool.get_into(b"absent", Wait::Now, &mut big), Err(Error::NotFound(_))));
 
     // put is zero-copy visible: a get sees the same bytes; get_into holds no reference afterwards.
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (10_048, 1, 1));
     pool.delete(b"p").unwrap();
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (0, 0, 0),
-        "get_into released its reference"
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0), "get_into released its reference");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -707,39 +516,20 @@ fn after_close_every_operation_is_pool_closed() {
     assert!(pool.is_closed());
     assert!(matches!(pool.create(b"new", 8), Err(Error::PoolClosed)));
     assert!(matches!(pool.create(b"sealed", 8), Err(Error::PoolClosed)));
-    assert!(matches!(
-        pool.get(b"sealed", Wait::Now),
-        Err(Error::PoolClosed)
-    ));
-    assert!(matches!(
-        pool.get(b"absent", Wait::Now),
-        Err(Error::PoolClosed)
-    ));
-    assert!(matches!(
-        pool.get(b"sealed", Wait::For(Duration::from_millis(10))),
-        Err(Error::PoolClosed)
-    ));
-    assert!(matches!(
-        pool.get(b"sealed", Wait::Forever),
-        Err(Error::PoolClosed)
-    ));
+    assert!(matches!(pool.get(b"sealed", Wait::Now), Err(Error::PoolClosed)));
+    assert!(matches!(pool.get(b"absent", Wait::Now), Err(Error::PoolClosed)));
+    assert!(matches!(pool.get(b"sealed", Wait::For(Duration::from_millis(10))), Err(Error::PoolClosed)));
+    assert!(matches!(pool.get(b"sealed", Wait::Forever), Err(Error::PoolClosed)));
     assert!(matches!(pool.delete(b"sealed"), Err(Error::PoolClosed)));
     assert!(matches!(pool.delete(b"absent"), Err(Error::PoolClosed)));
     assert!(matches!(pool.put(b"new", b"x"), Err(Error::PoolClosed)));
     let mut dst = [0u8; 8];
-    assert!(matches!(
-        pool.get_into(b"sealed", Wait::Now, &mut dst),
-        Err(Error::PoolClosed)
-    ));
+    assert!(matches!(pool.get_into(b"sealed", Wait::Now, &mut dst), Err(Error::PoolClosed)));
     assert!(!pool.contains(b"sealed"));
     pool.close(); // idempotent
     assert!(pool.is_closed());
     let s = pool.stats();
-    assert_eq!(
-        (s.used_bytes, s.object_count, s.key_count),
-        (0, 0, 0),
-        "close dropped the pool's references"
-    );
+    assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0), "close dropped the pool's references");
 }
 
 #[test]
@@ -760,11 +550,7 @@ fn buffers_held_across_close_and_pool_drop_keep_their_bytes() {
     assert_eq!((s.object_count, s.key_count), (2, 0));
     drop(pool);
     assert_eq!(ra.as_ptr(), ptr);
-    assert_eq!(
-        ra.as_slice(),
-        &a[..],
-        "mapping outlives the pool while buffers live"
-    );
+    assert_eq!(ra.as_slice(), &a[..], "mapping outlives the pool while buffers live");
     assert_eq!(wa.as_slice(), &a[..]);
     assert_eq!(rb.as_slice(), &b[..]);
     drop((wa, ra, rb));
@@ -778,18 +564,12 @@ fn forever_getter_blocked_in_another_thread_returns_pool_closed_on_close() {
         let g1 = s.spawn(|| pool.get(b"never", Wait::Forever).map(|b| b.len()));
         let g2 = s.spawn(|| pool.get(b"pending", Wait::Forever).map(|b| b.len()));
         std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            !g1.is_finished() && !g2.is_finished(),
-            "getters must block until close"
-        );
+        assert!(!g1.is_finished() && !g2.is_finished(), "getters must block until close");
         pool.close();
         (g1.join().unwrap(), g2.join().unwrap())
     });
     assert!(matches!(r_absent, Err(Error::PoolClosed)), "{r_absent:?}");
-    assert!(
-        matches!(r_unsealed, Err(Error::PoolClosed)),
-        "{r_unsealed:?}"
-    );
+    assert!(matches!(r_unsealed, Err(Error::PoolClosed)), "{r_unsealed:?}");
 }
 
 #[test]
@@ -800,11 +580,7 @@ fn sealing_an_unsealed_buffer_after_close_is_pool_closed() {
     pool.close();
     assert!(matches!(w.seal(), Err(Error::PoolClosed)));
     assert!(!w.is_sealed());
-    assert_eq!(
-        pool.stats().object_count,
-        1,
-        "the creator still holds its memory"
-    );
+    assert_eq!(pool.stats().object_count, 1, "the creator still holds its memory");
     drop(w);
     let s = pool.stats();
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0));
@@ -820,11 +596,7 @@ fn stats_track_capacity_usage_objects_and_keys_through_a_sequence() {
     let s = pool.stats();
     assert_eq!(s.capacity_bytes, 8 * MIB as u64);
     assert_eq!((s.used_bytes, s.object_count, s.key_count), (0, 0, 0));
-    assert_eq!(
-        s.max_objects,
-        (8 * MIB / 4096) as u64,
-        "default: one per 4 KiB"
-    );
+    assert_eq!(s.max_objects, (8 * MIB / 4096) as u64, "default: one per 4 KiB");
     assert_eq!(s.page_size, 4096);
     assert!(s.open_nanos > 0);
     assert!(s.largest_free_block > 0 && s.largest_free_block <= s.capacity_bytes);
@@ -832,10 +604,7 @@ fn stats_track_capacity_usage_objects_and_keys_through_a_sequence() {
     let check = |used: u64, objects: u64, keys: u64| {
         let s = pool.stats();
         assert_eq!(s.used_bytes % 64, 0);
-        assert_eq!(
-            (s.used_bytes, s.object_count, s.key_count),
-            (used, objects, keys)
-        );
+        assert_eq!((s.used_bytes, s.object_count, s.key_count), (used, objects, keys));
         assert!(s.largest_free_block <= s.capacity_bytes - s.used_bytes);
         assert_eq!(s.capacity_bytes, 8 * MIB as u64);
     };
@@ -878,24 +647,13 @@ fn default_max_objects_is_size_over_4096_but_at_least_1024() {
 
 #[test]
 fn open_with_size_zero_is_invalid_argument() {
-    let r = Pool::open(&PoolOptions {
-        size: 0,
-        pages: PageMode::Small,
-        ..Default::default()
-    });
+    let r = Pool::open(&PoolOptions { size: 0, pages: PageMode::Small, ..Default::default() });
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
 }
 
 fn meminfo_value(name: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(name)?
-            .trim_start_matches(':')
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim_start_matches(':').split_whitespace().next()?.parse().ok())
 }
 
 #[test]
@@ -906,14 +664,12 @@ fn open_with_hugetlb_and_no_reserved_huge_pages_is_a_system_error_naming_map_hug
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     if free > 0 || overcommit > 0 {
-        eprintln!("skipping: HugePages_Free = {free}, nr_overcommit_hugepages = {overcommit}: MAP_HUGETLB may succeed here");
+        eprintln!(
+            "skipping: HugePages_Free = {free}, nr_overcommit_hugepages = {overcommit}: MAP_HUGETLB may succeed here"
+        );
         return;
     }
-    let r = Pool::open(&PoolOptions {
-        size: 8 * MIB,
-        pages: PageMode::HugeTlb { dir: None },
-        ..Default::default()
-    });
+    let r = Pool::open(&PoolOptions { size: 8 * MIB, pages: PageMode::HugeTlb { dir: None }, ..Default::default() });
     match r {
         Err(e @ Error::System { .. }) => {
             let msg = e.to_string();
@@ -988,10 +744,7 @@ fn verify_value(v: &[u8], k: u32, issued: &AtomicU64) -> u64 {
     let magic = u32::from_le_bytes(v[12..16].try_into().unwrap());
     assert_eq!(magic, MAGIC, "key {k}: torn or foreign header");
     assert_eq!(vk, k, "value under key {k} was written for key {vk}");
-    assert!(
-        g < issued.load(Ordering::SeqCst),
-        "key {k}: generation {g} never issued"
-    );
+    assert!(g < issued.load(Ordering::SeqCst), "key {k}: generation {g} never issued");
     assert_eq!(v.len(), value_len(g), "key {k} gen {g}: wrong length");
     for (i, &b) in v[HEADER..].iter().enumerate() {
         assert_eq!(b, body_byte(g, i), "key {k} gen {g}: byte {i} differs");
@@ -1009,13 +762,7 @@ struct Counts {
     misses: u64,
 }
 
-fn stress_worker(
-    pool: &Pool,
-    seed: u64,
-    issued: &AtomicU64,
-    ops: usize,
-    deadline: Instant,
-) -> Counts {
+fn stress_worker(pool: &Pool, seed: u64, issued: &AtomicU64, ops: usize, deadline: Instant) -> Counts {
     let mut rng = XorShift::new(seed);
     let mut c = Counts::default();
     // Read references held across later ops (and across deletes by other threads), re-verified.
@@ -1052,11 +799,7 @@ fn stress_worker(
                 }
             }
             30..=59 => {
-                let wait = if rng.below(20) == 0 {
-                    Wait::For(Duration::from_millis(1))
-                } else {
-                    Wait::Now
-                };
+                let wait = if rng.below(20) == 0 { Wait::For(Duration::from_millis(1)) } else { Wait::Now };
                 match pool.get(&key, wait) {
                     Ok(b) => {
                         assert!(b.as_mut_ptr().is_none());
@@ -1070,9 +813,7 @@ fn stress_worker(
                             }
                         }
                     }
-                    Err(Error::NotFound(_) | Error::NotSealed(_) | Error::Timeout { .. }) => {
-                        c.misses += 1
-                    }
+                    Err(Error::NotFound(_) | Error::NotSealed(_) | Error::Timeout { .. }) => c.misses += 1,
                     Err(e) => panic!("get {k}: {e:?}"),
                 }
             }
@@ -1092,11 +833,7 @@ fn stress_worker(
             90..=94 => {
                 let _ = pool.contains(&key);
                 for (hk, hg, hb) in &held {
-                    assert_eq!(
-                        verify_value(hb.as_slice(), *hk, issued),
-                        *hg,
-                        "held reference changed"
-                    );
+                    assert_eq!(verify_value(hb.as_slice(), *hk, issued), *hg, "held reference changed");
                 }
             }
             _ => {
@@ -1134,21 +871,12 @@ fn four_threads_of_random_ops_keep_values_intact_and_leak_nothing() {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker panicked"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
     });
     for (t, c) in counts.iter().enumerate() {
-        assert!(
-            c.puts > 0 && c.gets > 0 && c.deletes > 0 && c.aborts > 0 && c.get_intos > 0,
-            "thread {t}: {c:?}"
-        );
+        assert!(c.puts > 0 && c.gets > 0 && c.deletes > 0 && c.aborts > 0 && c.get_intos > 0, "thread {t}: {c:?}");
     }
-    let total: u64 = counts
-        .iter()
-        .map(|c| c.puts + c.aborts + c.gets + c.get_intos + c.deletes + c.misses)
-        .sum();
+    let total: u64 = counts.iter().map(|c| c.puts + c.aborts + c.gets + c.get_intos + c.deletes + c.misses).sum();
     assert!(total > 0);
 
     // Every creator is gone, so every key present is sealed.
@@ -1159,10 +887,6 @@ fn four_threads_of_random_ops_keep_values_intact_and_leak_nothing() {
         }
     }
     let s = pool.stats();
-    assert!(
-        s.used_bytes == 0 && s.object_count == 0 && s.key_count == 0,
-        "leak: {s:?}"
-    );
-    pool.put(b"after", &vec![1u8; 4 * MIB])
-        .expect("the freed pool takes a large object again");
+    assert!(s.used_bytes == 0 && s.object_count == 0 && s.key_count == 0, "leak: {s:?}");
+    pool.put(b"after", &vec![1u8; 4 * MIB]).expect("the freed pool takes a large object again");
 }

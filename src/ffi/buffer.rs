@@ -1,7 +1,8 @@
 //! `zc_buffer`: one reference to one object.
 
+use super::pool::zc_rdma_desc;
 use super::status::zc_status;
-use super::{arg, guard, guard_value};
+use super::{arg, guard, guard_value, out_arg};
 use crate::error::Error;
 use crate::pool::Buffer;
 
@@ -13,8 +14,8 @@ use crate::pool::Buffer;
 /// same handle. It may outlive its pool (the memory stays mapped until it is released), but using
 /// it after `zc_release` is undefined.
 ///
-/// Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_seal`, `zc_abort`,
-/// `zc_release`.
+/// Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_rdma_desc`,
+/// `zc_seal`, `zc_abort`, `zc_release`.
 pub struct zc_buffer {
     buf: Buffer,
 }
@@ -37,8 +38,7 @@ impl zc_buffer {
 pub unsafe extern "C" fn zc_seal(buf: *mut zc_buffer) -> zc_status {
     guard("zc_seal", || {
         // SAFETY: NULL is refused; otherwise live and unshared per the contract.
-        let buf =
-            unsafe { buf.as_mut() }.ok_or_else(|| Error::InvalidArgument("buf is NULL".into()))?;
+        let buf = unsafe { buf.as_mut() }.ok_or_else(|| Error::InvalidArgument("buf is NULL".into()))?;
         buf.buf.seal()
     })
 }
@@ -122,5 +122,26 @@ pub unsafe extern "C" fn zc_buffer_size(buf: *const zc_buffer) -> usize {
     guard_value(0, || {
         // SAFETY: NULL or live per the contract.
         unsafe { buf.as_ref() }.map_or(0, |b| b.buf.len())
+    })
+}
+
+/// Writes where the buffer's bytes are for RDMA, with the keys of registration `index`, to
+/// `*out`: a created (unsealed) buffer is a target for a peer's RDMA WRITE, a sealed one a source
+/// for RDMA READ. `ZC_ERR_RDMA` in local mode (no registration); `ZC_ERR_INVALID_ARGUMENT` for an
+/// index past `zc_pool_rdma_count`; `ZC_ERR_POOL_CLOSED` for a caller PD's registration after
+/// the pool was closed.
+///
+/// # Safety
+/// `buf` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_buffer_rdma_desc(buf: *const zc_buffer, index: u32, out: *mut zc_rdma_desc) -> zc_status {
+    guard("zc_buffer_rdma_desc", || {
+        // SAFETY: NULL or live per the contract.
+        let buf = unsafe { arg(buf, "buf") }?;
+        let out = out_arg(out, "out")?;
+        let d = buf.buf.rdma_desc(index)?;
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(zc_rdma_desc { addr: d.addr, length: d.length, lkey: d.lkey, rkey: d.rkey }) };
+        Ok(())
     })
 }

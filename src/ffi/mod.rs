@@ -76,9 +76,7 @@ pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<*mut T> {
 /// When `len` is within limits and `ptr` is non-NULL, `ptr` points to `len` readable bytes.
 pub(crate) unsafe fn key_arg<'a>(ptr: *const c_char, len: usize) -> Result<&'a [u8]> {
     if len > MAX_KEY_LEN {
-        return Err(invalid(format!(
-            "key of {len} bytes is longer than {MAX_KEY_LEN}"
-        )));
+        return Err(invalid(format!("key of {len} bytes is longer than {MAX_KEY_LEN}")));
     }
     if len == 0 {
         return Err(invalid("key is empty"));
@@ -128,34 +126,22 @@ mod tests {
     fn last_error() -> String {
         // SAFETY: zc_last_error_message never returns NULL; the string lives until the next
         // failing call on this thread.
-        unsafe { std::ffi::CStr::from_ptr(zc_last_error_message()) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { std::ffi::CStr::from_ptr(zc_last_error_message()) }.to_string_lossy().into_owned()
     }
 
     #[test]
     fn a_panic_inside_an_export_becomes_internal_error_with_its_message() {
         let status = guard("zc_test_export", || panic!("boom {}", 42));
         assert_eq!(status, ZC_ERR_INTERNAL);
-        assert_eq!(
-            last_error(),
-            "internal error: zc_test_export panicked: boom 42"
-        );
+        assert_eq!(last_error(), "internal error: zc_test_export panicked: boom 42");
         assert_eq!(guard_value(7, || panic!("in an accessor")), 7);
     }
 
     #[test]
     fn errors_map_to_their_status_and_message() {
-        assert_eq!(
-            guard("zc_test_export", || Err(invalid("size is 0"))),
-            ZC_ERR_INVALID_ARGUMENT
-        );
+        assert_eq!(guard("zc_test_export", || Err(invalid("size is 0"))), ZC_ERR_INVALID_ARGUMENT);
         assert_eq!(last_error(), "invalid argument: size is 0");
         assert_eq!(guard("zc_test_export", || Ok(())), ZC_OK);
-        assert_eq!(
-            last_error(),
-            "invalid argument: size is 0",
-            "success leaves the last error alone"
-        );
+        assert_eq!(last_error(), "invalid argument: size is 0", "success leaves the last error alone");
     }
 }

@@ -1,16 +1,15 @@
 //! `zc_pool`: opening, closing, reading and deleting.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::buffer::zc_buffer;
 use super::status::{record_message, status_of, zc_status, ZC_OK};
-use super::{
-    arg, array_arg, array_out, guard, guard_status, guard_value, invalid, key_arg, out_arg,
-};
+use super::{arg, array_arg, array_out, guard, guard_status, guard_value, invalid, key_arg, out_arg};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolOptions, Wait, DEFAULT_POOL_SIZE};
+use crate::rdma::RdmaMode;
 use crate::region::PageMode;
 
 /// Anonymous memory advised for transparent huge pages (the default).
@@ -19,6 +18,12 @@ pub const ZC_PAGES_TRANSPARENT_HUGE: u32 = 0;
 pub const ZC_PAGES_SMALL: u32 = 1;
 /// Explicit huge pages: `MAP_HUGETLB`, or a file on the hugetlbfs mount named by `hugetlbfs_dir`.
 pub const ZC_PAGES_HUGETLB: u32 = 2;
+/// Register with every RDMA device if there are any (the default); none is local mode.
+pub const ZC_RDMA_AUTO: u32 = 0;
+/// Do not register at open (`zc_pool_register_pd` still works).
+pub const ZC_RDMA_OFF: u32 = 1;
+/// Fail with `ZC_ERR_RDMA` unless the region is registered with at least one device.
+pub const ZC_RDMA_REQUIRED: u32 = 2;
 /// Longest key, in bytes.
 pub const ZC_MAX_KEY_LEN: usize = 4096;
 /// Alignment of every data pointer, in bytes.
@@ -26,8 +31,7 @@ pub const ZC_ALIGNMENT: usize = 64;
 /// Pool size `zc_pool_options_init` sets: 256 MiB.
 pub const ZC_DEFAULT_POOL_SIZE: u64 = 256 << 20;
 
-const _: () =
-    assert!(ZC_MAX_KEY_LEN == crate::pool::MAX_KEY_LEN && ZC_ALIGNMENT == crate::pool::ALIGNMENT);
+const _: () = assert!(ZC_MAX_KEY_LEN == crate::pool::MAX_KEY_LEN && ZC_ALIGNMENT == crate::pool::ALIGNMENT);
 const _: () = assert!(ZC_DEFAULT_POOL_SIZE == DEFAULT_POOL_SIZE as u64);
 
 /// An open pool of objects in one mapped region.
@@ -39,7 +43,8 @@ const _: () = assert!(ZC_DEFAULT_POOL_SIZE == DEFAULT_POOL_SIZE as u64);
 ///
 /// Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
 /// `zc_create_buffer`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
-/// `zc_delete`, `zc_contains`.
+/// `zc_delete`, `zc_contains`, `zc_pool_region`, `zc_pool_rdma_count`, `zc_pool_rdma_pd`,
+/// `zc_pool_register_pd`.
 pub struct zc_pool {
     pool: Pool,
 }
@@ -64,8 +69,13 @@ pub struct zc_pool_options {
     pub prefault: bool,
     /// `mlock` the pool (needs `RLIMIT_MEMLOCK` or `CAP_IPC_LOCK`). Default false.
     pub lock_memory: bool,
+    /// One of `ZC_RDMA_*`. Default `ZC_RDMA_AUTO`.
+    pub rdma: u32,
+    /// Comma-separated names of the RDMA devices to register with ("mlx5_0,mlx5_1"); NULL (the
+    /// default) is every device. Borrowed for the duration of `zc_pool_open` only.
+    pub rdma_devices: *const c_char,
     /// Must be zero.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 6],
 }
 
 /// Counters of a pool, filled by `zc_pool_get_stats`.
@@ -88,8 +98,26 @@ pub struct zc_pool_stats {
     pub page_size: u64,
     /// Nanoseconds `zc_pool_open` spent mapping, prefaulting and locking the memory.
     pub open_nanos: u64,
+    /// RDMA registrations of the pool (`zc_pool_rdma_count`).
+    pub rdma_registrations: u64,
+    /// Nanoseconds `zc_pool_open` spent registering the pool with RDMA devices.
+    pub rdma_register_nanos: u64,
     /// Zero in this version; later versions fill them.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 6],
+}
+
+/// Where a buffer's bytes are for RDMA: post `addr`/`length` with `lkey` locally, or hand
+/// `addr`/`rkey` to a peer. Valid while the buffer is held and the pool's registration lives.
+#[repr(C)]
+pub struct zc_rdma_desc {
+    /// Virtual address of the first byte (the registration's IOVA is the address).
+    pub addr: u64,
+    /// Bytes.
+    pub length: u64,
+    /// Local key, for this process's work requests.
+    pub lkey: u32,
+    /// Remote key, for a peer's RDMA READ (sealed) or WRITE (created).
+    pub rkey: u32,
 }
 
 fn defaults() -> zc_pool_options {
@@ -100,60 +128,68 @@ fn defaults() -> zc_pool_options {
         page_mode: ZC_PAGES_TRANSPARENT_HUGE,
         prefault: true,
         lock_memory: false,
-        reserved: [0; 8],
+        rdma: ZC_RDMA_AUTO,
+        rdma_devices: std::ptr::null(),
+        reserved: [0; 6],
     }
 }
 
 /// # Safety
-/// `hugetlbfs_dir` is NULL or a NUL-terminated string.
+/// `ptr` is NULL or a NUL-terminated string.
+unsafe fn c_str_arg<'a>(ptr: *const c_char, name: &str) -> Result<Option<&'a str>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(ptr) };
+    s.to_str().map(Some).map_err(|_| invalid(format!("{name} is not valid UTF-8")))
+}
+
+/// # Safety
+/// `hugetlbfs_dir` and `rdma_devices` are NULL or NUL-terminated strings.
 unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
     if let Some(i) = o.reserved.iter().position(|&r| r != 0) {
         return Err(invalid(format!(
             "options.reserved[{i}] is not zero: call zc_pool_options_init, or use the header matching this library"
         )));
     }
-    let size = usize::try_from(o.size)
-        .map_err(|_| invalid(format!("size {} does not fit in memory", o.size)))?;
+    let size = usize::try_from(o.size).map_err(|_| invalid(format!("size {} does not fit in memory", o.size)))?;
     if size == 0 {
         return Err(invalid("pool size is 0"));
     }
     let max_objects = usize::try_from(o.max_objects)
         .ok()
         .filter(|&n| n <= u32::MAX as usize / 2 - 2)
-        .ok_or_else(|| {
-            invalid(format!(
-                "max_objects {} is above {}",
-                o.max_objects,
-                u32::MAX / 2 - 2
-            ))
-        })?;
+        .ok_or_else(|| invalid(format!("max_objects {} is above {}", o.max_objects, u32::MAX / 2 - 2)))?;
     let pages = match o.page_mode {
         ZC_PAGES_TRANSPARENT_HUGE => PageMode::TransparentHuge,
         ZC_PAGES_SMALL => PageMode::Small,
-        ZC_PAGES_HUGETLB if o.hugetlbfs_dir.is_null() => PageMode::HugeTlb { dir: None },
         ZC_PAGES_HUGETLB => {
-            // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
-            let dir = unsafe { CStr::from_ptr(o.hugetlbfs_dir) };
-            let dir = dir
-                .to_str()
-                .map_err(|_| invalid("hugetlbfs_dir is not valid UTF-8"))?;
-            PageMode::HugeTlb {
-                dir: Some(PathBuf::from(dir)),
-            }
+            // SAFETY: NULL or a C string per the contract.
+            let dir = unsafe { c_str_arg(o.hugetlbfs_dir, "hugetlbfs_dir") }?;
+            PageMode::HugeTlb { dir: dir.map(PathBuf::from) }
         }
-        other => {
-            return Err(invalid(format!(
-                "page_mode {other} is not one of ZC_PAGES_*"
-            )))
+        other => return Err(invalid(format!("page_mode {other} is not one of ZC_PAGES_*"))),
+    };
+    let rdma = match o.rdma {
+        ZC_RDMA_AUTO => RdmaMode::Auto,
+        ZC_RDMA_OFF => RdmaMode::Off,
+        ZC_RDMA_REQUIRED => RdmaMode::Required,
+        other => return Err(invalid(format!("rdma {other} is not one of ZC_RDMA_*"))),
+    };
+    // SAFETY: NULL or a C string per the contract.
+    let rdma_devices = match unsafe { c_str_arg(o.rdma_devices, "rdma_devices") }? {
+        None => None,
+        Some(list) => {
+            let names: Vec<String> =
+                list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+            if names.is_empty() {
+                return Err(invalid("rdma_devices names no device: use NULL for all devices"));
+            }
+            Some(names)
         }
     };
-    Ok(PoolOptions {
-        size,
-        pages,
-        prefault: o.prefault,
-        lock_memory: o.lock_memory,
-        max_objects,
-    })
+    Ok(PoolOptions { size, pages, prefault: o.prefault, lock_memory: o.lock_memory, max_objects, rdma, rdma_devices })
 }
 
 /// Fills every field of `*opts` with its default. NULL is a no-op.
@@ -177,10 +213,7 @@ pub unsafe extern "C" fn zc_pool_options_init(opts: *mut zc_pool_options) {
 /// # Safety
 /// `opts` is NULL or a valid `zc_pool_options`; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn zc_pool_open(
-    opts: *const zc_pool_options,
-    out: *mut *mut zc_pool,
-) -> zc_status {
+pub unsafe extern "C" fn zc_pool_open(opts: *const zc_pool_options, out: *mut *mut zc_pool) -> zc_status {
     guard("zc_pool_open", || {
         let out = out_arg(out, "out")?;
         let defaults = defaults();
@@ -218,10 +251,7 @@ pub unsafe extern "C" fn zc_pool_close(pool: *mut zc_pool) {
 /// # Safety
 /// `pool` is NULL or a live pool; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn zc_pool_get_stats(
-    pool: *const zc_pool,
-    out: *mut zc_pool_stats,
-) -> zc_status {
+pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_pool_stats) -> zc_status {
     guard("zc_pool_get_stats", || {
         // SAFETY: `pool` is NULL or live per the contract.
         let pool = unsafe { arg(pool, "pool") }?;
@@ -236,7 +266,9 @@ pub unsafe extern "C" fn zc_pool_get_stats(
             max_objects: s.max_objects,
             page_size: s.page_size,
             open_nanos: s.open_nanos,
-            reserved: [0; 8],
+            rdma_registrations: s.rdma_registrations,
+            rdma_register_nanos: s.rdma_register_nanos,
+            reserved: [0; 6],
         };
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(stats) };
@@ -313,11 +345,7 @@ pub unsafe extern "C" fn zc_get(
 /// # Safety
 /// `pool` is NULL or live; `key` points to `key_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn zc_delete(
-    pool: *mut zc_pool,
-    key: *const c_char,
-    key_len: usize,
-) -> zc_status {
+pub unsafe extern "C" fn zc_delete(pool: *mut zc_pool, key: *const c_char, key_len: usize) -> zc_status {
     guard("zc_delete", || {
         // SAFETY: per the contract above.
         let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
@@ -331,11 +359,7 @@ pub unsafe extern "C" fn zc_delete(
 /// # Safety
 /// `pool` is NULL or live; `key` points to `key_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn zc_contains(
-    pool: *const zc_pool,
-    key: *const c_char,
-    key_len: usize,
-) -> bool {
+pub unsafe extern "C" fn zc_contains(pool: *const zc_pool, key: *const c_char, key_len: usize) -> bool {
     guard_value(false, || {
         // SAFETY: per the contract above.
         match unsafe { (arg(pool, "pool"), key_arg(key, key_len)) } {
@@ -360,13 +384,7 @@ pub unsafe extern "C" fn zc_put(
 ) -> zc_status {
     guard("zc_put", || {
         // SAFETY: per the contract above.
-        let (pool, key, data) = unsafe {
-            (
-                arg(pool, "pool")?,
-                key_arg(key, key_len)?,
-                array_arg(data, size, "data")?,
-            )
-        };
+        let (pool, key, data) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_arg(data, size, "data")?) };
         pool.pool.put(key, data)
     })
 }
@@ -390,13 +408,8 @@ pub unsafe extern "C" fn zc_get_into(
 ) -> zc_status {
     guard("zc_get_into", || {
         // SAFETY: per the contract above.
-        let (pool, key, dst) = unsafe {
-            (
-                arg(pool, "pool")?,
-                key_arg(key, key_len)?,
-                array_out(dst, dst_capacity, "dst")?,
-            )
-        };
+        let (pool, key, dst) =
+            unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_out(dst, dst_capacity, "dst")?) };
         let out_size = out_arg(out_size, "out_size")?;
         let wait = Wait::from_millis(timeout_ms)?;
         let n = match wait {
@@ -442,8 +455,7 @@ impl Batch<'_> {
         let mut first_failure = ZC_OK;
         for i in 0..self.keys.len() {
             // SAFETY: the caller of the batch promises `keys[i]` points to `key_lens[i]` bytes.
-            let result =
-                unsafe { key_arg(self.keys[i], self.key_lens[i]) }.and_then(|key| item(i, key));
+            let result = unsafe { key_arg(self.keys[i], self.key_lens[i]) }.and_then(|key| item(i, key));
             match result {
                 Ok(buf) => {
                     self.bufs[i] = zc_buffer::into_raw(buf);
@@ -494,13 +506,7 @@ pub unsafe extern "C" fn zc_create_batch(
                 array_out(out_statuses, n, "out_statuses")?,
             )
         };
-        Ok(Batch {
-            keys,
-            key_lens,
-            bufs,
-            statuses,
-        }
-        .run(|i, key| pool.pool.create(key, sizes[i])))
+        Ok(Batch { keys, key_lens, bufs, statuses }.run(|i, key| pool.pool.create(key, sizes[i])))
     })
 }
 
@@ -539,18 +545,97 @@ pub unsafe extern "C" fn zc_get_batch(
             Wait::For(d) => Instant::now().checked_add(d),
             _ => None,
         };
-        Ok(Batch {
-            keys,
-            key_lens,
-            bufs,
-            statuses,
-        }
-        .run(|_, key| {
+        Ok(Batch { keys, key_lens, bufs, statuses }.run(|_, key| {
             let item_wait = match (wait, deadline) {
                 (Wait::For(_), Some(d)) => Wait::For(d.saturating_duration_since(Instant::now())),
                 (w, _) => w,
             };
             shared.get(key, item_wait)
         }))
+    })
+}
+
+/// RDMA registrations of the pool: one per device registered at open, plus one per
+/// `zc_pool_register_pd`. 0 in local mode and for NULL.
+///
+/// # Safety
+/// `pool` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_rdma_count(pool: *const zc_pool) -> u32 {
+    guard_value(0, || {
+        // SAFETY: NULL or live per the contract.
+        unsafe { pool.as_ref() }.map_or(0, |p| p.pool.rdma_count())
+    })
+}
+
+/// The `struct ibv_pd *` of registration `index` (for creating queue pairs that can use its
+/// keys); NULL past the last registration and for NULL.
+///
+/// Borrowed: owned by the pool (or by the caller, for `zc_pool_register_pd`); valid until the
+/// pool is closed and its last buffer released.
+///
+/// # Safety
+/// `pool` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_rdma_pd(pool: *const zc_pool, index: u32) -> *mut c_void {
+    guard_value(std::ptr::null_mut(), || {
+        // SAFETY: NULL or live per the contract.
+        unsafe { pool.as_ref() }.map_or(std::ptr::null_mut(), |p| p.pool.rdma_pd(index))
+    })
+}
+
+/// Registers the whole pool on a protection domain the caller's engine owns (`struct ibv_pd *`:
+/// keys are valid only on queue pairs of the PD that registered them) and writes its
+/// registration index to `*out_index`. `ZC_ERR_RDMA` if libibverbs is missing or registration
+/// fails.
+///
+/// Borrowed: the pool deregisters this registration at `zc_pool_close`; `ibv_pd` must stay
+/// allocated until then.
+///
+/// # Safety
+/// `pool` is NULL or live; `ibv_pd` is NULL or a live `struct ibv_pd *`; `out_index` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_register_pd(
+    pool: *mut zc_pool,
+    ibv_pd: *mut c_void,
+    out_index: *mut u32,
+) -> zc_status {
+    guard("zc_pool_register_pd", || {
+        // SAFETY: NULL or live per the contract.
+        let pool = unsafe { arg(pool, "pool") }?;
+        let out_index = out_arg(out_index, "out_index")?;
+        if ibv_pd.is_null() {
+            return Err(invalid("ibv_pd is NULL"));
+        }
+        let index = pool.pool.register_pd(ibv_pd)?;
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out_index.write(index) };
+        Ok(())
+    })
+}
+
+/// Writes the first byte of the pool's mapped region to `*base` and its length to `*length`,
+/// for engines that register memory themselves (Mooncake Transfer Engine, NIXL, UCX). Every
+/// buffer's bytes lie inside it.
+///
+/// Borrowed: the region stays mapped until the pool is closed and its last buffer released.
+///
+/// # Safety
+/// `pool` is NULL or live; `base` and `length` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_region(pool: *const zc_pool, base: *mut *mut c_void, length: *mut usize) -> zc_status {
+    guard("zc_pool_region", || {
+        // SAFETY: NULL or live per the contract.
+        let pool = unsafe { arg(pool, "pool") }?;
+        let base = out_arg(base, "base")?;
+        let length = out_arg(length, "length")?;
+        let (start, len) = pool.pool.region();
+        // SAFETY: both non-NULL and writable per the contract.
+        unsafe {
+            base.write(start.cast());
+            length.write(len);
+        }
+        Ok(())
     })
 }

@@ -60,8 +60,7 @@ pub(crate) fn record_error(e: &Error) {
 }
 
 pub(crate) fn record_message(msg: &str) {
-    let msg = CString::new(msg.replace('\0', "\\0"))
-        .unwrap_or_else(|_| CString::from(c"(unprintable error)"));
+    let msg = CString::new(msg.replace('\0', "\\0")).unwrap_or_else(|_| CString::from(c"(unprintable error)"));
     LAST_ERROR.with(|slot| *slot.borrow_mut() = msg);
 }
 
@@ -94,8 +93,7 @@ pub extern "C" fn zc_status_str(status: zc_status) -> *const c_char {
 /// Borrowed: valid until the next failing zcopy call on this thread; copy it to keep it.
 #[no_mangle]
 pub extern "C" fn zc_last_error_message() -> *const c_char {
-    super::guard_value(
-        c"internal error while reading the last error".as_ptr(),
-        || LAST_ERROR.with(|slot| slot.borrow().as_ptr()),
-    )
+    super::guard_value(c"internal error while reading the last error".as_ptr(), || {
+        LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    })
 }

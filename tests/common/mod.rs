@@ -16,10 +16,7 @@ pub fn manifest_dir() -> PathBuf {
 /// `target/<profile>` of this test run.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 /// A folder holding a fresh `libzcopy.so` and the `libzcopy.so.0` its SONAME asks for.
@@ -34,10 +31,7 @@ pub fn lib_path() -> PathBuf {
 }
 
 fn build_lib() -> PathBuf {
-    let target = profile_dir()
-        .parent()
-        .expect("target folder")
-        .join("c-tests");
+    let target = profile_dir().parent().expect("target folder").join("c-tests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(manifest_dir())
@@ -45,11 +39,7 @@ fn build_lib() -> PathBuf {
         .arg(&target)
         .output()
         .expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "cargo build of libzcopy.so failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cargo build of libzcopy.so failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let built = target.join("debug").join("libzcopy.so");
     let dir = target.join("lib");
     std::fs::create_dir_all(&dir).unwrap();
