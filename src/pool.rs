@@ -409,11 +409,15 @@ impl Pool {
     /// Registers the whole region on a protection domain the caller owns (`struct ibv_pd *`) and
     /// answers its registration index. The pool deregisters it at `close`; the PD must live
     /// until then.
-    pub fn register_pd(&self, pd: *mut std::ffi::c_void) -> Result<u32> {
+    ///
+    /// # Safety
+    /// `pd` is NULL or a live `struct ibv_pd *`.
+    pub unsafe fn register_pd(&self, pd: *mut std::ffi::c_void) -> Result<u32> {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        self.inner.rdma.register_pd(pd.cast())
+        // SAFETY: per the contract above.
+        unsafe { self.inner.rdma.register_pd(pd.cast()) }
     }
 
     pub fn is_closed(&self) -> bool {

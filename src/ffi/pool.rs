@@ -608,7 +608,8 @@ pub unsafe extern "C" fn zc_pool_register_pd(
         if ibv_pd.is_null() {
             return Err(invalid("ibv_pd is NULL"));
         }
-        let index = pool.pool.register_pd(ibv_pd)?;
+        // SAFETY: a live `struct ibv_pd *` per the contract.
+        let index = unsafe { pool.pool.register_pd(ibv_pd) }?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out_index.write(index) };
         Ok(())

@@ -120,7 +120,7 @@ fn os_error(what: &str) -> Error {
 }
 
 /// The devices present, by name, or why none can be listed.
-fn list_devices(verbs: &Verbs) -> std::result::Result<Vec<(String, *mut ibv_device)>, String> {
+fn list_devices(verbs: &Verbs) -> std::result::Result<DeviceList, String> {
     let mut n: c_int = 0;
     // SAFETY: `n` is writable; the list is freed below (the device pointers stay valid while
     // any device is open, per libibverbs).
@@ -157,6 +157,9 @@ fn max_mr_size(verbs: &Verbs, context: *mut ibv_context, name: &str) -> Result<u
     Ok(unsafe { attr.assume_init() }.max_mr_size)
 }
 
+/// Devices by name.
+type DeviceList = Vec<(String, *mut ibv_device)>;
+
 /// Why a pool has no device to register with.
 enum NoDevice {
     /// Nothing to register with (no rdma-core, no kernel support, no device): local mode unless
@@ -167,9 +170,7 @@ enum NoDevice {
 }
 
 /// The verbs and the devices to register with: all present, or the named ones.
-fn find_devices(
-    names: Option<&[String]>,
-) -> std::result::Result<(&'static Verbs, Vec<(String, *mut ibv_device)>), NoDevice> {
+fn find_devices(names: Option<&[String]>) -> std::result::Result<(&'static Verbs, DeviceList), NoDevice> {
     let verbs = Verbs::get().map_err(|why| NoDevice::Unavailable(why.to_string()))?;
     let present = list_devices(verbs).map_err(NoDevice::Unavailable)?;
     if present.is_empty() {
@@ -320,7 +321,10 @@ impl Registrations {
 
     /// Registers the region on a protection domain the caller owns. The caller's PD must outlive
     /// the pool's `close`, which deregisters it.
-    pub fn register_pd(&self, pd: *mut ibv_pd) -> Result<u32> {
+    ///
+    /// # Safety
+    /// `pd` is NULL or a live `struct ibv_pd *`.
+    pub unsafe fn register_pd(&self, pd: *mut ibv_pd) -> Result<u32> {
         if pd.is_null() {
             return Err(Error::InvalidArgument("ibv_pd is NULL".into()));
         }
@@ -329,7 +333,7 @@ impl Registrations {
         if *closed {
             return Err(Error::PoolClosed);
         }
-        // SAFETY: the caller passes a live `struct ibv_pd *`; its first field is the context.
+        // SAFETY: non-NULL, and live per the contract; its first field is the context.
         let context = unsafe { (*pd).context };
         let index = self.count.load(Ordering::Acquire);
         let name = format!("caller PD #{index}");
