@@ -1,6 +1,25 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and integration tests, the C tests and C examples (built against
-# the fresh libzcopy.so and the checked-in header), and the install + pkg-config check.
+# The whole test suite:
+#   1. Rust unit and integration tests, the C tests and C examples (built against a fresh
+#      libzcopy.so and the checked-in header), the install + pkg-config check, the verbs
+#      struct-layout check and local-mode RDMA (no device);
+#   2. the tests that need an RDMA device, on this host's device or in the Soft-RoCE VM
+#      (scripts/rdma-tests.sh; reported as NOT RUN, never as passed, where neither exists).
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# <infiniband/verbs.h> is needed to check the verbs struct layout and build the RDMA tests.
+if [ ! -f /usr/include/infiniband/verbs.h ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing libibverbs-dev"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libibverbs-dev >/dev/null
+    else
+        echo "test.sh: <infiniband/verbs.h> is missing: install libibverbs-dev (Debian/Ubuntu) or rdma-core-devel" >&2
+        exit 1
+    fi
+fi
+
 cargo test "$@"
+bash scripts/rdma-tests.sh

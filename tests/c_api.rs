@@ -89,9 +89,44 @@ fn c_threads() {
 fn c_rdma_local_mode() {
     let program = build_c("test_rdma_local", &["c_tests/test_rdma_local.c"], &[]);
     assert!(run(&program, &[]).contains(" passed, 0 failed"));
-    let out = Command::new(&program).env("ZCOPY_IBVERBS", "libibverbs-hidden-by-test.so.1").output().unwrap();
+    let out = Command::new(&program)
+        .env("ZCOPY_IBVERBS", "libibverbs-hidden-by-test.so.1")
+        .env("ZCOPY_TEST_NO_LIBIBVERBS", "1")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains(" passed, 0 failed"), "without libibverbs:\n{stdout}");
+}
+
+/// The real thing: `libibverbs.so.1` replaced by an empty file in a private mount namespace, so
+/// `dlopen` fails exactly as on a host without rdma-core. Needs root (`unshare -m`).
+#[test]
+fn c_rdma_local_mode_with_libibverbs_hidden_by_a_mount_namespace() {
+    let uid = Command::new("id").arg("-u").output().expect("run id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: hiding libibverbs.so.1 needs root (unshare -m, mount --bind)");
+        return;
+    }
+    let program = build_c("test_rdma_local_hidden", &["c_tests/test_rdma_local.c"], &[]);
+    let ldconfig = Command::new("ldconfig").arg("-p").output().expect("run ldconfig -p");
+    let listing = String::from_utf8_lossy(&ldconfig.stdout).into_owned();
+    let installed =
+        listing.lines().find(|l| l.trim_start().starts_with("libibverbs.so.1 ")).and_then(|l| l.split("=> ").nth(1));
+    let script = match installed {
+        Some(path) => format!("mount --bind /dev/null {} && exec {}", path.trim(), program.display()),
+        None => format!("exec {}", program.display()),
+    };
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("ZCOPY_TEST_NO_LIBIBVERBS", "1")
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "with libibverbs.so.1 hidden ({installed:?}):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `libzcopy.so` must load where rdma-core is absent: libibverbs is opened at run time only.

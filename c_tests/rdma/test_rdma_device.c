@@ -3,8 +3,8 @@
  * an RC queue pair using nothing but zc_buffer_rdma_desc values; bytes are compared after every
  * transfer, through zc_get. Run by scripts/rdma-tests.sh. */
 
+#include <dirent.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "harness.h"
 #include "rdma_util.h"
@@ -213,6 +213,98 @@ static bool test_closed_pool_keeps_its_registration_until_the_last_release(void)
     return true;
 }
 
+static bool test_split_registration_keeps_every_object_inside_one_region(void) {
+    /* Registrations capped at 16 MiB: a 64 MiB pool is registered as 4 memory regions. */
+    setenv("ZCOPY_RDMA_MAX_MR_SIZE", "16777216", 1);
+    zc_pool *a, *b;
+    bool opened = open_rdma(ZC_RDMA_REQUIRED, rdma_device_name(), &a) && open_rdma(ZC_RDMA_REQUIRED, rdma_device_name(), &b);
+    unsetenv("ZCOPY_RDMA_MAX_MR_SIZE");
+    if (!opened) return false;
+    void *base;
+    size_t len;
+    CHECK_OK(zc_pool_region(a, &base, &len));
+    rdma_end ea, eb;
+    CHECK(rdma_end_init(&ea, zc_pool_rdma_pd(a, 0)));
+    CHECK(rdma_end_init(&eb, zc_pool_rdma_pd(b, 0)));
+    CHECK(rdma_end_connect(&ea, &eb) && rdma_end_connect(&eb, &ea));
+
+    enum { N = 4, SIZE = 10 * 1024 * 1024 };
+    zc_buffer *src[N];
+    uint32_t rkeys[N];
+    size_t regions_seen = 0;
+    for (int i = 0; i < N; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "split-%d", i);
+        if (!store(a, key, SIZE, (uint32_t)(300 + i), &src[i])) return false;
+        zc_rdma_desc remote;
+        if (!desc_of(src[i], 0, &remote)) return false;
+        uint64_t first = (remote.addr - (uint64_t)(uintptr_t)base) / (16 * MIB);
+        uint64_t last = (remote.addr + SIZE - 1 - (uint64_t)(uintptr_t)base) / (16 * MIB);
+        CHECK(first == last); /* never straddles two registrations */
+        rkeys[i] = remote.rkey;
+        bool new_region = true;
+        for (int j = 0; j < i; j++) new_region = new_region && rkeys[j] != rkeys[i];
+        regions_seen += new_region;
+
+        zc_buffer *dst;
+        CHECK_OK(zc_create_buffer(b, key, strlen(key), SIZE, &dst));
+        zc_rdma_desc local;
+        if (!desc_of(dst, 0, &local)) return false;
+        CHECK(rdma_transfer(&eb, IBV_WR_RDMA_READ, &local, &remote));
+        CHECK_OK(zc_seal(dst));
+        if (!reads_pattern(b, key, SIZE, (uint32_t)(300 + i))) return false;
+        zc_release(dst);
+    }
+    /* Four 10 MiB objects in 16 MiB regions: one per region, each with its own keys; a fifth
+     * cannot fit anywhere without straddling two. */
+    CHECK(regions_seen == 4);
+    zc_buffer *fifth = BAD_BUF;
+    CHECK_STATUS(zc_create_buffer(a, K("split-4"), SIZE, &fifth), ZC_ERR_OUT_OF_MEMORY);
+    printf("    4 objects of 10 MiB, one in each of the pool's 4 registrations, each read intact\n");
+    for (int i = 0; i < N; i++) zc_release(src[i]);
+    rdma_end_destroy(&ea);
+    rdma_end_destroy(&eb);
+    zc_pool_close(a);
+    zc_pool_close(b);
+    return true;
+}
+
+static int open_fd_count(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL) return -1;
+    while (readdir(d) != NULL) n++;
+    closedir(d);
+    return n;
+}
+
+static bool test_failed_open_rolls_back_every_device_it_opened(void) {
+    /* A registration cap below the page size fails after the device was opened. */
+    int before = open_fd_count();
+    CHECK(before > 0);
+    setenv("ZCOPY_RDMA_MAX_MR_SIZE", "100", 1);
+    for (int i = 0; i < 50; i++) {
+        zc_pool_options o;
+        zc_pool_options_init(&o);
+        o.size = 4 * MIB;
+        zc_pool *pool = BAD_POOL;
+        zc_status s = zc_pool_open(&o, &pool);
+        if (s != ZC_ERR_RDMA || pool != BAD_POOL || !message_contains("smaller than a page")) {
+            unsetenv("ZCOPY_RDMA_MAX_MR_SIZE");
+            CHECK_STATUS(s, ZC_ERR_RDMA);
+            CHECK(pool == BAD_POOL);
+            CHECK(message_contains("smaller than a page"));
+        }
+    }
+    unsetenv("ZCOPY_RDMA_MAX_MR_SIZE");
+    CHECK(open_fd_count() == before); /* no device file left open */
+    zc_pool *pool;
+    if (!open_rdma(ZC_RDMA_REQUIRED, rdma_device_name(), &pool)) return false;
+    zc_pool_close(pool);
+    CHECK(open_fd_count() == before); /* and a closed pool closes its device */
+    return true;
+}
+
 int main(void) {
     printf("device %s, GID index %d\n", rdma_device_name(), rdma_gid_index());
     static const harness_test tests[] = {
@@ -221,6 +313,8 @@ int main(void) {
         TEST(test_read_and_write_between_two_pools_with_descriptors_only),
         TEST(test_registration_on_a_caller_pd_moves_bytes_and_ends_at_close),
         TEST(test_closed_pool_keeps_its_registration_until_the_last_release),
+        TEST(test_split_registration_keeps_every_object_inside_one_region),
+        TEST(test_failed_open_rolls_back_every_device_it_opened),
     };
     RUN_TESTS(tests);
 }

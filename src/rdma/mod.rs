@@ -249,9 +249,14 @@ impl Registrations {
                 }
             }
         }
+        if let Some(cap) = mr_size_cap() {
+            regs.chunk_len = regs.chunk_len.min(cap / page * page);
+        }
         if regs.chunk_len == 0 {
             close_all(verbs, opened);
-            return Err(Error::Rdma(format!("a device's max_mr_size is below the page size ({page})")));
+            return Err(Error::Rdma(format!(
+                "memory registrations would be smaller than a page ({page} bytes): check max_mr_size and ZCOPY_RDMA_MAX_MR_SIZE"
+            )));
         }
         // Each context passes to its registration, which closes it on drop (also on failure).
         let mut opened = opened.into_iter();
@@ -403,6 +408,12 @@ impl Registrations {
         let (lkey, rkey) = reg.keys[offset / self.chunk_len];
         Ok(RdmaDesc { addr: self.base as u64 + offset as u64, length: len as u64, lkey, rkey })
     }
+}
+
+/// `ZCOPY_RDMA_MAX_MR_SIZE`: a cap on each memory registration's size, below what devices allow
+/// (to work around a provider's limits, or to exercise the split in tests).
+fn mr_size_cap() -> Option<usize> {
+    std::env::var("ZCOPY_RDMA_MAX_MR_SIZE").ok().and_then(|v| v.trim().parse().ok())
 }
 
 fn close_all(verbs: &Verbs, opened: Vec<(String, *mut ibv_context)>) {
