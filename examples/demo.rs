@@ -29,6 +29,12 @@ fn main() {
         s.open_nanos as f64 / 1e6
     ));
 
+    let registrations = s.rdma_registrations;
+    step(&match registrations {
+        0 => "RDMA: no verbs device here, local mode (zc_pool_rdma_count = 0)".to_string(),
+        n => format!("RDMA: registered once with {n} device(s) in {:.1} ms", s.rdma_register_nanos as f64 / 1e6),
+    });
+
     let key = b"layer0/kv";
     let writer = pool.create(key, 1 << 20);
     // SAFETY: an unsealed writer's data pointer is valid for its size in writable bytes.
