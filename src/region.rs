@@ -383,4 +383,73 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("not on a hugetlbfs mount"), "{e}");
     }
+
+    /// Reserves `pages` more huge pages for the life of the guard (root only); `None` when the
+    /// host cannot or will not.
+    struct HugePages {
+        before: u64,
+    }
+
+    impl HugePages {
+        const KNOB: &'static str = "/proc/sys/vm/nr_hugepages";
+
+        fn reserve(pages: u64) -> Option<HugePages> {
+            let before: u64 = std::fs::read_to_string(Self::KNOB).ok()?.trim().parse().ok()?;
+            std::fs::write(Self::KNOB, (before + pages).to_string()).ok()?;
+            let guard = HugePages { before };
+            let now: u64 = std::fs::read_to_string(Self::KNOB).ok()?.trim().parse().ok()?;
+            (now >= before + pages).then_some(guard)
+        }
+    }
+
+    impl Drop for HugePages {
+        fn drop(&mut self) {
+            let _ = std::fs::write(Self::KNOB, self.before.to_string());
+        }
+    }
+
+    #[test]
+    fn explicit_huge_pages_back_the_region_with_map_hugetlb_and_with_a_hugetlbfs_file() {
+        let Some(_reserved) = HugePages::reserve(4) else {
+            eprintln!("skipped: cannot reserve huge pages here (needs root and free memory)");
+            return;
+        };
+        let r = Region::map(&RegionOptions {
+            len: 3 << 20,
+            pages: PageMode::HugeTlb { dir: None },
+            prefault: true,
+            lock: false,
+        })
+        .unwrap();
+        assert_eq!((r.len(), r.page_size()), (4 << 20, 2 << 20));
+        let smaps = smaps_of(r.base() as usize);
+        assert_eq!(kib(&smaps, "KernelPageSize:"), 2048, "{smaps}");
+        drop(r);
+
+        let dir = std::env::temp_dir().join(format!("zcopy-hugetlbfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount").args(["-t", "hugetlbfs", "none"]).arg(&dir).status();
+        if !matches!(mounted, Ok(s) if s.success()) {
+            let _ = std::fs::remove_dir(&dir);
+            eprintln!("skipped the hugetlbfs half: cannot mount hugetlbfs here");
+            return;
+        }
+        let mapped = Region::map(&RegionOptions {
+            len: 2 << 20,
+            pages: PageMode::HugeTlb { dir: Some(dir.clone()) },
+            prefault: true,
+            lock: false,
+        });
+        let files_left = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(usize::MAX);
+        let shape = mapped
+            .as_ref()
+            .map(|r| (r.len(), r.page_size(), kib(&smaps_of(r.base() as usize), "KernelPageSize:")))
+            .map_err(|e| e.to_string());
+        drop(mapped);
+        let unmounted = std::process::Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(shape.unwrap(), (2 << 20, 2 << 20, 2048));
+        assert_eq!(files_left, 0, "the backing file is unlinked at once");
+        assert!(matches!(unmounted, Ok(s) if s.success()), "the mount stays busy after the region is gone");
+    }
 }
