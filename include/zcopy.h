@@ -63,8 +63,9 @@
  * same handle. It may outlive its pool (the memory stays mapped until it is released), but using
  * it after `zc_release` is undefined.
  *
- * Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_rdma_desc`,
- * `zc_seal`, `zc_abort`, `zc_release`.
+ * Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_part_count`,
+ * `zc_buffer_part`, `zc_buffer_part_mut`, `zc_buffer_rdma_desc`, `zc_seal`, `zc_abort`,
+ * `zc_release`.
  */
 typedef struct zc_buffer zc_buffer;
 
@@ -77,7 +78,7 @@ typedef struct zc_buffer zc_buffer;
  * Buffers may outlive it: memory stays mapped until the last `zc_buffer` is released.
  *
  * Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
- * `zc_create_buffer`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
+ * `zc_create_buffer`, `zc_create_parts`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
  * `zc_delete`, `zc_contains`, `zc_pool_region`, `zc_pool_rdma_count`, `zc_pool_rdma_pd`,
  * `zc_pool_register_pd`.
  */
@@ -355,6 +356,64 @@ zc_status zc_buffer_rdma_desc(const struct zc_buffer *buf,
                               struct zc_rdma_desc *out);
 
 /**
+ * The number of parts of an object made by `zc_create_parts`; 0 for a plain object (and NULL).
+ *
+ * # Safety
+ * `buf` is NULL or a live handle.
+ */
+size_t zc_buffer_part_count(const struct zc_buffer *buf);
+
+/**
+ * Writes the read-only address and length of part `index` to `*data` and `*len` (64-byte
+ * aligned; the address is inside the pool). `ZC_ERR_INVALID_ARGUMENT` for a plain object or an
+ * index past the last part.
+ *
+ * Borrowed: valid until `zc_release(buf)`.
+ *
+ * # Safety
+ * `buf` is NULL or a live handle; `data` and `len` are NULL or writable.
+ */
+zc_status zc_buffer_part(const struct zc_buffer *buf,
+                         size_t index,
+                         const uint8_t **data,
+                         size_t *len);
+
+/**
+ * Like `zc_buffer_part`, with a writable address: only for a buffer from `zc_create_parts` that
+ * is not sealed yet (`ZC_ERR_ALREADY_SEALED` otherwise).
+ *
+ * Borrowed: valid until `zc_seal(buf)` or `zc_release(buf)`.
+ *
+ * # Safety
+ * `buf` is NULL or a live handle; `data` and `len` are NULL or writable.
+ */
+zc_status zc_buffer_part_mut(struct zc_buffer *buf, size_t index, uint8_t **data, size_t *len);
+
+/**
+ * Checks the multi-part header at the start of `bytes` (`len` bytes) and writes the number of
+ * parts to `*out_count`. `ZC_ERR_INVALID_ARGUMENT` with the reason if the bytes are not a whole,
+ * valid multi-part object.
+ *
+ * # Safety
+ * `bytes` points to `len` readable bytes (NULL if 0); `out_count` is NULL or writable.
+ */
+zc_status zc_parts_count(const uint8_t *bytes, size_t len, size_t *out_count);
+
+/**
+ * Writes the offset (from `bytes`) and length of part `index` of the multi-part object in
+ * `bytes` to `*offset` and `*part_len`, after checking it lies inside the `len` bytes.
+ *
+ * # Safety
+ * `bytes` points to `len` readable bytes (NULL if 0); `offset` and `part_len` are NULL or
+ * writable.
+ */
+zc_status zc_parts_locate(const uint8_t *bytes,
+                          size_t len,
+                          size_t index,
+                          size_t *offset,
+                          size_t *part_len);
+
+/**
  * Fills every field of `*opts` with its default. NULL is a no-op.
  *
  * # Safety
@@ -408,6 +467,26 @@ zc_status zc_create_buffer(struct zc_pool *pool,
                            size_t key_len,
                            size_t size,
                            struct zc_buffer **out);
+
+/**
+ * Reserves one object made of `n` parts of `sizes[i]` bytes for the key, in one allocation:
+ * every part 64-byte aligned, behind a small self-describing header (docs/FORMAT.md) that lets
+ * a reader with only the raw bytes find the parts. Write each part through `zc_buffer_part_mut`,
+ * then seal as usual; `zc_buffer_size` is the whole object, header included. Fails like
+ * `zc_create_buffer`; `sizes` may be NULL when `n` is 0.
+ *
+ * The caller owns `*out` and must free it with `zc_release` (which aborts it unless sealed).
+ *
+ * # Safety
+ * `pool` is NULL or live; `key` points to `key_len` bytes; `sizes` to `n` sizes; `out` is NULL
+ * or writable.
+ */
+zc_status zc_create_parts(struct zc_pool *pool,
+                          const char *key,
+                          size_t key_len,
+                          const size_t *sizes,
+                          size_t n,
+                          struct zc_buffer **out);
 
 /**
  * A read-only reference to the sealed object under the key, written to `*out`: its data pointer

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod error;
 pub mod ffi;
 pub mod index;
+pub mod parts;
 pub mod pool;
 pub mod rdma;
 pub mod region;

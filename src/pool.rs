@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::alloc::{AllocError, Arena, Block, SharedArena};
 use crate::error::{Bytes, Error, Key, Result};
 use crate::index::{Entry, Index, IndexError, Lookup};
+use crate::parts::Layout;
 use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
 use crate::region::{PageMode, Region, RegionOptions};
 
@@ -146,6 +147,8 @@ pub(crate) struct Object {
     key: Arc<[u8]>,
     block: Block,
     size: usize,
+    /// Offset and length of each part, for objects made by `create_parts`.
+    parts: Option<Box<[(usize, usize)]>>,
     sealed: AtomicBool,
 }
 
@@ -280,6 +283,23 @@ impl Pool {
     /// Reserves `size` bytes for `key` and returns the writable buffer. The key stays invisible to
     /// `get` until the buffer is sealed. Contents of a new buffer are unspecified.
     pub fn create(&self, key: &[u8], size: usize) -> Result<Buffer> {
+        self.create_object(key, size, None)
+    }
+
+    /// Reserves one object holding parts of these sizes, each 64-byte aligned, behind the
+    /// self-describing header of `docs/FORMAT.md` (written here). Write each part through
+    /// [`Buffer::part_mut`]; the header must stay as it is.
+    pub fn create_parts(&self, key: &[u8], sizes: &[usize]) -> Result<Buffer> {
+        let layout = Layout::new(sizes)?;
+        let mut buf = self.create_object(key, layout.total_len, Some(layout.parts.clone().into_boxed_slice()))?;
+        match buf.as_mut_slice() {
+            Some(bytes) => layout.write_header(bytes),
+            None => return Err(Error::Internal("new buffer is not writable".into())),
+        }
+        Ok(buf)
+    }
+
+    fn create_object(&self, key: &[u8], size: usize, parts: Option<Box<[(usize, usize)]>>) -> Result<Buffer> {
         check_key(key)?;
         let inner = &self.inner;
         let capacity = inner.capacity;
@@ -293,7 +313,14 @@ impl Pool {
         let made = inner.index.insert_with(key, || {
             let (block, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
             let pool = cached.unwrap_or_else(|| inner.clone());
-            Ok(Arc::new(Object { pool: Some(pool), key: key.into(), block, size, sealed: AtomicBool::new(false) }))
+            Ok(Arc::new(Object {
+                pool: Some(pool),
+                key: key.into(),
+                block,
+                size,
+                parts,
+                sealed: AtomicBool::new(false),
+            }))
         });
         match made {
             Ok(Ok(obj)) => Ok(Buffer { obj, writer: true }),
@@ -451,6 +478,40 @@ impl Buffer {
     /// Offset of the first byte from the start of the pool's region.
     pub fn offset(&self) -> usize {
         self.obj.block.offset
+    }
+
+    /// Parts of an object made by `create_parts`; 0 for a plain object.
+    pub fn part_count(&self) -> usize {
+        self.obj.parts.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// Offset (from the object's first byte) and length of part `index`.
+    pub fn part_range(&self, index: usize) -> Result<(usize, usize)> {
+        match &self.obj.parts {
+            None => Err(Error::InvalidArgument(format!(
+                "key {} is a plain object, not one made of parts",
+                Key::new(self.key())
+            ))),
+            Some(parts) => parts
+                .get(index)
+                .copied()
+                .ok_or_else(|| Error::InvalidArgument(format!("part {index} of an object with {} parts", parts.len()))),
+        }
+    }
+
+    pub fn part(&self, index: usize) -> Result<&[u8]> {
+        let (offset, len) = self.part_range(index)?;
+        Ok(&self.as_slice()[offset..offset + len])
+    }
+
+    /// A part's bytes, writable: only for the creator's buffer, until it is sealed.
+    pub fn part_mut(&mut self, index: usize) -> Result<&mut [u8]> {
+        let (offset, len) = self.part_range(index)?;
+        let key = Key::new(self.key());
+        match self.as_mut_slice() {
+            Some(bytes) => Ok(&mut bytes[offset..offset + len]),
+            None => Err(Error::AlreadySealed(key)),
+        }
     }
 
     /// Where the buffer's bytes are for RDMA, with the keys of registration `index`: a target for

@@ -79,6 +79,11 @@ fn c_errors() {
 }
 
 #[test]
+fn c_parts() {
+    c_test("c_tests/test_parts.c");
+}
+
+#[test]
 fn c_threads() {
     c_test("c_tests/test_threads.c");
 }

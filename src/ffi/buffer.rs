@@ -14,8 +14,9 @@ use crate::pool::Buffer;
 /// same handle. It may outlive its pool (the memory stays mapped until it is released), but using
 /// it after `zc_release` is undefined.
 ///
-/// Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_rdma_desc`,
-/// `zc_seal`, `zc_abort`, `zc_release`.
+/// Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_part_count`,
+/// `zc_buffer_part`, `zc_buffer_part_mut`, `zc_buffer_rdma_desc`, `zc_seal`, `zc_abort`,
+/// `zc_release`.
 pub struct zc_buffer {
     buf: Buffer,
 }
@@ -142,6 +143,78 @@ pub unsafe extern "C" fn zc_buffer_rdma_desc(buf: *const zc_buffer, index: u32, 
         let d = buf.buf.rdma_desc(index)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(zc_rdma_desc { addr: d.addr, length: d.length, lkey: d.lkey, rkey: d.rkey }) };
+        Ok(())
+    })
+}
+
+/// The number of parts of an object made by `zc_create_parts`; 0 for a plain object (and NULL).
+///
+/// # Safety
+/// `buf` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn zc_buffer_part_count(buf: *const zc_buffer) -> usize {
+    guard_value(0, || {
+        // SAFETY: NULL or live per the contract.
+        unsafe { buf.as_ref() }.map_or(0, |b| b.buf.part_count())
+    })
+}
+
+/// Writes the read-only address and length of part `index` to `*data` and `*len` (64-byte
+/// aligned; the address is inside the pool). `ZC_ERR_INVALID_ARGUMENT` for a plain object or an
+/// index past the last part.
+///
+/// Borrowed: valid until `zc_release(buf)`.
+///
+/// # Safety
+/// `buf` is NULL or a live handle; `data` and `len` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_buffer_part(
+    buf: *const zc_buffer,
+    index: usize,
+    data: *mut *const u8,
+    len: *mut usize,
+) -> zc_status {
+    guard("zc_buffer_part", || {
+        // SAFETY: NULL or live per the contract.
+        let buf = unsafe { arg(buf, "buf") }?;
+        let (data, len) = (out_arg(data, "data")?, out_arg(len, "len")?);
+        let (offset, n) = buf.buf.part_range(index)?;
+        // SAFETY: both non-NULL and writable per the contract.
+        unsafe {
+            data.write(buf.buf.as_ptr().wrapping_add(offset));
+            len.write(n);
+        }
+        Ok(())
+    })
+}
+
+/// Like `zc_buffer_part`, with a writable address: only for a buffer from `zc_create_parts` that
+/// is not sealed yet (`ZC_ERR_ALREADY_SEALED` otherwise).
+///
+/// Borrowed: valid until `zc_seal(buf)` or `zc_release(buf)`.
+///
+/// # Safety
+/// `buf` is NULL or a live handle; `data` and `len` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_buffer_part_mut(
+    buf: *mut zc_buffer,
+    index: usize,
+    data: *mut *mut u8,
+    len: *mut usize,
+) -> zc_status {
+    guard("zc_buffer_part_mut", || {
+        // SAFETY: NULL or live per the contract.
+        let buf = unsafe { arg(buf, "buf") }?;
+        let (data, len) = (out_arg(data, "data")?, out_arg(len, "len")?);
+        let (offset, n) = buf.buf.part_range(index)?;
+        let Some(base) = buf.buf.as_mut_ptr() else {
+            return Err(Error::AlreadySealed(crate::error::Key::new(buf.buf.key())));
+        };
+        // SAFETY: both non-NULL and writable per the contract.
+        unsafe {
+            data.write(base.wrapping_add(offset));
+            len.write(n);
+        }
         Ok(())
     })
 }

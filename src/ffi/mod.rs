@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types)]
 
 pub mod buffer;
+pub mod parts;
 pub mod pool;
 pub mod status;
 

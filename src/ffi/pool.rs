@@ -42,7 +42,7 @@ const _: () = assert!(ZC_DEFAULT_POOL_SIZE == DEFAULT_POOL_SIZE as u64);
 /// Buffers may outlive it: memory stays mapped until the last `zc_buffer` is released.
 ///
 /// Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
-/// `zc_create_buffer`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
+/// `zc_create_buffer`, `zc_create_parts`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
 /// `zc_delete`, `zc_contains`, `zc_pool_region`, `zc_pool_rdma_count`, `zc_pool_rdma_pd`,
 /// `zc_pool_register_pd`.
 pub struct zc_pool {
@@ -298,6 +298,37 @@ pub unsafe extern "C" fn zc_create_buffer(
         let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
         let out = out_arg(out, "out")?;
         let buf = pool.pool.create(key, size)?;
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(zc_buffer::into_raw(buf)) };
+        Ok(())
+    })
+}
+
+/// Reserves one object made of `n` parts of `sizes[i]` bytes for the key, in one allocation:
+/// every part 64-byte aligned, behind a small self-describing header (docs/FORMAT.md) that lets
+/// a reader with only the raw bytes find the parts. Write each part through `zc_buffer_part_mut`,
+/// then seal as usual; `zc_buffer_size` is the whole object, header included. Fails like
+/// `zc_create_buffer`; `sizes` may be NULL when `n` is 0.
+///
+/// The caller owns `*out` and must free it with `zc_release` (which aborts it unless sealed).
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes; `sizes` to `n` sizes; `out` is NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_create_parts(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+    sizes: *const usize,
+    n: usize,
+    out: *mut *mut zc_buffer,
+) -> zc_status {
+    guard("zc_create_parts", || {
+        // SAFETY: per the contract above.
+        let (pool, key, sizes) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_arg(sizes, n, "sizes")?) };
+        let out = out_arg(out, "out")?;
+        let buf = pool.pool.create_parts(key, sizes)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(zc_buffer::into_raw(buf)) };
         Ok(())
