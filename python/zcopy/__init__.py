@@ -1,0 +1,53 @@
+"""zcopy: zero-copy numpy arrays, tensors and pickled objects over a pre-registered memory pool.
+
+    import zcopy, numpy as np
+    pool = zcopy.Pool(1 << 30)
+    pool.put_array("weights", np.arange(10, dtype=np.float32))   # one copy, in place
+    a = pool.get_array("weights")                                  # no copy, read-only
+"""
+
+from ._core import (
+    AlreadyExistsError,
+    AlreadySealedError,
+    Buffer,
+    Error,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotSealedError,
+    OutOfMemoryError,
+    Pool,
+    PoolClosedError,
+    RdmaError,
+    SystemCallError,
+    TimeoutError,
+)
+from ._lib import path as library_path
+from ._objects import get_array, get_object, get_tensor, parse_parts, put_array, put_object, put_tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExistsError",
+    "AlreadySealedError",
+    "Buffer",
+    "Error",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "NotSealedError",
+    "OutOfMemoryError",
+    "Pool",
+    "PoolClosedError",
+    "RdmaError",
+    "SystemCallError",
+    "TimeoutError",
+    "get_array",
+    "get_object",
+    "get_tensor",
+    "library_path",
+    "parse_parts",
+    "put_array",
+    "put_object",
+    "put_tensor",
+]

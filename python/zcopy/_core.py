@@ -1,0 +1,469 @@
+"""Pool and Buffer: the C ABI's lifecycle in Python, with views that keep their buffer alive.
+
+Lifetime: a `_Handle` owns one `zc_buffer *` and calls `zc_release` exactly once, through
+`weakref.finalize`, when it is garbage collected. Every view (numpy array, memoryview, tensor)
+reaches its handle through its base chain (array.base -> _Span -> _Handle), and a `Buffer` holds
+it too, so the release happens when the last of them is gone, whichever order they die in.
+`Buffer.release()` only drops the Buffer's own reference: it is safe with live views.
+"""
+
+import builtins
+import ctypes
+import math
+import weakref
+
+import numpy as np
+
+from . import _lib
+from ._lib import lib
+
+DEFAULT_POOL_SIZE = 256 << 20
+
+
+class Error(Exception):
+    """A zcopy call failed. `status` is the C status code, the message its detail."""
+
+    status = None
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self):
+        return self.message
+
+
+class InvalidArgumentError(Error, ValueError):
+    status = _lib.ERR_INVALID_ARGUMENT
+
+
+class NotFoundError(Error, KeyError):
+    status = _lib.ERR_NOT_FOUND
+
+
+class AlreadyExistsError(Error):
+    status = _lib.ERR_ALREADY_EXISTS
+
+
+class NotSealedError(Error):
+    status = _lib.ERR_NOT_SEALED
+
+
+class AlreadySealedError(Error):
+    status = _lib.ERR_ALREADY_SEALED
+
+
+class OutOfMemoryError(Error, MemoryError):
+    status = _lib.ERR_OUT_OF_MEMORY
+
+
+class TimeoutError(Error, builtins.TimeoutError):
+    status = _lib.ERR_TIMEOUT
+
+
+class PoolClosedError(Error):
+    status = _lib.ERR_POOL_CLOSED
+
+
+class RdmaError(Error):
+    status = _lib.ERR_RDMA
+
+
+class SystemCallError(Error, OSError):
+    status = _lib.ERR_SYSTEM
+
+
+class InternalError(Error):
+    status = _lib.ERR_INTERNAL
+
+
+_BY_STATUS = {
+    cls.status: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        NotSealedError,
+        AlreadySealedError,
+        OutOfMemoryError,
+        TimeoutError,
+        PoolClosedError,
+        RdmaError,
+        SystemCallError,
+        InternalError,
+    )
+}
+
+
+def _raise(status):
+    message = lib.zc_last_error_message().decode("utf-8", "replace")
+    raise _BY_STATUS.get(status, Error)(message, status)
+
+
+def _key(key):
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise builtins.TypeError("a key is str or bytes, not %s" % type(key).__name__)
+
+
+def _timeout_ms(timeout):
+    if timeout is None:
+        return 0
+    if timeout == math.inf:
+        return -1
+    if timeout < 0 or timeout != timeout:
+        raise InvalidArgumentError("timeout must be None, a number of seconds >= 0, or math.inf")
+    return int(math.ceil(timeout * 1000))
+
+
+class _Handle:
+    """Owns one `zc_buffer *`; releases it once, when collected."""
+
+    __slots__ = ("ptr", "finalizer", "views", "__weakref__")
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+        self.views = None
+        self.finalizer = weakref.finalize(self, lib.zc_release, ptr)
+        # At interpreter exit the process frees everything; releasing then could pull memory
+        # from under views that other exit handlers still read.
+        self.finalizer.atexit = False
+
+    def forget(self):
+        """The C side consumed the handle (zc_abort): never release it again."""
+        self.finalizer.detach()
+        self.ptr = None
+
+
+class _Span:
+    """Exposes pool bytes to numpy through `__array_interface__`, holding their handle: numpy
+    keeps it as the array's base, so the bytes live as long as any view of them."""
+
+    __slots__ = ("__array_interface__", "handle", "__weakref__")
+
+    def __init__(self, handle, address, nbytes, readonly):
+        self.handle = handle
+        self.__array_interface__ = {
+            "data": (address, readonly),
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "version": 3,
+        }
+
+
+def _view(handle, address, nbytes, readonly):
+    """A uint8 ndarray over `nbytes` of pool memory at `address`, owned through `handle`."""
+    arr = np.asarray(_Span(handle, address, nbytes, readonly))
+    if not readonly:
+        # Writable views are made read-only when the buffer is sealed.
+        if handle.views is None:
+            handle.views = []
+        handle.views.append(weakref.ref(arr))
+    return arr
+
+
+class Buffer:
+    """One reference to one object of a pool: writable from `Pool.create` until sealed, read-only
+    from `Pool.get`. Release it with `release()` or a `with` block, or let it be collected; views
+    of its bytes keep the object alive after that."""
+
+    __slots__ = ("_handle", "key", "_writer", "_sealed", "__weakref__")
+
+    def __init__(self, ptr, key, writer):
+        self._handle = _Handle(ptr)
+        self.key = key
+        self._writer = writer
+        self._sealed = not writer
+
+    def _h(self):
+        h = self._handle
+        if h is None:
+            raise InvalidArgumentError("the buffer for key %r was released" % (self.key,))
+        return h
+
+    @property
+    def size(self):
+        return lib.zc_buffer_size(self._h().ptr)
+
+    def __len__(self):
+        return self.size
+
+    @property
+    def address(self):
+        """Address of the first byte, inside the pool (the same for every reference)."""
+        return lib.zc_buffer_const_data(self._h().ptr)
+
+    @property
+    def sealed(self):
+        return self._sealed
+
+    @property
+    def writable(self):
+        return self._handle is not None and self._writer and not self._sealed
+
+    @property
+    def released(self):
+        return self._handle is None
+
+    def seal(self):
+        """Makes the object immutable and visible to `get`. Views handed out before become
+        read-only (views derived from them by slicing are the caller's to stop writing)."""
+        h = self._h()
+        status = lib.zc_seal(h.ptr)
+        if status:
+            _raise(status)
+        self._sealed = True
+        if h.views:
+            for ref in h.views:
+                arr = ref()
+                if arr is not None:
+                    arr.flags.writeable = False
+            h.views = None
+        return self
+
+    def abort(self):
+        """Discards an unsealed object. With live views of it, the object goes when the last view
+        does (its key stays taken until then)."""
+        h = self._h()
+        if self._sealed:
+            raise AlreadySealedError("buffer for key %r is already sealed" % (self.key,))
+        self._handle = None
+        if h.views and any(ref() is not None for ref in h.views):
+            return
+        status = lib.zc_abort(h.ptr)
+        if status:
+            _raise(status)
+        h.forget()
+
+    def release(self):
+        """Drops this reference. Idempotent; safe while views of the bytes are alive (the object
+        is released when the last of them is gone). Releasing an unsealed buffer aborts it."""
+        self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    def __repr__(self):
+        state = "released" if self._handle is None else ("sealed" if self._sealed else "writable")
+        return "<zcopy.Buffer key=%r %s>" % (self.key, state)
+
+    def array(self, dtype=np.uint8, shape=None):
+        """The buffer's bytes as an ndarray (no copy): writable while unsealed, read-only after."""
+        h = self._h()
+        readonly = not self.writable
+        address = lib.zc_buffer_data(h.ptr) if not readonly else lib.zc_buffer_const_data(h.ptr)
+        arr = _view(h, address or 0, lib.zc_buffer_size(h.ptr), readonly)
+        dtype = np.dtype(dtype)
+        if dtype != np.uint8:
+            arr = arr.view(dtype)
+        if shape is not None:
+            arr = arr.reshape(shape)
+        return arr
+
+    def memoryview(self):
+        """The buffer's bytes as a memoryview (no copy), read-only once sealed."""
+        return memoryview(self.array())
+
+    def tobytes(self):
+        """A copy of the bytes."""
+        h = self._h()
+        return ctypes.string_at(lib.zc_buffer_const_data(h.ptr), lib.zc_buffer_size(h.ptr))
+
+    @property
+    def part_count(self):
+        """Parts of an object made by `Pool.create_parts`; 0 for a plain object."""
+        return lib.zc_buffer_part_count(self._h().ptr)
+
+    def part_range(self, index):
+        """(address, length) of part `index`."""
+        h = self._h()
+        address, length = ctypes.c_void_p(), ctypes.c_size_t()
+        status = lib.zc_buffer_part(h.ptr, index, ctypes.byref(address), ctypes.byref(length))
+        if status:
+            _raise(status)
+        return address.value or 0, length.value
+
+    def part(self, index, dtype=np.uint8, shape=None):
+        """Part `index` as an ndarray (no copy): writable while unsealed, read-only after."""
+        h = self._h()
+        address, length = self.part_range(index)
+        arr = _view(h, address, length, not self.writable)
+        dtype = np.dtype(dtype)
+        if dtype != np.uint8:
+            arr = arr.view(dtype)
+        if shape is not None:
+            arr = arr.reshape(shape)
+        return arr
+
+    def rdma_desc(self, index=0):
+        """(addr, length, lkey, rkey) under RDMA registration `index`."""
+        d = _lib.RdmaDesc()
+        status = lib.zc_buffer_rdma_desc(self._h().ptr, index, ctypes.byref(d))
+        if status:
+            _raise(status)
+        return d.addr, d.length, d.lkey, d.rkey
+
+
+class Pool:
+    """A zcopy pool: one mapped (and, where devices exist, RDMA-registered) memory region.
+
+    Every method may be called from several threads at once; `close()` must not race with them.
+    Buffers and views may outlive the pool: their memory stays mapped until they are gone.
+    """
+
+    def __init__(
+        self,
+        size=DEFAULT_POOL_SIZE,
+        *,
+        pages="thp",
+        prefault=True,
+        lock_memory=False,
+        max_objects=0,
+        hugetlbfs_dir=None,
+        rdma="auto",
+        rdma_devices=None,
+    ):
+        opts = _lib.PoolOptions()
+        lib.zc_pool_options_init(ctypes.byref(opts))
+        if pages not in _lib.PAGES:
+            raise InvalidArgumentError("pages must be one of %s" % sorted(_lib.PAGES))
+        if rdma not in _lib.RDMA:
+            raise InvalidArgumentError("rdma must be one of %s" % sorted(_lib.RDMA))
+        opts.size = int(size)
+        opts.page_mode = _lib.PAGES[pages]
+        opts.prefault = bool(prefault)
+        opts.lock_memory = bool(lock_memory)
+        opts.max_objects = int(max_objects)
+        opts.hugetlbfs_dir = None if hugetlbfs_dir is None else str(hugetlbfs_dir).encode()
+        opts.rdma = _lib.RDMA[rdma]
+        if rdma_devices is not None and not isinstance(rdma_devices, str):
+            rdma_devices = ",".join(rdma_devices)
+        opts.rdma_devices = None if rdma_devices is None else rdma_devices.encode()
+        ptr = ctypes.c_void_p()
+        status = lib.zc_pool_open(ctypes.byref(opts), ctypes.byref(ptr))
+        if status:
+            _raise(status)
+        self._ptr = ptr.value
+        self._finalizer = weakref.finalize(self, lib.zc_pool_close, self._ptr)
+
+    def _p(self):
+        if self._ptr is None:
+            raise PoolClosedError("the pool is closed")
+        return self._ptr
+
+    def close(self):
+        """Closes the pool (idempotent). Buffers and views keep their memory until they go."""
+        self._ptr = None
+        self._finalizer()
+
+    @property
+    def closed(self):
+        return self._ptr is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def create(self, key, size):
+        """A writable buffer of `size` bytes for `key`, in place in the pool."""
+        k = _key(key)
+        out = ctypes.c_void_p()
+        status = lib.zc_create_buffer(self._p(), k, len(k), size, ctypes.byref(out))
+        if status:
+            _raise(status)
+        return Buffer(out.value, key, True)
+
+    def create_parts(self, key, sizes):
+        """One writable object made of parts of these sizes (each 64-byte aligned)."""
+        k = _key(key)
+        sizes = list(sizes)
+        arr = (ctypes.c_size_t * len(sizes))(*sizes)
+        out = ctypes.c_void_p()
+        status = lib.zc_create_parts(self._p(), k, len(k), arr, len(sizes), ctypes.byref(out))
+        if status:
+            _raise(status)
+        return Buffer(out.value, key, True)
+
+    def seal(self, buf):
+        """Seals `buf` (same as `buf.seal()`)."""
+        return buf.seal()
+
+    def get(self, key, timeout=None):
+        """A read-only reference to the sealed object under `key`: the same bytes its writer
+        wrote. `timeout`: None answers at once (NotFoundError, or NotSealedError for a created
+        key); seconds waits for the key to be sealed (then TimeoutError); math.inf waits forever."""
+        k = _key(key)
+        out = ctypes.c_void_p()
+        status = lib.zc_get(self._p(), k, len(k), _timeout_ms(timeout), ctypes.byref(out))
+        if status:
+            _raise(status)
+        return Buffer(out.value, key, False)
+
+    def delete(self, key):
+        """Removes `key` at once; readers keep their bytes until they let go."""
+        k = _key(key)
+        status = lib.zc_delete(self._p(), k, len(k))
+        if status:
+            _raise(status)
+
+    def contains(self, key):
+        """Whether `key` is sealed (visible to `get`)."""
+        k = _key(key)
+        return bool(lib.zc_contains(self._p(), k, len(k)))
+
+    __contains__ = contains
+
+    def put(self, key, data):
+        """Stores a copy of a bytes-like object (the one-copy path)."""
+        k = _key(key)
+        src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+        if not src.flags.c_contiguous:
+            src = np.ascontiguousarray(src)
+        status = lib.zc_put(self._p(), k, len(k), src.ctypes.data, src.nbytes)
+        if status:
+            _raise(status)
+
+    def get_bytes(self, key, timeout=None):
+        """A copy of the sealed object's bytes."""
+        with self.get(key, timeout) as buf:
+            return buf.tobytes()
+
+    def stats(self):
+        """The pool's counters as a dict."""
+        s = _lib.PoolStats()
+        status = lib.zc_pool_get_stats(self._p(), ctypes.byref(s))
+        if status:
+            _raise(status)
+        return {name: getattr(s, name) for name, _ in _lib.PoolStats._fields_ if name != "reserved"}
+
+    def region(self):
+        """(address, length) of the pool's whole mapped region."""
+        base, length = ctypes.c_void_p(), ctypes.c_size_t()
+        status = lib.zc_pool_region(self._p(), ctypes.byref(base), ctypes.byref(length))
+        if status:
+            _raise(status)
+        return base.value, length.value
+
+    @property
+    def rdma_count(self):
+        """RDMA registrations of the pool (0 in local mode)."""
+        return lib.zc_pool_rdma_count(self._p())
+
+    def __repr__(self):
+        if self._ptr is None:
+            return "<zcopy.Pool closed>"
+        s = self.stats()
+        return "<zcopy.Pool %d of %d bytes used, %d objects>" % (s["used_bytes"], s["capacity_bytes"], s["object_count"])

@@ -1,0 +1,215 @@
+"""Arrays, tensors and pickled objects stored as multi-part objects (docs/FORMAT.md).
+
+Every kind is one object whose part 0 is a small header naming the kind:
+  array:  b"ZCARRAY\\0", u16 descr length, u16 ndim, numpy descr (repr), shape (i64 each)
+  tensor: b"ZCTENSR\\0", u16 dtype-name length, u16 ndim, torch dtype name, shape (i64 each)
+  object: b"ZCPICKL\\0"; part 1 is a pickle protocol 5 stream, parts 2.. its out-of-band buffers
+and the data follows in its own 64-byte aligned part, written once, in place, read in place.
+"""
+
+import ast
+import ctypes
+import pickle
+import struct
+import warnings
+
+import numpy as np
+
+from ._core import Buffer, InvalidArgumentError, Pool, _raise
+from ._lib import lib
+
+ARRAY_MAGIC = b"ZCARRAY\0"
+TENSOR_MAGIC = b"ZCTENSR\0"
+OBJECT_MAGIC = b"ZCPICKL\0"
+_HEAD = struct.Struct("<8sHH")
+
+_dtype_cache = {}
+
+
+def _encode_shape_header(magic, name, shape):
+    return _HEAD.pack(magic, len(name), len(shape)) + name + struct.pack("<%dq" % len(shape), *shape)
+
+
+def _decode_shape_header(raw, magic, what):
+    if len(raw) < _HEAD.size:
+        raise InvalidArgumentError("not a zcopy %s: its header part is too short" % what)
+    got, name_len, ndim = _HEAD.unpack_from(raw)
+    if got != magic:
+        raise InvalidArgumentError("not a zcopy %s (its header says %r)" % (what, got.rstrip(b"\0")))
+    name = raw[_HEAD.size : _HEAD.size + name_len]
+    shape = struct.unpack_from("<%dq" % ndim, raw, _HEAD.size + name_len)
+    return name, shape
+
+
+def _dtype_from(descr):
+    dtype = _dtype_cache.get(descr)
+    if dtype is None:
+        dtype = np.lib.format.descr_to_dtype(ast.literal_eval(descr.decode("ascii")))
+        _dtype_cache[descr] = dtype
+    return dtype
+
+
+def _head_part(buf):
+    """The bytes of part 0 (a small header), copied out."""
+    address, length = buf.part_range(0)
+    return ctypes.string_at(address, length)
+
+
+def _checked_parts(buf, count, what):
+    n = buf.part_count
+    if n < count:
+        buf.release()
+        raise InvalidArgumentError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, n))
+
+
+def put_array(pool, key, arr):
+    """Stores a numpy array: dtype, shape and byte order in a header part, the data in its own
+    aligned part, copied exactly once (a non-contiguous array is made contiguous by that copy).
+    Object dtypes are refused: their elements are pointers, not data."""
+    arr = np.asarray(arr)
+    if arr.dtype.hasobject:
+        raise InvalidArgumentError("arrays of Python objects (dtype %s) cannot be stored; use put_object" % arr.dtype)
+    head = _encode_shape_header(ARRAY_MAGIC, repr(np.lib.format.dtype_to_descr(arr.dtype)).encode("ascii"), arr.shape)
+    buf = pool.create_parts(key, (len(head), arr.nbytes))
+    try:
+        address, _ = buf.part_range(0)
+        ctypes.memmove(address, head, len(head))
+        if arr.nbytes:
+            dst = buf.part(1).view(arr.dtype).reshape(arr.shape)
+            np.copyto(dst, arr, casting="no")
+        buf.seal()
+    finally:
+        buf.release()
+
+
+def get_array(pool, key, timeout=None):
+    """The array stored under `key`, read-only, over the pool's bytes (no copy). It keeps the
+    object alive; the object is released when the array and every view of it are gone."""
+    buf = pool.get(key, timeout)
+    _checked_parts(buf, 2, "array")
+    descr, shape = _decode_shape_header(_head_part(buf), ARRAY_MAGIC, "array")
+    dtype = _dtype_from(descr)
+    arr = buf.part(1)
+    if arr.nbytes == 0:  # no bytes to share
+        empty = np.empty(shape, dtype)
+        empty.flags.writeable = False
+        return empty
+    return arr.view(dtype).reshape(shape)
+
+
+def _torch():
+    import torch  # noqa: PLC0415 - optional dependency
+
+    return torch
+
+
+def put_tensor(pool, key, tensor):
+    """Stores a CPU tensor like `put_array` (dtype name and shape in the header part, the data in
+    its own part, copied once). Nested, sparse and non-CPU tensors are refused."""
+    torch = _torch()
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidArgumentError("put_tensor takes a torch.Tensor, not %s" % type(tensor).__name__)
+    if getattr(tensor, "is_nested", False):
+        raise InvalidArgumentError("nested (jagged) tensors cannot be stored: store each component")
+    if tensor.layout != torch.strided:
+        raise InvalidArgumentError("only dense (strided) tensors can be stored, not %s" % tensor.layout)
+    if tensor.device.type != "cpu":
+        raise InvalidArgumentError("only CPU tensors can be stored, not %s ones" % tensor.device)
+    tensor = tensor.detach()
+    name = str(tensor.dtype).replace("torch.", "").encode("ascii")
+    head = _encode_shape_header(TENSOR_MAGIC, name, tuple(tensor.shape))
+    nbytes = tensor.numel() * tensor.element_size()
+    buf = pool.create_parts(key, (len(head), nbytes))
+    try:
+        address, _ = buf.part_range(0)
+        ctypes.memmove(address, head, len(head))
+        if nbytes:
+            dst = torch.from_numpy(buf.part(1)).view(tensor.dtype).view(tensor.shape)
+            dst.copy_(tensor)
+        buf.seal()
+    finally:
+        buf.release()
+
+
+def get_tensor(pool, key, timeout=None):
+    """The tensor stored under `key`, over the pool's bytes (no copy). torch has no read-only
+    tensors: do not write to it (the object is sealed)."""
+    torch = _torch()
+    buf = pool.get(key, timeout)
+    _checked_parts(buf, 2, "tensor")
+    name, shape = _decode_shape_header(_head_part(buf), TENSOR_MAGIC, "tensor")
+    dtype = getattr(torch, name.decode("ascii"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        raw = torch.from_numpy(buf.part(1))
+    return raw.view(dtype).view(shape)
+
+
+def put_object(pool, key, obj):
+    """Pickles `obj` with protocol 5: every out-of-band buffer (numpy arrays, tensors,
+    bytearrays) goes in its own aligned part, copied once; the rest of the pickle in another."""
+    buffers = []
+
+    def out_of_band(pb):
+        try:
+            buffers.append(pb.raw())
+        except BufferError:  # not contiguous: pickle it in-band
+            return True
+        return False
+
+    stream = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    sizes = [len(OBJECT_MAGIC), len(stream)] + [m.nbytes for m in buffers]
+    buf = pool.create_parts(key, sizes)
+    try:
+        address, _ = buf.part_range(0)
+        ctypes.memmove(address, OBJECT_MAGIC, len(OBJECT_MAGIC))
+        address, _ = buf.part_range(1)
+        ctypes.memmove(address, stream, len(stream))
+        for i, m in enumerate(buffers):
+            if m.nbytes:
+                buf.part(2 + i)[:] = np.frombuffer(m, dtype=np.uint8)
+        buf.seal()
+    finally:
+        buf.release()
+
+
+def get_object(pool, key, timeout=None):
+    """The object stored by `put_object`. Its out-of-band buffers come back as read-only views of
+    the pool's bytes: numpy arrays (and tensors rebuilt from them) share the pool's memory."""
+    buf = pool.get(key, timeout)
+    _checked_parts(buf, 2, "pickled object")
+    if _head_part(buf) != OBJECT_MAGIC:
+        buf.release()
+        raise InvalidArgumentError("key %r does not hold a zcopy pickled object" % (key,))
+    stream = memoryview(buf.part(1))
+    buffers = [memoryview(buf.part(i)) for i in range(2, buf.part_count)]
+    return pickle.loads(stream, buffers=buffers)
+
+
+def parse_parts(data):
+    """[(offset, length)] of the parts of a multi-part object given as raw bytes (for example
+    the target of an RDMA READ), after checking its header as docs/FORMAT.md says."""
+    src = np.frombuffer(data, dtype=np.uint8)
+    n = ctypes.c_size_t()
+    address = src.ctypes.data
+    status = lib.zc_parts_count(address, src.nbytes, ctypes.byref(n))
+    if status:
+        _raise(status)
+    out = []
+    off, length = ctypes.c_size_t(), ctypes.c_size_t()
+    for i in range(n.value):
+        status = lib.zc_parts_locate(address, src.nbytes, i, ctypes.byref(off), ctypes.byref(length))
+        if status:
+            _raise(status)
+        out.append((off.value, length.value))
+    return out
+
+
+Pool.put_array = put_array
+Pool.get_array = get_array
+Pool.put_tensor = put_tensor
+Pool.get_tensor = get_tensor
+Pool.put_object = put_object
+Pool.get_object = get_object
+Buffer.__module__ = "zcopy"
+Pool.__module__ = "zcopy"
