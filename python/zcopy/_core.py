@@ -123,9 +123,10 @@ def _timeout_ms(timeout):
 
 
 class _Handle:
-    """Owns one `zc_buffer *`; releases it once, when collected."""
+    """Owns one `zc_buffer *`; releases it once, when collected. It may also be an array's base
+    directly (`__array_interface__`), when nothing else needs to sit between them."""
 
-    __slots__ = ("ptr", "finalizer", "views", "__weakref__")
+    __slots__ = ("ptr", "finalizer", "views", "__array_interface__", "__weakref__")
 
     def __init__(self, ptr):
         self.ptr = ptr

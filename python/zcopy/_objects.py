@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ._core import Buffer, InvalidArgumentError, Pool, _raise
+from ._core import Buffer, InvalidArgumentError, Pool, _Handle, _key, _raise, _Span, _timeout_ms
 from ._lib import lib
 
 ARRAY_MAGIC = b"ZCARRAY\0"
@@ -24,6 +24,86 @@ OBJECT_MAGIC = b"ZCPICKL\0"
 _HEAD = struct.Struct("<8sHH")
 
 _dtype_cache = {}
+
+# docs/FORMAT.md: the fixed header, then (offset, length) per part.
+PARTS_MAGIC = b"ZCPARTS\0"
+_PARTS_FIXED = struct.Struct("<8sHHIII Q")
+_PARTS_ENTRY = struct.Struct("<QQ")
+_PEEK = 64  # the fixed header and two entries: all of a two-part header
+
+
+def _parts_of(header, size, what="multi-part object"):
+    """[(offset, length)] from the header bytes at the start of an object of `size` bytes,
+    checked as docs/FORMAT.md says. `header` may be shorter than the header length only if it
+    holds every entry."""
+    if len(header) < _PARTS_FIXED.size:
+        raise InvalidArgumentError("not a zcopy %s: %d bytes is shorter than the header" % (what, size))
+    magic, version, _flags, n, header_len, _reserved, total = _PARTS_FIXED.unpack_from(header)
+    if magic != PARTS_MAGIC:
+        raise InvalidArgumentError("not a zcopy %s: no ZCPARTS magic" % what)
+    if version != 1:
+        raise InvalidArgumentError("not a zcopy %s: format version %d, this package reads 1" % (what, version))
+    end_of_table = _PARTS_FIXED.size + _PARTS_ENTRY.size * n
+    if header_len % 64 or header_len < end_of_table or header_len > size or total > size:
+        raise InvalidArgumentError("not a zcopy %s: header of %d bytes for %d parts in %d bytes" % (what, header_len, n, size))
+    if len(header) < end_of_table:
+        raise InvalidArgumentError("header bytes cut short")
+    parts = []
+    for i in range(n):
+        offset, length = _PARTS_ENTRY.unpack_from(header, _PARTS_FIXED.size + _PARTS_ENTRY.size * i)
+        if offset % 64 or offset < header_len or offset + length > size:
+            raise InvalidArgumentError("not a zcopy %s: part %d at %d+%d is outside it or unaligned" % (what, i, offset, length))
+        parts.append((offset, length))
+    return parts
+
+
+def _layout_in_memory(address, size, what):
+    """Parts of the object at `address` (`size` bytes), read from its header in place."""
+    header = ctypes.string_at(address, min(size, _PEEK))
+    if len(header) >= 16:
+        n = struct.unpack_from("<I", header, 12)[0]
+        wanted = _PARTS_FIXED.size + _PARTS_ENTRY.size * n
+        if wanted > len(header) and wanted <= size:
+            header = ctypes.string_at(address, wanted)
+    return _parts_of(header, size, what)
+
+
+_zc_get = lib.zc_get
+_zc_const_data = lib.zc_buffer_const_data
+_zc_size = lib.zc_buffer_size
+_c_void_p = ctypes.c_void_p
+_byref = ctypes.byref
+_string_at = ctypes.string_at
+_asarray = np.asarray
+
+
+def _get_handle(pool, key, timeout):
+    """zc_get, wrapped straight in a handle (no Buffer): (handle, address, size). The hot path of
+    every get: kept to the calls it needs."""
+    k = key if type(key) is bytes else _key(key)
+    out = _c_void_p()
+    ptr = pool._ptr
+    if ptr is None:
+        pool._p()
+    status = _zc_get(ptr, k, len(k), 0 if timeout is None else _timeout_ms(timeout), _byref(out))
+    if status:
+        _raise(status)
+    handle = _Handle(out.value)
+    return handle, _zc_const_data(handle.ptr), _zc_size(handle.ptr)
+
+
+def _readonly_array(handle, address, dtype, shape):
+    """A read-only ndarray of `dtype`/`shape` at `address`, owned through `handle`, in one step
+    for plain dtypes."""
+    if dtype.fields is None and dtype.subdtype is None:
+        # The handle itself carries the interface: one object fewer on the hot path.
+        handle.__array_interface__ = {"data": (address, True), "shape": shape, "typestr": dtype.str, "version": 3}
+        return _asarray(handle)
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    span = _Span(handle, address, nbytes, True)
+    return np.asarray(span).view(dtype).reshape(shape)
 
 
 def _encode_shape_header(magic, name, shape):
@@ -82,19 +162,40 @@ def put_array(pool, key, arr):
         buf.release()
 
 
+# Parsed layouts of array objects, by their leading bytes and size: an array read again (or one
+# of the same dtype and shape) is found without parsing. Only layouts whose metadata lies wholly
+# inside the bytes of the key are cached, so equal keys mean equal layouts.
+_ARRAY_HEAD = 256
+_array_layouts = {}
+
+
+def _array_layout(address, size, head, key):
+    """(data offset, dtype, shape) of the array object at `address`, parsed and checked."""
+    parts = _layout_in_memory(address, size, "array")
+    if len(parts) != 2:
+        raise InvalidArgumentError("key %r does not hold a zcopy array (%d parts)" % (key, len(parts)))
+    (head_at, head_len), (data_at, _) = parts
+    descr, shape = _decode_shape_header(ctypes.string_at(address + head_at, head_len), ARRAY_MAGIC, "array")
+    layout = (data_at, _dtype_from(descr), tuple(shape))
+    if data_at <= len(head) and len(_array_layouts) < 4096:
+        _array_layouts[(head, size)] = layout
+    return layout
+
+
 def get_array(pool, key, timeout=None):
     """The array stored under `key`, read-only, over the pool's bytes (no copy). It keeps the
     object alive; the object is released when the array and every view of it are gone."""
-    buf = pool.get(key, timeout)
-    _checked_parts(buf, 2, "array")
-    descr, shape = _decode_shape_header(_head_part(buf), ARRAY_MAGIC, "array")
-    dtype = _dtype_from(descr)
-    arr = buf.part(1)
-    if arr.nbytes == 0:  # no bytes to share
+    handle, address, size = _get_handle(pool, key, timeout)
+    head = _string_at(address, size if size < _ARRAY_HEAD else _ARRAY_HEAD)
+    layout = _array_layouts.get((head, size))
+    if layout is None:
+        layout = _array_layout(address, size, head, key)
+    data_at, dtype, shape = layout
+    if data_at == size:  # no bytes to share
         empty = np.empty(shape, dtype)
         empty.flags.writeable = False
         return empty
-    return arr.view(dtype).reshape(shape)
+    return _readonly_array(handle, address + data_at, dtype, shape)
 
 
 def _torch():
@@ -189,20 +290,8 @@ def get_object(pool, key, timeout=None):
 def parse_parts(data):
     """[(offset, length)] of the parts of a multi-part object given as raw bytes (for example
     the target of an RDMA READ), after checking its header as docs/FORMAT.md says."""
-    src = np.frombuffer(data, dtype=np.uint8)
-    n = ctypes.c_size_t()
-    address = src.ctypes.data
-    status = lib.zc_parts_count(address, src.nbytes, ctypes.byref(n))
-    if status:
-        _raise(status)
-    out = []
-    off, length = ctypes.c_size_t(), ctypes.c_size_t()
-    for i in range(n.value):
-        status = lib.zc_parts_locate(address, src.nbytes, i, ctypes.byref(off), ctypes.byref(length))
-        if status:
-            _raise(status)
-        out.append((off.value, length.value))
-    return out
+    view = memoryview(data).cast("B")
+    return _parts_of(view, view.nbytes)
 
 
 Pool.put_array = put_array
