@@ -49,6 +49,12 @@ def fmt_time(ns):
     return "%.3g ns" % ns
 
 
+def fmt_ratio(r):
+    if r >= 100:
+        return "{:,.0f}×".format(r).replace(",", " ")
+    return "%.3g×" % r
+
+
 def fmt_rate(nbytes, ns):
     return "%.1f GB/s" % (nbytes / ns)  # bytes per ns == GB/s
 
@@ -172,7 +178,7 @@ def row(name, zcopy_ns, baseline_ns, baseline_name, target, met):
         "benchmark": name,
         "zcopy": fmt_time(zcopy_ns),
         "baseline": "%s (%s)" % (fmt_time(baseline_ns), baseline_name),
-        "ratio": "%.3g×" % (baseline_ns / zcopy_ns),
+        "ratio": fmt_ratio(baseline_ns / zcopy_ns),
         "target": target,
         "met": "—" if met is None else ("yes" if met else "no"),
         "zcopy_ns": zcopy_ns,

@@ -3,7 +3,10 @@
 #   1. Rust unit and integration tests, the C tests and C examples (built against a fresh
 #      libzcopy.so and the checked-in header), the install + pkg-config check, the verbs
 #      struct-layout check and local-mode RDMA (no device);
-#   2. the tests that need an RDMA device, on this host's device or in the Soft-RoCE VM
+#   2. the Python package's pytest suite, against a fresh release build of libzcopy.so (numpy,
+#      pytest, cffi and wheel are installed with pip if missing; torch tests skip when torch is
+#      absent);
+#   3. the tests that need an RDMA device, on this host's device or in the Soft-RoCE VM
 #      (scripts/rdma-tests.sh; reported as NOT RUN, never as passed, where neither exists).
 # Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -22,4 +25,14 @@ if [ ! -f /usr/include/infiniband/verbs.h ]; then
 fi
 
 cargo test "$@"
+
+echo "== python"
+python=${PYTHON:-python3}
+# wheel: tests/test_install.py runs `pip install ./python` without build isolation.
+if ! "$python" -c "import numpy, pytest, cffi, wheel, setuptools" 2>/dev/null; then
+    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check numpy pytest cffi wheel setuptools
+fi
+cargo build --release --lib --quiet
+(cd python && "$python" -m pytest -q tests)
+
 bash scripts/rdma-tests.sh

@@ -169,6 +169,20 @@ def _view(handle, address, nbytes, readonly):
     return arr
 
 
+def _typed(handle, arr, dtype, shape):
+    """`arr` (a uint8 view) as `dtype` and `shape`. A writable result is recorded with its
+    handle too, so that sealing makes it read-only like the view it came from."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8 and shape is None:
+        return arr
+    out = arr.view(dtype) if dtype != np.uint8 else arr
+    if shape is not None:
+        out = out.reshape(shape)
+    if out.flags.writeable:
+        handle.views.append(weakref.ref(out))
+    return out
+
+
 class Buffer:
     """One reference to one object of a pool: writable from `Pool.create` until sealed, read-only
     from `Pool.get`. Release it with `release()` or a `with` block, or let it be collected; views
@@ -214,7 +228,8 @@ class Buffer:
 
     def seal(self):
         """Makes the object immutable and visible to `get`. Views handed out before become
-        read-only (views derived from them by slicing are the caller's to stop writing)."""
+        read-only, and writable memoryviews are released (views derived from them by slicing are
+        the caller's to stop writing)."""
         h = self._h()
         status = lib.zc_seal(h.ptr)
         if status:
@@ -222,9 +237,14 @@ class Buffer:
         self._sealed = True
         if h.views:
             for ref in h.views:
-                arr = ref()
-                if arr is not None:
-                    arr.flags.writeable = False
+                view = ref()
+                if isinstance(view, memoryview):
+                    try:
+                        view.release()
+                    except BufferError:  # something holds a buffer exported from it
+                        pass
+                elif view is not None:
+                    view.flags.writeable = False
             h.views = None
         return self
 
@@ -263,17 +283,17 @@ class Buffer:
         h = self._h()
         readonly = not self.writable
         address = lib.zc_buffer_data(h.ptr) if not readonly else lib.zc_buffer_const_data(h.ptr)
-        arr = _view(h, address or 0, lib.zc_buffer_size(h.ptr), readonly)
-        dtype = np.dtype(dtype)
-        if dtype != np.uint8:
-            arr = arr.view(dtype)
-        if shape is not None:
-            arr = arr.reshape(shape)
-        return arr
+        return _typed(h, _view(h, address or 0, lib.zc_buffer_size(h.ptr), readonly), dtype, shape)
 
     def memoryview(self):
-        """The buffer's bytes as a memoryview (no copy), read-only once sealed."""
-        return memoryview(self.array())
+        """The buffer's bytes as a memoryview (no copy). A memoryview cannot turn read-only, so a
+        writable one (taken before the seal) is released by `seal()`: using it afterwards raises
+        ValueError; take a new, read-only one then."""
+        arr = self.array()
+        view = memoryview(arr)
+        if not view.readonly:
+            self._h().views.append(weakref.ref(view))
+        return view
 
     def tobytes(self):
         """A copy of the bytes."""
@@ -298,13 +318,7 @@ class Buffer:
         """Part `index` as an ndarray (no copy): writable while unsealed, read-only after."""
         h = self._h()
         address, length = self.part_range(index)
-        arr = _view(h, address, length, not self.writable)
-        dtype = np.dtype(dtype)
-        if dtype != np.uint8:
-            arr = arr.view(dtype)
-        if shape is not None:
-            arr = arr.reshape(shape)
-        return arr
+        return _typed(h, _view(h, address, length, not self.writable), dtype, shape)
 
     def rdma_desc(self, index=0):
         """(addr, length, lkey, rkey) under RDMA registration `index`."""
@@ -404,8 +418,9 @@ class Pool:
 
     def get(self, key, timeout=None):
         """A read-only reference to the sealed object under `key`: the same bytes its writer
-        wrote. `timeout`: None answers at once (NotFoundError, or NotSealedError for a created
-        key); seconds waits for the key to be sealed (then TimeoutError); math.inf waits forever."""
+        wrote. `timeout`: None or 0 answers at once (NotFoundError, or NotSealedError for a
+        created key); seconds > 0 waits for the key to be sealed (then TimeoutError); math.inf
+        waits forever."""
         k = _key(key)
         out = ctypes.c_void_p()
         status = lib.zc_get(self._p(), k, len(k), _timeout_ms(timeout), ctypes.byref(out))

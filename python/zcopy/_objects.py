@@ -92,20 +92,6 @@ def _get_handle(pool, key, timeout):
     return handle, _zc_const_data(handle.ptr), _zc_size(handle.ptr)
 
 
-def _readonly_array(handle, address, dtype, shape):
-    """A read-only ndarray of `dtype`/`shape` at `address`, owned through `handle`, in one step
-    for plain dtypes."""
-    if dtype.fields is None and dtype.subdtype is None:
-        # The handle itself carries the interface: one object fewer on the hot path.
-        handle.__array_interface__ = {"data": (address, True), "shape": shape, "typestr": dtype.str, "version": 3}
-        return _asarray(handle)
-    nbytes = dtype.itemsize
-    for d in shape:
-        nbytes *= d
-    span = _Span(handle, address, nbytes, True)
-    return np.asarray(span).view(dtype).reshape(shape)
-
-
 def _encode_shape_header(magic, name, shape):
     return _HEAD.pack(magic, len(name), len(shape)) + name + struct.pack("<%dq" % len(shape), *shape)
 
@@ -142,24 +128,74 @@ def _checked_parts(buf, count, what):
         raise InvalidArgumentError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, n))
 
 
+_Sizes2 = ctypes.c_size_t * 2
+# Every two-part object's header is exactly 64 bytes: the fixed fields and two entries.
+_TWO_PARTS = struct.Struct("<8sHHIIIQQQQQ")
+_array_heads = {}
+_zc_create_parts = lib.zc_create_parts
+_zc_data = lib.zc_buffer_data
+_zc_seal = lib.zc_seal
+_zc_release = lib.zc_release
+
+
+def _array_head(dtype, shape):
+    """The header part of an array of `dtype` and `shape` (cached: arrays repeat their shapes)."""
+    head = _array_heads.get((dtype, shape))
+    if head is None:
+        descr = repr(np.lib.format.dtype_to_descr(dtype)).encode("ascii")
+        head = _encode_shape_header(ARRAY_MAGIC, descr, shape)
+        if len(_array_heads) < 4096:
+            _array_heads[(dtype, shape)] = head
+    return head
+
+
+def _array_at(owner, address, dtype, shape, readonly):
+    """An ndarray of `dtype`/`shape` over pool memory at `address`, whose base is `owner` (which
+    must keep the memory alive for as long as the array lives)."""
+    if dtype.fields is None and dtype.subdtype is None:
+        owner.__array_interface__ = {"data": (address, readonly), "shape": shape, "typestr": dtype.str, "version": 3}
+        return _asarray(owner)
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    return _asarray(_Span(owner, address, nbytes, readonly)).view(dtype).reshape(shape)
+
+
+class _Scratch:
+    """The base of a view that never leaves `put_array` (its buffer is released there)."""
+
+    __slots__ = ("__array_interface__",)
+
+
 def put_array(pool, key, arr):
     """Stores a numpy array: dtype, shape and byte order in a header part, the data in its own
     aligned part, copied exactly once (a non-contiguous array is made contiguous by that copy).
     Object dtypes are refused: their elements are pointers, not data."""
-    arr = np.asarray(arr)
-    if arr.dtype.hasobject:
-        raise InvalidArgumentError("arrays of Python objects (dtype %s) cannot be stored; use put_object" % arr.dtype)
-    head = _encode_shape_header(ARRAY_MAGIC, repr(np.lib.format.dtype_to_descr(arr.dtype)).encode("ascii"), arr.shape)
-    buf = pool.create_parts(key, (len(head), arr.nbytes))
+    if type(arr) is not np.ndarray:
+        arr = np.asarray(arr)
+    dtype = arr.dtype
+    if dtype.hasobject:
+        raise InvalidArgumentError("arrays of Python objects (dtype %s) cannot be stored; use put_object" % dtype)
+    head = _array_head(dtype, arr.shape)
+    k = key if type(key) is bytes else _key(key)
+    out = _c_void_p()
+    status = _zc_create_parts(pool._p(), k, len(k), _Sizes2(len(head), arr.nbytes), 2, _byref(out))
+    if status:
+        _raise(status)
+    ptr = out.value
+    # Released below whatever happens: an unsealed object is aborted by its release.
     try:
-        address, _ = buf.part_range(0)
-        ctypes.memmove(address, head, len(head))
+        address = _zc_data(ptr)
+        fields = _TWO_PARTS.unpack(_string_at(address, _TWO_PARTS.size))
+        head_at, data_at = fields[7], fields[9]
+        ctypes.memmove(address + head_at, head, len(head))
         if arr.nbytes:
-            dst = buf.part(1).view(arr.dtype).reshape(arr.shape)
-            np.copyto(dst, arr, casting="no")
-        buf.seal()
+            np.copyto(_array_at(_Scratch(), address + data_at, dtype, arr.shape, False), arr, casting="no")
+        status = _zc_seal(ptr)
+        if status:
+            _raise(status)
     finally:
-        buf.release()
+        _zc_release(ptr)
 
 
 # Parsed layouts of array objects, by their leading bytes and size: an array read again (or one
@@ -195,7 +231,7 @@ def get_array(pool, key, timeout=None):
         empty = np.empty(shape, dtype)
         empty.flags.writeable = False
         return empty
-    return _readonly_array(handle, address + data_at, dtype, shape)
+    return _array_at(handle, address + data_at, dtype, shape, True)
 
 
 def _torch():

@@ -1,0 +1,181 @@
+"""put_array/get_array keep dtype, shape, byte order and values; refuse what is not an array."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import zcopy
+
+
+def same_array(got, want):
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    assert got.dtype.str == want.dtype.str  # byte order included
+    assert got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
+CASES = {
+    "float16": np.linspace(-2, 2, 17, dtype=np.float16),
+    "float32-2d": np.arange(24, dtype=np.float32).reshape(4, 6),
+    "int64": np.array([np.iinfo(np.int64).min, -1, 0, 1, np.iinfo(np.int64).max], dtype=np.int64),
+    "uint8-3d": (np.arange(60) % 256).astype(np.uint8).reshape(3, 4, 5),
+    "bool": np.array([True, False, False, True, True]),
+    "complex64": (np.arange(6) + 1j * np.arange(6)[::-1]).astype(np.complex64),
+    "complex128": np.array([1 + 2j, -3.5 - 0j]),
+    "big-endian-i4": np.arange(-5, 5, dtype=">i4"),
+    "big-endian-f8": (np.arange(7) / 7).astype(">f8"),
+    "little-endian-u2": np.arange(9, dtype="<u2"),
+    "0-d-float": np.array(3.25),
+    "0-d-big-endian": np.array(-7, dtype=">i4"),
+    "empty-0x3": np.empty((0, 3), dtype=np.float32),
+    "empty-1d": np.empty(0, dtype=np.int8),
+    "structured": np.array([(1, 2.5), (3, -1.0)], dtype=[("a", "<i2"), ("b", ">f4")]),
+    "bytes-S4": np.array([b"ab", b"cdef"], dtype="S4"),
+    "unicode-U3": np.array(["x", "yz", "✓✓✓"]),
+    "datetime64": np.array(["2024-01-01", "2025-06-30"], dtype="datetime64[D]"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_put_get_array_preserves_dtype_shape_byte_order_and_values(pool, in_pool, name):
+    src = CASES[name]
+    pool.put_array(name, src)
+    got = pool.get_array(name)
+    same_array(got, src)
+    assert not got.flags.writeable
+    if src.nbytes:
+        assert in_pool(got.ctypes.data, got.nbytes)
+
+
+def test_big_endian_array_stays_big_endian(pool):
+    src = np.array([1, 256, -2], dtype=">i4")
+    pool.put_array("be", src)
+    got = pool.get_array("be")
+    assert got.dtype.byteorder == ">"
+    assert got.tolist() == [1, 256, -2]
+    buf = pool.get("be")
+    address, length = buf.part_range(1)
+    assert length == 12
+    assert bytes(buf.part(1)) == src.tobytes() == b"\x00\x00\x00\x01\x00\x00\x01\x00\xff\xff\xff\xfe"
+
+
+def test_zero_d_array_round_trip(pool):
+    pool.put_array("scalar", np.array(42, dtype=np.int64))
+    got = pool.get_array("scalar")
+    assert got.shape == () and got.ndim == 0
+    assert got.dtype == np.int64
+    assert int(got) == 42
+
+
+def test_empty_array_with_shape_0_3(pool):
+    pool.put_array("empty", np.zeros((0, 3), dtype=np.float64))
+    got = pool.get_array("empty")
+    assert got.shape == (0, 3)
+    assert got.dtype == np.float64
+    assert got.size == 0
+    assert not got.flags.writeable
+
+
+def test_fortran_ordered_input_round_trips(pool):
+    src = np.asfortranarray(np.arange(20, dtype=np.int32).reshape(4, 5))
+    assert src.flags.f_contiguous and not src.flags.c_contiguous
+    pool.put_array("f", src)
+    same_array(pool.get_array("f"), src)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(100, dtype=np.float64)[::3],
+        lambda: np.arange(60, dtype=np.int16).reshape(6, 10)[1:5, ::2],
+        lambda: np.arange(24, dtype=np.uint32).reshape(2, 3, 4).transpose(2, 0, 1),
+        lambda: np.arange(10, dtype=np.float32)[::-1],
+        lambda: np.broadcast_to(np.arange(3, dtype=np.int64), (4, 3)),
+    ],
+    ids=["step", "2d-slice", "transpose", "reversed", "broadcast"],
+)
+def test_sliced_and_strided_inputs_round_trip(pool, make):
+    src = make()
+    pool.put_array("s", src)
+    got = pool.get_array("s")
+    same_array(got, src)
+    assert got.flags.c_contiguous
+
+
+def test_put_array_copies_its_input(pool):
+    src = np.arange(10, dtype=np.int64)
+    pool.put_array("c", src)
+    src[:] = -1
+    assert pool.get_array("c").tolist() == list(range(10))
+
+
+def test_put_array_accepts_lists_and_scalars(pool):
+    pool.put_array("l", [[1, 2], [3, 4]])
+    assert pool.get_array("l").tolist() == [[1, 2], [3, 4]]
+    pool.put_array("x", 2.5)
+    assert float(pool.get_array("x")) == 2.5
+
+
+def test_object_dtype_refused_mentioning_put_object_and_nothing_stored(pool):
+    before = pool.stats()
+    with pytest.raises(zcopy.InvalidArgumentError) as info:
+        pool.put_array("obj", np.array([1, "a", None], dtype=object))
+    assert "put_object" in str(info.value)
+    with pytest.raises(zcopy.InvalidArgumentError):
+        pool.put_array("obj", np.zeros(2, dtype=[("a", "O"), ("b", "i4")]))
+    assert "obj" not in pool
+    after = pool.stats()
+    assert (after["object_count"], after["used_bytes"]) == (before["object_count"], before["used_bytes"])
+    pool.put_object("obj", np.array([1, "a", None], dtype=object))
+    assert pool.get_object("obj").tolist() == [1, "a", None]
+
+
+def test_get_array_on_plain_object_refused_without_leak(pool):
+    pool.put("plain", b"not an array, just some bytes here")
+    with pytest.raises(zcopy.InvalidArgumentError):
+        pool.get_array("plain")
+    pool.put("tiny", b"x")
+    with pytest.raises(zcopy.InvalidArgumentError):
+        pool.get_array("tiny")
+    pool.delete("plain")
+    pool.delete("tiny")
+    gc.collect()
+    assert pool.stats()["used_bytes"] == 0
+
+
+def test_get_array_on_pickled_object_refused_without_leak(pool):
+    pool.put_object("pickled", {"a": np.arange(4)})
+    pool.put_object("pickled-plain", [1, 2, 3])
+    for key in ("pickled", "pickled-plain"):
+        with pytest.raises(zcopy.InvalidArgumentError):
+            pool.get_array(key)
+    assert pool.get_object("pickled-plain") == [1, 2, 3]
+    pool.delete("pickled")
+    pool.delete("pickled-plain")
+    gc.collect()
+    assert pool.stats()["used_bytes"] == 0
+
+
+def test_get_array_on_raw_multi_part_object_refused(pool):
+    buf = pool.create_parts("parts", [16, 16])
+    buf.part(0)[:] = 0
+    buf.part(1)[:] = 1
+    buf.seal()
+    with pytest.raises(zcopy.InvalidArgumentError):
+        pool.get_array("parts")
+
+
+def test_get_object_on_array_or_plain_key_refused(pool):
+    pool.put_array("arr", np.arange(3))
+    pool.put("plain", b"abc")
+    for key in ("arr", "plain"):
+        with pytest.raises(zcopy.InvalidArgumentError):
+            pool.get_object(key)
+
+
+def test_module_level_functions_match_methods(pool):
+    zcopy.put_array(pool, "m", np.arange(5, dtype=np.int8))
+    assert zcopy.get_array(pool, "m").tolist() == [0, 1, 2, 3, 4]
+    zcopy.put_object(pool, "o", {"k": "v"})
+    assert zcopy.get_object(pool, "o") == {"k": "v"}
