@@ -4,7 +4,10 @@ import pytest
 
 import zcopy
 
-torch = pytest.importorskip("torch", reason="torch is not installed; the tensor paths are optional")
+try:
+    import torch
+except Exception as e:  # not installed, or installed without the libraries it needs
+    pytest.skip("torch is not usable here (%s: %s); the tensor paths are optional" % (type(e).__name__, e), allow_module_level=True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "float16", "int64", "bool"])
