@@ -40,6 +40,17 @@
 #define ZC_RDMA_REQUIRED 2
 
 /**
+ * A full pool refuses creates with `ZC_ERR_OUT_OF_MEMORY` (the default).
+ */
+#define ZC_EVICT_NONE 0
+
+/**
+ * A create that does not fit evicts sealed objects nobody holds, least recently used
+ * (sealed or got) first, until it fits; referenced and unsealed objects are never evicted.
+ */
+#define ZC_EVICT_LRU 1
+
+/**
  * Longest key, in bytes.
  */
 #define ZC_MAX_KEY_LEN 4096
@@ -156,9 +167,17 @@ typedef struct zc_pool_options {
      */
     const char *rdma_devices;
     /**
+     * One of `ZC_EVICT_*`. Default `ZC_EVICT_NONE`: a full pool refuses creates.
+     */
+    uint32_t eviction;
+    /**
      * Must be zero.
      */
-    uint64_t reserved[6];
+    uint32_t reserved32;
+    /**
+     * Must be zero.
+     */
+    uint64_t reserved[5];
 } zc_pool_options;
 
 /**
@@ -206,9 +225,17 @@ typedef struct zc_pool_stats {
      */
     uint64_t rdma_register_nanos;
     /**
+     * Objects evicted to make room (`ZC_EVICT_LRU` only).
+     */
+    uint64_t evictions;
+    /**
+     * Creates refused with `ZC_ERR_OUT_OF_MEMORY`.
+     */
+    uint64_t creates_refused;
+    /**
      * Zero in this version; later versions fill them.
      */
-    uint64_t reserved[6];
+    uint64_t reserved[4];
 } zc_pool_stats;
 
 /**

@@ -25,6 +25,7 @@ if [ ! -f /usr/include/infiniband/verbs.h ]; then
 fi
 
 cargo test "$@"
+bash scripts/sanitize.sh
 
 echo "== python"
 python=${PYTHON:-python3}

@@ -18,6 +18,10 @@ pub trait Entry {
     fn is_sealed(&self) -> bool;
     /// Makes the object sealed. Called once, under the shard's lock.
     fn mark_sealed(&self);
+    /// When the entry was last used (sealed or read); smaller is older. For eviction.
+    fn last_used(&self) -> u64 {
+        0
+    }
 }
 
 /// The state of a key at one moment.
@@ -196,6 +200,31 @@ impl<T: Entry> Index<T> {
         }
     }
 
+    /// Sealed entries that nobody but the index holds (evictable), oldest use first.
+    pub fn evictable(&self) -> Vec<(u64, Arc<[u8]>)> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            let map = self.lock(shard);
+            for e in map.values() {
+                if e.is_sealed() && Arc::strong_count(e) == 1 {
+                    found.push((e.last_used(), e.key().clone()));
+                }
+            }
+        }
+        found.sort_unstable_by_key(|(used, _)| *used);
+        found
+    }
+
+    /// Removes `key` if it is still sealed and held by nobody but the index (checked under the
+    /// shard's lock, where no reader can take a reference meanwhile) and returns it.
+    pub fn evict(&self, key: &[u8]) -> Option<Arc<T>> {
+        let mut map = self.lock(self.shard(key));
+        match map.get(key) {
+            Some(e) if e.is_sealed() && Arc::strong_count(e) == 1 => map.remove(key),
+            _ => None,
+        }
+    }
+
     /// Closes the index: every later insert, seal, delete and wait fails with `Closed`, every
     /// waiter wakes, and every entry is handed back to the caller to drop.
     pub fn close(&self) -> Vec<Arc<T>> {
@@ -319,6 +348,24 @@ mod tests {
         let r = ix.wait_sealed(b"k", Some(t + Duration::from_millis(30)));
         assert_eq!(r.err(), Some(IndexError::Timeout));
         assert!(t.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn only_sealed_entries_nobody_holds_are_evictable() {
+        let ix = Index::new();
+        let sealed = ix.insert_with(b"sealed", || obj(b"sealed")).unwrap().unwrap();
+        ix.seal(&sealed).unwrap();
+        let held = ix.insert_with(b"held", || obj(b"held")).unwrap().unwrap();
+        ix.seal(&held).unwrap();
+        let _unsealed = ix.insert_with(b"unsealed", || obj(b"unsealed")).unwrap().unwrap();
+        drop(sealed);
+        let keys: Vec<Vec<u8>> = ix.evictable().into_iter().map(|(_, k)| k.to_vec()).collect();
+        assert_eq!(keys, vec![b"sealed".to_vec()]);
+        assert!(ix.evict(b"held").is_none(), "a referenced entry stays");
+        assert!(ix.evict(b"unsealed").is_none(), "an unsealed entry stays");
+        assert!(ix.evict(b"sealed").is_some());
+        assert_eq!(state(&ix, b"sealed"), "absent");
+        assert_eq!(ix.len(), 2);
     }
 
     #[test]

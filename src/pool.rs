@@ -5,7 +5,7 @@
 //! [`Buffer`] releases it. `delete` removes a key at once while readers keep their bytes until they
 //! release. Closing the pool refuses new work; memory stays mapped until the last buffer is gone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ pub struct PoolOptions {
     pub rdma: RdmaMode,
     /// The devices to register with, by name; `None` is all of them.
     pub rdma_devices: Option<Vec<String>>,
+    /// When a create does not fit, evict sealed objects nobody holds, least recently used
+    /// first. Off by default: a store that must not lose data never evicts silently.
+    pub evict_lru: bool,
 }
 
 impl Default for PoolOptions {
@@ -52,6 +55,7 @@ impl Default for PoolOptions {
             max_objects: 0,
             rdma: RdmaMode::Auto,
             rdma_devices: None,
+            evict_lru: false,
         }
     }
 }
@@ -118,6 +122,10 @@ pub struct PoolStats {
     pub rdma_registrations: u64,
     /// Time `open` spent registering the region with RDMA devices.
     pub rdma_register_nanos: u64,
+    /// Objects evicted to make room (only with `evict_lru`).
+    pub evictions: u64,
+    /// Creates that failed for lack of space or of object slots.
+    pub creates_refused: u64,
 }
 
 /// The shared state. Aligned so that the `Arc` counts (bumped by every create and free) and the
@@ -132,6 +140,11 @@ pub(crate) struct Inner {
     index: Index<Object>,
     /// Freed blocks are cached with the `Arc<Inner>` their object held (see `Object::pool`).
     arena: SharedArena<Arc<Inner>>,
+    evict_lru: bool,
+    /// Zero of the recency clock (`Object::last_used`).
+    epoch: Instant,
+    evictions: AtomicU64,
+    creates_refused: AtomicU64,
 }
 
 /// One object: a block of the region, its key and whether it is sealed. Frees its block on drop.
@@ -150,6 +163,9 @@ pub(crate) struct Object {
     /// Offset and length of each part, for objects made by `create_parts`.
     parts: Option<Box<[(usize, usize)]>>,
     sealed: AtomicBool,
+    /// Nanoseconds since the pool's epoch when it was sealed or last read (kept only when the
+    /// pool evicts).
+    last_used: AtomicU64,
 }
 
 impl Entry for Object {
@@ -160,11 +176,23 @@ impl Entry for Object {
         self.sealed.load(Ordering::Acquire)
     }
     fn mark_sealed(&self) {
+        self.touch();
         self.sealed.store(true, Ordering::Release);
+    }
+    fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
     }
 }
 
 impl Object {
+    /// Records a use, for LRU eviction.
+    fn touch(&self) {
+        let pool = self.pool();
+        if pool.evict_lru {
+            self.last_used.store(pool.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
     fn pool(&self) -> &Inner {
         match &self.pool {
             Some(pool) => pool,
@@ -232,7 +260,10 @@ impl Inner {
             return Err(Error::PoolClosed);
         }
         let found = match self.index.lookup(key) {
-            Lookup::Sealed(obj) => Ok(obj),
+            Lookup::Sealed(obj) => {
+                obj.touch();
+                Ok(obj)
+            }
             Lookup::Unsealed if wait == Wait::Now => Err(IndexError::NotSealed),
             Lookup::Absent if wait == Wait::Now => Err(IndexError::NotFound),
             _ => {
@@ -240,7 +271,7 @@ impl Inner {
                     Wait::For(d) => Instant::now().checked_add(d),
                     _ => None,
                 };
-                self.index.wait_sealed(key, deadline)
+                self.index.wait_sealed(key, deadline).inspect(|obj| obj.touch())
             }
         };
         found.map(|obj| Buffer { obj, writer: false }).map_err(|e| index_error(e, key, wait))
@@ -271,7 +302,17 @@ impl Pool {
         // Blocks never straddle two memory registrations.
         let arena = Arena::new(capacity, max_objects, rdma.chunk_len());
         Ok(Pool {
-            inner: Arc::new(Inner { rdma, region, capacity, index: Index::new(), arena: SharedArena::new(arena) }),
+            inner: Arc::new(Inner {
+                rdma,
+                region,
+                capacity,
+                index: Index::new(),
+                arena: SharedArena::new(arena),
+                evict_lru: opts.evict_lru,
+                epoch: Instant::now(),
+                evictions: AtomicU64::new(0),
+                creates_refused: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -310,22 +351,41 @@ impl Pool {
                 Bytes(capacity as u64)
             )));
         }
-        let made = inner.index.insert_with(key, || {
-            let (block, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
-            let pool = cached.unwrap_or_else(|| inner.clone());
-            Ok(Arc::new(Object {
-                pool: Some(pool),
-                key: key.into(),
-                block,
-                size,
-                parts,
-                sealed: AtomicBool::new(false),
-            }))
-        });
-        match made {
-            Ok(Ok(obj)) => Ok(Buffer { obj, writer: true }),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(index_error(e, key, Wait::Now)),
+        let mut victims: Option<std::vec::IntoIter<(u64, Arc<[u8]>)>> = None;
+        loop {
+            let made = inner.index.insert_with(key, || {
+                let (block, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
+                let pool = cached.unwrap_or_else(|| inner.clone());
+                Ok(Arc::new(Object {
+                    pool: Some(pool),
+                    key: key.into(),
+                    block,
+                    size,
+                    parts: parts.clone(),
+                    sealed: AtomicBool::new(false),
+                    last_used: AtomicU64::new(0),
+                }))
+            });
+            let e = match made {
+                Ok(Ok(obj)) => return Ok(Buffer { obj, writer: true }),
+                Ok(Err(e)) => e,
+                Err(e) => return Err(index_error(e, key, Wait::Now)),
+            };
+            let out_of_room = matches!(e, Error::PoolFull { .. } | Error::ObjectLimit { .. });
+            // With eviction on, evict least recently used objects one by one (outside any
+            // lock of the index) until the create fits or nothing is left to evict.
+            if out_of_room && inner.evict_lru {
+                let queue = victims.get_or_insert_with(|| inner.index.evictable().into_iter());
+                if let Some(evicted) = queue.by_ref().find_map(|(_, victim)| inner.index.evict(&victim)) {
+                    inner.evictions.fetch_add(1, Ordering::Relaxed);
+                    drop(evicted);
+                    continue;
+                }
+            }
+            if out_of_room {
+                inner.creates_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(e);
         }
     }
 
@@ -404,6 +464,8 @@ impl Pool {
             open_nanos: inner.region.map_time().as_nanos() as u64,
             rdma_registrations: inner.rdma.count() as u64,
             rdma_register_nanos: inner.rdma.open_time().as_nanos() as u64,
+            evictions: inner.evictions.load(Ordering::Relaxed),
+            creates_refused: inner.creates_refused.load(Ordering::Relaxed),
         }
     }
 

@@ -331,6 +331,8 @@ class Buffer:
 
 class Pool:
     """A zcopy pool: one mapped (and, where devices exist, RDMA-registered) memory region.
+    `eviction="lru"` lets a create that does not fit evict sealed objects nobody holds, least
+    recently used first (off by default: nothing is ever dropped silently).
 
     Every method may be called from several threads at once; `close()` must not race with them.
     Buffers and views may outlive the pool: their memory stays mapped until they are gone.
@@ -347,6 +349,7 @@ class Pool:
         hugetlbfs_dir=None,
         rdma="auto",
         rdma_devices=None,
+        eviction="none",
     ):
         opts = _lib.PoolOptions()
         lib.zc_pool_options_init(ctypes.byref(opts))
@@ -354,6 +357,9 @@ class Pool:
             raise InvalidArgumentError("pages must be one of %s" % sorted(_lib.PAGES))
         if rdma not in _lib.RDMA:
             raise InvalidArgumentError("rdma must be one of %s" % sorted(_lib.RDMA))
+        if eviction not in _lib.EVICTION:
+            raise InvalidArgumentError("eviction must be one of %s" % sorted(_lib.EVICTION))
+        opts.eviction = _lib.EVICTION[eviction]
         opts.size = int(size)
         opts.page_mode = _lib.PAGES[pages]
         opts.prefault = bool(prefault)

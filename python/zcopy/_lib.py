@@ -20,7 +20,9 @@ class PoolOptions(ctypes.Structure):
         ("lock_memory", c_bool),
         ("rdma", c_uint32),
         ("rdma_devices", c_char_p),
-        ("reserved", c_uint64 * 6),
+        ("eviction", c_uint32),
+        ("reserved32", c_uint32),
+        ("reserved", c_uint64 * 5),
     ]
 
 
@@ -36,7 +38,9 @@ class PoolStats(ctypes.Structure):
         ("open_nanos", c_uint64),
         ("rdma_registrations", c_uint64),
         ("rdma_register_nanos", c_uint64),
-        ("reserved", c_uint64 * 6),
+        ("evictions", c_uint64),
+        ("creates_refused", c_uint64),
+        ("reserved", c_uint64 * 4),
     ]
 
 
@@ -134,5 +138,6 @@ ERR_INTERNAL = 11
 
 PAGES = {"thp": 0, "small": 1, "hugetlb": 2}
 RDMA = {"auto": 0, "off": 1, "required": 2}
+EVICTION = {"none": 0, "lru": 1}
 
 c_uint8_p = _P(c_uint8)

@@ -24,6 +24,11 @@ pub const ZC_RDMA_AUTO: u32 = 0;
 pub const ZC_RDMA_OFF: u32 = 1;
 /// Fail with `ZC_ERR_RDMA` unless the region is registered with at least one device.
 pub const ZC_RDMA_REQUIRED: u32 = 2;
+/// A full pool refuses creates with `ZC_ERR_OUT_OF_MEMORY` (the default).
+pub const ZC_EVICT_NONE: u32 = 0;
+/// A create that does not fit evicts sealed objects nobody holds, least recently used
+/// (sealed or got) first, until it fits; referenced and unsealed objects are never evicted.
+pub const ZC_EVICT_LRU: u32 = 1;
 /// Longest key, in bytes.
 pub const ZC_MAX_KEY_LEN: usize = 4096;
 /// Alignment of every data pointer, in bytes.
@@ -74,8 +79,12 @@ pub struct zc_pool_options {
     /// Comma-separated names of the RDMA devices to register with ("mlx5_0,mlx5_1"); NULL (the
     /// default) is every device. Borrowed for the duration of `zc_pool_open` only.
     pub rdma_devices: *const c_char,
+    /// One of `ZC_EVICT_*`. Default `ZC_EVICT_NONE`: a full pool refuses creates.
+    pub eviction: u32,
     /// Must be zero.
-    pub reserved: [u64; 6],
+    pub reserved32: u32,
+    /// Must be zero.
+    pub reserved: [u64; 5],
 }
 
 /// Counters of a pool, filled by `zc_pool_get_stats`.
@@ -102,8 +111,12 @@ pub struct zc_pool_stats {
     pub rdma_registrations: u64,
     /// Nanoseconds `zc_pool_open` spent registering the pool with RDMA devices.
     pub rdma_register_nanos: u64,
+    /// Objects evicted to make room (`ZC_EVICT_LRU` only).
+    pub evictions: u64,
+    /// Creates refused with `ZC_ERR_OUT_OF_MEMORY`.
+    pub creates_refused: u64,
     /// Zero in this version; later versions fill them.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 4],
 }
 
 /// Where a buffer's bytes are for RDMA: post `addr`/`length` with `lkey` locally, or hand
@@ -130,7 +143,9 @@ fn defaults() -> zc_pool_options {
         lock_memory: false,
         rdma: ZC_RDMA_AUTO,
         rdma_devices: std::ptr::null(),
-        reserved: [0; 6],
+        eviction: ZC_EVICT_NONE,
+        reserved32: 0,
+        reserved: [0; 5],
     }
 }
 
@@ -189,7 +204,26 @@ unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
             Some(names)
         }
     };
-    Ok(PoolOptions { size, pages, prefault: o.prefault, lock_memory: o.lock_memory, max_objects, rdma, rdma_devices })
+    let evict_lru = match o.eviction {
+        ZC_EVICT_NONE => false,
+        ZC_EVICT_LRU => true,
+        other => return Err(invalid(format!("eviction {other} is not one of ZC_EVICT_*"))),
+    };
+    if o.reserved32 != 0 {
+        return Err(invalid(
+            "options.reserved32 is not zero: call zc_pool_options_init, or use the header matching this library",
+        ));
+    }
+    Ok(PoolOptions {
+        size,
+        pages,
+        prefault: o.prefault,
+        lock_memory: o.lock_memory,
+        max_objects,
+        rdma,
+        rdma_devices,
+        evict_lru,
+    })
 }
 
 /// Fills every field of `*opts` with its default. NULL is a no-op.
@@ -268,7 +302,9 @@ pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_po
             open_nanos: s.open_nanos,
             rdma_registrations: s.rdma_registrations,
             rdma_register_nanos: s.rdma_register_nanos,
-            reserved: [0; 6],
+            evictions: s.evictions,
+            creates_refused: s.creates_refused,
+            reserved: [0; 4],
         };
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(stats) };
