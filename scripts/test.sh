@@ -3,6 +3,8 @@
 #   1. Rust unit and integration tests, the C tests and C examples (built against a fresh
 #      libzcopy.so and the checked-in header), the install + pkg-config check, the verbs
 #      struct-layout check and local-mode RDMA (no device);
+#      Then the C tests and examples under ASan+UBSan and valgrind (scripts/sanitize.sh), and the
+#      stress run (examples/stress.rs);
 #   2. the Python package's pytest suite, against a fresh release build of libzcopy.so (numpy,
 #      pytest, cffi and wheel are installed with pip if missing; torch tests skip when torch is
 #      absent);
@@ -26,6 +28,9 @@ fi
 
 cargo test "$@"
 bash scripts/sanitize.sh
+
+echo "== stress (10 million checked operations, then one million live objects)"
+cargo run --release --quiet --example stress
 
 echo "== python"
 python=${PYTHON:-python3}
