@@ -11,8 +11,18 @@ use common::{lib_dir, manifest_dir, profile_dir};
 
 /// Compiles `sources` (paths relative to the repository) into one program and returns its path.
 pub fn build_c(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
+    build(name, sources, extra_flags, false)
+}
+
+/// The same for C++17 sources (`zcopy.hpp`), with g++'s strict warnings.
+pub fn build_cpp(name: &str, sources: &[&str]) -> PathBuf {
+    build(name, sources, &[], true)
+}
+
+fn build(name: &str, sources: &[&str], extra_flags: &[&str], cpp: bool) -> PathBuf {
     let root = manifest_dir();
     let compiler = cc::Build::new()
+        .cpp(cpp)
         .cargo_metadata(false)
         .cargo_warnings(false)
         .target(env!("ZCOPY_TARGET"))
@@ -24,7 +34,8 @@ pub fn build_c(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
     let out = profile_dir().join("c_tests_bin").join(name);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let mut cmd = compiler.to_command();
-    cmd.args(["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread"])
+    cmd.arg(if cpp { "-std=c++17" } else { "-std=c11" });
+    cmd.args(["-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread"])
         .arg("-I")
         .arg(root.join("include"))
         .arg("-I")
@@ -142,6 +153,20 @@ fn library_has_no_link_time_dependency_on_libibverbs() {
     assert!(dynamic.contains("(NEEDED)"), "readelf printed no dependencies:\n{dynamic}");
     assert!(!dynamic.contains("ibverbs"), "libzcopy.so links libibverbs:\n{dynamic}");
     assert!(dynamic.contains("[libzcopy.so.0]"), "SONAME missing:\n{dynamic}");
+}
+
+#[test]
+fn cpp_wrapper_owns_handles_and_throws_statuses() {
+    let program = build_cpp("test_hpp", &["c_tests/test_hpp.cpp"]);
+    assert!(run(&program, &[]).contains("3 passed, 0 failed"));
+}
+
+#[test]
+fn cpp_example_tensor_builds_with_strict_warnings_and_runs() {
+    let program = build_cpp("example_tensor", &["examples/cpp/tensor.cpp"]);
+    let out = run(&program, &[]);
+    assert!(out.contains("zero-copy: reader pointer == writer pointer"), "{out}");
+    assert!(out.contains("expected error: already exists"), "{out}");
 }
 
 #[test]

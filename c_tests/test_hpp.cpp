@@ -1,0 +1,110 @@
+// zcopy.hpp: ownership (move-only handles released by destructors), exceptions carrying the
+// status, and the wrapper's conveniences, checked against the pool's counters.
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "zcopy.hpp"
+
+static int failures = 0, passes = 0;
+
+#define EXPECT(cond)                                                                  \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            std::printf("%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond);     \
+            failures++;                                                               \
+            return;                                                                   \
+        }                                                                             \
+    } while (0)
+
+template <class F>
+static zc_status status_of(F &&f) {
+    try {
+        f();
+    } catch (const zc::Error &e) {
+        return e.status();
+    }
+    return ZC_OK;
+}
+
+static zc::Pool small_pool() { return zc::Pool(zc::Options().with_size(4 << 20).with_pages(ZC_PAGES_SMALL).with_prefault(false)); }
+
+static void test_destructors_release_and_moves_transfer_ownership() {
+    zc::Pool pool = small_pool();
+    {
+        zc::Buffer b = pool.create("k", 1000);
+        std::memset(b.data(), 7, b.size());
+        b.seal();
+        zc::Buffer moved = std::move(b);
+        EXPECT(!b && moved);
+        zc::Buffer r = pool.get("k");
+        EXPECT(r.cdata() == moved.cdata());
+        EXPECT(r.data() == nullptr);
+        pool.erase("k");
+        EXPECT(pool.stats().object_count == 1);
+    }
+    EXPECT(pool.stats().object_count == 0 && pool.stats().used_bytes == 0);
+    {
+        zc::Buffer unsealed = pool.create("u", 64);
+    }
+    EXPECT(!pool.contains("u") && pool.stats().key_count == 0);  // released unsealed: aborted
+    passes++;
+}
+
+static void test_errors_carry_status_and_message() {
+    zc::Pool pool = small_pool();
+    EXPECT(status_of([&] { pool.get("absent"); }) == ZC_ERR_NOT_FOUND);
+    zc::Buffer b = pool.create("k", 8);
+    EXPECT(status_of([&] { pool.create("k", 8); }) == ZC_ERR_ALREADY_EXISTS);
+    EXPECT(status_of([&] { pool.get("k"); }) == ZC_ERR_NOT_SEALED);
+    EXPECT(!pool.try_get("k").has_value());
+    b.seal();
+    EXPECT(status_of([&] { b.seal(); }) == ZC_ERR_ALREADY_SEALED);
+    EXPECT(status_of([&] { b.abort(); }) == ZC_ERR_ALREADY_SEALED);
+    EXPECT(b);  // a refused abort keeps the handle
+    EXPECT(pool.try_get("k").has_value());
+    EXPECT(status_of([&] { pool.create("big", 8 << 20); }) == ZC_ERR_INVALID_ARGUMENT);
+    try {
+        pool.get("absent", std::chrono::milliseconds(20));
+        EXPECT(false);
+    } catch (const zc::Error &e) {
+        EXPECT(e.status() == ZC_ERR_TIMEOUT);
+        EXPECT(std::string(e.what()).find("timed out") != std::string::npos);
+    }
+    EXPECT(status_of([] { zc::Options o; o.size = 0; zc::Pool p(o); }) == ZC_ERR_INVALID_ARGUMENT);
+    passes++;
+}
+
+static void test_parts_put_get_into_and_abort() {
+    zc::Pool pool = small_pool();
+    zc::Buffer b = pool.create_parts("p", std::vector<size_t>{3, 100});
+    EXPECT(b.part_count() == 2);
+    zc::MutableBytes m = b.part_mut(1);
+    EXPECT(m.size == 100 && reinterpret_cast<uintptr_t>(m.data) % 64 == 0);
+    std::memset(m.data, 9, m.size);
+    b.seal();
+    zc::Bytes p = pool.get("p").part(1);
+    EXPECT(p.size == 100 && p.data[99] == 9);
+
+    const char msg[] = "hello";
+    pool.put("h", msg, sizeof msg);
+    char back[16] = {0};
+    EXPECT(pool.get_into("h", back, sizeof back) == sizeof msg && std::strcmp(back, "hello") == 0);
+
+    zc::Buffer a = pool.create("a", 10);
+    a.abort();
+    EXPECT(!a && !pool.contains("a"));
+    EXPECT(status_of([&] { (void)pool.get("h").rdma_desc(0); }) == ZC_ERR_RDMA);  // local mode here
+    passes++;
+}
+
+int main() {
+    test_destructors_release_and_moves_transfer_ownership();
+    test_errors_carry_status_and_message();
+    test_parts_put_get_into_and_abort();
+    std::printf("%d passed, %d failed\n", passes, failures);
+    return failures == 0 ? 0 : 1;
+}
