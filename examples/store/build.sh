@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the store's server and client against a fresh release libzcopy.so:
+#   bash examples/store/build.sh        -> target/store/zcopy-store-server, target/store/zcopy-store-client
+# The binaries find the library through an rpath to target/store/lib, which links libzcopy.so and
+# the libzcopy.so.0 its SONAME asks for to target/release/libzcopy.so.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+cargo build --release --lib --quiet
+out="$root/target/store"
+mkdir -p "$out/lib"
+ln -sf "$root/target/release/libzcopy.so" "$out/lib/libzcopy.so"
+ln -sf "$root/target/release/libzcopy.so" "$out/lib/libzcopy.so.0"
+CXX="${CXX:-g++}"
+flags=(-std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror -pthread -I "$root/include")
+link=(-L "$out/lib" -lzcopy "-Wl,-rpath,$out/lib")
+# The two compile in parallel; `wait` on each PID so a failure of either fails the build.
+"$CXX" "${flags[@]}" examples/store/server.cpp -o "$out/zcopy-store-server" "${link[@]}" & server=$!
+"$CXX" "${flags[@]}" examples/store/client.cpp -o "$out/zcopy-store-client" "${link[@]}" & client=$!
+wait "$server"
+wait "$client"
+echo "built $out/zcopy-store-server and $out/zcopy-store-client"

@@ -1,0 +1,837 @@
+// server.cpp: a Mooncake-like key-value store over TCP whose values live in one zcopy pool.
+//
+// PUT receives the value straight into the pool buffer created for the key (recv into
+// zc_buffer_data, then seal); GET takes a reference to the sealed object and sends straight from
+// the pool pointer, releasing it when the send is done. `--copy-on-read` is the baseline: GET
+// copies the value into a per-request heap buffer and sends from that. Wire format: PROTOCOL.md.
+//
+// One thread per connection. Each connection's state (the header being read, the unsealed
+// zc::Buffer a PUT is receiving into, the references a GET is sending from) lives on its thread's
+// stack, so every exit path, including a peer that vanishes mid-frame, releases it by RAII: an
+// unsealed buffer is aborted, a reference dropped. A poll loop would need the same state as an
+// explicit per-connection state machine with resumable partial reads; with connections bounded
+// by --max-conns, a blocked thread per connection is the simpler correct design.
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <optional>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "protocol.hpp"
+#include "zcopy.hpp"
+
+namespace {
+
+using namespace zcs;
+
+struct Config {
+    std::string listen = "127.0.0.1";
+    uint16_t port = 0;
+    uint64_t pool_size = 256ull << 20;
+    uint64_t max_value = 64ull << 20;
+    uint32_t max_key = 1024;
+    uint32_t max_batch = 128;
+    uint32_t max_conns = 64;
+    uint32_t io_timeout_ms = 10000;
+    bool copy_on_read = false;
+    bool evict_lru = false;
+};
+
+/// Server-wide counters, reported by STATS.
+struct Counters {
+    std::atomic<uint64_t> connections_current{0}, connections_total{0}, connections_refused{0};
+    std::atomic<uint64_t> puts{0}, gets{0}, dels{0}, exists{0}, batch_puts{0}, batch_gets{0};
+    std::atomic<uint64_t> error_replies{0}, item_errors{0}, frames_broken{0};
+    std::atomic<uint64_t> puts_aborted{0}, gets_interrupted{0};
+    std::atomic<uint64_t> refs_held{0};
+    std::atomic<uint64_t> bytes_in{0}, bytes_out{0}, bytes_copied{0};
+};
+
+/// Counts a reference the server holds on a client's behalf (STATS refs_held) for its lifetime.
+class RefCount {
+public:
+    explicit RefCount(std::atomic<uint64_t> &c, uint64_t n = 1) : c_(c), n_(n) { c_ += n_; }
+    ~RefCount() { c_ -= n_; }
+    RefCount(const RefCount &) = delete;
+    RefCount &operator=(const RefCount &) = delete;
+
+private:
+    std::atomic<uint64_t> &c_;
+    uint64_t n_;
+};
+
+/// A zcopy failure as a wire status.
+Status map_status(zc_status s) {
+    switch (s) {
+        case ZC_ERR_NOT_FOUND: return ST_NOT_FOUND;
+        case ZC_ERR_ALREADY_EXISTS: return ST_ALREADY_EXISTS;
+        case ZC_ERR_NOT_SEALED: return ST_BUSY;
+        case ZC_ERR_OUT_OF_MEMORY: return ST_POOL_FULL;
+        case ZC_ERR_INVALID_ARGUMENT: return ST_BAD_REQUEST;
+        default: return ST_INTERNAL;
+    }
+}
+
+class Server;
+
+/// One client connection, served on its own thread until the peer closes, the stream breaks, or
+/// the server shuts down.
+class Connection {
+public:
+    Connection(Server &server, int fd) : s_(server), fd_(fd) {}
+    void serve();
+
+private:
+    // Each handler returns false when the connection must close (the stream is unusable).
+    bool handle_frame();
+    bool do_hello(const Header &h);
+    bool do_put(const Header &h);
+    bool do_get(const Header &h);
+    bool do_key_op(const Header &h);
+    bool do_batch_put(const Header &h);
+    bool do_batch_get(const Header &h);
+    bool do_stats(const Header &h);
+
+    /// Skips what is left of the frame (`remaining` bytes), then sends an error reply.
+    bool refuse(const Header &h, uint64_t remaining, Status st, const std::string &msg);
+    bool reply(const Header &h, Status st, const void *body, size_t len);
+    bool reply_error(const Header &h, Status st, const std::string &msg);
+    /// Reads the key of a single-key request after checking its length and that the frame has
+    /// no body; on a refusal `*keep` says whether the stream can go on.
+    bool read_key(const Header &h, std::string &key, bool *keep);
+    bool io_failed(io::Result r, const char *what);
+
+    Server &s_;
+    int fd_;
+};
+
+class Server {
+public:
+    explicit Server(const Config &cfg)
+        : cfg_(cfg),
+          pool_(zc::Options()
+                    .with_size(cfg.pool_size)
+                    .with_rdma(ZC_RDMA_OFF)  // the TCP path needs no registration
+                    .with_eviction(cfg.evict_lru ? ZC_EVICT_LRU : ZC_EVICT_NONE)) {
+        // A value can never be larger than the pool.
+        cfg_.max_value = std::min<uint64_t>(cfg_.max_value, pool_.stats().capacity_bytes);
+    }
+
+    const Config &cfg() const { return cfg_; }
+    zc::Pool &pool() { return pool_; }
+    Counters &counters() { return c_; }
+
+    uint32_t capabilities() const { return CAP_TCP_VALUES | (cfg_.copy_on_read ? CAP_COPY_ON_READ : 0); }
+
+    /// Binds, prints "listening HOST:PORT" and serves until SIGINT or SIGTERM.
+    int run();
+
+private:
+    int bind_listener();
+    void accept_one();
+    void shutdown_connections();
+    void finish_connection(int fd);
+
+    Config cfg_;
+    zc::Pool pool_;
+    Counters c_;
+    int listen_fd_ = -1;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::set<int> conns_;  // live connection sockets, so shutdown can unblock their threads
+
+    friend class Connection;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Replies and refusals
+
+bool Connection::io_failed(io::Result r, const char *what) {
+    if (r != io::Result::Eof) {
+        std::fprintf(stderr, "connection %d: %s: %s\n", fd_, what, io::result_name(r));
+    }
+    return false;
+}
+
+bool Connection::reply(const Header &req, Status st, const void *body, size_t len) {
+    Header h;
+    h.opcode = static_cast<uint8_t>(req.opcode | kReplyBit);
+    h.request_id = req.request_id;
+    h.status = st;
+    h.value_len = len;
+    uint8_t raw[kHeaderSize];
+    h.encode(raw);
+    std::vector<iovec> iov{{raw, kHeaderSize}, {const_cast<void *>(body), len}};
+    io::Result r = io::send_iov(fd_, iov);
+    if (r != io::Result::Ok) return io_failed(r, "send reply");
+    return true;
+}
+
+bool Connection::reply_error(const Header &h, Status st, const std::string &msg) {
+    s_.c_.error_replies++;
+    return reply(h, st, msg.data(), msg.size());
+}
+
+bool Connection::refuse(const Header &h, uint64_t remaining, Status st, const std::string &msg) {
+    // The header's lengths are trusted (magic and version matched), so skipping the rest of the
+    // frame keeps the stream in step and the connection usable.
+    io::Result r = io::discard(fd_, remaining);
+    if (r != io::Result::Ok) return io_failed(r, "skip refused frame");
+    return reply_error(h, st, msg);
+}
+
+bool Connection::read_key(const Header &h, std::string &key, bool *keep) {
+    const uint64_t frame = h.key_len + h.value_len;
+    if (h.key_len == 0 || h.key_len > s_.cfg_.max_key) {
+        *keep = refuse(h, frame, ST_BAD_KEY,
+                       "key length " + std::to_string(h.key_len) + " not in 1.." + std::to_string(s_.cfg_.max_key));
+        return false;
+    }
+    if (h.opcode != OP_PUT && h.value_len != 0) {
+        *keep = refuse(h, frame, ST_BAD_REQUEST, "this request carries no body; value_len must be 0");
+        return false;
+    }
+    key.resize(h.key_len);
+    io::Result r = io::recv_all(fd_, key.data(), key.size());
+    if (r != io::Result::Ok) {
+        *keep = io_failed(r, "read key");
+        return false;
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+bool Connection::do_hello(const Header &h) {
+    if (h.key_len != 0 || h.value_len != 0) {
+        return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "HELLO carries no key or body");
+    }
+    const Config &cfg = s_.cfg_;
+    uint8_t body[kHelloReplySize] = {};
+    put_u32(body + 0, kVersion);
+    put_u32(body + 4, s_.capabilities());
+    put_u32(body + 8, cfg.max_key);
+    put_u32(body + 12, cfg.max_batch);
+    put_u64(body + 16, cfg.max_value);
+    put_u64(body + 24, s_.pool_.stats().capacity_bytes);
+    return reply(h, ST_OK, body, sizeof(body));
+}
+
+bool Connection::do_put(const Header &h) {
+    bool keep = true;
+    std::string key;
+    if (!read_key(h, key, &keep)) return keep;
+    if (h.value_len > s_.cfg_.max_value) {
+        return refuse(h, h.value_len, ST_VALUE_TOO_LARGE,
+                      "value of " + std::to_string(h.value_len) + " bytes exceeds the maximum of " +
+                          std::to_string(s_.cfg_.max_value));
+    }
+    zc::Buffer buf;
+    try {
+        buf = s_.pool_.create(key, h.value_len);
+    } catch (const zc::Error &e) {
+        return refuse(h, h.value_len, map_status(e.status()), e.what());
+    }
+    // The value goes from the socket straight into the pool: no staging buffer.
+    if (h.value_len > 0) {
+        io::Result r = io::recv_all(fd_, buf.data(), h.value_len);
+        if (r != io::Result::Ok) {
+            // Returning drops `buf` unsealed, which aborts the object and frees its memory.
+            s_.c_.puts_aborted++;
+            return io_failed(r, "receive PUT value");
+        }
+        s_.c_.bytes_in += h.value_len;
+    }
+    try {
+        buf.seal();
+    } catch (const zc::Error &e) {
+        return reply_error(h, map_status(e.status()), e.what());
+    }
+    buf = zc::Buffer();  // the store keeps the object; the server needs no reference to it
+    s_.c_.puts++;
+    return reply(h, ST_OK, nullptr, 0);
+}
+
+bool Connection::do_get(const Header &h) {
+    bool keep = true;
+    std::string key;
+    if (!read_key(h, key, &keep)) return keep;
+    std::optional<RefCount> held;  // declared first, so it is dropped after `buf` is released
+    zc::Buffer buf;
+    try {
+        buf = s_.pool_.get(key);
+    } catch (const zc::Error &e) {
+        return reply_error(h, map_status(e.status()), e.what());
+    }
+    if (!s_.cfg_.copy_on_read) held.emplace(s_.c_.refs_held);
+    const size_t size = buf.size();
+
+    Header out;
+    out.opcode = static_cast<uint8_t>(h.opcode | kReplyBit);
+    out.request_id = h.request_id;
+    out.value_len = size;
+    uint8_t raw[kHeaderSize];
+    out.encode(raw);
+
+    std::unique_ptr<uint8_t[]> bounce;
+    const void *src = buf.cdata();
+    if (s_.cfg_.copy_on_read) {
+        // The baseline: what a store without shared buffers does, a private copy per request.
+        bounce.reset(new uint8_t[size > 0 ? size : 1]);
+        std::memcpy(bounce.get(), buf.cdata(), size);
+        s_.c_.bytes_copied += size;
+        src = bounce.get();
+        buf = zc::Buffer();
+    }
+    // One sendmsg: the header and the value, straight from the pool (or from the bounce copy).
+    std::vector<iovec> iov{{raw, kHeaderSize}, {const_cast<void *>(src), size}};
+    io::Result r = io::send_iov(fd_, iov);
+    if (r != io::Result::Ok) {
+        s_.c_.gets_interrupted++;  // `buf` is released on return
+        return io_failed(r, "send GET value");
+    }
+    s_.c_.bytes_out += size;
+    s_.c_.gets++;
+    return true;
+}
+
+bool Connection::do_key_op(const Header &h) {
+    bool keep = true;
+    std::string key;
+    if (!read_key(h, key, &keep)) return keep;
+    if (h.opcode == OP_EXISTS) {
+        s_.c_.exists++;
+        const uint8_t present = s_.pool_.contains(key) ? 1 : 0;
+        return reply(h, ST_OK, &present, 1);
+    }
+    try {
+        s_.pool_.erase(key);
+    } catch (const zc::Error &e) {
+        return reply_error(h, map_status(e.status()), e.what());
+    }
+    s_.c_.dels++;
+    return reply(h, ST_OK, nullptr, 0);
+}
+
+bool Connection::do_batch_put(const Header &h) {
+    const Config &cfg = s_.cfg_;
+    if (h.key_len != 0) return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "BATCH_PUT carries no key");
+    uint64_t left = h.value_len;  // body bytes not read yet
+    auto recv_body = [&](void *p, size_t n) {
+        io::Result r = io::recv_all(fd_, p, n);
+        if (r == io::Result::Ok) left -= n;
+        return r;
+    };
+    if (left < kBatchCountSize) return refuse(h, left, ST_BAD_REQUEST, "BATCH_PUT body shorter than its count");
+    uint8_t raw[kBatchPutItemSize];
+    io::Result r = recv_body(raw, kBatchCountSize);
+    if (r != io::Result::Ok) return io_failed(r, "read batch count");
+    const uint32_t count = get_u32(raw);
+    if (count > cfg.max_batch) {
+        return refuse(h, left, ST_BATCH_TOO_LARGE,
+                      "batch of " + std::to_string(count) + " items exceeds the maximum of " + std::to_string(cfg.max_batch));
+    }
+
+    // Items are created and filled in order but sealed only once the whole frame is in and well
+    // formed: a malformed or interrupted batch commits nothing (dropping the unsealed buffers
+    // aborts them). Failed items (exists, too large, pool full) do not stop the others.
+    std::vector<zc::Buffer> bufs(count);
+    std::vector<uint16_t> statuses(count, ST_OK);
+    std::string key;
+    const char *malformed = nullptr;
+    for (uint32_t i = 0; i < count && malformed == nullptr; i++) {
+        if (left < kBatchPutItemSize) {
+            malformed = "BATCH_PUT item header runs past the body";
+            break;
+        }
+        if ((r = recv_body(raw, kBatchPutItemSize)) != io::Result::Ok) return io_failed(r, "read batch item");
+        const uint32_t key_len = get_u32(raw);
+        const uint64_t value_len = get_u64(raw + 8);
+        if (get_u32(raw + 4) != 0) {
+            malformed = "BATCH_PUT item reserved field is not 0";
+        } else if (key_len > left || value_len > left - key_len) {
+            malformed = "BATCH_PUT item runs past the body";
+        }
+        if (malformed != nullptr) break;
+        Status st = ST_OK;
+        bool key_read = false;
+        if (key_len == 0 || key_len > cfg.max_key) {
+            st = ST_BAD_KEY;
+        } else if (value_len > cfg.max_value) {
+            st = ST_VALUE_TOO_LARGE;
+        } else {
+            key_read = true;
+            key.resize(key_len);
+            if ((r = recv_body(key.data(), key_len)) != io::Result::Ok) return io_failed(r, "read batch key");
+            try {
+                bufs[i] = s_.pool_.create(key, value_len);
+            } catch (const zc::Error &e) {
+                st = map_status(e.status());
+            }
+        }
+        if (st != ST_OK) {
+            statuses[i] = st;
+            // Skip this item's remaining bytes (the key too if it was not read).
+            const uint64_t skip = value_len + (key_read ? 0 : key_len);
+            if ((r = io::discard(fd_, skip)) != io::Result::Ok) return io_failed(r, "skip batch item");
+            left -= skip;
+            continue;
+        }
+        if (value_len > 0) {
+            if ((r = recv_body(bufs[i].data(), value_len)) != io::Result::Ok) {
+                s_.c_.puts_aborted++;
+                return io_failed(r, "receive batch value");
+            }
+            s_.c_.bytes_in += value_len;
+        }
+    }
+    if (malformed == nullptr && left != 0) malformed = "BATCH_PUT body is longer than its items";
+    if (malformed != nullptr) {
+        bufs.clear();  // abort every created item
+        return refuse(h, left, ST_BAD_REQUEST, malformed);
+    }
+
+    std::vector<uint8_t> body(kBatchCountSize + 4ull * count);
+    put_u32(body.data(), count);
+    for (uint32_t i = 0; i < count; i++) {
+        if (statuses[i] == ST_OK) {
+            try {
+                bufs[i].seal();
+                s_.c_.puts++;
+            } catch (const zc::Error &e) {
+                statuses[i] = map_status(e.status());
+            }
+        }
+        if (statuses[i] != ST_OK) s_.c_.item_errors++;
+        put_u16(body.data() + kBatchCountSize + 4ull * i, statuses[i]);
+    }
+    bufs.clear();
+    s_.c_.batch_puts++;
+    return reply(h, ST_OK, body.data(), body.size());
+}
+
+bool Connection::do_batch_get(const Header &h) {
+    const Config &cfg = s_.cfg_;
+    if (h.key_len != 0) return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "BATCH_GET carries no key");
+    // The body is only keys, so it is bounded by the limits and read whole.
+    const uint64_t limit = kBatchCountSize + uint64_t(cfg.max_batch) * (kBatchGetKeySize + cfg.max_key);
+    if (h.value_len > limit) {
+        return refuse(h, h.value_len, ST_BATCH_TOO_LARGE,
+                      "BATCH_GET body of " + std::to_string(h.value_len) + " bytes exceeds " + std::to_string(limit));
+    }
+    if (h.value_len < kBatchCountSize) return refuse(h, h.value_len, ST_BAD_REQUEST, "BATCH_GET body shorter than its count");
+    std::vector<uint8_t> in(h.value_len);
+    io::Result r = io::recv_all(fd_, in.data(), in.size());
+    if (r != io::Result::Ok) return io_failed(r, "read BATCH_GET body");
+
+    const uint32_t count = get_u32(in.data());
+    if (count > cfg.max_batch) {
+        return reply_error(h, ST_BATCH_TOO_LARGE,
+                           "batch of " + std::to_string(count) + " keys exceeds the maximum of " + std::to_string(cfg.max_batch));
+    }
+    std::vector<std::string_view> keys;
+    size_t pos = kBatchCountSize;
+    for (uint32_t i = 0; i < count; i++) {
+        if (in.size() - pos < kBatchGetKeySize) return reply_error(h, ST_BAD_REQUEST, "BATCH_GET key length runs past the body");
+        const uint32_t len = get_u32(in.data() + pos);
+        pos += kBatchGetKeySize;
+        if (len > in.size() - pos) return reply_error(h, ST_BAD_REQUEST, "BATCH_GET key runs past the body");
+        keys.emplace_back(reinterpret_cast<const char *>(in.data() + pos), len);
+        pos += len;
+    }
+    if (pos != in.size()) return reply_error(h, ST_BAD_REQUEST, "BATCH_GET body is longer than its keys");
+
+    // Take every reference first, then send every value from the pool in one gathered send.
+    std::optional<RefCount> held;  // declared first, so it is dropped after `bufs` are released
+    std::vector<zc::Buffer> bufs(count);
+    std::vector<uint16_t> statuses(count, ST_OK);
+    std::vector<std::unique_ptr<uint8_t[]>> bounces(cfg.copy_on_read ? count : 0);
+    uint64_t body_len = kBatchCountSize;
+    for (uint32_t i = 0; i < count; i++) {
+        if (keys[i].empty() || keys[i].size() > cfg.max_key) {
+            statuses[i] = ST_BAD_KEY;
+        } else {
+            try {
+                bufs[i] = s_.pool_.get(keys[i]);
+            } catch (const zc::Error &e) {
+                statuses[i] = map_status(e.status());
+            }
+        }
+        if (statuses[i] != ST_OK) s_.c_.item_errors++;
+        body_len += kBatchGetItemSize + bufs[i].size();
+    }
+    // In copy-on-read mode the references go before the send (below), so they are not counted.
+    const auto taken = std::count_if(bufs.begin(), bufs.end(), [](const zc::Buffer &b) { return bool(b); });
+    held.emplace(s_.c_.refs_held, cfg.copy_on_read ? 0 : static_cast<uint64_t>(taken));
+
+    Header out;
+    out.opcode = static_cast<uint8_t>(h.opcode | kReplyBit);
+    out.request_id = h.request_id;
+    out.value_len = body_len;
+    std::vector<uint8_t> meta(kHeaderSize + kBatchCountSize + kBatchGetItemSize * count);
+    out.encode(meta.data());
+    put_u32(meta.data() + kHeaderSize, count);
+    std::vector<iovec> iov;
+    iov.reserve(2 + 2ull * count);
+    iov.push_back({meta.data(), kHeaderSize + kBatchCountSize});
+    for (uint32_t i = 0; i < count; i++) {
+        uint8_t *item = meta.data() + kHeaderSize + kBatchCountSize + kBatchGetItemSize * i;
+        const size_t size = bufs[i].size();
+        put_u16(item, statuses[i]);
+        put_u64(item + 8, size);
+        iov.push_back({item, kBatchGetItemSize});
+        const void *src = bufs[i].cdata();
+        if (cfg.copy_on_read && size > 0) {
+            bounces[i].reset(new uint8_t[size]);
+            std::memcpy(bounces[i].get(), src, size);
+            s_.c_.bytes_copied += size;
+            src = bounces[i].get();
+        }
+        if (size > 0) iov.push_back({const_cast<void *>(src), size});
+    }
+    if (cfg.copy_on_read) bufs.clear();  // the baseline sends from its copies only
+    r = io::send_iov(fd_, iov);
+    if (r != io::Result::Ok) {
+        s_.c_.gets_interrupted++;
+        return io_failed(r, "send BATCH_GET values");
+    }
+    s_.c_.bytes_out += body_len - kBatchCountSize - kBatchGetItemSize * count;
+    s_.c_.batch_gets++;
+    s_.c_.gets += count - static_cast<uint64_t>(std::count_if(statuses.begin(), statuses.end(), [](uint16_t st) { return st != ST_OK; }));
+    return true;
+}
+
+bool Connection::do_stats(const Header &h) {
+    if (h.key_len != 0 || h.value_len != 0) {
+        return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "STATS carries no key or body");
+    }
+    const zc_pool_stats p = s_.pool_.stats();
+    const Counters &c = s_.c_;
+    const std::pair<const char *, uint64_t> rows[] = {
+        {"capacity_bytes", p.capacity_bytes},
+        {"used_bytes", p.used_bytes},
+        {"largest_free_block", p.largest_free_block},
+        {"object_count", p.object_count},
+        {"key_count", p.key_count},
+        {"max_objects", p.max_objects},
+        {"evictions", p.evictions},
+        {"creates_refused", p.creates_refused},
+        {"capabilities", s_.capabilities()},
+        {"copy_on_read", s_.cfg_.copy_on_read ? 1u : 0u},
+        {"max_value", s_.cfg_.max_value},
+        {"max_key", s_.cfg_.max_key},
+        {"max_batch", s_.cfg_.max_batch},
+        {"max_conns", s_.cfg_.max_conns},
+        {"connections_current", c.connections_current},
+        {"connections_total", c.connections_total},
+        {"connections_refused", c.connections_refused},
+        {"puts", c.puts},
+        {"gets", c.gets},
+        {"dels", c.dels},
+        {"exists", c.exists},
+        {"batch_puts", c.batch_puts},
+        {"batch_gets", c.batch_gets},
+        {"error_replies", c.error_replies},
+        {"item_errors", c.item_errors},
+        {"frames_broken", c.frames_broken},
+        {"puts_aborted", c.puts_aborted},
+        {"gets_interrupted", c.gets_interrupted},
+        {"refs_held", c.refs_held},
+        {"bytes_in", c.bytes_in},
+        {"bytes_out", c.bytes_out},
+        {"bytes_copied", c.bytes_copied},
+    };
+    std::string text;
+    for (const auto &row : rows) {
+        text += row.first;
+        text += ' ';
+        text += std::to_string(row.second);
+        text += '\n';
+    }
+    return reply(h, ST_OK, text.data(), text.size());
+}
+
+bool Connection::handle_frame() {
+    uint8_t raw[kHeaderSize];
+    io::Result r = io::recv_all(fd_, raw, kHeaderSize, /*idle_ok=*/true);
+    if (r != io::Result::Ok) return io_failed(r, "read header");
+    const Header h = Header::decode(raw);
+
+    if (h.magic != kMagic || h.version != kVersion) {
+        // Nothing in this header can be trusted, lengths included: answer and close.
+        s_.c_.frames_broken++;
+        reply_error(h, ST_BAD_FRAME, h.magic != kMagic ? "bad magic; closing the connection"
+                                                      : "unsupported protocol version; closing the connection");
+        return false;
+    }
+    if (h.value_len > UINT64_MAX - h.key_len) {
+        s_.c_.frames_broken++;
+        reply_error(h, ST_BAD_FRAME, "frame length overflows; closing the connection");
+        return false;
+    }
+    const uint64_t frame = h.key_len + h.value_len;
+    if (h.status != 0 || h.reserved != 0) return refuse(h, frame, ST_BAD_REQUEST, "status and reserved must be 0 in a request");
+    if ((h.flags & ~kKnownFlags) != 0) return refuse(h, frame, ST_BAD_REQUEST, "unknown request flags");
+    if ((h.flags & FLAG_RDMA) != 0) {
+        return refuse(h, frame, ST_UNSUPPORTED, "RDMA descriptors are not available from this server (no CAP_RDMA_DESC)");
+    }
+    switch (h.opcode) {
+        case OP_HELLO: return do_hello(h);
+        case OP_PUT: return do_put(h);
+        case OP_GET: return do_get(h);
+        case OP_DEL:
+        case OP_EXISTS: return do_key_op(h);
+        case OP_BATCH_PUT: return do_batch_put(h);
+        case OP_BATCH_GET: return do_batch_get(h);
+        case OP_STATS: return do_stats(h);
+        default: return refuse(h, frame, ST_BAD_OPCODE, "unknown opcode " + std::to_string(h.opcode));
+    }
+}
+
+void Connection::serve() {
+    try {
+        while (handle_frame()) {
+        }
+    } catch (const std::exception &e) {
+        // std::bad_alloc and the like: this connection ends, the server goes on.
+        std::fprintf(stderr, "connection %d: %s\n", fd_, e.what());
+    }
+    s_.finish_connection(fd_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listening, accepting, shutting down
+
+int Server::bind_listener() {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
+    addrinfo *res = nullptr;
+    const std::string port = std::to_string(cfg_.port);
+    int rc = getaddrinfo(cfg_.listen.c_str(), port.c_str(), &hints, &res);
+    if (rc != 0) {
+        std::fprintf(stderr, "bad listen address %s: %s\n", cfg_.listen.c_str(), gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+        std::fprintf(stderr, "listen on %s:%s: %s\n", cfg_.listen.c_str(), port.c_str(), std::strerror(errno));
+        if (fd >= 0) close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    getnameinfo(reinterpret_cast<sockaddr *>(&addr), len, host, sizeof(host), serv, sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV);
+    const bool v6 = addr.ss_family == AF_INET6;
+    std::printf("listening %s%s%s:%s\n", v6 ? "[" : "", host, v6 ? "]" : "", serv);
+    std::fflush(stdout);
+    return fd;
+}
+
+void Server::accept_one() {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) return;  // EINTR, ECONNABORTED, EMFILE: the next poll round retries
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (conns_.size() >= cfg_.max_conns) {
+            c_.connections_refused++;
+            // Best effort, without blocking the accept loop: the reply is 100 bytes.
+            Header h;
+            h.opcode = kReplyBit;
+            h.status = ST_SERVER_BUSY;
+            const std::string msg = "too many connections (max " + std::to_string(cfg_.max_conns) + ")";
+            h.value_len = msg.size();
+            uint8_t raw[kHeaderSize];
+            h.encode(raw);
+            std::string out(reinterpret_cast<char *>(raw), kHeaderSize);
+            out += msg;
+            (void)send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            close(fd);
+            return;
+        }
+        conns_.insert(fd);
+        c_.connections_current++;
+        c_.connections_total++;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // The timeouts bound a peer that stalls mid-frame (recv_all waits on across an idle gap
+    // between frames) or stops reading a reply.
+    timeval tv{static_cast<time_t>(cfg_.io_timeout_ms / 1000), static_cast<suseconds_t>((cfg_.io_timeout_ms % 1000) * 1000)};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    try {
+        std::thread([this, fd] { Connection(*this, fd).serve(); }).detach();
+    } catch (const std::system_error &e) {
+        std::fprintf(stderr, "cannot start a connection thread: %s\n", e.what());
+        finish_connection(fd);
+    }
+}
+
+void Server::finish_connection(int fd) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Removed under the lock before close, so shutdown_connections never touches a reused fd.
+    conns_.erase(fd);
+    close(fd);
+    c_.connections_current--;
+    cv_.notify_all();
+}
+
+void Server::shutdown_connections() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (int fd : conns_) shutdown(fd, SHUT_RDWR);  // wakes their blocked recv/send
+    if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return conns_.empty(); })) {
+        // A thread that does not finish would use the pool after it is closed: leave at once.
+        std::fprintf(stderr, "%zu connections did not finish; exiting\n", conns_.size());
+        std::fflush(stderr);
+        std::_Exit(1);
+    }
+}
+
+int Server::run() {
+    // SIGINT and SIGTERM arrive through a signalfd the accept loop polls; blocked before any
+    // thread starts so that every thread inherits the mask.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    listen_fd_ = bind_listener();
+    if (sfd < 0 || listen_fd_ < 0) return 1;
+    std::fprintf(stderr, "pool %llu bytes, max value %llu, max key %u, max batch %u, max conns %u, %s\n",
+                 static_cast<unsigned long long>(pool_.stats().capacity_bytes), static_cast<unsigned long long>(cfg_.max_value),
+                 cfg_.max_key, cfg_.max_batch, cfg_.max_conns, cfg_.copy_on_read ? "copy-on-read GET" : "zero-copy GET");
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {sfd, POLLIN, 0}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            std::perror("poll");
+            break;
+        }
+        if (fds[1].revents != 0) break;
+        if (fds[0].revents != 0) accept_one();
+    }
+    close(listen_fd_);
+    shutdown_connections();
+    close(sfd);
+    std::fprintf(stderr, "stopped\n");
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+/// "64M", "1G", "4096", "4KiB" -> bytes.
+bool parse_size(const char *s, uint64_t *out) {
+    char *end = nullptr;
+    errno = 0;
+    unsigned long long v = std::strtoull(s, &end, 10);
+    if (errno != 0 || end == s) return false;
+    std::string unit(end);
+    uint64_t mult = 1;
+    if (unit.empty() || unit == "B") mult = 1;
+    else if (unit == "K" || unit == "KiB") mult = 1ull << 10;
+    else if (unit == "M" || unit == "MiB") mult = 1ull << 20;
+    else if (unit == "G" || unit == "GiB") mult = 1ull << 30;
+    else return false;
+    if (v > UINT64_MAX / mult) return false;
+    *out = v * mult;
+    return true;
+}
+
+void usage() {
+    std::fprintf(stderr,
+                 "usage: zcopy-store-server [options]\n"
+                 "  --listen ADDR        numeric IPv4/IPv6 address (default 127.0.0.1)\n"
+                 "  --port N             TCP port, 0 = ephemeral (default 0)\n"
+                 "  --pool-size SIZE     pool bytes, e.g. 256M, 1G (default 256M)\n"
+                 "  --max-value SIZE     largest value (default 64M, at most the pool)\n"
+                 "  --max-key N          longest key, 1..%d (default 1024)\n"
+                 "  --max-batch N        most items per batch, 1..1024 (default 128)\n"
+                 "  --max-conns N        most connections at once (default 64)\n"
+                 "  --io-timeout-ms N    a peer stalled this long mid-frame is dropped (default 10000)\n"
+                 "  --copy-on-read       baseline: GET copies each value to a heap buffer and sends that\n"
+                 "  --evict-lru          a full pool evicts unreferenced sealed objects, LRU first\n"
+                 "prints \"listening ADDR:PORT\" as its first stdout line; SIGINT/SIGTERM stop it.\n",
+                 ZC_MAX_KEY_LEN);
+}
+
+bool parse_args(int argc, char **argv, Config &cfg) {
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        auto value = [&](uint64_t lo, uint64_t hi, uint64_t *out, bool size) {
+            if (i + 1 >= argc) return false;
+            const char *v = argv[++i];
+            if (size) return parse_size(v, out) && *out >= lo && *out <= hi;
+            char *end = nullptr;
+            errno = 0;
+            *out = std::strtoull(v, &end, 10);
+            return errno == 0 && end != v && *end == '\0' && *out >= lo && *out <= hi;
+        };
+        uint64_t n = 0;
+        if (a == "--listen" && i + 1 < argc) cfg.listen = argv[++i];
+        else if (a == "--port" && value(0, 65535, &n, false)) cfg.port = static_cast<uint16_t>(n);
+        else if (a == "--pool-size" && value(64, UINT64_MAX, &n, true)) cfg.pool_size = n;
+        else if (a == "--max-value" && value(0, UINT64_MAX, &n, true)) cfg.max_value = n;
+        else if (a == "--max-key" && value(1, ZC_MAX_KEY_LEN, &n, false)) cfg.max_key = static_cast<uint32_t>(n);
+        else if (a == "--max-batch" && value(1, 1024, &n, false)) cfg.max_batch = static_cast<uint32_t>(n);
+        else if (a == "--max-conns" && value(1, 100000, &n, false)) cfg.max_conns = static_cast<uint32_t>(n);
+        else if (a == "--io-timeout-ms" && value(1, 3600000, &n, false)) cfg.io_timeout_ms = static_cast<uint32_t>(n);
+        else if (a == "--copy-on-read") cfg.copy_on_read = true;
+        else if (a == "--evict-lru") cfg.evict_lru = true;
+        else {
+            std::fprintf(stderr, "bad argument: %s\n", a.c_str());
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    Config cfg;
+    if (!parse_args(argc, argv, cfg)) {
+        usage();
+        return 2;
+    }
+    try {
+        Server server(cfg);
+        return server.run();
+    } catch (const zc::Error &e) {
+        std::fprintf(stderr, "zcopy: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,940 @@
+//! The key-value store example (`examples/store/`): builds its server and client with strict
+//! warnings against the fresh `libzcopy.so`, starts servers on ephemeral loopback ports, and
+//! checks them through the raw protocol (a small client below, so malformed frames can be sent)
+//! and through the C++ command-line client. Every server is killed by its PID when its test ends.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{lib_dir, manifest_dir, profile_dir};
+
+// ------------------------------------------------------------------------------------------------
+// Building and running
+
+struct Binaries {
+    server: PathBuf,
+    client: PathBuf,
+}
+
+/// Compiles one program of `examples/store/` with the strict flags `build.sh` uses.
+fn build_cpp(name: &str, source: &str) -> PathBuf {
+    let root = manifest_dir();
+    let compiler = cc::Build::new()
+        .cpp(true)
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .target(env!("ZCOPY_TARGET"))
+        .host(env!("ZCOPY_HOST"))
+        .opt_level(2)
+        .debug(false)
+        .get_compiler();
+    let lib = lib_dir();
+    let out = profile_dir().join("store_bin").join(name);
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let result = compiler
+        .to_command()
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread", "-I"])
+        .arg(root.join("include"))
+        .arg(root.join(source))
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lzcopy")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .expect("run the C++ compiler");
+    assert!(
+        result.status.success(),
+        "compiling {source} failed:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        lib_dir(); // build the library once, before the two compilers need it
+        let server = thread::spawn(|| build_cpp("zcopy-store-server", "examples/store/server.cpp"));
+        let client = build_cpp("zcopy-store-client", "examples/store/client.cpp");
+        Binaries { server: server.join().expect("server build"), client }
+    })
+}
+
+/// A server process on an ephemeral loopback port, killed (by its PID) when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(name: &str, args: &[&str]) -> Server {
+        let log = profile_dir().join("store_logs").join(format!("{name}.log"));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let mut child = Command::new(&binaries().server)
+            .args(["--listen", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("listening 127.0.0.1:").and_then(|p| p.parse().ok()).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server printed {line:?}, log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        });
+        Server { child, port, log }
+    }
+
+    fn conn(&self) -> Conn {
+        Conn::open(self.port)
+    }
+
+    /// Runs the C++ client against this server; returns (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
+        let mut child = Command::new(&binaries().client)
+            .args(["--port", &self.port.to_string()])
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the client");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "server exited; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The protocol (PROTOCOL.md), spoken directly
+
+const MAGIC: u32 = 0x564B_435A;
+const HEADER: usize = 32;
+
+const OP_HELLO: u8 = 1;
+const OP_PUT: u8 = 2;
+const OP_GET: u8 = 3;
+const OP_DEL: u8 = 4;
+const OP_EXISTS: u8 = 5;
+const OP_BATCH_PUT: u8 = 6;
+const OP_BATCH_GET: u8 = 7;
+const OP_STATS: u8 = 8;
+
+const FLAG_RDMA: u16 = 1;
+const CAP_TCP_VALUES: u32 = 1;
+const CAP_RDMA_DESC: u32 = 2;
+const CAP_COPY_ON_READ: u32 = 4;
+
+const OK: u16 = 0;
+const NOT_FOUND: u16 = 1;
+const ALREADY_EXISTS: u16 = 2;
+const BUSY: u16 = 3;
+const BAD_KEY: u16 = 4;
+const VALUE_TOO_LARGE: u16 = 5;
+const POOL_FULL: u16 = 6;
+const BAD_OPCODE: u16 = 7;
+const BAD_REQUEST: u16 = 8;
+const BATCH_TOO_LARGE: u16 = 9;
+const UNSUPPORTED: u16 = 10;
+const SERVER_BUSY: u16 = 11;
+const BAD_FRAME: u16 = 12;
+
+#[derive(Clone, Copy)]
+struct Hdr {
+    magic: u32,
+    version: u8,
+    opcode: u8,
+    flags: u16,
+    id: u64,
+    key_len: u32,
+    status: u16,
+    reserved: u16,
+    value_len: u64,
+}
+
+impl Hdr {
+    fn request(opcode: u8, id: u64, key_len: usize, value_len: u64) -> Hdr {
+        Hdr {
+            magic: MAGIC,
+            version: 1,
+            opcode,
+            flags: 0,
+            id,
+            key_len: key_len as u32,
+            status: 0,
+            reserved: 0,
+            value_len,
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEADER);
+        b.extend_from_slice(&self.magic.to_le_bytes());
+        b.push(self.version);
+        b.push(self.opcode);
+        b.extend_from_slice(&self.flags.to_le_bytes());
+        b.extend_from_slice(&self.id.to_le_bytes());
+        b.extend_from_slice(&self.key_len.to_le_bytes());
+        b.extend_from_slice(&self.status.to_le_bytes());
+        b.extend_from_slice(&self.reserved.to_le_bytes());
+        b.extend_from_slice(&self.value_len.to_le_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Hdr {
+        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        Hdr {
+            magic: u32_at(0),
+            version: b[4],
+            opcode: b[5],
+            flags: u16_at(6),
+            id: u64_at(8),
+            key_len: u32_at(16),
+            status: u16_at(20),
+            reserved: u16_at(22),
+            value_len: u64_at(24),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    opcode: u8,
+    status: u16,
+    id: u64,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn message(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+struct Conn {
+    s: TcpStream,
+    next_id: u64,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { s, next_id: 1 }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("send");
+    }
+
+    fn send_hdr(&mut self, h: Hdr, key: &[u8], body: &[u8]) {
+        let mut frame = h.encode();
+        frame.extend_from_slice(key);
+        frame.extend_from_slice(body);
+        self.send_raw(&frame);
+    }
+
+    fn send(&mut self, opcode: u8, key: &[u8], body: &[u8]) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_hdr(Hdr::request(opcode, id, key.len(), body.len() as u64), key, body);
+        id
+    }
+
+    /// The next reply; None at end of stream.
+    fn try_recv(&mut self) -> Option<Reply> {
+        let mut raw = [0u8; HEADER];
+        match self.s.read_exact(&mut raw) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("receive reply: {e}"),
+        }
+        let h = Hdr::decode(&raw);
+        assert_eq!((h.magic, h.version, h.key_len, h.reserved), (MAGIC, 1, 0, 0), "reply header");
+        let mut body = vec![0u8; h.value_len as usize];
+        self.s.read_exact(&mut body).expect("receive reply body");
+        Some(Reply { opcode: h.opcode, status: h.status, id: h.id, body })
+    }
+
+    fn recv(&mut self) -> Reply {
+        self.try_recv().expect("the server closed the connection")
+    }
+
+    fn call(&mut self, opcode: u8, key: &[u8], body: &[u8]) -> Reply {
+        let id = self.send(opcode, key, body);
+        let r = self.recv();
+        assert_eq!((r.opcode, r.id), (opcode | 0x80, id), "reply to {opcode}: {r:?}");
+        r
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> u16 {
+        let r = self.call(OP_PUT, key, value);
+        if r.status == OK {
+            assert!(r.body.is_empty());
+        }
+        r.status
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Vec<u8>, u16> {
+        let r = self.call(OP_GET, key, &[]);
+        if r.status == OK {
+            Ok(r.body)
+        } else {
+            Err(r.status)
+        }
+    }
+
+    fn del(&mut self, key: &[u8]) -> u16 {
+        self.call(OP_DEL, key, &[]).status
+    }
+
+    fn exists(&mut self, key: &[u8]) -> bool {
+        let r = self.call(OP_EXISTS, key, &[]);
+        assert_eq!((r.status, r.body.len()), (OK, 1));
+        r.body[0] == 1
+    }
+
+    fn stats(&mut self) -> HashMap<String, u64> {
+        let r = self.call(OP_STATS, &[], &[]);
+        assert_eq!(r.status, OK);
+        r.message()
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn batch_put(&mut self, items: &[(&[u8], &[u8])]) -> Reply {
+        self.call(OP_BATCH_PUT, &[], &batch_put_body(items))
+    }
+
+    fn batch_get(&mut self, keys: &[&[u8]]) -> Reply {
+        let mut body = (keys.len() as u32).to_le_bytes().to_vec();
+        for k in keys {
+            body.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            body.extend_from_slice(k);
+        }
+        self.call(OP_BATCH_GET, &[], &body)
+    }
+}
+
+fn batch_put_body(items: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut body = (items.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in items {
+        body.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        body.extend_from_slice(k);
+        body.extend_from_slice(v);
+    }
+    body
+}
+
+fn batch_put_statuses(r: &Reply) -> Vec<u16> {
+    assert_eq!(r.status, OK, "{}", r.message());
+    let n = u32::from_le_bytes(r.body[..4].try_into().unwrap()) as usize;
+    assert_eq!(r.body.len(), 4 + 4 * n);
+    (0..n).map(|i| u16::from_le_bytes(r.body[4 + 4 * i..6 + 4 * i].try_into().unwrap())).collect()
+}
+
+fn batch_get_items(r: &Reply) -> Vec<(u16, Vec<u8>)> {
+    assert_eq!(r.status, OK, "{}", r.message());
+    let b = &r.body;
+    let n = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let mut pos = 4;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let status = u16::from_le_bytes(b[pos..pos + 2].try_into().unwrap());
+        let size = u64::from_le_bytes(b[pos + 8..pos + 16].try_into().unwrap()) as usize;
+        pos += 16;
+        out.push((status, b[pos..pos + size].to_vec()));
+        pos += size;
+    }
+    assert_eq!(pos, b.len(), "batch reply length");
+    out
+}
+
+/// Deterministic bytes for a seed (xorshift64*).
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Pool bytes a value takes (the pool rounds every object up to 64).
+fn footprint(size: usize) -> u64 {
+    size.div_ceil(64) as u64 * 64
+}
+
+/// Polls STATS until `done` holds (at most 5 s) and returns the last snapshot.
+fn wait_for_stats(conn: &mut Conn, what: &str, done: impl Fn(&HashMap<String, u64>) -> bool) -> HashMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = conn.stats();
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; stats: {s:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tests
+
+/// 4 threads x 200 operations on distinct and shared keys, content compared on every read, on a
+/// zero-copy server and on a copy-on-read one; then the pool holds exactly the committed values.
+#[test]
+fn concurrent_clients_on_distinct_and_shared_keys() {
+    for mode in [&[][..], &["--copy-on-read"][..]] {
+        let mut server =
+            Server::start(&format!("concurrent{}", mode.len()), &[&["--pool-size", "64M"][..], mode].concat());
+        let port = server.port;
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                thread::spawn(move || {
+                    let mut c = Conn::open(port);
+                    let mut mine = HashMap::new(); // key -> value this thread stored and kept
+                    for i in 0..200u64 {
+                        if i % 4 == 3 {
+                            // Shared keys: whoever puts first wins; the value is the same for all.
+                            let j = (t + i) % 8;
+                            let key = format!("shared/{j}");
+                            let value = pattern(1000 + j, 1000 + 700 * j as usize);
+                            let st = c.put(key.as_bytes(), &value);
+                            assert!(st == OK || st == ALREADY_EXISTS, "shared put: {st}");
+                            // Another thread may still be writing it (created, not sealed).
+                            let deadline = Instant::now() + Duration::from_secs(5);
+                            let got = loop {
+                                match c.get(key.as_bytes()) {
+                                    Err(BUSY) if Instant::now() < deadline => thread::yield_now(),
+                                    other => break other,
+                                }
+                            };
+                            assert_eq!(got.expect("shared get"), value, "{key}");
+                            continue;
+                        }
+                        let key = format!("t{t}/k{i}");
+                        let value = pattern(t * 1000 + i, 1 + ((i * 7919 + t * 131) % 70_000) as usize);
+                        assert_eq!(c.put(key.as_bytes(), &value), OK, "{key}");
+                        assert_eq!(c.get(key.as_bytes()).expect("get own key"), value, "{key}");
+                        if i % 5 == 0 {
+                            assert_eq!(c.del(key.as_bytes()), OK);
+                            assert_eq!(c.get(key.as_bytes()), Err(NOT_FOUND));
+                        } else {
+                            mine.insert(key, value);
+                        }
+                    }
+                    // Everything this thread kept is still intact after the others' traffic.
+                    for (key, value) in &mine {
+                        assert_eq!(&c.get(key.as_bytes()).unwrap(), value, "{key}");
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
+        for w in workers {
+            committed.extend(w.join().expect("worker"));
+        }
+        for j in 0..8u64 {
+            committed.insert(format!("shared/{j}"), pattern(1000 + j, 1000 + 700 * j as usize));
+        }
+        let mut c = server.conn();
+        // A fresh connection sees every value, byte for byte, in one batch per 100 keys.
+        let keys: Vec<&String> = committed.keys().collect();
+        for chunk in keys.chunks(100) {
+            let raw: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
+            for (k, (st, v)) in chunk.iter().zip(batch_get_items(&c.batch_get(&raw))) {
+                assert_eq!((st, &v), (OK, &committed[*k]), "{k}");
+            }
+        }
+        let want_bytes: u64 = committed.values().map(|v| footprint(v.len())).sum();
+        let n = committed.len() as u64;
+        let s = wait_for_stats(&mut c, "the pool to hold exactly the committed values", |s| {
+            s["used_bytes"] == want_bytes && s["object_count"] == n && s["key_count"] == n && s["refs_held"] == 0
+        });
+        assert_eq!(s["copy_on_read"], mode.len() as u64);
+        assert_eq!(s["puts_aborted"], 0);
+        server.assert_alive();
+    }
+}
+
+/// Every bad input gets an error reply with a message; the connection (or, for a broken frame,
+/// the server) keeps working, and a good request still succeeds afterwards.
+#[test]
+fn bad_inputs_get_error_replies_and_the_server_keeps_serving() {
+    let mut server =
+        Server::start("bad_inputs", &["--pool-size", "4M", "--max-value", "1M", "--max-key", "64", "--max-batch", "8"]);
+    let mut c = server.conn();
+    let good = pattern(7, 5000);
+    assert_eq!(c.put(b"good", &good), OK);
+    let still_good = |c: &mut Conn| assert_eq!(c.get(b"good").as_deref(), Ok(&good[..]));
+
+    // HELLO: limits and capabilities; RDMA descriptors are not offered by this version.
+    let hello = c.call(OP_HELLO, &[], &[]);
+    assert_eq!((hello.status, hello.body.len()), (OK, 32));
+    let caps = u32::from_le_bytes(hello.body[4..8].try_into().unwrap());
+    assert_eq!(caps & (CAP_TCP_VALUES | CAP_RDMA_DESC | CAP_COPY_ON_READ), CAP_TCP_VALUES);
+    assert_eq!(u32::from_le_bytes(hello.body[8..12].try_into().unwrap()), 64);
+    assert_eq!(u64::from_le_bytes(hello.body[16..24].try_into().unwrap()), 1 << 20);
+
+    // Unknown keys.
+    assert_eq!(c.get(b"missing"), Err(NOT_FOUND));
+    assert_eq!(c.del(b"missing"), NOT_FOUND);
+    assert!(!c.exists(b"missing"));
+    assert!(c.exists(b"good"));
+
+    // Bad opcode, with a key and a body that the server must skip.
+    let r = c.call(0x55, b"k", &[9u8; 1000]);
+    assert_eq!(r.status, BAD_OPCODE, "{}", r.message());
+    assert!(r.message().contains("opcode"), "{}", r.message());
+    // The opcodes reserved for the RDMA variant (COMMIT, DONE) are not served by version 1.
+    assert_eq!(c.call(0x09, &[], &[0u8; 8]).status, BAD_OPCODE);
+    assert_eq!(c.call(0x0A, &[], &[0u8; 8]).status, BAD_OPCODE);
+    still_good(&mut c);
+
+    // Keys: empty, longer than the server's limit (with a value behind it).
+    assert_eq!(c.get(b""), Err(BAD_KEY));
+    assert_eq!(c.put(&[b'x'; 65], &[1u8; 3000]), BAD_KEY);
+    assert_eq!(c.put(&[b'x'; 64], &[1u8; 3]), OK);
+    still_good(&mut c);
+
+    // Values larger than --max-value: refused, the bytes skipped, the stream still in step.
+    let r = c.call(OP_PUT, b"huge", &vec![3u8; (1 << 20) + 1]);
+    assert_eq!(r.status, VALUE_TOO_LARGE, "{}", r.message());
+    assert!(!c.exists(b"huge"));
+    still_good(&mut c);
+
+    // A key that exists keeps its value.
+    assert_eq!(c.put(b"good", &[0u8; 10]), ALREADY_EXISTS);
+    still_good(&mut c);
+
+    // Header fields: a body where none belongs, unknown flags, RDMA, a status in a request.
+    assert_eq!(c.call(OP_GET, b"good", b"junk").status, BAD_REQUEST);
+    assert_eq!(c.call(OP_STATS, b"key", &[]).status, BAD_REQUEST);
+    let mut h = Hdr::request(OP_GET, 900, 4, 0);
+    h.flags = 0x8000;
+    c.send_hdr(h, b"good", &[]);
+    assert_eq!(c.recv().status, BAD_REQUEST);
+    h.flags = FLAG_RDMA;
+    c.send_hdr(h, b"good", &[]);
+    let r = c.recv();
+    assert_eq!(r.status, UNSUPPORTED, "{}", r.message());
+    assert!(r.message().contains("RDMA"), "{}", r.message());
+    let mut h = Hdr::request(OP_PUT, 901, 3, 5);
+    h.status = 1;
+    c.send_hdr(h, b"abc", b"12345");
+    assert_eq!(c.recv().status, BAD_REQUEST);
+    assert!(!c.exists(b"abc"));
+    still_good(&mut c);
+
+    // A full pool (4 MiB): 1 MiB values until refused, then room again after a delete.
+    let mut stored = Vec::new();
+    let full = loop {
+        assert!(stored.len() < 8, "a 4 MiB pool took 8 values of 1 MiB");
+        let key = format!("fill{}", stored.len());
+        match c.put(key.as_bytes(), &vec![5u8; 1 << 20]) {
+            OK => stored.push(key),
+            st => break st,
+        }
+    };
+    assert_eq!(full, POOL_FULL);
+    still_good(&mut c);
+    assert_eq!(c.del(stored.pop().unwrap().as_bytes()), OK);
+    assert_eq!(c.put(b"after-full", &vec![6u8; 1 << 20]), OK);
+    assert_eq!(c.get(b"after-full").unwrap(), vec![6u8; 1 << 20]);
+    assert_eq!(c.del(b"after-full"), OK);
+    for key in &stored {
+        assert_eq!(c.del(key.as_bytes()), OK);
+    }
+
+    // Batches: too many items, malformed bodies (nothing of a malformed batch is committed).
+    let many: Vec<(&[u8], &[u8])> = (0..9).map(|_| (&b"k"[..], &b"v"[..])).collect();
+    assert_eq!(c.batch_put(&many).status, BATCH_TOO_LARGE);
+    let keys: Vec<&[u8]> = vec![b"good"; 9];
+    assert_eq!(c.batch_get(&keys).status, BATCH_TOO_LARGE);
+    let mut body = batch_put_body(&[(b"ok-item", b"abc"), (b"second", b"defg")]);
+    let declared = body.len() - 2;
+    body.truncate(declared); // the second item's value runs past the body
+    let r = c.call(OP_BATCH_PUT, &[], &body);
+    assert_eq!(r.status, BAD_REQUEST, "{}", r.message());
+    assert!(!c.exists(b"ok-item"), "a malformed batch committed an item");
+    let mut body = batch_put_body(&[(b"ok-item", b"abc")]);
+    body.extend_from_slice(b"trailing");
+    assert_eq!(c.call(OP_BATCH_PUT, &[], &body).status, BAD_REQUEST);
+    assert!(!c.exists(b"ok-item"));
+    assert_eq!(c.call(OP_BATCH_GET, &[], &[2, 0, 0, 0, 200, 0, 0, 0, b'x']).status, BAD_REQUEST);
+    assert_eq!(c.call(OP_BATCH_GET, &[], &[1, 0]).status, BAD_REQUEST);
+    still_good(&mut c);
+
+    // A broken frame (bad magic, bad version) closes only that connection.
+    let mut other = server.conn();
+    assert_eq!(other.put(b"other", b"still here"), OK);
+    for (magic, version) in [(0x1234_5678, 1), (MAGIC, 9)] {
+        let mut bad = server.conn();
+        let mut h = Hdr::request(OP_GET, 1, 4, 0);
+        h.magic = magic;
+        h.version = version;
+        bad.send_hdr(h, b"good", &[]);
+        let r = bad.recv();
+        assert_eq!(r.status, BAD_FRAME, "{}", r.message());
+        assert!(bad.try_recv().is_none(), "the connection stays open after a broken frame");
+    }
+    // A header cut short, then the peer goes away.
+    let mut cut = server.conn();
+    cut.send_raw(&Hdr::request(OP_PUT, 1, 3, 10).encode()[..20]);
+    drop(cut);
+    assert_eq!(other.get(b"other").unwrap(), b"still here");
+    still_good(&mut c);
+
+    let s = c.stats();
+    assert!(s["error_replies"] >= 20, "{s:?}");
+    assert_eq!(s["frames_broken"], 2);
+    server.assert_alive();
+}
+
+/// Clients killed mid-PUT (single and batch) and mid-GET: the server aborts the unfinished
+/// objects and drops the references it held for them, so the pool returns to exactly the
+/// committed values.
+#[test]
+fn killed_clients_leave_nothing_behind() {
+    let mut server = Server::start("killed", &["--pool-size", "128M"]);
+    let mut c = server.conn();
+    let mut committed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for (i, size) in [100usize, 4096, 65_537, 1 << 20].into_iter().enumerate() {
+        let key = format!("keep{i}").into_bytes();
+        let value = pattern(i as u64, size);
+        assert_eq!(c.put(&key, &value), OK);
+        committed.insert(key, value);
+    }
+    let big = pattern(99, 32 << 20); // larger than any socket buffer: its sender blocks
+    assert_eq!(c.put(b"big", &big), OK);
+    committed.insert(b"big".to_vec(), big.clone());
+    let want_bytes = |m: &HashMap<Vec<u8>, Vec<u8>>| m.values().map(|v| footprint(v.len())).sum::<u64>();
+    let settled = |bytes: u64, n: u64| {
+        move |s: &HashMap<String, u64>| {
+            s["used_bytes"] == bytes && s["object_count"] == n && s["key_count"] == n && s["refs_held"] == 0
+        }
+    };
+    wait_for_stats(&mut c, "the committed values", settled(want_bytes(&committed), committed.len() as u64));
+
+    // Mid-PUT: the header and half of an 8 MiB value, then the socket is dropped (three clients,
+    // one of them in a batch with a complete first item).
+    let mut dead = Vec::new();
+    for i in 0..2 {
+        let mut d = server.conn();
+        let key = format!("half{i}");
+        d.send_hdr(Hdr::request(OP_PUT, 1, key.len(), 8 << 20), key.as_bytes(), &vec![1u8; 4 << 20]);
+        dead.push(d);
+    }
+    let mut d = server.conn();
+    let body = batch_put_body(&[(b"batch-done", b"complete item"), (b"batch-half", &vec![2u8; 1 << 20])]);
+    let declared = body.len() as u64;
+    d.send_hdr(Hdr::request(OP_BATCH_PUT, 1, 0, declared), &[], &body[..body.len() - (512 << 10)]);
+    dead.push(d);
+    // The server is receiving into the unsealed buffers: their memory is reserved now.
+    wait_for_stats(&mut c, "the unfinished PUTs to reserve memory", |s| {
+        s["used_bytes"] >= want_bytes(&committed) + (16 << 20) + footprint(1 << 20)
+    });
+    assert!(!c.exists(b"half0") && !c.exists(b"batch-done"), "an unfinished PUT is visible");
+    drop(dead);
+    wait_for_stats(
+        &mut c,
+        "the unfinished PUTs to be aborted",
+        settled(want_bytes(&committed), committed.len() as u64),
+    );
+
+    // Mid-GET: a client asks for 32 MiB and never reads; while the server is blocked sending
+    // from the pool it holds a reference, which even a DEL of the key does not free.
+    let mut stalled = server.conn();
+    stalled.send(OP_GET, b"big", &[]);
+    wait_for_stats(&mut c, "the stalled GET to hold its reference", |s| s["refs_held"] == 1);
+    assert_eq!(c.del(b"big"), OK);
+    committed.remove(&b"big"[..]);
+    let s = c.stats();
+    assert_eq!(s["key_count"], committed.len() as u64);
+    assert_eq!(s["object_count"], committed.len() as u64 + 1, "deleted but referenced: {s:?}");
+    drop(stalled);
+    // A second reader that takes part of a value, then closes.
+    let mut partial = server.conn();
+    partial.send(OP_GET, b"keep3", &[]);
+    let mut some = vec![0u8; 1000];
+    partial.s.read_exact(&mut some).unwrap();
+    partial.s.shutdown(Shutdown::Both).unwrap();
+    drop(partial);
+
+    let s = wait_for_stats(
+        &mut c,
+        "every aborted PUT and interrupted GET to be released",
+        settled(want_bytes(&committed), committed.len() as u64),
+    );
+    assert!(s["puts_aborted"] >= 3, "{s:?}");
+    assert!(s["gets_interrupted"] >= 1, "{s:?}");
+    for (k, v) in &committed {
+        assert_eq!(&c.get(k).unwrap(), v);
+    }
+    assert_eq!(c.get(b"half0"), Err(NOT_FOUND));
+    assert_eq!(c.get(b"batch-done"), Err(NOT_FOUND), "an interrupted batch committed an item");
+    assert_eq!(c.put(b"half0", b"the key is free again"), OK);
+    server.assert_alive();
+}
+
+/// BATCH_PUT and BATCH_GET: per-item statuses, in order, content compared; through the raw
+/// protocol and through the C++ client (mput / mget).
+#[test]
+fn batch_operations() {
+    let mut server = Server::start("batch", &["--pool-size", "16M", "--max-value", "2M", "--max-batch", "16"]);
+    let mut c = server.conn();
+    assert_eq!(c.put(b"existing", b"old"), OK);
+    let values: Vec<Vec<u8>> = (0..6).map(|i| pattern(i, 10 + i as usize * 30_000)).collect();
+    let items: Vec<(&[u8], &[u8])> = vec![
+        (b"b0", &values[0]),
+        (b"b1", &values[1]),
+        (b"existing", &values[2]),     // ALREADY_EXISTS
+        (b"b0", &values[3]),           // a duplicate inside the batch: ALREADY_EXISTS
+        (b"", &values[4]),             // BAD_KEY
+        (b"too-big", &[7u8; 3 << 20]), // VALUE_TOO_LARGE
+        (b"b6", &values[5]),
+        (b"empty", b""),
+    ];
+    let st = batch_put_statuses(&c.batch_put(&items));
+    assert_eq!(st, vec![OK, OK, ALREADY_EXISTS, ALREADY_EXISTS, BAD_KEY, VALUE_TOO_LARGE, OK, OK]);
+
+    let keys: Vec<&[u8]> = vec![b"b6", b"missing", b"b0", b"existing", b"empty", b"b1", b"too-big"];
+    let got = batch_get_items(&c.batch_get(&keys));
+    let want: Vec<(u16, Vec<u8>)> = vec![
+        (OK, values[5].clone()),
+        (NOT_FOUND, vec![]),
+        (OK, values[0].clone()),
+        (OK, b"old".to_vec()),
+        (OK, vec![]),
+        (OK, values[1].clone()),
+        (NOT_FOUND, vec![]),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(batch_get_items(&c.batch_get(&[])), vec![]);
+
+    // The same through the C++ client library.
+    let dir = profile_dir().join("store_tmp").join("batch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(file("x"), pattern(40, 70_000)).unwrap();
+    std::fs::write(file("y"), pattern(41, 1)).unwrap();
+    let (code, out, err) = server.cli(&["mput", &format!("cx={}", file("x")), &format!("cy={}", file("y"))], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), "cx OK\ncy OK\n");
+    let (code, out, _) = server.cli(&["mput", &format!("cx={}", file("y"))], None);
+    assert_eq!((code, String::from_utf8_lossy(&out).into_owned()), (1, "cx ALREADY_EXISTS\n".to_string()));
+    let (code, out, err) = server.cli(
+        &[
+            "mget",
+            &format!("cy={}", file("y.out")),
+            &format!("b0={}", file("b0.out")),
+            &format!("cx={}", file("x.out")),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), "cy OK\nb0 OK\ncx OK\n");
+    assert_eq!(std::fs::read(file("x.out")).unwrap(), pattern(40, 70_000));
+    assert_eq!(std::fs::read(file("y.out")).unwrap(), pattern(41, 1));
+    assert_eq!(std::fs::read(file("b0.out")).unwrap(), values[0]);
+    let (code, out, _) = server.cli(&["mget", &format!("nope={}", file("nope.out"))], None);
+    assert_eq!((code, String::from_utf8_lossy(&out).into_owned()), (2, "nope NOT_FOUND\n".to_string()));
+    server.assert_alive();
+}
+
+/// The command-line client: put from a file and from stdin, get to a file and to stdout, del,
+/// exists, stats, exit codes; four client processes at once; and a short bench run.
+#[test]
+fn command_line_client_and_bench() {
+    let mut server = Server::start("cli", &["--pool-size", "64M"]);
+    let dir = profile_dir().join("store_tmp").join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    let value = pattern(5, 3 << 20);
+    std::fs::write(path("v"), &value).unwrap();
+    assert_eq!(server.cli(&["put", "file-key", &s(&path("v"))], None).0, 0);
+    assert_eq!(server.cli(&["put", "stdin-key", "-"], Some(b"from stdin\n")).0, 0);
+    let (code, _, err) = server.cli(&["put", "file-key", &s(&path("v"))], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("ALREADY_EXISTS"), "{err}");
+    assert_eq!(server.cli(&["get", "file-key", &s(&path("v.out"))], None).0, 0);
+    assert_eq!(std::fs::read(path("v.out")).unwrap(), value);
+    assert_eq!(server.cli(&["get", "stdin-key"], None).1, b"from stdin\n");
+    assert_eq!(server.cli(&["exists", "stdin-key"], None).1, b"1\n");
+    assert_eq!(server.cli(&["del", "stdin-key"], None).0, 0);
+    assert_eq!(server.cli(&["exists", "stdin-key"], None).1, b"0\n");
+    let (code, _, err) = server.cli(&["get", "stdin-key"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    assert_eq!(server.cli(&["del", "stdin-key"], None).0, 2);
+    let (code, out, _) = server.cli(&["stats"], None);
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&out).contains("key_count 1\n"));
+
+    // Four client processes at once, ten files each; then four at once read a neighbour's keys.
+    let port = server.port;
+    let cli_phase = |get: bool| {
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let dir = dir.clone();
+                thread::spawn(move || {
+                    for i in 0..10u64 {
+                        let (key, file) = if get {
+                            (format!("proc{}/{i}", (t + 1) % 4), dir.join(format!("p{t}-{i}.out")))
+                        } else {
+                            let src = dir.join(format!("p{t}-{i}"));
+                            std::fs::write(&src, pattern(t * 100 + i, 1 + (i as usize * 50_000))).unwrap();
+                            (format!("proc{t}/{i}"), src)
+                        };
+                        let out = Command::new(&binaries().client)
+                            .args(["--port", &port.to_string(), if get { "get" } else { "put" }, &key])
+                            .arg(&file)
+                            .output()
+                            .unwrap();
+                        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("client process worker");
+        }
+    };
+    cli_phase(false);
+    cli_phase(true);
+    for t in 0..4u64 {
+        for i in 0..10u64 {
+            let got = std::fs::read(dir.join(format!("p{t}-{i}.out"))).unwrap();
+            assert_eq!(got, pattern(((t + 1) % 4) * 100 + i, 1 + (i as usize * 50_000)), "proc{}/{i}", (t + 1) % 4);
+        }
+    }
+    let mut c = server.conn();
+
+    // A short bench: every phase reports, and it leaves no keys behind.
+    let before = c.stats()["key_count"];
+    let (code, out, err) = server.cli(
+        &[
+            "bench",
+            "--conns",
+            "3",
+            "--seconds",
+            "0.3",
+            "--small-count",
+            "50",
+            "--large-count",
+            "2",
+            "--verify-every",
+            "1",
+        ],
+        None,
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{out}{err}");
+    for (op, size) in
+        [("put", 4096), ("get", 4096), ("del", 4096), ("put", 4 << 20), ("get", 4 << 20), ("del", 4 << 20)]
+    {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("RESULT op={op} size={size} conns=3 ")))
+            .unwrap_or_else(|| panic!("no {op} {size} result in:\n{out}"));
+        assert!(line.contains("ops_per_s=") && line.contains("gb_per_s="), "{line}");
+    }
+    assert_eq!(c.stats()["key_count"], before);
+    server.assert_alive();
+}
+
+/// --max-conns: an extra connection gets SERVER_BUSY and is closed; a slot that frees up is
+/// usable again.
+#[test]
+fn connection_limit() {
+    let mut server = Server::start("conn_limit", &["--pool-size", "1M", "--max-conns", "2"]);
+    let mut a = server.conn();
+    let mut b = server.conn();
+    assert_eq!(a.call(OP_HELLO, &[], &[]).status, OK);
+    assert_eq!(b.call(OP_HELLO, &[], &[]).status, OK);
+    let mut extra = server.conn();
+    let r = extra.recv();
+    assert_eq!(r.status, SERVER_BUSY, "{}", r.message());
+    assert!(extra.try_recv().is_none());
+    drop(b);
+    wait_for_stats(&mut a, "the closed connection to free its slot", |s| s["connections_current"] == 1);
+    let mut again = server.conn();
+    assert_eq!(again.put(b"k", b"v"), OK);
+    assert_eq!(a.get(b"k").unwrap(), b"v");
+    assert!(a.stats()["connections_refused"] >= 1);
+    server.assert_alive();
+}
+
+/// SIGTERM (sent to the server's PID) with an idle client and a client stalled mid-PUT: the server
+/// closes them, aborts the PUT and exits 0.
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::start("sigterm", &["--pool-size", "16M"]);
+    let mut idle = server.conn();
+    assert_eq!(idle.put(b"k", b"v"), OK);
+    let mut stalled = server.conn();
+    stalled.send_hdr(Hdr::request(OP_PUT, 1, 1, 1 << 20), b"s", &[0u8; 1000]);
+    wait_for_stats(&mut idle, "the stalled PUT to start", |s| s["used_bytes"] >= 64 + (1 << 20));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop within 10 s of SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(idle.try_recv().is_none());
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("stopped"), "{log}");
+}
