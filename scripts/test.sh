@@ -38,7 +38,13 @@ python=${PYTHON:-python3}
 if ! "$python" -c "import numpy, pytest, cffi, wheel, setuptools" 2>/dev/null; then
     PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check numpy pytest cffi wheel setuptools
 fi
+# Mooncake Transfer Engine, for the interop test (which skips, saying why, if it cannot run).
+if ! "$python" -c "import mooncake.engine" 2>/dev/null; then
+    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check \
+        mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
+        echo "test.sh: the Mooncake Transfer Engine wheel did not install; its interop test will skip"
+fi
 cargo build --release --lib --quiet
-(cd python && "$python" -m pytest -q tests)
+(cd python && "$python" -m pytest -q -rs tests)
 
 bash scripts/rdma-tests.sh
