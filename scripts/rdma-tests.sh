@@ -37,7 +37,16 @@ build() {
 }
 build c_tests/rdma/test_rdma_device.c test_rdma_device
 build benches/rdma_registration.c bench_rdma_registration
-programs="$out/test_rdma_device && $out/bench_rdma_registration"
+# The key-value store's RDMA path (examples/store/): server, client and its end-to-end test, which
+# finds the other two next to itself.
+buildxx() {
+    c++ -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror -pthread -Iinclude \
+        "$1" -o "$out/$2" -L"$out/lib" -lzcopy -libverbs -Wl,-rpath,"$root/$out/lib"
+}
+buildxx examples/store/server.cpp zcopy-store-server
+buildxx examples/store/client.cpp zcopy-store-client
+buildxx examples/store/rdma_test.cpp store-rdma-test
+programs="$out/test_rdma_device && $out/bench_rdma_registration && $out/store-rdma-test"
 
 host_has_device() {
     compgen -G "/sys/class/infiniband/*" >/dev/null

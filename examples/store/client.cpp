@@ -3,6 +3,8 @@
 //   zcopy-store-client [--host H] --port P put KEY FILE|-
 //   zcopy-store-client --port P get KEY [FILE]
 //   zcopy-store-client --port P bench [--conns N] [--seconds S] ...
+//   zcopy-store-client --rdma --port P put KEY FILE    (--tcp forces TCP; default: RDMA if both
+//                                                      sides have a device, for put and get)
 //
 // Exit status: 0 success, 2 key not found, 1 any other failure, 64 bad usage.
 
@@ -15,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,11 +33,15 @@ constexpr int kExitUsage = 64;
 struct Target {
     std::string host = "127.0.0.1";
     uint16_t port = 0;
+    zcs::Transport transport = zcs::Transport::Auto;
 };
 
 void usage() {
     std::fprintf(stderr,
-                 "usage: zcopy-store-client [--host H] --port P COMMAND ...\n"
+                 "usage: zcopy-store-client [--host H] --port P [--tcp|--rdma] COMMAND ...\n"
+                 "  --tcp / --rdma          how put and get move the value: by default RDMA when the\n"
+                 "                          server offers it and this host has an RDMA device, else TCP;\n"
+                 "                          --rdma fails when either side lacks it (other commands: TCP)\n"
                  "  put KEY FILE|-          store a file (or stdin)\n"
                  "  get KEY [FILE]          write the value to FILE (or stdout)\n"
                  "  del KEY                 remove a key\n"
@@ -292,6 +299,87 @@ int bench(const Target &target, int argc, char **argv) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// put and get between this process's own zcopy pool and the server's (RDMA or TCP)
+
+/// A pool for one value of up to `bytes`, registered with every RDMA device there is (or, for
+/// --rdma, failing without one). Empty when Auto finds no device: the caller then uses TCP.
+std::optional<zc::Pool> open_local_pool(zcs::Transport t, uint64_t bytes) {
+    // A power of two: the pool's allocator then has one free block of the whole pool (a pool
+    // of exactly the value's size rounded to pages may have no single block large enough).
+    uint64_t size = 4096;
+    while (size < bytes) size *= 2;
+    try {
+        return zc::Pool(zc::Options().with_size(size).with_rdma(t == zcs::Transport::Rdma ? ZC_RDMA_REQUIRED : ZC_RDMA_AUTO));
+    } catch (const zc::Error &e) {
+        if (t == zcs::Transport::Rdma) {
+            throw zcs::StoreError(zcs::ST_UNSUPPORTED, std::string("--rdma: this client has no usable RDMA device (") + e.what() + ")");
+        }
+        return std::nullopt;
+    }
+}
+
+/// Whether put/get go over RDMA: the server must offer it before the client pool is worth
+/// registering; --rdma without it is an error naming the side that lacks it.
+bool want_rdma(const Target &target, const zcs::Client &c) {
+    if (target.transport == zcs::Transport::Tcp) return false;
+    if ((c.info().capabilities & zcs::CAP_RDMA_DESC) == 0) {
+        if (target.transport == zcs::Transport::Rdma) {
+            throw zcs::StoreError(zcs::ST_UNSUPPORTED,
+                                  "--rdma: the server does not offer RDMA (no CAP_RDMA_DESC: it has no RDMA device, or runs with --rdma off)");
+        }
+        return false;
+    }
+#ifndef ZCS_HAVE_RDMA
+    if (target.transport == zcs::Transport::Rdma) {
+        throw zcs::StoreError(zcs::ST_UNSUPPORTED, "--rdma: this client was built without RDMA (no <infiniband/verbs.h>)");
+    }
+    return false;
+#else
+    return true;
+#endif
+}
+
+/// Keeps `c` on `pool` for a scope; the queue pair goes before the pool does.
+struct PoolUse {
+    zcs::Client &c;
+    ~PoolUse() { c.release_pool(); }
+};
+
+int put_value(const Target &target, zcs::Client &c, const std::string &key, const std::vector<uint8_t> &data) {
+    if (want_rdma(target, c)) {
+        std::optional<zc::Pool> pool = open_local_pool(target.transport, data.size());
+        PoolUse use{c};
+        if (pool && c.use_pool(*pool, target.transport)) {
+            zc::Buffer b = pool->create("put", data.size());
+            if (!data.empty()) std::memcpy(b.data(), data.data(), data.size());
+            c.put_buffer(key, b);
+            return 0;
+        }
+    }
+    c.put(key, data.data(), data.size());
+    return 0;
+}
+
+int get_value(const Target &target, zcs::Client &c, const std::string &key, const std::string &file) {
+    try {
+        if (want_rdma(target, c)) {
+            // The value is at most the server's max_value; the local pool must hold it.
+            std::optional<zc::Pool> pool = open_local_pool(target.transport, c.info().max_value);
+            PoolUse use{c};
+            if (pool && c.use_pool(*pool, target.transport)) {
+                zc::Buffer b = c.get_buffer(key, "get");
+                const zc::Bytes v = b.bytes();
+                return write_file(file, std::vector<uint8_t>(v.begin(), v.end())) ? 0 : 1;
+            }
+        }
+        return write_file(file, c.get(key)) ? 0 : 1;
+    } catch (const zcs::StoreError &e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return e.status() == zcs::ST_NOT_FOUND ? kExitNotFound : 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 int run_command(const Target &target, const std::string &cmd, int argc, char **argv) {
     if (cmd == "bench") return bench(target, argc, argv);
@@ -299,19 +387,9 @@ int run_command(const Target &target, const std::string &cmd, int argc, char **a
     if (cmd == "put" && argc == 2) {
         std::vector<uint8_t> data;
         if (!read_file(argv[1], data)) return 1;
-        c.put(argv[0], data.data(), data.size());
-        return 0;
+        return put_value(target, c, argv[0], data);
     }
-    if (cmd == "get" && (argc == 1 || argc == 2)) {
-        std::vector<uint8_t> v;
-        try {
-            v = c.get(argv[0]);
-        } catch (const zcs::StoreError &e) {
-            std::fprintf(stderr, "%s\n", e.what());
-            return e.status() == zcs::ST_NOT_FOUND ? kExitNotFound : 1;
-        }
-        return write_file(argc == 2 ? argv[1] : "-", v) ? 0 : 1;
-    }
+    if (cmd == "get" && (argc == 1 || argc == 2)) return get_value(target, c, argv[0], argc == 2 ? argv[1] : "-");
     if (cmd == "del" && argc == 1) {
         if (c.del(argv[0])) return 0;
         std::fprintf(stderr, "NOT_FOUND: %s\n", argv[0]);
@@ -368,12 +446,16 @@ int run_command(const Target &target, const std::string &cmd, int argc, char **a
 int main(int argc, char **argv) {
     Target target;
     int i = 1;
-    for (; i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-'; i += 2) {
+    for (; i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
         const std::string a = argv[i];
         if (a == "--host") {
-            target.host = argv[i + 1];
+            target.host = argv[++i];
         } else if (a == "--port") {
-            target.port = static_cast<uint16_t>(std::strtoul(argv[i + 1], nullptr, 10));
+            target.port = static_cast<uint16_t>(std::strtoul(argv[++i], nullptr, 10));
+        } else if (a == "--tcp") {
+            target.transport = zcs::Transport::Tcp;
+        } else if (a == "--rdma") {
+            target.transport = zcs::Transport::Rdma;
         } else {
             usage();
             return kExitUsage;

@@ -5,6 +5,13 @@
 //   std::vector<uint8_t> v = c.get("k");    // received straight into the vector
 //   size_t n = c.get_into("k", dst, cap);   // received straight into caller memory
 //
+// Between zcopy pools (RDMA when both sides have a device, TCP otherwise):
+//
+//   zc::Pool mine(zc::Options().with_size(64 << 20));   // registered with every RDMA device there is
+//   bool rdma = c.use_pool(mine);                       // Transport::Auto; Rdma insists, Tcp never
+//   c.put_buffer("k", buf);                             // buf: an object of `mine`, RDMA-WRITTEN
+//   zc::Buffer v = c.get_buffer("k", "local-name");     // RDMA-READ into a new object of `mine`
+//
 // One Client is one connection and is not thread-safe; use one per thread. Every failure throws
 // zcs::StoreError: `status()` is the server's status (or the one the client checked locally,
 // without sending anything), `what()` the message. An I/O failure or a reply that does not match
@@ -22,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -29,6 +37,8 @@
 #include <vector>
 
 #include "protocol.hpp"
+#include "rdma.hpp"
+#include "zcopy.hpp"
 
 namespace zcs {
 
@@ -63,6 +73,13 @@ struct GetResult {
     std::vector<uint8_t> value;
 };
 
+/// How put_buffer / get_buffer move values (Client::use_pool).
+enum class Transport {
+    Auto,  // RDMA when the server offers it (CAP_RDMA_DESC) and the pool is registered, else TCP
+    Tcp,   // always TCP
+    Rdma,  // RDMA or an error saying why not
+};
+
 class Client {
 public:
     /// Connects (numeric or resolvable host), sends HELLO and keeps the server's limits.
@@ -93,7 +110,18 @@ public:
     }
 
     Client(Client &&o) noexcept
-        : fd_(std::exchange(o.fd_, -1)), next_id_(o.next_id_), broken_(o.broken_), info_(o.info_) {}
+        : fd_(std::exchange(o.fd_, -1)),
+          next_id_(o.next_id_),
+          broken_(o.broken_),
+          info_(o.info_),
+          pool_(std::exchange(o.pool_, nullptr)),
+          registration_(o.registration_)
+#ifdef ZCS_HAVE_RDMA
+          ,
+          ep_(std::move(o.ep_))
+#endif
+    {
+    }
     Client &operator=(Client &&o) noexcept {
         if (this != &o) {
             close_fd();
@@ -101,12 +129,20 @@ public:
             next_id_ = o.next_id_;
             broken_ = o.broken_;
             info_ = o.info_;
+            pool_ = std::exchange(o.pool_, nullptr);
+            registration_ = o.registration_;
+#ifdef ZCS_HAVE_RDMA
+            ep_ = std::move(o.ep_);
+#endif
         }
         return *this;
     }
     Client(const Client &) = delete;
     Client &operator=(const Client &) = delete;
-    ~Client() { close_fd(); }
+    ~Client() {
+        release_pool();
+        close_fd();
+    }
 
     const ServerInfo &info() const noexcept { return info_; }
     bool broken() const noexcept { return broken_; }
@@ -240,6 +276,189 @@ public:
         return out;
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Between zcopy pools
+
+    /// Makes `pool` (which must outlive the client, or the next use_pool) the memory that
+    /// put_buffer and get_buffer move values out of and into, and picks their transport. With
+    /// RDMA (Auto when the server advertises CAP_RDMA_DESC and `pool` has an RDMA registration;
+    /// Rdma always) it exchanges queue pairs with the server (RDMA_CONNECT) on the protection
+    /// domain of registration `registration`. Returns whether RDMA is in use. Rdma throws
+    /// UNSUPPORTED saying which side lacks it; a queue pair that cannot be brought up throws.
+    bool use_pool(zc::Pool &pool, Transport transport = Transport::Auto, uint32_t registration = 0,
+                  int gid_index = rdma::default_gid_index()) {
+        pool_ = &pool;
+        registration_ = registration;
+#ifdef ZCS_HAVE_RDMA
+        ep_.reset();
+#endif
+        if (transport == Transport::Tcp) return false;
+        std::string why;
+        if ((info_.capabilities & CAP_RDMA_DESC) == 0) {
+            why = "the server does not offer RDMA (no CAP_RDMA_DESC in its HELLO: it has no RDMA device, or runs with --rdma off)";
+        } else if (pool.rdma_count() <= registration) {
+            why = "this client's pool has no RDMA registration " + std::to_string(registration) + " (no RDMA device here)";
+        }
+#ifndef ZCS_HAVE_RDMA
+        if (why.empty()) why = "this client was built without RDMA (no <infiniband/verbs.h>)";
+#endif
+        if (!why.empty()) {
+            if (transport == Transport::Auto) return false;
+            throw StoreError(ST_UNSUPPORTED, "RDMA requested, but " + why);
+        }
+#ifdef ZCS_HAVE_RDMA
+        std::unique_ptr<rdma::Endpoint> ep;
+        try {
+            ep = std::make_unique<rdma::Endpoint>(static_cast<ibv_pd *>(pool.rdma_pd(registration)), gid_index);
+        } catch (const std::exception &e) {
+            throw StoreError(ST_INTERNAL, std::string("RDMA queue pair: ") + e.what());
+        }
+        uint8_t raw[kQpInfoSize];
+        ep->local().encode(raw);
+        Header h = request(OP_RDMA_CONNECT, 0, kQpInfoSize);
+        send_frame(h, {}, {{raw, kQpInfoSize}});
+        const Header r = read_reply(h);
+        if (r.value_len != kQpInfoSize) fail("RDMA_CONNECT reply has the wrong length");
+        recv_or_break(raw, kQpInfoSize);
+        try {
+            ep->connect(QpInfo::decode(raw));
+        } catch (const std::exception &e) {
+            throw StoreError(ST_INTERNAL, std::string("RDMA queue pair: ") + e.what());
+        }
+        ep_ = std::move(ep);
+        return true;
+#else
+        (void)gid_index;
+        return false;
+#endif
+    }
+
+    /// Forgets the pool use_pool was given, destroying the queue pair made on its protection
+    /// domain: call it before that pool is closed.
+    void release_pool() noexcept {
+#ifdef ZCS_HAVE_RDMA
+        ep_.reset();
+#endif
+        pool_ = nullptr;
+    }
+
+    /// Whether put_buffer / get_buffer use RDMA.
+    bool rdma() const noexcept {
+#ifdef ZCS_HAVE_RDMA
+        return ep_ != nullptr;
+#else
+        return false;
+#endif
+    }
+
+    /// Stores the bytes of `src` (an object of the pool given to use_pool, sealed or not) under
+    /// `key`: RDMA WRITE into the object the server created, then COMMIT; or one TCP PUT.
+    void put_buffer(std::string_view key, const zc::Buffer &src) {
+        if (!rdma()) {
+            put(key, src.cdata(), src.size());
+            return;
+        }
+#ifdef ZCS_HAVE_RDMA
+        const zc_rdma_desc local = local_desc(src);
+        const Lease l = rdma_put_begin(key, src.size());
+        rdma_transfer(IBV_WR_RDMA_WRITE, local, l);
+        commit(l.id);
+#endif
+    }
+
+    /// The value under `key` as a new sealed object of the pool given to use_pool, created under
+    /// `local_key`: RDMA READ from the server's object, then DONE; or one TCP GET received
+    /// straight into it.
+    zc::Buffer get_buffer(std::string_view key, std::string_view local_key) {
+        if (pool_ == nullptr) throw StoreError(ST_BAD_REQUEST, "get_buffer needs use_pool first");
+        if (!rdma()) {
+            Header h = get_request(key);
+            const Header r = read_reply(h);
+            zc::Buffer dst;
+            try {
+                dst = pool_->create(local_key, r.value_len);
+            } catch (const zc::Error &e) {
+                if (io::discard(fd_, r.value_len) != io::Result::Ok) fail("skip value");
+                throw StoreError(ST_POOL_FULL, std::string("local pool: ") + e.what());
+            }
+            recv_or_break(dst.data(), r.value_len);
+            dst.seal();
+            return dst;
+        }
+#ifdef ZCS_HAVE_RDMA
+        const Lease l = rdma_get_begin(key);
+        zc::Buffer dst;
+        try {
+            dst = pool_->create(local_key, l.length);
+        } catch (const zc::Error &e) {
+            done(l.id);
+            throw StoreError(ST_POOL_FULL, std::string("local pool: ") + e.what());
+        }
+        rdma_transfer(IBV_WR_RDMA_READ, local_desc(dst), l);
+        done(l.id);
+        dst.seal();
+        return dst;
+#else
+        return zc::Buffer();
+#endif
+    }
+
+    // The RDMA steps one by one (put_buffer and get_buffer are made of them).
+
+    /// RDMA PUT: the server creates `key` with `size` bytes and leases it to this connection.
+    Lease rdma_put_begin(std::string_view key, uint64_t size) {
+        check_key(key);
+        if (size > info_.max_value) {
+            throw StoreError(ST_VALUE_TOO_LARGE, "value of " + std::to_string(size) + " bytes exceeds the server's maximum of " +
+                                                     std::to_string(info_.max_value));
+        }
+        uint8_t raw[kRdmaSizeSize];
+        put_u64(raw, size);
+        Header h = request(OP_PUT, key.size(), kRdmaSizeSize);
+        h.flags = FLAG_RDMA;
+        send_frame(h, key, {{raw, kRdmaSizeSize}});
+        Lease l = read_lease(h);
+        if (l.length != size) fail("RDMA PUT reply describes the wrong size");
+        return l;
+    }
+
+    /// RDMA GET: the server holds the sealed object under `key` for this connection.
+    Lease rdma_get_begin(std::string_view key) {
+        Header h = get_request(key, FLAG_RDMA);
+        return read_lease(h);
+    }
+
+    /// Seals the object of an RDMA PUT lease (after its bytes were written).
+    void commit(uint64_t lease) { end_lease(OP_COMMIT, lease); }
+    /// Ends an RDMA GET lease (the server drops its reference) or abandons an RDMA PUT lease.
+    void done(uint64_t lease) { end_lease(OP_DONE, lease); }
+
+#ifdef ZCS_HAVE_RDMA
+    /// One RDMA READ (server -> `local`) or WRITE (`local` -> server) of the whole leased
+    /// object. On failure the lease is ended with DONE (abandoned) and RDMA is off for good on
+    /// this client (the queue pair is in the error state).
+    void rdma_transfer(ibv_wr_opcode op, const zc_rdma_desc &local, const Lease &l) {
+        if (!ep_) throw StoreError(ST_BAD_REQUEST, "RDMA is not in use on this connection (use_pool)");
+        if (local.length != l.length) throw StoreError(ST_BAD_REQUEST, "local and remote sizes differ");
+        try {
+            ep_->transfer(op, local.addr, local.lkey, l.addr, l.rkey, l.length);
+        } catch (const std::exception &e) {
+            ep_.reset();
+            done(l.id);
+            throw StoreError(ST_INTERNAL, e.what());
+        }
+    }
+
+    /// `b`'s bytes under the registration use_pool picked.
+    zc_rdma_desc local_desc(const zc::Buffer &b) const {
+        try {
+            return b.rdma_desc(registration_);
+        } catch (const zc::Error &e) {
+            throw StoreError(ST_BAD_REQUEST, std::string("local buffer: ") + e.what());
+        }
+    }
+#endif
+
     /// STATS as name -> value.
     std::map<std::string, uint64_t> stats() {
         Header h = request(OP_STATS, 0, 0);
@@ -301,11 +520,28 @@ private:
         return h;
     }
 
-    Header get_request(std::string_view key) {
+    Header get_request(std::string_view key, uint16_t flags = 0) {
         check_key(key);
         Header h = request(OP_GET, key.size(), 0);
+        h.flags = flags;
         send_frame(h, key, {});
         return h;
+    }
+
+    Lease read_lease(const Header &req) {
+        const Header r = read_reply(req);
+        if (r.value_len != kLeaseReplySize) fail("RDMA reply has the wrong length");
+        uint8_t raw[kLeaseReplySize];
+        recv_or_break(raw, sizeof(raw));
+        return Lease::decode(raw);
+    }
+
+    void end_lease(Op op, uint64_t lease) {
+        uint8_t raw[kLeaseIdSize];
+        put_u64(raw, lease);
+        Header h = request(op, 0, kLeaseIdSize);
+        send_frame(h, {}, {{raw, kLeaseIdSize}});
+        expect_empty_reply(h);
     }
 
     /// Header, key and body parts in one gathered send (the value is sent from caller memory).
@@ -363,6 +599,11 @@ private:
     uint64_t next_id_ = 1;
     bool broken_ = false;
     ServerInfo info_;
+    zc::Pool *pool_ = nullptr;
+    uint32_t registration_ = 0;
+#ifdef ZCS_HAVE_RDMA
+    std::unique_ptr<rdma::Endpoint> ep_;  // RDMA in use: this connection's queue pair
+#endif
 };
 
 }  // namespace zcs

@@ -36,6 +36,10 @@ enum Op : uint8_t {
     OP_BATCH_PUT = 0x06,  // items -> one status per item; all sealed at the end of the frame
     OP_BATCH_GET = 0x07,  // keys -> one (status, value) per key
     OP_STATS = 0x08,      // -> "name value\n" lines
+    // RDMA (servers with CAP_RDMA_DESC only; PROTOCOL.md, "RDMA")
+    OP_COMMIT = 0x09,        // u64 lease of an RDMA PUT -> sealed
+    OP_DONE = 0x0A,          // u64 lease of an RDMA GET -> reference released (of a PUT: aborted)
+    OP_RDMA_CONNECT = 0x0B,  // the client's QpInfo -> the server's QpInfo; queue pairs connected
 };
 constexpr uint8_t kReplyBit = 0x80;  // reply opcode = request opcode | kReplyBit
 
@@ -46,7 +50,7 @@ constexpr uint16_t kKnownFlags = FLAG_RDMA;
 
 // Capability bits in the HELLO reply and in STATS.
 constexpr uint32_t CAP_TCP_VALUES = 0x1;    // values travel inline in the TCP stream
-constexpr uint32_t CAP_RDMA_DESC = 0x2;     // PUT/GET replies may carry a zc_rdma_desc (not in v1)
+constexpr uint32_t CAP_RDMA_DESC = 0x2;     // RDMA_CONNECT, and PUT/GET with FLAG_RDMA (descriptors)
 constexpr uint32_t CAP_COPY_ON_READ = 0x4;  // the server copies every GET (the baseline mode)
 
 enum Status : uint16_t {
@@ -64,6 +68,7 @@ enum Status : uint16_t {
     ST_SERVER_BUSY = 11,     // too many connections; the server closes this one
     ST_BAD_FRAME = 12,       // bad magic or version; the server closes the connection
     ST_INTERNAL = 13,        // anything else (the message says what)
+    ST_BAD_LEASE = 14,       // COMMIT/DONE of a lease not open on this connection (or the wrong kind)
 };
 
 inline const char *status_name(uint16_t s) {
@@ -82,6 +87,7 @@ inline const char *status_name(uint16_t s) {
         case ST_SERVER_BUSY: return "SERVER_BUSY";
         case ST_BAD_FRAME: return "BAD_FRAME";
         case ST_INTERNAL: return "INTERNAL";
+        case ST_BAD_LEASE: return "BAD_LEASE";
         default: return "UNKNOWN_STATUS";
     }
 }
@@ -92,6 +98,10 @@ constexpr size_t kBatchPutItemSize = 16;    // u32 key_len, u32 reserved, u64 va
 constexpr size_t kBatchGetKeySize = 4;      // u32 key_len
 constexpr size_t kBatchGetItemSize = 16;    // u16 status, u16 reserved, u32 reserved, u64 size
 constexpr size_t kHelloReplySize = 32;
+constexpr size_t kLeaseIdSize = 8;          // COMMIT / DONE body: u64 lease
+constexpr size_t kRdmaSizeSize = 8;         // RDMA PUT body: u64 value size
+constexpr size_t kLeaseReplySize = 32;      // u64 addr, u64 length, u32 reserved, u32 rkey, u64 lease
+constexpr size_t kQpInfoSize = 32;          // RDMA_CONNECT request and reply body
 
 // ---------------------------------------------------------------------------------------------
 // Little-endian encoding
@@ -154,6 +164,64 @@ struct Header {
         h.reserved = get_u16(in + 22);
         h.value_len = get_u64(in + 24);
         return h;
+    }
+};
+
+/// One side's reliable-connected queue pair, as RDMA_CONNECT carries it (32 bytes): u32 qp_num,
+/// u32 psn (24 bits), u16 lid, u8 mtu (an ibv_mtu: 1 = 256 .. 5 = 4096), u8 reserved, u32
+/// reserved, 16 bytes GID.
+struct QpInfo {
+    uint32_t qp_num = 0;
+    uint32_t psn = 0;
+    uint16_t lid = 0;
+    uint8_t mtu = 0;
+    uint8_t gid[16] = {};
+
+    void encode(uint8_t *out) const {
+        std::memset(out, 0, kQpInfoSize);
+        put_u32(out + 0, qp_num);
+        put_u32(out + 4, psn);
+        put_u16(out + 8, lid);
+        out[10] = mtu;
+        std::memcpy(out + 16, gid, sizeof(gid));
+    }
+    static QpInfo decode(const uint8_t *in) {
+        QpInfo q;
+        q.qp_num = get_u32(in + 0);
+        q.psn = get_u32(in + 4);
+        q.lid = get_u16(in + 8);
+        q.mtu = in[10];
+        std::memcpy(q.gid, in + 16, sizeof(q.gid));
+        return q;
+    }
+    /// The reserved bytes are 0, the PSN fits in 24 bits and the MTU is an ibv_mtu.
+    static bool well_formed(const uint8_t *in) {
+        return in[11] == 0 && get_u32(in + 12) == 0 && get_u32(in + 4) <= 0xFFFFFFu && in[10] >= 1 && in[10] <= 5;
+    }
+};
+
+/// The reply to an RDMA PUT or GET: where the object's bytes are in the server's pool and the
+/// lease that COMMIT or DONE ends.
+struct Lease {
+    uint64_t addr = 0;
+    uint64_t length = 0;
+    uint32_t rkey = 0;
+    uint64_t id = 0;
+
+    void encode(uint8_t *out) const {
+        put_u64(out + 0, addr);
+        put_u64(out + 8, length);
+        put_u32(out + 16, 0);  // the server's lkey is of no use to a peer
+        put_u32(out + 20, rkey);
+        put_u64(out + 24, id);
+    }
+    static Lease decode(const uint8_t *in) {
+        Lease l;
+        l.addr = get_u64(in + 0);
+        l.length = get_u64(in + 8);
+        l.rkey = get_u32(in + 20);
+        l.id = get_u64(in + 24);
+        return l;
     }
 };
 

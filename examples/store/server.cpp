@@ -5,6 +5,13 @@
 // the pool pointer, releasing it when the send is done. `--copy-on-read` is the baseline: GET
 // copies the value into a per-request heap buffer and sends from that. Wire format: PROTOCOL.md.
 //
+// RDMA (when the pool is registered with a device, `--rdma auto|required`): RDMA_CONNECT brings
+// up one RC queue pair per connection on the pool's protection domain; an RDMA PUT creates the
+// object and answers its descriptor and a lease (the client RDMA-WRITEs, then COMMITs: sealed);
+// an RDMA GET takes a reference and answers the sealed object's descriptor (the client RDMA-READs,
+// then sends DONE: released). Leases live on the connection's thread too, and are aborted or
+// released when it ends, after its queue pair is destroyed.
+//
 // One thread per connection. Each connection's state (the header being read, the unsealed
 // zc::Buffer a PUT is receiving into, the references a GET is sending from) lives on its thread's
 // stack, so every exit path, including a peer that vanishes mid-frame, releases it by RAII: an
@@ -32,6 +39,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <map>
 #include <string>
 #include <optional>
 #include <string_view>
@@ -40,6 +48,7 @@
 #include <vector>
 
 #include "protocol.hpp"
+#include "rdma.hpp"
 #include "zcopy.hpp"
 
 namespace {
@@ -57,6 +66,13 @@ struct Config {
     uint32_t io_timeout_ms = 10000;
     bool copy_on_read = false;
     bool evict_lru = false;
+#ifdef ZCS_HAVE_RDMA
+    uint32_t rdma = ZC_RDMA_AUTO;  // register the pool with every device there is
+#else
+    uint32_t rdma = ZC_RDMA_OFF;  // built without <infiniband/verbs.h>: no queue pairs
+#endif
+    int gid_index = rdma::default_gid_index();
+    uint32_t max_leases = 256;  // open RDMA leases per connection
 };
 
 /// Server-wide counters, reported by STATS.
@@ -67,6 +83,8 @@ struct Counters {
     std::atomic<uint64_t> puts_aborted{0}, gets_interrupted{0};
     std::atomic<uint64_t> refs_held{0};
     std::atomic<uint64_t> bytes_in{0}, bytes_out{0}, bytes_copied{0};
+    std::atomic<uint64_t> rdma_connects{0}, rdma_puts{0}, rdma_gets{0}, rdma_leases_open{0}, rdma_leases_dropped{0};
+    std::atomic<uint64_t> rdma_bytes_in{0}, rdma_bytes_out{0};
 };
 
 /// Counts a reference the server holds on a client's behalf (STATS refs_held) for its lifetime.
@@ -113,6 +131,16 @@ private:
     bool do_batch_put(const Header &h);
     bool do_batch_get(const Header &h);
     bool do_stats(const Header &h);
+    // RDMA (CAP_RDMA_DESC only)
+    bool do_rdma_connect(const Header &h);
+    bool do_rdma_put(const Header &h);
+    bool do_rdma_get(const Header &h);
+    bool do_lease_end(const Header &h);
+    /// Answers the descriptor of `buf` and keeps it as a new lease of this connection.
+    bool grant_lease(const Header &h, zc::Buffer buf, bool put);
+    /// Destroys the queue pair, then aborts the unsealed objects of open PUT leases and releases
+    /// the references of open GET leases (a connection's end).
+    void drop_rdma();
 
     /// Skips what is left of the frame (`remaining` bytes), then sends an error reply.
     bool refuse(const Header &h, uint64_t remaining, Status st, const std::string &msg);
@@ -125,6 +153,16 @@ private:
 
     Server &s_;
     int fd_;
+
+    struct OpenLease {
+        bool put;        // an RDMA PUT's unsealed object, or an RDMA GET's reference
+        zc::Buffer buf;
+    };
+    std::map<uint64_t, OpenLease> leases_;
+#ifdef ZCS_HAVE_RDMA
+    // Declared after leases_, so that it is destroyed first.
+    std::unique_ptr<rdma::Endpoint> ep_;
+#endif
 };
 
 class Server {
@@ -133,17 +171,24 @@ public:
         : cfg_(cfg),
           pool_(zc::Options()
                     .with_size(cfg.pool_size)
-                    .with_rdma(ZC_RDMA_OFF)  // the TCP path needs no registration
+                    .with_rdma(cfg.rdma)
                     .with_eviction(cfg.evict_lru ? ZC_EVICT_LRU : ZC_EVICT_NONE)) {
         // A value can never be larger than the pool.
         cfg_.max_value = std::min<uint64_t>(cfg_.max_value, pool_.stats().capacity_bytes);
+#ifdef ZCS_HAVE_RDMA
+        // Queue pairs are made on registration 0's protection domain, so its keys are valid.
+        rdma_ = pool_.rdma_count() > 0;
+#endif
     }
 
     const Config &cfg() const { return cfg_; }
     zc::Pool &pool() { return pool_; }
     Counters &counters() { return c_; }
 
-    uint32_t capabilities() const { return CAP_TCP_VALUES | (cfg_.copy_on_read ? CAP_COPY_ON_READ : 0); }
+    uint32_t capabilities() const {
+        return CAP_TCP_VALUES | (cfg_.copy_on_read ? CAP_COPY_ON_READ : 0) | (rdma_ ? CAP_RDMA_DESC : 0);
+    }
+    bool rdma() const { return rdma_; }
 
     /// Binds, prints "listening HOST:PORT" and serves until SIGINT or SIGTERM.
     int run();
@@ -156,6 +201,8 @@ private:
 
     Config cfg_;
     zc::Pool pool_;
+    bool rdma_ = false;
+    std::atomic<uint64_t> next_lease_{1};  // server-wide, so another connection's id is never valid here
     Counters c_;
     int listen_fd_ = -1;
     std::mutex mu_;
@@ -563,6 +610,14 @@ bool Connection::do_stats(const Header &h) {
         {"bytes_in", c.bytes_in},
         {"bytes_out", c.bytes_out},
         {"bytes_copied", c.bytes_copied},
+        {"rdma", s_.rdma_ ? 1u : 0u},
+        {"rdma_connects", c.rdma_connects},
+        {"rdma_puts", c.rdma_puts},
+        {"rdma_gets", c.rdma_gets},
+        {"rdma_leases_open", c.rdma_leases_open},
+        {"rdma_leases_dropped", c.rdma_leases_dropped},
+        {"rdma_bytes_in", c.rdma_bytes_in},
+        {"rdma_bytes_out", c.rdma_bytes_out},
     };
     std::string text;
     for (const auto &row : rows) {
@@ -572,6 +627,170 @@ bool Connection::do_stats(const Header &h) {
         text += '\n';
     }
     return reply(h, ST_OK, text.data(), text.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// RDMA: queue pairs, leases
+
+bool Connection::do_rdma_connect(const Header &h) {
+    if (h.key_len != 0 || h.value_len != kQpInfoSize) {
+        return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "RDMA_CONNECT carries no key and a 32-byte body");
+    }
+    uint8_t raw[kQpInfoSize];
+    io::Result r = io::recv_all(fd_, raw, sizeof(raw));
+    if (r != io::Result::Ok) return io_failed(r, "read RDMA_CONNECT");
+    if (!QpInfo::well_formed(raw)) return reply_error(h, ST_BAD_REQUEST, "RDMA_CONNECT: reserved bytes not 0, PSN or MTU out of range");
+#ifdef ZCS_HAVE_RDMA
+    if (ep_) return reply_error(h, ST_BAD_REQUEST, "this connection's queue pair is already connected");
+    try {
+        auto ep = std::make_unique<rdma::Endpoint>(static_cast<ibv_pd *>(s_.pool_.rdma_pd(0)), s_.cfg_.gid_index);
+        ep->connect(QpInfo::decode(raw));
+        ep_ = std::move(ep);
+    } catch (const std::exception &e) {
+        return reply_error(h, ST_INTERNAL, std::string("RDMA_CONNECT: ") + e.what());
+    }
+    s_.c_.rdma_connects++;
+    uint8_t out[kQpInfoSize];
+    ep_->local().encode(out);
+    return reply(h, ST_OK, out, sizeof(out));
+#else
+    return reply_error(h, ST_UNSUPPORTED, "built without RDMA");
+#endif
+}
+
+bool Connection::grant_lease(const Header &h, zc::Buffer buf, bool put) {
+    zc_rdma_desc d{};
+    try {
+        d = buf.rdma_desc(0);
+    } catch (const zc::Error &e) {
+        return reply_error(h, ST_INTERNAL, e.what());  // dropping `buf` aborts / releases it
+    }
+    Lease l;
+    l.addr = d.addr;
+    l.length = d.length;
+    l.rkey = d.rkey;
+    l.id = s_.next_lease_++;
+    leases_.emplace(l.id, OpenLease{put, std::move(buf)});
+    s_.c_.rdma_leases_open++;
+    if (!put) s_.c_.refs_held++;
+    uint8_t out[kLeaseReplySize];
+    l.encode(out);
+    return reply(h, ST_OK, out, sizeof(out));
+}
+
+bool Connection::do_rdma_put(const Header &h) {
+    // The body is the value's size, not the value: the client RDMA-WRITEs it.
+    if (h.value_len != kRdmaSizeSize) {
+        return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "an RDMA PUT's body is the u64 value size (8 bytes)");
+    }
+    bool keep = true;
+    std::string key;
+    if (!read_key(h, key, &keep)) return keep;
+    uint8_t raw[kRdmaSizeSize];
+    io::Result r = io::recv_all(fd_, raw, sizeof(raw));
+    if (r != io::Result::Ok) return io_failed(r, "read RDMA PUT size");
+    const uint64_t size = get_u64(raw);
+#ifdef ZCS_HAVE_RDMA
+    if (!ep_) return reply_error(h, ST_BAD_REQUEST, "send RDMA_CONNECT before RDMA PUT or GET");
+#endif
+    if (size > s_.cfg_.max_value) {
+        return reply_error(h, ST_VALUE_TOO_LARGE, "value of " + std::to_string(size) + " bytes exceeds the maximum of " +
+                                                      std::to_string(s_.cfg_.max_value));
+    }
+    if (leases_.size() >= s_.cfg_.max_leases) {
+        return reply_error(h, ST_BAD_REQUEST, "too many open leases on this connection (max " + std::to_string(s_.cfg_.max_leases) + ")");
+    }
+    zc::Buffer buf;
+    try {
+        buf = s_.pool_.create(key, size);
+    } catch (const zc::Error &e) {
+        return reply_error(h, map_status(e.status()), e.what());
+    }
+    return grant_lease(h, std::move(buf), true);
+}
+
+bool Connection::do_rdma_get(const Header &h) {
+    bool keep = true;
+    std::string key;
+    if (!read_key(h, key, &keep)) return keep;  // refuses a body
+#ifdef ZCS_HAVE_RDMA
+    if (!ep_) return reply_error(h, ST_BAD_REQUEST, "send RDMA_CONNECT before RDMA PUT or GET");
+#endif
+    if (leases_.size() >= s_.cfg_.max_leases) {
+        return reply_error(h, ST_BAD_REQUEST, "too many open leases on this connection (max " + std::to_string(s_.cfg_.max_leases) + ")");
+    }
+    zc::Buffer buf;
+    try {
+        buf = s_.pool_.get(key);
+    } catch (const zc::Error &e) {
+        return reply_error(h, map_status(e.status()), e.what());
+    }
+    return grant_lease(h, std::move(buf), false);
+}
+
+bool Connection::do_lease_end(const Header &h) {
+    const char *name = h.opcode == OP_COMMIT ? "COMMIT" : "DONE";
+    if (h.key_len != 0 || h.value_len != kLeaseIdSize) {
+        return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, std::string(name) + " carries no key and an 8-byte lease id");
+    }
+    uint8_t raw[kLeaseIdSize];
+    io::Result r = io::recv_all(fd_, raw, sizeof(raw));
+    if (r != io::Result::Ok) return io_failed(r, "read lease id");
+    const uint64_t id = get_u64(raw);
+    auto it = leases_.find(id);
+    if (it == leases_.end()) {
+        return reply_error(h, ST_BAD_LEASE, std::string(name) + ": lease " + std::to_string(id) +
+                                                " is not open on this connection (unknown, already ended, or another connection's)");
+    }
+    const size_t size = it->second.buf.size();
+    if (h.opcode == OP_COMMIT) {
+        if (!it->second.put) {
+            return reply_error(h, ST_BAD_LEASE, "COMMIT: lease " + std::to_string(id) + " is an RDMA GET's; end it with DONE");
+        }
+        zc::Buffer buf = std::move(it->second.buf);
+        leases_.erase(it);
+        s_.c_.rdma_leases_open--;
+        try {
+            buf.seal();
+        } catch (const zc::Error &e) {
+            return reply_error(h, map_status(e.status()), e.what());  // dropping `buf` aborts it
+        }
+        s_.c_.puts++;
+        s_.c_.rdma_puts++;
+        s_.c_.rdma_bytes_in += size;
+        return reply(h, ST_OK, nullptr, 0);
+    }
+    // DONE: a GET's reference is released; a PUT's unsealed object is abandoned (aborted).
+    const bool put = it->second.put;
+    leases_.erase(it);
+    s_.c_.rdma_leases_open--;
+    if (put) {
+        s_.c_.puts_aborted++;
+    } else {
+        s_.c_.refs_held--;
+        s_.c_.gets++;
+        s_.c_.rdma_gets++;
+        s_.c_.rdma_bytes_out += size;
+    }
+    return reply(h, ST_OK, nullptr, 0);
+}
+
+void Connection::drop_rdma() {
+#ifdef ZCS_HAVE_RDMA
+    // The queue pair goes first: once it is destroyed the peer cannot write into (or read from)
+    // memory that is about to be freed and reused.
+    ep_.reset();
+#endif
+    for (auto &entry : leases_) {
+        s_.c_.rdma_leases_open--;
+        s_.c_.rdma_leases_dropped++;
+        if (entry.second.put) {
+            s_.c_.puts_aborted++;
+        } else {
+            s_.c_.refs_held--;
+        }
+    }
+    leases_.clear();  // aborts the unsealed objects, releases the references
 }
 
 bool Connection::handle_frame() {
@@ -595,8 +814,14 @@ bool Connection::handle_frame() {
     const uint64_t frame = h.key_len + h.value_len;
     if (h.status != 0 || h.reserved != 0) return refuse(h, frame, ST_BAD_REQUEST, "status and reserved must be 0 in a request");
     if ((h.flags & ~kKnownFlags) != 0) return refuse(h, frame, ST_BAD_REQUEST, "unknown request flags");
-    if ((h.flags & FLAG_RDMA) != 0) {
+    const bool rdma_op = h.opcode == OP_COMMIT || h.opcode == OP_DONE || h.opcode == OP_RDMA_CONNECT;
+    if (((h.flags & FLAG_RDMA) != 0 || rdma_op) && !s_.rdma_) {
         return refuse(h, frame, ST_UNSUPPORTED, "RDMA descriptors are not available from this server (no CAP_RDMA_DESC)");
+    }
+    if ((h.flags & FLAG_RDMA) != 0) {
+        if (h.opcode == OP_PUT) return do_rdma_put(h);
+        if (h.opcode == OP_GET) return do_rdma_get(h);
+        return refuse(h, frame, ST_BAD_REQUEST, "FLAG_RDMA applies to PUT and GET only");
     }
     switch (h.opcode) {
         case OP_HELLO: return do_hello(h);
@@ -607,6 +832,9 @@ bool Connection::handle_frame() {
         case OP_BATCH_PUT: return do_batch_put(h);
         case OP_BATCH_GET: return do_batch_get(h);
         case OP_STATS: return do_stats(h);
+        case OP_COMMIT:
+        case OP_DONE: return do_lease_end(h);
+        case OP_RDMA_CONNECT: return do_rdma_connect(h);
         default: return refuse(h, frame, ST_BAD_OPCODE, "unknown opcode " + std::to_string(h.opcode));
     }
 }
@@ -619,6 +847,8 @@ void Connection::serve() {
         // std::bad_alloc and the like: this connection ends, the server goes on.
         std::fprintf(stderr, "connection %d: %s\n", fd_, e.what());
     }
+    // Before the connection counts as finished: shutdown closes the pool once every one has.
+    drop_rdma();
     s_.finish_connection(fd_);
 }
 
@@ -733,6 +963,17 @@ int Server::run() {
     std::fprintf(stderr, "pool %llu bytes, max value %llu, max key %u, max batch %u, max conns %u, %s\n",
                  static_cast<unsigned long long>(pool_.stats().capacity_bytes), static_cast<unsigned long long>(cfg_.max_value),
                  cfg_.max_key, cfg_.max_batch, cfg_.max_conns, cfg_.copy_on_read ? "copy-on-read GET" : "zero-copy GET");
+#ifdef ZCS_HAVE_RDMA
+    if (rdma_) {
+        const auto *pd = static_cast<ibv_pd *>(pool_.rdma_pd(0));
+        std::fprintf(stderr, "RDMA: pool registered with %u device(s); queue pairs on %s port 1, GID index %d\n",
+                     pool_.rdma_count(), ibv_get_device_name(pd->context->device), cfg_.gid_index);
+    } else {
+        std::fprintf(stderr, "RDMA: off (no registered device); TCP only\n");
+    }
+#else
+    std::fprintf(stderr, "RDMA: not built (no <infiniband/verbs.h>); TCP only\n");
+#endif
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {sfd, POLLIN, 0}};
     for (;;) {
         if (poll(fds, 2, -1) < 0) {
@@ -784,6 +1025,11 @@ void usage() {
                  "  --io-timeout-ms N    a peer stalled this long mid-frame is dropped (default 10000)\n"
                  "  --copy-on-read       baseline: GET copies each value to a heap buffer and sends that\n"
                  "  --evict-lru          a full pool evicts unreferenced sealed objects, LRU first\n"
+                 "  --rdma MODE          auto (default): register the pool with every RDMA device and offer\n"
+                 "                       RDMA when there is one; required: fail without one; off: TCP only\n"
+                 "  --gid-index N        GID index for the queue pairs (default $ZCOPY_RDMA_GID_INDEX,\n"
+                 "                       $RXE_GID_INDEX, else 1)\n"
+                 "  --max-leases N       open RDMA leases per connection (default 256)\n"
                  "prints \"listening ADDR:PORT\" as its first stdout line; SIGINT/SIGTERM stop it.\n",
                  ZC_MAX_KEY_LEN);
 }
@@ -811,6 +1057,24 @@ bool parse_args(int argc, char **argv, Config &cfg) {
         else if (a == "--io-timeout-ms" && value(1, 3600000, &n, false)) cfg.io_timeout_ms = static_cast<uint32_t>(n);
         else if (a == "--copy-on-read") cfg.copy_on_read = true;
         else if (a == "--evict-lru") cfg.evict_lru = true;
+        else if (a == "--gid-index" && value(0, 255, &n, false)) cfg.gid_index = static_cast<int>(n);
+        else if (a == "--max-leases" && value(1, 65536, &n, false)) cfg.max_leases = static_cast<uint32_t>(n);
+        else if (a == "--rdma" && i + 1 < argc) {
+            const std::string m = argv[++i];
+            if (m == "auto") cfg.rdma = ZC_RDMA_AUTO;
+            else if (m == "required") cfg.rdma = ZC_RDMA_REQUIRED;
+            else if (m == "off") cfg.rdma = ZC_RDMA_OFF;
+            else {
+                std::fprintf(stderr, "bad --rdma mode: %s (auto, required, off)\n", m.c_str());
+                return false;
+            }
+#ifndef ZCS_HAVE_RDMA
+            if (cfg.rdma != ZC_RDMA_OFF) {
+                std::fprintf(stderr, "--rdma %s: this server was built without RDMA (no <infiniband/verbs.h>)\n", m.c_str());
+                return false;
+            }
+#endif
+        }
         else {
             std::fprintf(stderr, "bad argument: %s\n", a.c_str());
             return false;
