@@ -339,7 +339,7 @@ void zc_release(struct zc_buffer *buf);
 
 /**
  * The writable address of the buffer's bytes: non-NULL only for a buffer from
- * `zc_create_buffer` that is not sealed yet. NULL for sealed buffers, `zc_get` handles and NULL.
+ * `zc_create_buffer` or `zc_create_parts` that is not sealed yet. NULL for sealed buffers, `zc_get` handles and NULL.
  * At least 64-byte aligned.
  *
  * Borrowed: valid until `zc_seal(buf)` or `zc_release(buf)`.
@@ -481,8 +481,11 @@ zc_status zc_pool_get_stats(const struct zc_pool *pool, struct zc_pool_stats *ou
 /**
  * Reserves `size` bytes for the key in the pool and writes a writable buffer to `*out`. The key
  * is invisible to `zc_get` until `zc_seal`. Contents of the new bytes are unspecified.
- * `ZC_ERR_ALREADY_EXISTS` if the key is created or sealed; `ZC_ERR_OUT_OF_MEMORY` if no block
- * fits now; `ZC_ERR_INVALID_ARGUMENT` if `size` exceeds the pool's capacity.
+ * `ZC_ERR_ALREADY_EXISTS` if the key is created or sealed; `ZC_ERR_INVALID_ARGUMENT` if `size`
+ * exceeds the pool's capacity; `ZC_ERR_OUT_OF_MEMORY` if no free range of the size's class is
+ * there now (the allocator works in size classes, so a request within 1/8 of the longest free
+ * range may not fit it; `largest_free_block` in the stats is always a size that fits) or the
+ * object limit is reached.
  *
  * The caller owns `*out` and must free it with `zc_release` (which aborts it unless sealed).
  *

@@ -81,7 +81,7 @@ pub unsafe extern "C" fn zc_release(buf: *mut zc_buffer) {
 }
 
 /// The writable address of the buffer's bytes: non-NULL only for a buffer from
-/// `zc_create_buffer` that is not sealed yet. NULL for sealed buffers, `zc_get` handles and NULL.
+/// `zc_create_buffer` or `zc_create_parts` that is not sealed yet. NULL for sealed buffers, `zc_get` handles and NULL.
 /// At least 64-byte aligned.
 ///
 /// Borrowed: valid until `zc_seal(buf)` or `zc_release(buf)`.
