@@ -841,7 +841,9 @@ fn command_line_client_and_bench() {
     // default (which picks TCP here) work.
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(text.contains("capabilities 1\n") && text.contains("rdma 0\n"), "{text}");
-    for args in [&["--rdma", "put", "rdma-key", &s(&path("v"))][..], &["--rdma", "get", "file-key", &s(&path("r.out"))][..]] {
+    for args in
+        [&["--rdma", "put", "rdma-key", &s(&path("v"))][..], &["--rdma", "get", "file-key", &s(&path("r.out"))][..]]
+    {
         let (code, _, err) = server.cli(args, None);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(err.contains("UNSUPPORTED") && err.contains("--rdma") && err.contains("does not offer RDMA"), "{err}");
