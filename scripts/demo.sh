@@ -2,7 +2,8 @@
 # The demo: the lifecycle through the C ABI with the zero-copy proof and the benchmark ratios
 # (examples/demo.rs), then the store end to end: a zcopy-backed key-value server and clients on
 # loopback, small and large values, against the same server copying on read
-# (examples/store/demo.sh).
+# (examples/store/demo.sh), then the Python package's numpy paths against pickle and copies
+# (python/bench.py; numpy is installed with pip if missing).
 #
 #   bash scripts/demo.sh [--quick]
 set -euo pipefail
@@ -17,3 +18,13 @@ echo
 echo "The store: PUT receives into the pool, GET sends from it; against the same server copying on read"
 echo
 bash examples/store/demo.sh
+
+echo
+echo "Python: arrays over pool memory against pickle and copies"
+echo
+python=${PYTHON:-python3}
+if ! "$python" -c "import numpy" 2>/dev/null; then
+    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check numpy
+fi
+cargo build --release --lib --quiet
+PYTHONPATH=python "$python" python/bench.py "${quick[@]:1}"
