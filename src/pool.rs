@@ -433,18 +433,7 @@ impl Pool {
 
     /// Copies the sealed object under `key` into `dst`: the one-copy get. Returns its size.
     pub fn get_into(&self, key: &[u8], wait: Wait, dst: &mut [u8]) -> Result<usize> {
-        let buf = self.get(key, wait)?;
-        let src = buf.as_slice();
-        if dst.len() < src.len() {
-            return Err(Error::InvalidArgument(format!(
-                "destination holds {} bytes, object {} has {}",
-                dst.len(),
-                Key::new(key),
-                src.len()
-            )));
-        }
-        dst[..src.len()].copy_from_slice(src);
-        Ok(src.len())
+        self.get(key, wait)?.copy_to(dst)
     }
 
     /// A snapshot of the counters. Returns the per-thread caches' free blocks to the allocator
@@ -535,6 +524,22 @@ impl Buffer {
 
     pub fn is_sealed(&self) -> bool {
         self.obj.is_sealed()
+    }
+
+    /// Copies the bytes into `dst` and answers how many; `InvalidArgument` if `dst` is too small
+    /// (nothing is copied then).
+    pub fn copy_to(&self, dst: &mut [u8]) -> Result<usize> {
+        let src = self.as_slice();
+        if dst.len() < src.len() {
+            return Err(Error::InvalidArgument(format!(
+                "destination holds {} bytes, object {} has {}",
+                dst.len(),
+                Key::new(self.key()),
+                src.len()
+            )));
+        }
+        dst[..src.len()].copy_from_slice(src);
+        Ok(src.len())
     }
 
     /// Offset of the first byte from the start of the pool's region.

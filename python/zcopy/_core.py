@@ -281,9 +281,8 @@ class Buffer:
     def array(self, dtype=np.uint8, shape=None):
         """The buffer's bytes as an ndarray (no copy): writable while unsealed, read-only after."""
         h = self._h()
-        readonly = not self.writable
-        address = lib.zc_buffer_data(h.ptr) if not readonly else lib.zc_buffer_const_data(h.ptr)
-        return _typed(h, _view(h, address or 0, lib.zc_buffer_size(h.ptr), readonly), dtype, shape)
+        address = lib.zc_buffer_const_data(h.ptr)  # the same bytes a writer writes
+        return _typed(h, _view(h, address or 0, lib.zc_buffer_size(h.ptr), not self.writable), dtype, shape)
 
     def memoryview(self):
         """The buffer's bytes as a memoryview (no copy). A memoryview cannot turn read-only, so a

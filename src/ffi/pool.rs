@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::buffer::zc_buffer;
 use super::status::{record_message, status_of, zc_status, ZC_OK};
 use super::{arg, array_arg, array_out, guard, guard_status, guard_value, invalid, key_arg, out_arg};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pool::{Pool, PoolOptions, Wait, DEFAULT_POOL_SIZE};
 use crate::rdma::RdmaMode;
 use crate::region::PageMode;
@@ -374,6 +374,15 @@ pub unsafe extern "C" fn zc_create_parts(
     })
 }
 
+/// `Pool::get`, for calls that may block: a blocked call must survive `zc_pool_close` from another
+/// thread, so it waits on the shared state, not on the `zc_pool` that close frees.
+fn get(pool: &zc_pool, key: &[u8], wait: Wait) -> Result<crate::Buffer> {
+    match wait {
+        Wait::Now => pool.pool.get(key, wait),
+        _ => pool.pool.share().get(key, wait),
+    }
+}
+
 /// A read-only reference to the sealed object under the key, written to `*out`: its data pointer
 /// is the address the creator wrote, no copy. `timeout_ms`: 0 answers at once
 /// (`ZC_ERR_NOT_FOUND`, or `ZC_ERR_NOT_SEALED` for a created key); > 0 waits that long for the key
@@ -395,13 +404,7 @@ pub unsafe extern "C" fn zc_get(
         // SAFETY: per the contract above.
         let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
         let out = out_arg(out, "out")?;
-        let wait = Wait::from_millis(timeout_ms)?;
-        let buf = match wait {
-            Wait::Now => pool.pool.get(key, wait)?,
-            // A blocked call must survive `zc_pool_close` from another thread: wait on the shared
-            // state, not on the `zc_pool` that close frees.
-            _ => pool.pool.share().get(key, wait)?,
-        };
+        let buf = get(pool, key, Wait::from_millis(timeout_ms)?)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(zc_buffer::into_raw(buf)) };
         Ok(())
@@ -481,32 +484,11 @@ pub unsafe extern "C" fn zc_get_into(
         let (pool, key, dst) =
             unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?, array_out(dst, dst_capacity, "dst")?) };
         let out_size = out_arg(out_size, "out_size")?;
-        let wait = Wait::from_millis(timeout_ms)?;
-        let n = match wait {
-            Wait::Now => pool.pool.get_into(key, wait, dst)?,
-            _ => {
-                let buf = pool.pool.share().get(key, wait)?;
-                copy_out(&buf, key, dst)?
-            }
-        };
+        let n = get(pool, key, Wait::from_millis(timeout_ms)?)?.copy_to(dst)?;
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out_size.write(n) };
         Ok(())
     })
-}
-
-fn copy_out(buf: &crate::Buffer, key: &[u8], dst: &mut [u8]) -> Result<usize> {
-    let src = buf.as_slice();
-    if dst.len() < src.len() {
-        return Err(Error::InvalidArgument(format!(
-            "destination holds {} bytes, object {} has {}",
-            dst.len(),
-            crate::error::Key::new(key),
-            src.len()
-        )));
-    }
-    dst[..src.len()].copy_from_slice(src);
-    Ok(src.len())
 }
 
 /// Arguments shared by the batch calls, checked before any item runs.

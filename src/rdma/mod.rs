@@ -280,6 +280,18 @@ impl Registrations {
     /// Registers the whole region on `pd` and appends the registration. On failure nothing of it
     /// stays (an owned device is closed).
     fn register(&self, verbs: &Verbs, name: String, pd: *mut ibv_pd, owned: Option<OwnedDevice>) -> Result<u32> {
+        let index = self.count.load(Ordering::Acquire);
+        if index as usize >= MAX_REGISTRATIONS {
+            drop(Registration {
+                name,
+                pd,
+                owned,
+                chunks: Mutex::new(Vec::new()),
+                keys: Box::new([]),
+                live: AtomicBool::new(false),
+            });
+            return Err(Error::Rdma(format!("at most {MAX_REGISTRATIONS} registrations per pool")));
+        }
         let mut reg = Registration {
             name,
             pd,
@@ -312,11 +324,6 @@ impl Registrations {
         }
         reg.keys = chunks.iter().map(|c| (c.lkey, c.rkey)).collect();
         *reg.chunks.get_mut().unwrap_or_else(|p| p.into_inner()) = chunks;
-        let index = self.count.load(Ordering::Acquire);
-        if index as usize >= MAX_REGISTRATIONS {
-            drop(reg);
-            return Err(Error::Rdma(format!("at most {MAX_REGISTRATIONS} registrations per pool")));
-        }
         if self.slots[index as usize].set(reg).is_err() {
             return Err(Error::Internal("registration slot already taken".into()));
         }
