@@ -1,9 +1,13 @@
-//! O(1) offset allocation over the region, in 64-byte units.
+//! O(1) offset allocation over the region, in 64-byte units, and the ids of object records.
 //!
-//! The region is split into segments (at most 256 GiB each, the reach of a 32-bit count of 64-byte
+//! The region is split into segments (at most 128 GiB each, the reach of a 31-bit count of 64-byte
 //! units, or less when a memory registration must not be crossed); each segment has its own
-//! two-level segregated-fit allocator (`offset-allocator`). A block never straddles two segments.
-//! Metadata lives here, outside the pool's memory; only offsets are handed out.
+//! two-level segregated-fit allocator ([`Tlsf`]). A block never straddles two segments. Metadata
+//! lives here, outside the pool's memory; only offsets are handed out.
+//!
+//! The allocator keeps one 24-byte node per live block and per free range between blocks, in a
+//! vector that grows with use: a pool sized for millions of objects pays for the nodes it uses,
+//! not for the ones it could use.
 //!
 //! [`SharedArena`] makes it thread-safe: one lock around the arena, plus small per-thread caches
 //! of recently freed small blocks, so that threads that create and free objects of the same size
@@ -12,26 +16,277 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use offset_allocator::{Allocation, Allocator};
-
 /// Allocation granularity and alignment, in bytes.
 pub const GRANULE: usize = 64;
-/// The largest segment one allocator can describe.
-pub const MAX_SEGMENT: usize = (u32::MAX as usize / 2 + 1) * GRANULE;
+/// The largest segment one allocator describes: 2^31 units, so a unit count always fits 31 bits.
+pub const MAX_SEGMENT: usize = (1usize << 31) * GRANULE;
+
+/// No node.
+const NIL: u32 = u32::MAX;
+/// `prev_free` of a node that is allocated (or recycled), so not in any free list.
+const USED: u32 = u32::MAX - 1;
+/// Size classes: 8 exact classes below 8 units, then 8 per power of two up to 2^32.
+const BINS: usize = 256;
+
+#[derive(Clone, Copy)]
+struct Node {
+    /// First unit of the range, from the start of the segment.
+    offset: u32,
+    /// Units in the range.
+    size: u32,
+    /// The ranges just before and after this one in the segment.
+    prev: u32,
+    next: u32,
+    /// Links in the free list of the node's size class; `prev_free == USED` when allocated.
+    prev_free: u32,
+    next_free: u32,
+}
+
+/// The size class a free range of `size` units (≥ 1) is filed under: exact below 8, then 3
+/// mantissa bits, so every class spans at most 1/8 of its smallest size.
+fn class_of(size: u32) -> usize {
+    if size < 8 {
+        return size as usize;
+    }
+    let shift = 28 - size.leading_zeros(); // log2(size) - 3
+    ((shift + 1) * 8 + ((size >> shift) & 7)) as usize
+}
+
+/// Smallest size filed under `class`.
+fn class_floor(class: usize) -> u64 {
+    if class < 8 {
+        return class as u64;
+    }
+    let shift = class / 8 - 1;
+    ((8 + class % 8) as u64) << shift
+}
+
+/// Two-level segregated fit over `units` units: allocate and free in O(1), adjacent free ranges
+/// merged at once. A request is first served from a size class whose every range fits it; when
+/// there is none, the class holding ranges both larger and smaller than the request is searched
+/// first-fit, so a request no larger than [`Tlsf::largest_free`] always succeeds.
+pub struct Tlsf {
+    nodes: Vec<Node>,
+    /// Recycled node ids, chained through `next_free`.
+    spare: u32,
+    heads: [u32; BINS],
+    /// Bit `c` set when class `c` has a free range.
+    nonempty: [u64; BINS / 64],
+    free_units: u64,
+    units: u32,
+}
+
+impl Tlsf {
+    /// An allocator over `units` units (at most 2^31), all free.
+    pub fn new(units: u32) -> Tlsf {
+        assert!(units as u64 <= 1 << 31, "segment of {units} units is too long");
+        let mut t =
+            Tlsf { nodes: Vec::new(), spare: NIL, heads: [NIL; BINS], nonempty: [0; BINS / 64], free_units: 0, units };
+        if units > 0 {
+            let id = t.new_node(Node { offset: 0, size: units, prev: NIL, next: NIL, prev_free: USED, next_free: NIL });
+            t.link(id);
+            t.free_units = units as u64;
+        }
+        t
+    }
+
+    fn new_node(&mut self, node: Node) -> u32 {
+        if self.spare != NIL {
+            let id = self.spare;
+            self.spare = self.nodes[id as usize].next_free;
+            self.nodes[id as usize] = node;
+            return id;
+        }
+        // Node ids stay below USED: a segment holds at most 2^31 units, so at most 2^31 ranges.
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as u32
+    }
+
+    fn recycle(&mut self, id: u32) {
+        let n = &mut self.nodes[id as usize];
+        n.prev_free = USED;
+        n.next_free = self.spare;
+        self.spare = id;
+    }
+
+    fn is_free(&self, id: u32) -> bool {
+        self.nodes[id as usize].prev_free != USED
+    }
+
+    /// Files free node `id` under its size class.
+    fn link(&mut self, id: u32) {
+        let class = class_of(self.nodes[id as usize].size);
+        let head = self.heads[class];
+        if head != NIL {
+            self.nodes[head as usize].prev_free = id;
+        }
+        let n = &mut self.nodes[id as usize];
+        n.prev_free = NIL;
+        n.next_free = head;
+        self.heads[class] = id;
+        self.nonempty[class / 64] |= 1 << (class % 64);
+    }
+
+    /// Takes free node `id` out of its class's list and marks it used.
+    fn unlink(&mut self, id: u32) {
+        let Node { size, prev_free, next_free, .. } = self.nodes[id as usize];
+        if prev_free != NIL {
+            self.nodes[prev_free as usize].next_free = next_free;
+        } else {
+            let class = class_of(size);
+            self.heads[class] = next_free;
+            if next_free == NIL {
+                self.nonempty[class / 64] &= !(1 << (class % 64));
+            }
+        }
+        if next_free != NIL {
+            self.nodes[next_free as usize].prev_free = prev_free;
+        }
+        self.nodes[id as usize].prev_free = USED;
+    }
+
+    /// The first non-empty class at or above `class`.
+    fn class_from(&self, class: usize) -> Option<usize> {
+        let mut word = class / 64;
+        let mut bits = self.nonempty.get(word)? & (!0u64 << (class % 64));
+        loop {
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word += 1;
+            bits = *self.nonempty.get(word)?;
+        }
+    }
+
+    /// A free range of at least `units` units: from a class that surely fits, else first fit in
+    /// the request's own class.
+    fn find(&self, units: u32) -> Option<u32> {
+        let own = class_of(units);
+        let sure = if class_floor(own) == units as u64 { own } else { own + 1 };
+        if let Some(class) = self.class_from(sure) {
+            return Some(self.heads[class]);
+        }
+        let mut id = self.heads[own];
+        while id != NIL {
+            let n = &self.nodes[id as usize];
+            if n.size >= units {
+                return Some(id);
+            }
+            id = n.next_free;
+        }
+        None
+    }
+
+    /// Reserves `units` (≥ 1) units; answers the node to free it with and its first unit.
+    pub fn allocate(&mut self, units: u32) -> Option<(u32, u32)> {
+        if units == 0 || units as u64 > self.free_units {
+            return None;
+        }
+        let id = self.find(units)?;
+        self.unlink(id);
+        let n = self.nodes[id as usize];
+        if n.size > units {
+            let rest = self.new_node(Node {
+                offset: n.offset + units,
+                size: n.size - units,
+                prev: id,
+                next: n.next,
+                prev_free: USED,
+                next_free: NIL,
+            });
+            if n.next != NIL {
+                self.nodes[n.next as usize].prev = rest;
+            }
+            let n = &mut self.nodes[id as usize];
+            n.next = rest;
+            n.size = units;
+            self.link(rest);
+        }
+        self.free_units -= units as u64;
+        Some((id, n.offset))
+    }
+
+    /// Frees the range of node `id` (from [`Tlsf::allocate`], freed once) and merges it with free
+    /// neighbours.
+    pub fn free(&mut self, id: u32) {
+        debug_assert!(!self.is_free(id), "node {id} freed twice");
+        self.free_units += self.nodes[id as usize].size as u64;
+        let next = self.nodes[id as usize].next;
+        if next != NIL && self.is_free(next) {
+            self.unlink(next);
+            let Node { size, next: after, .. } = self.nodes[next as usize];
+            let n = &mut self.nodes[id as usize];
+            n.size += size;
+            n.next = after;
+            if after != NIL {
+                self.nodes[after as usize].prev = id;
+            }
+            self.recycle(next);
+        }
+        let mut id = id;
+        let prev = self.nodes[id as usize].prev;
+        if prev != NIL && self.is_free(prev) {
+            self.unlink(prev);
+            let Node { size, next: after, .. } = self.nodes[id as usize];
+            let p = &mut self.nodes[prev as usize];
+            p.size += size;
+            p.next = after;
+            if after != NIL {
+                self.nodes[after as usize].prev = prev;
+            }
+            self.recycle(id);
+            id = prev;
+        }
+        self.link(id);
+    }
+
+    /// Units of the longest free range (exact: the top class is searched).
+    pub fn largest_free(&self) -> u32 {
+        let Some(top) = (0..self.nonempty.len()).rev().find(|&w| self.nonempty[w] != 0) else { return 0 };
+        let class = top * 64 + 63 - self.nonempty[top].leading_zeros() as usize;
+        let mut best = 0;
+        let mut id = self.heads[class];
+        while id != NIL {
+            best = best.max(self.nodes[id as usize].size);
+            id = self.nodes[id as usize].next_free;
+        }
+        best
+    }
+
+    pub fn free_units(&self) -> u64 {
+        self.free_units
+    }
+
+    pub fn units(&self) -> u32 {
+        self.units
+    }
+
+    /// Nodes ever needed at once (the vector's length), for tests of memory use.
+    pub fn nodes_allocated(&self) -> usize {
+        self.nodes.len()
+    }
+}
 
 /// One allocated range. Give it back with [`Arena::free`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
     /// Byte offset of the block from the start of the region; a multiple of [`GRANULE`].
     pub offset: usize,
     /// Bytes reserved (the request rounded up to [`GRANULE`]).
     pub len: usize,
-    slot: Option<(u32, Allocation)>,
+    /// The segment allocator's node for the block; `NIL` for an empty block.
+    node: u32,
 }
 
-impl std::fmt::Debug for Block {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block").field("offset", &self.offset).field("len", &self.len).finish()
+impl Block {
+    /// What an object record keeps to free its block later: offset, length and node.
+    pub fn parts(&self) -> (usize, usize, u32) {
+        (self.offset, self.len, self.node)
+    }
+
+    /// The block [`Block::parts`] described.
+    pub fn from_parts(offset: usize, len: usize, node: u32) -> Block {
+        Block { offset, len, node }
     }
 }
 
@@ -44,82 +299,73 @@ pub enum AllocError {
     TooManyObjects { limit: usize },
 }
 
-struct Segment {
-    start: usize,
-    len: usize,
-    alloc: Allocator,
-}
-
-/// The allocator for one region. Not thread-safe: the pool keeps it behind a mutex.
+/// The allocator for one region, and the ids of the objects living in it (each live block has
+/// one id below `max_objects`). Not thread-safe: the pool keeps it behind a mutex.
 pub struct Arena {
-    segments: Vec<Segment>,
+    segments: Vec<Tlsf>,
+    segment_len: usize,
     capacity: usize,
     used: usize,
     live: usize,
     max_objects: usize,
+    /// Ids of freed objects, reused before new ones.
+    free_ids: Vec<u32>,
+    next_id: u32,
 }
 
 impl Arena {
     /// An arena over `len` bytes (rounded down to [`GRANULE`]) holding at most `max_objects` live
-    /// blocks, with no segment longer than `segment_limit` bytes.
+    /// blocks (at most 2^31), with no segment longer than `segment_limit` bytes.
     pub fn new(len: usize, max_objects: usize, segment_limit: usize) -> Arena {
         let len = len / GRANULE * GRANULE;
-        let segment_limit = (segment_limit.min(MAX_SEGMENT) / GRANULE * GRANULE).max(GRANULE);
-        let max_objects = max_objects.max(1);
-        // Each live block, and each free range between them, takes one allocator node.
-        let nodes = max_objects.saturating_mul(2).saturating_add(2).min(u32::MAX as usize - 2) as u32;
+        let segment_len = (segment_limit.min(MAX_SEGMENT) / GRANULE * GRANULE).max(GRANULE);
+        let max_objects = max_objects.clamp(1, 1 << 31);
         let mut segments = Vec::new();
         let mut start = 0;
         while start < len {
-            let seg_len = segment_limit.min(len - start);
-            segments.push(Segment {
-                start,
-                len: seg_len,
-                alloc: Allocator::with_max_allocs((seg_len / GRANULE) as u32, nodes),
-            });
+            let seg_len = segment_len.min(len - start);
+            segments.push(Tlsf::new((seg_len / GRANULE) as u32));
             start += seg_len;
         }
-        Arena { segments, capacity: len, used: 0, live: 0, max_objects }
+        Arena { segments, segment_len, capacity: len, used: 0, live: 0, max_objects, free_ids: Vec::new(), next_id: 0 }
     }
 
-    /// Reserves `size` bytes (rounded up to [`GRANULE`]). Size 0 reserves nothing but still counts
-    /// as a live object.
-    pub fn allocate(&mut self, size: usize) -> Result<Block, AllocError> {
+    /// Reserves `size` bytes (rounded up to [`GRANULE`]) and an object id. Size 0 reserves no
+    /// bytes but still counts as a live object.
+    pub fn allocate(&mut self, size: usize) -> Result<(Block, u32), AllocError> {
         if self.live >= self.max_objects {
             return Err(AllocError::TooManyObjects { limit: self.max_objects });
         }
-        if size == 0 {
-            self.live += 1;
-            return Ok(Block { offset: 0, len: 0, slot: None });
-        }
-        let units = size.div_ceil(GRANULE);
-        if let Ok(units32) = u32::try_from(units) {
-            for (i, seg) in self.segments.iter_mut().enumerate() {
-                if units > seg.len / GRANULE {
-                    continue;
-                }
-                if let Some(a) = seg.alloc.allocate(units32) {
-                    let len = units * GRANULE;
-                    self.used += len;
-                    self.live += 1;
-                    return Ok(Block {
-                        offset: seg.start + a.offset as usize * GRANULE,
-                        len,
-                        slot: Some((i as u32, a)),
-                    });
-                }
-            }
-        }
-        Err(AllocError::NoSpace { largest_free: self.largest_free() })
+        let block = if size == 0 {
+            Block { offset: 0, len: 0, node: NIL }
+        } else {
+            self.allocate_bytes(size).ok_or_else(|| AllocError::NoSpace { largest_free: self.largest_free() })?
+        };
+        self.used += block.len;
+        self.live += 1;
+        let id = self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        });
+        Ok((block, id))
     }
 
-    /// Returns a block. Each block must be freed exactly once (the pool's `Drop` guarantees it).
-    pub fn free(&mut self, block: Block) {
-        if let Some((seg, a)) = block.slot {
-            self.segments[seg as usize].alloc.free(a);
-            self.used -= block.len;
+    fn allocate_bytes(&mut self, size: usize) -> Option<Block> {
+        let units = u32::try_from(size.div_ceil(GRANULE)).ok()?;
+        self.segments.iter_mut().enumerate().find_map(|(i, seg)| {
+            let (node, first) = seg.allocate(units)?;
+            Some(Block { offset: i * self.segment_len + first as usize * GRANULE, len: units as usize * GRANULE, node })
+        })
+    }
+
+    /// Returns a block and its id. Each must be freed exactly once (the pool's records guarantee it).
+    pub fn free(&mut self, block: Block, id: u32) {
+        if block.node != NIL {
+            self.segments[block.offset / self.segment_len].free(block.node);
         }
+        self.used -= block.len;
         self.live -= 1;
+        self.free_ids.push(id);
     }
 
     /// Total bytes under management.
@@ -141,15 +387,19 @@ impl Arena {
         self.max_objects
     }
 
-    /// A size that is guaranteed to fit right now (the allocator's bins give a lower bound of the
-    /// longest free range, exact for sizes up to a few KiB and within 12.5% beyond).
+    /// The longest free range in bytes: a create of this size, or less, succeeds now.
     pub fn largest_free(&self) -> usize {
-        self.segments.iter().map(|s| s.alloc.storage_report().largest_free_region as usize * GRANULE).max().unwrap_or(0)
+        self.segments.iter().map(|s| s.largest_free() as usize * GRANULE).max().unwrap_or(0)
     }
 
     /// Starts and lengths of the segments, in order.
     pub fn segments(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.segments.iter().map(|s| (s.start, s.len))
+        self.segments.iter().enumerate().map(|(i, s)| (i * self.segment_len, s.units() as usize * GRANULE))
+    }
+
+    /// Allocator nodes in use or recycled, over all segments (each 24 bytes).
+    pub fn nodes_allocated(&self) -> usize {
+        self.segments.iter().map(Tlsf::nodes_allocated).sum()
     }
 }
 
@@ -176,8 +426,8 @@ pub struct Usage {
 }
 
 /// A thread-safe [`Arena`]. A freed block of at most 256 KiB first goes to the freeing thread's
-/// cache, and a request of the same rounded size takes it from there without touching the shared
-/// arena. When the arena cannot serve a request, every cache is flushed back and the request is
+/// cache with its object id, and a request of the same rounded size takes both from there without
+/// touching the shared arena. When the arena cannot serve a request, every cache is flushed back and the request is
 /// tried once more, so cached blocks never make a create fail.
 ///
 /// Each cached block travels with its owner's token `T` (the pool keeps its `Arc` there), so
@@ -195,7 +445,7 @@ pub struct CacheSlot<T> {
 }
 
 struct Cache<T> {
-    blocks: Vec<(Block, T)>,
+    blocks: Vec<(Block, u32, T)>,
     bytes: usize,
     closed: bool,
 }
@@ -215,17 +465,18 @@ fn my_slot() -> usize {
 }
 
 impl<T> CacheSlot<T> {
-    /// Keeps `block` and `token` if the block is small and there is room; else gives both back.
-    pub fn put(&self, block: Block, token: T) -> Result<(), (Block, T)> {
+    /// Keeps `block`, its object `id` and `token` if the block is small and there is room; else
+    /// gives them back.
+    pub fn put(&self, block: Block, id: u32, token: T) -> Result<(), (Block, u32, T)> {
         if block.len == 0 || block.len > CACHE_MAX_BLOCK {
-            return Err((block, token));
+            return Err((block, id, token));
         }
         let mut cache = lock(&self.cache.0);
         if cache.closed || cache.blocks.len() >= CACHE_BLOCKS {
-            return Err((block, token));
+            return Err((block, id, token));
         }
         cache.bytes += block.len;
-        cache.blocks.push((block, token));
+        cache.blocks.push((block, id, token));
         Ok(())
     }
 }
@@ -237,19 +488,20 @@ impl<T> SharedArena<T> {
         SharedArena { arena: Padded(Mutex::new(arena)), slots: (0..CACHE_SLOTS).map(|_| slot()).collect() }
     }
 
-    /// A block of at least `size` bytes, with the token it was cached with, if it was.
-    pub fn allocate(&self, size: usize) -> Result<(Block, Option<T>), AllocError> {
+    /// A block of at least `size` bytes and an object id, with the token they were cached with, if
+    /// they were.
+    pub fn allocate(&self, size: usize) -> Result<(Block, u32, Option<T>), AllocError> {
         let len = size.div_ceil(GRANULE).saturating_mul(GRANULE);
         if size > 0 && len <= CACHE_MAX_BLOCK {
             let mut cache = lock(&self.slots[my_slot()].cache.0);
-            if let Some(i) = cache.blocks.iter().rposition(|(b, _)| b.len == len) {
-                let (block, token) = cache.blocks.swap_remove(i);
+            if let Some(i) = cache.blocks.iter().rposition(|(b, _, _)| b.len == len) {
+                let (block, id, token) = cache.blocks.swap_remove(i);
                 cache.bytes -= block.len;
-                return Ok((block, Some(token)));
+                return Ok((block, id, Some(token)));
             }
         }
         let first = lock(&self.arena.0).allocate(size);
-        let block = match first {
+        let (block, id) = match first {
             Err(_) => {
                 let flushed = self.flush();
                 if flushed.is_empty() {
@@ -262,7 +514,7 @@ impl<T> SharedArena<T> {
             }
             ok => ok,
         }?;
-        Ok((block, None))
+        Ok((block, id, None))
     }
 
     /// The calling thread's cache; free a block with `slot().put(..)`, and with [`Self::free`]
@@ -271,9 +523,9 @@ impl<T> SharedArena<T> {
         self.slots[my_slot()].clone()
     }
 
-    /// Returns `block` to the arena, bypassing the caches.
-    pub fn free(&self, block: Block) {
-        lock(&self.arena.0).free(block);
+    /// Returns `block` and its object `id` to the arena, bypassing the caches.
+    pub fn free(&self, block: Block, id: u32) {
+        lock(&self.arena.0).free(block, id);
     }
 
     /// Returns every cached block to the arena and hands back their tokens.
@@ -299,8 +551,8 @@ impl<T> SharedArena<T> {
         let mut arena = lock(&self.arena.0);
         taken
             .into_iter()
-            .map(|(block, token)| {
-                arena.free(block);
+            .map(|(block, id, token)| {
+                arena.free(block, id);
                 token
             })
             .collect()
@@ -323,14 +575,130 @@ impl<T> SharedArena<T> {
 }
 
 #[cfg(test)]
+mod tlsf_tests {
+    use super::*;
+
+    /// A small deterministic generator, so failures replay.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn every_size_falls_in_the_class_whose_floor_is_at_most_it() {
+        let sizes = (1..70_000u32).chain([1 << 20, (1 << 20) + 1, (1 << 31) - 1, 1 << 31, u32::MAX]);
+        for s in sizes {
+            let c = class_of(s);
+            assert!(c < BINS - 1, "class {c} of {s}");
+            assert!(class_floor(c) <= s as u64 && (s as u64) < class_floor(c + 1), "size {s} in class {c}");
+        }
+    }
+
+    /// Longest run of free units in `used`.
+    fn longest_free_run(used: &[bool]) -> u32 {
+        let (mut best, mut run) = (0, 0);
+        for &u in used {
+            run = if u { 0 } else { run + 1 };
+            best = best.max(run);
+        }
+        best
+    }
+
+    #[test]
+    fn random_allocations_never_overlap_and_largest_free_is_exact_and_always_fits() {
+        const UNITS: u32 = 4096;
+        let mut t = Tlsf::new(UNITS);
+        let mut used = vec![false; UNITS as usize];
+        let mut live: Vec<(u32, u32, u32)> = Vec::new();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for step in 0..20_000 {
+            if live.is_empty() || rng.below(100) < 55 {
+                let span = if rng.below(4) == 0 { 600 } else { 40 };
+                let units = 1 + rng.below(span) as u32;
+                match t.allocate(units) {
+                    Some((node, first)) => {
+                        let range = first as usize..(first + units) as usize;
+                        assert!(range.end <= UNITS as usize, "step {step}: past the end");
+                        assert!(used[range.clone()].iter().all(|u| !u), "step {step}: overlap at {first}");
+                        used[range].iter_mut().for_each(|u| *u = true);
+                        live.push((node, first, units));
+                    }
+                    None => assert!(units > longest_free_run(&used), "step {step}: {units} units refused"),
+                }
+            } else {
+                let (node, first, units) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                t.free(node);
+                used[first as usize..(first + units) as usize].iter_mut().for_each(|u| *u = false);
+            }
+            let largest = longest_free_run(&used);
+            assert_eq!(t.largest_free(), largest, "step {step}");
+            assert_eq!(t.free_units(), used.iter().filter(|u| !**u).count() as u64, "step {step}");
+            if largest > 0 && step % 10 == 0 {
+                let (node, _) =
+                    t.allocate(largest).unwrap_or_else(|| panic!("step {step}: largest free {largest} refused"));
+                t.free(node);
+            }
+        }
+        for (node, _, _) in live {
+            t.free(node);
+        }
+        assert_eq!((t.largest_free(), t.free_units()), (UNITS, UNITS as u64), "frees coalesce back to one range");
+    }
+
+    #[test]
+    fn a_request_just_below_a_free_range_in_its_own_class_is_served() {
+        // 1000 units sit in the class [960, 1024): a request of 990 is not sure to fit any range
+        // there, so it is searched first-fit.
+        let mut t = Tlsf::new(1000);
+        let (node, first) = t.allocate(990).expect("990 of 1000 free units");
+        assert_eq!(first, 0);
+        assert_eq!(t.largest_free(), 10);
+        t.free(node);
+        assert!(t.allocate(1000).is_some());
+        assert!(t.allocate(1).is_none());
+    }
+
+    #[test]
+    fn nodes_grow_with_live_blocks_not_with_capacity() {
+        let mut t = Tlsf::new(1 << 31);
+        let nodes: Vec<u32> = (0..1000).map(|_| t.allocate(1).unwrap().0).collect();
+        assert_eq!(t.nodes_allocated(), 1001, "one per block plus the free rest");
+        for n in nodes {
+            t.free(n);
+        }
+        assert_eq!(t.largest_free(), 1 << 31);
+        let again: Vec<u32> = (0..1000).map(|_| t.allocate(1).unwrap().0).collect();
+        assert_eq!(t.nodes_allocated(), 1001, "freed nodes are reused");
+        assert_eq!(again.len(), 1000);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    fn block(a: &mut Arena, size: usize) -> Block {
+        a.allocate(size).unwrap().0
+    }
+
+    /// Frees a block, with any id: these tests do not look at ids.
+    fn free(a: &mut Arena, b: Block) {
+        a.free(b, 0)
+    }
 
     #[test]
     fn blocks_are_granule_aligned_disjoint_and_rounded_up() {
         let mut a = Arena::new(1 << 20, 1024, MAX_SEGMENT);
         let sizes = [1usize, 63, 64, 65, 1000, 4096, 100_000];
-        let blocks: Vec<Block> = sizes.iter().map(|&s| a.allocate(s).unwrap()).collect();
+        let blocks: Vec<Block> = sizes.iter().map(|&s| block(&mut a, s)).collect();
         for (b, &s) in blocks.iter().zip(&sizes) {
             assert_eq!(b.offset % GRANULE, 0);
             assert_eq!(b.len, s.div_ceil(GRANULE) * GRANULE);
@@ -346,57 +714,90 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_distinct_below_max_objects_and_reused_after_free() {
+        let mut a = Arena::new(1 << 20, 4, MAX_SEGMENT);
+        let taken: Vec<(Block, u32)> = (0..4).map(|_| a.allocate(64).unwrap()).collect();
+        let mut ids: Vec<u32> = taken.iter().map(|t| t.1).collect();
+        ids.sort();
+        assert_eq!(ids, vec![0, 1, 2, 3]);
+        assert_eq!(a.allocate(64).unwrap_err(), AllocError::TooManyObjects { limit: 4 });
+        a.free(taken[2].0, taken[2].1);
+        assert_eq!(a.allocate(64).unwrap().1, taken[2].1);
+    }
+
+    #[test]
     fn exhaustion_reports_largest_free_and_freed_space_is_reused() {
         let mut a = Arena::new(1 << 20, 1024, MAX_SEGMENT);
-        let first = a.allocate(512 << 10).unwrap();
-        let second = a.allocate(512 << 10).unwrap();
+        let first = block(&mut a, 512 << 10);
+        let second = block(&mut a, 512 << 10);
         assert_eq!(a.allocate(64).unwrap_err(), AllocError::NoSpace { largest_free: 0 });
-        a.free(first);
+        free(&mut a, first);
         assert_eq!(a.used(), 512 << 10);
-        let again = a.allocate(512 << 10).unwrap();
+        assert_eq!(a.allocate((512 << 10) + 1).unwrap_err(), AllocError::NoSpace { largest_free: 512 << 10 });
+        let again = block(&mut a, 512 << 10);
         assert_eq!(again.offset, first.offset);
-        a.free(again);
-        a.free(second);
+        free(&mut a, again);
+        free(&mut a, second);
         assert_eq!(a.used(), 0);
         assert_eq!(a.live(), 0);
-        assert_eq!(a.allocate(1 << 20).unwrap().offset, 0, "frees must coalesce back to one range");
+        assert_eq!(block(&mut a, 1 << 20).offset, 0, "frees must coalesce back to one range");
+    }
+
+    #[test]
+    fn every_size_up_to_largest_free_fits() {
+        // A free range of 1 MiB minus 64 B: any request up to it fits, including ones in the same
+        // size class as the range.
+        let mut a = Arena::new(1 << 20, 1024, MAX_SEGMENT);
+        let _first = block(&mut a, 64);
+        let largest = a.largest_free();
+        assert_eq!(largest, (1 << 20) - 64);
+        for size in [largest, largest - 1, largest - 64, largest - 4096, largest / 2 + 1] {
+            let b = block(&mut a, size);
+            free(&mut a, b);
+        }
     }
 
     #[test]
     fn zero_size_blocks_count_as_objects_but_take_no_bytes() {
         let mut a = Arena::new(4096, 2, MAX_SEGMENT);
-        let z = a.allocate(0).unwrap();
+        let z = block(&mut a, 0);
         assert_eq!((z.len, a.used(), a.live()), (0, 0, 1));
-        let _one = a.allocate(1).unwrap();
+        let _one = block(&mut a, 1);
         assert_eq!(a.allocate(0).unwrap_err(), AllocError::TooManyObjects { limit: 2 });
-        a.free(z);
+        free(&mut a, z);
         assert_eq!(a.live(), 1);
     }
 
     #[test]
-    fn one_gib_arena_holds_a_hundred_thousand_live_objects() {
+    fn one_gib_arena_holds_a_hundred_thousand_live_objects_with_one_node_each() {
         let mut a = Arena::new(1 << 30, 262_144, MAX_SEGMENT);
-        let blocks: Vec<Block> = (0..100_000).map(|i| a.allocate(64 + (i % 7) * 100).unwrap()).collect();
+        let blocks: Vec<Block> = (0..100_000).map(|i| block(&mut a, 64 + (i % 7) * 100)).collect();
         assert_eq!(a.live(), 100_000);
+        assert_eq!(a.nodes_allocated(), 100_001);
         for b in blocks {
-            a.free(b);
+            free(&mut a, b);
         }
         assert_eq!((a.used(), a.live()), (0, 0));
+        assert_eq!(a.largest_free(), 1 << 30);
     }
 
     #[test]
     fn blocks_never_straddle_a_segment_boundary() {
         let seg = 64 << 10;
         let mut a = Arena::new(256 << 10, 1024, seg);
-        assert_eq!(a.segments().count(), 4);
+        assert_eq!(a.segments().collect::<Vec<_>>(), vec![(0, seg), (seg, seg), (2 * seg, seg), (3 * seg, seg)]);
         let mut blocks = Vec::new();
-        while let Ok(b) = a.allocate(24 << 10) {
+        while let Ok((b, _)) = a.allocate(24 << 10) {
             assert_eq!(b.offset / seg, (b.offset + b.len - 1) / seg, "{b:?} crosses a boundary");
             blocks.push(b);
         }
         // 2 blocks of 24 KiB fit in each 64 KiB segment.
         assert_eq!(blocks.len(), 8);
         assert!(matches!(a.allocate(seg + 64), Err(AllocError::NoSpace { .. })));
+        for b in blocks {
+            free(&mut a, b);
+        }
+        assert_eq!(a.largest_free(), seg);
     }
 
     #[test]
@@ -417,47 +818,48 @@ mod shared_tests {
 
     /// Frees the way the pool does: into this thread's cache, else into the arena. Answers the
     /// token the arena gave back.
-    fn free(a: &SharedArena<u32>, block: Block, token: u32) -> Option<u32> {
-        match a.slot().put(block, token) {
+    fn free(a: &SharedArena<u32>, block: Block, id: u32, token: u32) -> Option<u32> {
+        match a.slot().put(block, id, token) {
             Ok(()) => None,
-            Err((block, token)) => {
-                a.free(block);
+            Err((block, id, token)) => {
+                a.free(block, id);
                 Some(token)
             }
         }
     }
 
     #[test]
-    fn freed_small_block_is_reused_from_the_cache_with_its_token_and_not_counted_as_used() {
+    fn freed_small_block_is_reused_from_the_cache_with_its_id_and_token_and_not_counted_as_used() {
         let a = shared(1 << 20, 1024);
-        let (b, token) = a.allocate(4096).unwrap();
+        let (b, id, token) = a.allocate(4096).unwrap();
         assert_eq!(token, None);
-        assert_eq!(free(&a, b, 7), None, "small block is cached with its token");
+        assert_eq!(free(&a, b, id, 7), None, "small block is cached with its token");
         let u = a.usage();
         assert_eq!((u.used, u.live), (0, 0));
-        let (again, token) = a.allocate(4090).unwrap();
-        assert_eq!((again.offset, token), (b.offset, Some(7)), "same rounded size comes from the cache");
+        let (again, again_id, token) = a.allocate(4090).unwrap();
+        assert_eq!((again.offset, again_id, token), (b.offset, id, Some(7)), "same rounded size comes from the cache");
         assert_eq!(a.usage().used, 4096);
-        assert_eq!(free(&a, again, 8), None);
+        assert_eq!(free(&a, again, again_id, 8), None);
     }
 
     #[test]
     fn large_blocks_are_not_cached_and_their_token_comes_back() {
         let a = shared(4 << 20, 1024);
-        let (b, _) = a.allocate(1 << 20).unwrap();
-        assert_eq!(free(&a, b, 9), Some(9));
+        let (b, id, _) = a.allocate(1 << 20).unwrap();
+        assert_eq!(free(&a, b, id, 9), Some(9));
         assert_eq!(a.usage().used, 0);
     }
 
     #[test]
     fn cached_blocks_are_flushed_when_the_arena_cannot_serve() {
         let a = shared(256 << 10, 1024);
-        let blocks: Vec<Block> = (0..4).map(|_| a.allocate(64 << 10).unwrap().0).collect();
-        for (i, b) in blocks.into_iter().enumerate() {
-            assert_eq!(free(&a, b, i as u32), None);
+        let blocks: Vec<(Block, u32)> =
+            (0..4).map(|_| a.allocate(64 << 10).map(|(b, id, _)| (b, id)).unwrap()).collect();
+        for (i, (b, id)) in blocks.into_iter().enumerate() {
+            assert_eq!(free(&a, b, id, i as u32), None);
         }
         // All 256 KiB sit in the cache as 64 KiB blocks; a 256 KiB request must still succeed.
-        let (whole, token) = a.allocate(256 << 10).unwrap();
+        let (whole, _, token) = a.allocate(256 << 10).unwrap();
         assert_eq!((whole.offset, whole.len, token), (0, 256 << 10, None));
         assert_eq!(a.usage().used, 256 << 10);
     }
@@ -465,27 +867,27 @@ mod shared_tests {
     #[test]
     fn cached_blocks_do_not_count_against_max_objects() {
         let a = shared(1 << 20, 2);
-        let (x, _) = a.allocate(64).unwrap();
-        let (y, _) = a.allocate(64).unwrap();
-        let _ = (free(&a, x, 0), free(&a, y, 0));
-        let (big, _) = a.allocate(1024).unwrap();
-        let (other, _) = a.allocate(2048).unwrap();
+        let (x, xi, _) = a.allocate(64).unwrap();
+        let (y, yi, _) = a.allocate(64).unwrap();
+        let _ = (free(&a, x, xi, 0), free(&a, y, yi, 0));
+        let (big, bi, _) = a.allocate(1024).unwrap();
+        let (other, oi, _) = a.allocate(2048).unwrap();
         assert_eq!(a.usage().live, 2);
         assert_eq!(a.allocate(64).unwrap_err(), AllocError::TooManyObjects { limit: 2 });
-        let _ = (free(&a, big, 0), free(&a, other, 0));
+        let _ = (free(&a, big, bi, 0), free(&a, other, oi, 0));
     }
 
     #[test]
     fn close_hands_back_every_cached_token_and_stops_caching() {
         let a = shared(1 << 20, 1024);
-        let (x, _) = a.allocate(64).unwrap();
-        let (y, _) = a.allocate(128).unwrap();
-        let _ = (free(&a, x, 1), free(&a, y, 2));
+        let (x, xi, _) = a.allocate(64).unwrap();
+        let (y, yi, _) = a.allocate(128).unwrap();
+        let _ = (free(&a, x, xi, 1), free(&a, y, yi, 2));
         let mut tokens = a.close();
         tokens.sort();
         assert_eq!(tokens, vec![1, 2]);
-        let (z, _) = a.allocate(64).unwrap();
-        assert_eq!(free(&a, z, 3), Some(3), "after close nothing is cached");
+        let (z, zi, _) = a.allocate(64).unwrap();
+        assert_eq!(free(&a, z, zi, 3), Some(3), "after close nothing is cached");
         assert_eq!(a.usage().used, 0);
     }
 
@@ -498,13 +900,15 @@ mod shared_tests {
                 s.spawn(move || {
                     let mut held = Vec::new();
                     for i in 0..5000 {
-                        held.push(a.allocate(64 * (1 + (i + t) % 9)).unwrap().0);
+                        let (b, id, _) = a.allocate(64 * (1 + (i + t) % 9)).unwrap();
+                        held.push((b, id));
                         if held.len() > 20 {
-                            let _ = free(a, held.swap_remove(i % held.len()), 0);
+                            let (b, id) = held.swap_remove(i % held.len());
+                            let _ = free(a, b, id, 0);
                         }
                     }
-                    for b in held {
-                        let _ = free(a, b, 0);
+                    for (b, id) in held {
+                        let _ = free(a, b, id, 0);
                     }
                 });
             }

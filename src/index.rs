@@ -1,32 +1,26 @@
-//! Key → object, sharded so that readers of different keys do not contend.
+//! Key → object id, sharded so that readers of different keys do not contend.
 //!
 //! Holds each entry's visibility (created or sealed), lets readers wait for a key to be sealed, and
-//! removes keys on abort and delete. An entry is an `Arc`; whoever else holds a clone keeps the
-//! object alive after its key is gone, which is how delete-while-referenced works.
+//! removes keys on abort and delete. A slot is the object's 32-bit record id; keys are compared in
+//! the records, so the index costs about 10 bytes per key. While its key is present the index
+//! holds one reference to the record; whoever else holds one keeps the object alive after its key
+//! is gone, which is how delete-while-referenced works.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
+
+use hashbrown::HashTable;
+
+use crate::record::{Record, Records};
 
 const SHARDS: usize = 64;
 
-/// What the index needs to know of an object.
-pub trait Entry {
-    fn key(&self) -> &Arc<[u8]>;
-    fn is_sealed(&self) -> bool;
-    /// Makes the object sealed. Called once, under the shard's lock.
-    fn mark_sealed(&self);
-    /// When the entry was last used (sealed or read); smaller is older. For eviction.
-    fn last_used(&self) -> u64 {
-        0
-    }
-}
-
 /// The state of a key at one moment.
-pub enum Lookup<T> {
-    Sealed(Arc<T>),
+pub enum Lookup {
+    /// Sealed; a reference was taken for the caller.
+    Sealed(u32),
     Unsealed,
     Absent,
 }
@@ -41,41 +35,57 @@ pub enum IndexError {
     Closed,
 }
 
-type Map<T> = HashMap<Arc<[u8]>, Arc<T>, foldhash::fast::RandomState>;
+/// A sealed object nobody but the index held when the index was scanned, for eviction.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    pub last_used: u64,
+    hash: u64,
+    pub id: u32,
+}
 
 #[repr(align(128))]
-struct Shard<T> {
-    map: Mutex<Map<T>>,
+struct Shard {
+    table: Mutex<HashTable<u32>>,
     sealed: Condvar,
 }
 
-pub struct Index<T> {
-    shards: Box<[Shard<T>]>,
+pub struct Index {
+    shards: Box<[Shard]>,
     hasher: foldhash::fast::RandomState,
     closed: AtomicBool,
 }
 
-impl<T: Entry> Default for Index<T> {
+impl Default for Index {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Entry> Index<T> {
+impl Index {
     pub fn new() -> Self {
-        let shards = (0..SHARDS).map(|_| Shard { map: Mutex::new(Map::default()), sealed: Condvar::new() }).collect();
+        let shards =
+            (0..SHARDS).map(|_| Shard { table: Mutex::new(HashTable::new()), sealed: Condvar::new() }).collect();
         Index { shards, hasher: Default::default(), closed: AtomicBool::new(false) }
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard<T> {
-        let h = self.hasher.hash_one(key);
-        &self.shards[(h >> 58) as usize % SHARDS]
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn lock<'a>(&self, shard: &'a Shard<T>) -> MutexGuard<'a, Map<T>> {
-        // A panic while holding a shard lock cannot leave the map half-updated (every update is
-        // one HashMap call), so a poisoned lock is still consistent.
-        shard.map.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard of a hash. Bits 32..38: the table uses the low bits to place a slot and the top 7
+    /// as its tag, and a shard whose keys shared those would probe more.
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 32) as usize % SHARDS]
+    }
+
+    fn lock<'a>(&self, shard: &'a Shard) -> MutexGuard<'a, HashTable<u32>> {
+        // A panic while holding a shard lock cannot leave the table half-updated (every update is
+        // one table call), so a poisoned lock is still consistent.
+        shard.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn find<'t>(table: &'t HashTable<u32>, recs: &Records, hash: u64, key: &[u8]) -> Option<&'t u32> {
+        table.find(hash, |&id| recs.get(id).key() == key)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -91,297 +101,373 @@ impl<T: Entry> Index<T> {
         self.len() == 0
     }
 
-    /// Inserts a new, unsealed entry made by `make` if `key` is absent. `make` runs under the shard
-    /// lock, so a failed `make` (pool full) never races with another insert of the same key.
+    /// Adds the record `make` fills for `key` if `key` is absent; `make` answers its id, with a
+    /// reference for the index already counted. `make` runs under the shard lock, so a failed
+    /// `make` (pool full) never races with another insert of the same key.
     pub fn insert_with<E>(
         &self,
+        recs: &Records,
         key: &[u8],
-        make: impl FnOnce() -> Result<Arc<T>, E>,
-    ) -> Result<Result<Arc<T>, E>, IndexError> {
-        let shard = self.shard(key);
-        let mut map = self.lock(shard);
+        make: impl FnOnce() -> Result<u32, E>,
+    ) -> Result<Result<u32, E>, IndexError> {
+        let hash = self.hash(key);
+        let mut table = self.lock(self.shard(hash));
         if self.is_closed() {
             return Err(IndexError::Closed);
         }
-        if map.contains_key(key) {
+        if Self::find(&table, recs, hash, key).is_some() {
             return Err(IndexError::AlreadyExists);
         }
-        let entry = match make() {
-            Ok(e) => e,
+        let id = match make() {
+            Ok(id) => id,
             Err(e) => return Ok(Err(e)),
         };
-        map.insert(entry.key().clone(), entry.clone());
-        Ok(Ok(entry))
+        table.insert_unique(hash, id, |&id| self.hash(recs.get(id).key()));
+        Ok(Ok(id))
     }
 
-    /// Seals `entry` (which must be the unsealed entry under its key) and wakes its waiters.
-    pub fn seal(&self, entry: &Arc<T>) -> Result<(), IndexError> {
-        let shard = self.shard(entry.key());
-        let map = self.lock(shard);
-        if entry.is_sealed() {
+    /// Seals record `id` (which must be the unsealed entry under its key) and wakes its waiters.
+    pub fn seal(&self, recs: &Records, id: u32) -> Result<(), IndexError> {
+        let rec = recs.get(id);
+        let hash = self.hash(rec.key());
+        let shard = self.shard(hash);
+        let table = self.lock(shard);
+        if rec.is_sealed() {
             return Err(IndexError::AlreadySealed);
         }
-        match map.get(&**entry.key()) {
-            Some(current) if Arc::ptr_eq(current, entry) => {
-                entry.mark_sealed();
-                drop(map);
-                shard.sealed.notify_all();
-                Ok(())
-            }
+        // Keys are unique, so the record is the entry under its key if it is in the table at all.
+        if table.find(hash, |&x| x == id).is_none() {
             // Only `close` removes an unsealed entry that is not aborted.
-            _ => Err(IndexError::Closed),
+            return Err(IndexError::Closed);
         }
+        rec.mark_sealed();
+        drop(table);
+        shard.sealed.notify_all();
+        Ok(())
     }
 
     /// The key's state now.
-    pub fn lookup(&self, key: &[u8]) -> Lookup<T> {
-        let map = self.lock(self.shard(key));
-        match map.get(key) {
-            Some(e) if e.is_sealed() => Lookup::Sealed(e.clone()),
-            Some(_) => Lookup::Unsealed,
+    pub fn lookup(&self, recs: &Records, key: &[u8]) -> Lookup {
+        let hash = self.hash(key);
+        let table = self.lock(self.shard(hash));
+        match Self::find(&table, recs, hash, key) {
+            Some(&id) => acquire_if_sealed(recs.get(id), id).map_or(Lookup::Unsealed, Lookup::Sealed),
             None => Lookup::Absent,
         }
     }
 
-    /// Waits until `key` is sealed, `deadline` passes (`None`: forever) or the index closes.
-    pub fn wait_sealed(&self, key: &[u8], deadline: Option<Instant>) -> Result<Arc<T>, IndexError> {
-        let shard = self.shard(key);
-        let mut map = self.lock(shard);
+    /// Waits until `key` is sealed, `deadline` passes (`None`: forever) or the index closes, and
+    /// answers it with a reference taken for the caller.
+    pub fn wait_sealed(&self, recs: &Records, key: &[u8], deadline: Option<Instant>) -> Result<u32, IndexError> {
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        let mut table = self.lock(shard);
         loop {
             if self.is_closed() {
                 return Err(IndexError::Closed);
             }
-            if let Some(e) = map.get(key) {
-                if e.is_sealed() {
-                    return Ok(e.clone());
-                }
+            if let Some(id) = Self::find(&table, recs, hash, key).and_then(|&id| acquire_if_sealed(recs.get(id), id)) {
+                return Ok(id);
             }
-            map = match deadline {
-                None => shard.sealed.wait(map).unwrap_or_else(|p| p.into_inner()),
+            table = match deadline {
+                None => shard.sealed.wait(table).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return Err(IndexError::Timeout);
                     }
-                    shard.sealed.wait_timeout(map, d - now).unwrap_or_else(|p| p.into_inner()).0
+                    shard.sealed.wait_timeout(table, d - now).unwrap_or_else(|p| p.into_inner()).0
                 }
             };
         }
     }
 
-    pub fn contains_sealed(&self, key: &[u8]) -> bool {
-        matches!(self.lock(self.shard(key)).get(key), Some(e) if e.is_sealed())
+    pub fn contains_sealed(&self, recs: &Records, key: &[u8]) -> bool {
+        let hash = self.hash(key);
+        let table = self.lock(self.shard(hash));
+        matches!(Self::find(&table, recs, hash, key), Some(&id) if recs.get(id).is_sealed())
     }
 
-    /// Removes the key of an unsealed `entry` if it is still this entry's (abort). Idempotent.
-    pub fn remove_unsealed(&self, entry: &Arc<T>) -> bool {
-        let mut map = self.lock(self.shard(entry.key()));
-        match map.get(&**entry.key()) {
-            Some(current) if Arc::ptr_eq(current, entry) && !entry.is_sealed() => {
-                let removed = map.remove(&**entry.key());
-                drop(map);
-                drop(removed);
+    /// Removes the key of unsealed record `id` if it is still in the index (abort). Answers true
+    /// when it did; the caller then drops the index's reference. Idempotent.
+    pub fn remove_unsealed(&self, recs: &Records, id: u32) -> bool {
+        let rec = recs.get(id);
+        let hash = self.hash(rec.key());
+        let mut table = self.lock(self.shard(hash));
+        if rec.is_sealed() {
+            return false;
+        }
+        match table.find_entry(hash, |&x| x == id) {
+            Ok(entry) => {
+                entry.remove();
                 true
             }
-            _ => false,
+            Err(_) => false,
         }
     }
 
-    /// Removes a sealed key (delete) and returns its entry; an unsealed one is left alone.
-    pub fn remove_sealed(&self, key: &[u8]) -> Result<Arc<T>, IndexError> {
-        let mut map = self.lock(self.shard(key));
+    /// Removes a sealed key (delete) and answers its id, whose index reference the caller drops;
+    /// an unsealed one is left alone.
+    pub fn remove_sealed(&self, recs: &Records, key: &[u8]) -> Result<u32, IndexError> {
+        let hash = self.hash(key);
+        let mut table = self.lock(self.shard(hash));
         if self.is_closed() {
             return Err(IndexError::Closed);
         }
-        match map.get(key) {
-            None => Err(IndexError::NotFound),
-            Some(e) if !e.is_sealed() => Err(IndexError::NotSealed),
-            Some(_) => map.remove(key).ok_or(IndexError::NotFound),
+        match table.find_entry(hash, |&id| recs.get(id).key() == key) {
+            Err(_) => Err(IndexError::NotFound),
+            Ok(entry) if !recs.get(*entry.get()).is_sealed() => Err(IndexError::NotSealed),
+            Ok(entry) => Ok(entry.remove().0),
         }
     }
 
     /// Sealed entries that nobody but the index holds (evictable), oldest use first.
-    pub fn evictable(&self) -> Vec<(u64, Arc<[u8]>)> {
+    pub fn evictable(&self, recs: &Records) -> Vec<Candidate> {
         let mut found = Vec::new();
         for shard in self.shards.iter() {
-            let map = self.lock(shard);
-            for e in map.values() {
-                if e.is_sealed() && Arc::strong_count(e) == 1 {
-                    found.push((e.last_used(), e.key().clone()));
+            let table = self.lock(shard);
+            for &id in table.iter() {
+                let rec = recs.get(id);
+                if rec.is_sealed() && rec.refs() == 1 {
+                    found.push(Candidate { last_used: rec.last_used(), hash: self.hash(rec.key()), id });
                 }
             }
         }
-        found.sort_unstable_by_key(|(used, _)| *used);
+        found.sort_unstable_by_key(|c| c.last_used);
         found
     }
 
-    /// Removes `key` if it is still sealed and held by nobody but the index (checked under the
-    /// shard's lock, where no reader can take a reference meanwhile) and returns it.
-    pub fn evict(&self, key: &[u8]) -> Option<Arc<T>> {
-        let mut map = self.lock(self.shard(key));
-        match map.get(key) {
-            Some(e) if e.is_sealed() && Arc::strong_count(e) == 1 => map.remove(key),
-            _ => None,
+    /// Removes a candidate if it is still in the index, sealed, held by nobody but the index, and
+    /// unused since the scan (checked under the shard's lock, where no reader can take a reference
+    /// meanwhile). Answers its id, whose index reference the caller drops.
+    pub fn evict(&self, recs: &Records, c: Candidate) -> Option<u32> {
+        let mut table = self.lock(self.shard(c.hash));
+        let entry = table.find_entry(c.hash, |&x| x == c.id).ok()?;
+        let rec = recs.get(c.id);
+        if rec.is_sealed() && rec.refs() == 1 && rec.last_used() == c.last_used {
+            return Some(entry.remove().0);
         }
+        None
     }
 
     /// Closes the index: every later insert, seal, delete and wait fails with `Closed`, every
-    /// waiter wakes, and every entry is handed back to the caller to drop.
-    pub fn close(&self) -> Vec<Arc<T>> {
+    /// waiter wakes, and every entry's id is handed back for the caller to drop its reference.
+    pub fn close(&self) -> Vec<u32> {
         self.closed.store(true, Ordering::Release);
-        let mut entries = Vec::new();
+        let mut ids = Vec::new();
         for shard in self.shards.iter() {
-            let mut map = self.lock(shard);
-            entries.extend(map.drain().map(|(_, e)| e));
-            drop(map);
+            let mut table = self.lock(shard);
+            ids.extend(table.drain());
+            drop(table);
             shard.sealed.notify_all();
         }
-        entries
+        ids
     }
+}
+
+/// Takes a reference to a sealed record for a reader; called under the shard lock, where the
+/// index's own reference keeps the record alive.
+fn acquire_if_sealed(rec: &Record, id: u32) -> Option<u32> {
+    rec.is_sealed().then(|| {
+        rec.acquire();
+        id
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use crate::alloc::Block;
+    use std::sync::Arc;
     use std::time::Duration;
 
-    #[derive(Debug)]
-    struct Obj {
-        key: Arc<[u8]>,
-        sealed: AtomicBool,
+    /// Records for ids 0..64, and a `make` that fills record `id` for `key` with the index's
+    /// reference and the creator's.
+    struct Fixture {
+        recs: Records,
+        ix: Index,
     }
 
-    impl Entry for Obj {
-        fn key(&self) -> &Arc<[u8]> {
-            &self.key
+    impl Fixture {
+        fn new() -> Fixture {
+            let recs = Records::new(64);
+            (0..64).for_each(|id| recs.ensure(id));
+            Fixture { recs, ix: Index::new() }
         }
-        fn is_sealed(&self) -> bool {
-            self.sealed.load(Ordering::Acquire)
-        }
-        fn mark_sealed(&self) {
-            self.sealed.store(true, Ordering::Release)
-        }
-    }
 
-    fn obj(key: &[u8]) -> Result<Arc<Obj>, ()> {
-        Ok(Arc::new(Obj { key: key.into(), sealed: AtomicBool::new(false) }))
-    }
+        fn insert(&self, key: &[u8], id: u32) -> Result<u32, IndexError> {
+            let rec = self.recs.get(id);
+            self.ix
+                .insert_with(&self.recs, key, || -> Result<u32, ()> {
+                    // SAFETY: each test uses each id once, so the record is unreferenced.
+                    unsafe { rec.init(Block::from_parts(0, 0, u32::MAX), 0, key, None, 2) };
+                    Ok(id)
+                })
+                .map(|made| made.unwrap())
+        }
 
-    fn state(ix: &Index<Obj>, key: &[u8]) -> &'static str {
-        match ix.lookup(key) {
-            Lookup::Sealed(_) => "sealed",
-            Lookup::Unsealed => "unsealed",
-            Lookup::Absent => "absent",
+        fn state(&self, key: &[u8]) -> &'static str {
+            match self.ix.lookup(&self.recs, key) {
+                Lookup::Sealed(id) => {
+                    assert!(!self.recs.get(id).release(), "the lookup's reference is not the last");
+                    "sealed"
+                }
+                Lookup::Unsealed => "unsealed",
+                Lookup::Absent => "absent",
+            }
         }
     }
 
     #[test]
     fn states_move_absent_unsealed_sealed_absent() {
-        let ix = Index::new();
-        assert_eq!(state(&ix, b"k"), "absent");
-        let e = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        assert_eq!(state(&ix, b"k"), "unsealed");
-        assert!(!ix.contains_sealed(b"k"));
-        assert_eq!(ix.remove_sealed(b"k").unwrap_err(), IndexError::NotSealed);
-        ix.seal(&e).unwrap();
-        assert_eq!(state(&ix, b"k"), "sealed");
-        assert!(ix.contains_sealed(b"k"));
-        assert_eq!(ix.seal(&e).unwrap_err(), IndexError::AlreadySealed);
-        assert_eq!(ix.len(), 1);
-        let removed = ix.remove_sealed(b"k").unwrap();
-        assert!(Arc::ptr_eq(&removed, &e));
-        assert_eq!(state(&ix, b"k"), "absent");
-        assert_eq!(ix.remove_sealed(b"k").unwrap_err(), IndexError::NotFound);
-        assert_eq!(ix.len(), 0);
+        let f = Fixture::new();
+        assert_eq!(f.state(b"k"), "absent");
+        let id = f.insert(b"k", 1).unwrap();
+        assert_eq!(f.state(b"k"), "unsealed");
+        assert!(!f.ix.contains_sealed(&f.recs, b"k"));
+        assert_eq!(f.ix.remove_sealed(&f.recs, b"k").unwrap_err(), IndexError::NotSealed);
+        f.ix.seal(&f.recs, id).unwrap();
+        assert_eq!(f.state(b"k"), "sealed");
+        assert!(f.ix.contains_sealed(&f.recs, b"k"));
+        assert_eq!(f.ix.seal(&f.recs, id).unwrap_err(), IndexError::AlreadySealed);
+        assert_eq!(f.ix.len(), 1);
+        assert_eq!(f.ix.remove_sealed(&f.recs, b"k"), Ok(id));
+        assert_eq!(f.state(b"k"), "absent");
+        assert_eq!(f.ix.remove_sealed(&f.recs, b"k").unwrap_err(), IndexError::NotFound);
+        assert_eq!(f.ix.len(), 0);
+    }
+
+    #[test]
+    fn lookup_of_a_sealed_key_takes_a_reference_for_the_reader() {
+        let f = Fixture::new();
+        let id = f.insert(b"k", 1).unwrap();
+        f.ix.seal(&f.recs, id).unwrap();
+        assert_eq!(f.recs.get(id).refs(), 2);
+        assert!(matches!(f.ix.lookup(&f.recs, b"k"), Lookup::Sealed(1)));
+        assert_eq!(f.recs.get(id).refs(), 3);
+        assert!(matches!(f.ix.wait_sealed(&f.recs, b"k", None), Ok(1)));
+        assert_eq!(f.recs.get(id).refs(), 4);
     }
 
     #[test]
     fn duplicate_insert_is_refused_without_calling_make() {
-        let ix = Index::new();
-        ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        let r = ix.insert_with(b"k", || -> Result<Arc<Obj>, ()> { panic!("make must not run") });
+        let f = Fixture::new();
+        f.insert(b"k", 1).unwrap();
+        let r = f.ix.insert_with(&f.recs, b"k", || -> Result<u32, ()> { panic!("make must not run") });
         assert_eq!(r.err(), Some(IndexError::AlreadyExists));
     }
 
     #[test]
-    fn keys_differing_only_after_a_nul_byte_or_in_length_are_distinct() {
-        let ix = Index::new();
-        for k in [&b"a\0b"[..], b"a\0c", b"a", b"a\0"] {
-            ix.insert_with(k, || obj(k)).unwrap().unwrap();
+    fn keys_differing_only_after_a_nul_byte_in_length_or_past_the_inline_limit_are_distinct() {
+        let f = Fixture::new();
+        let long_a = [b'x'; 40];
+        let mut long_b = long_a;
+        long_b[39] = b'y';
+        for (id, k) in [&b"a\0b"[..], b"a\0c", b"a", b"a\0", &long_a, &long_b, &long_a[..17]].into_iter().enumerate() {
+            f.insert(k, id as u32).unwrap();
         }
-        assert_eq!(ix.len(), 4);
+        assert_eq!(f.ix.len(), 7);
+        assert_eq!(f.insert(&long_b, 10).err(), Some(IndexError::AlreadyExists));
+    }
+
+    #[test]
+    fn thousands_of_keys_are_found_after_the_tables_grow() {
+        let recs = Records::new(5000);
+        let ix = Index::new();
+        for id in 0..5000u32 {
+            recs.ensure(id);
+            let key = format!("key-{id}");
+            let made = ix.insert_with(&recs, key.as_bytes(), || -> Result<u32, ()> {
+                // SAFETY: a fresh id, unreferenced.
+                unsafe { recs.get(id).init(Block::from_parts(0, 0, u32::MAX), 0, key.as_bytes(), None, 1) };
+                Ok(id)
+            });
+            assert_eq!(made, Ok(Ok(id)));
+            ix.seal(&recs, id).unwrap();
+        }
+        for id in (0..5000u32).step_by(7) {
+            assert!(ix.contains_sealed(&recs, format!("key-{id}").as_bytes()));
+            assert_eq!(ix.remove_sealed(&recs, format!("key-{id}").as_bytes()), Ok(id));
+        }
+        assert_eq!(ix.len(), 5000 - 715);
+        assert!(!ix.contains_sealed(&recs, b"key-7"));
+        assert!(ix.contains_sealed(&recs, b"key-8"));
     }
 
     #[test]
     fn abort_removes_only_the_same_unsealed_entry() {
-        let ix = Index::new();
-        let first = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        assert!(ix.remove_unsealed(&first));
-        assert!(!ix.remove_unsealed(&first), "second abort is a no-op");
-        let second = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
-        assert!(!ix.remove_unsealed(&first), "a stale handle must not remove a new entry");
-        assert_eq!(state(&ix, b"k"), "unsealed");
-        ix.seal(&second).unwrap();
-        assert!(!ix.remove_unsealed(&second), "sealed entries are not aborted");
+        let f = Fixture::new();
+        let first = f.insert(b"k", 1).unwrap();
+        assert!(f.ix.remove_unsealed(&f.recs, first));
+        assert!(!f.ix.remove_unsealed(&f.recs, first), "second abort is a no-op");
+        let second = f.insert(b"k", 2).unwrap();
+        assert!(!f.ix.remove_unsealed(&f.recs, first), "a stale id must not remove a new entry");
+        assert_eq!(f.state(b"k"), "unsealed");
+        f.ix.seal(&f.recs, second).unwrap();
+        assert!(!f.ix.remove_unsealed(&f.recs, second), "sealed entries are not aborted");
     }
 
     #[test]
     fn waiter_is_woken_by_seal_from_another_thread() {
-        let ix = Arc::new(Index::<Obj>::new());
-        let ix2 = ix.clone();
+        let f = Arc::new(Fixture::new());
+        let f2 = f.clone();
         let waiter = std::thread::spawn(move || {
-            ix2.wait_sealed(b"k", Some(Instant::now() + Duration::from_secs(10))).map(|e| e.key.to_vec())
+            f2.ix.wait_sealed(&f2.recs, b"k", Some(Instant::now() + Duration::from_secs(10)))
         });
         std::thread::sleep(Duration::from_millis(20));
-        let e = ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
+        let id = f.insert(b"k", 3).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        ix.seal(&e).unwrap();
-        assert_eq!(waiter.join().unwrap(), Ok(b"k".to_vec()));
+        f.ix.seal(&f.recs, id).unwrap();
+        assert_eq!(waiter.join().unwrap(), Ok(3));
     }
 
     #[test]
     fn wait_times_out_on_unsealed_key() {
-        let ix = Index::new();
-        ix.insert_with(b"k", || obj(b"k")).unwrap().unwrap();
+        let f = Fixture::new();
+        f.insert(b"k", 1).unwrap();
         let t = Instant::now();
-        let r = ix.wait_sealed(b"k", Some(t + Duration::from_millis(30)));
+        let r = f.ix.wait_sealed(&f.recs, b"k", Some(t + Duration::from_millis(30)));
         assert_eq!(r.err(), Some(IndexError::Timeout));
         assert!(t.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]
-    fn only_sealed_entries_nobody_holds_are_evictable() {
-        let ix = Index::new();
-        let sealed = ix.insert_with(b"sealed", || obj(b"sealed")).unwrap().unwrap();
-        ix.seal(&sealed).unwrap();
-        let held = ix.insert_with(b"held", || obj(b"held")).unwrap().unwrap();
-        ix.seal(&held).unwrap();
-        let _unsealed = ix.insert_with(b"unsealed", || obj(b"unsealed")).unwrap().unwrap();
-        drop(sealed);
-        let keys: Vec<Vec<u8>> = ix.evictable().into_iter().map(|(_, k)| k.to_vec()).collect();
-        assert_eq!(keys, vec![b"sealed".to_vec()]);
-        assert!(ix.evict(b"held").is_none(), "a referenced entry stays");
-        assert!(ix.evict(b"unsealed").is_none(), "an unsealed entry stays");
-        assert!(ix.evict(b"sealed").is_some());
-        assert_eq!(state(&ix, b"sealed"), "absent");
-        assert_eq!(ix.len(), 2);
+    fn only_sealed_entries_nobody_holds_are_evictable_oldest_first() {
+        let f = Fixture::new();
+        let (old, held, new) =
+            (f.insert(b"old", 1).unwrap(), f.insert(b"held", 2).unwrap(), f.insert(b"new", 3).unwrap());
+        f.insert(b"unsealed", 4).unwrap();
+        for (id, used) in [(old, 10), (held, 5), (new, 20)] {
+            f.ix.seal(&f.recs, id).unwrap();
+            f.recs.get(id).set_last_used(used);
+        }
+        // The creators of `old` and `new` release theirs; `held` keeps its creator's reference.
+        assert!(!f.recs.get(old).release() && !f.recs.get(new).release());
+        let found = f.ix.evictable(&f.recs);
+        assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), vec![old, new]);
+        f.recs.get(new).set_last_used(30);
+        assert_eq!(f.ix.evict(&f.recs, found[1]), None, "used since the scan");
+        assert_eq!(f.ix.evict(&f.recs, found[0]), Some(old));
+        assert_eq!(f.ix.evict(&f.recs, found[0]), None, "already gone");
+        assert_eq!(f.state(b"old"), "absent");
+        assert_eq!(f.ix.len(), 3);
     }
 
     #[test]
     fn close_wakes_waiters_hands_back_entries_and_refuses_new_work() {
-        let ix = Arc::new(Index::<Obj>::new());
-        let e = ix.insert_with(b"a", || obj(b"a")).unwrap().unwrap();
-        ix.seal(&e).unwrap();
-        ix.insert_with(b"b", || obj(b"b")).unwrap().unwrap();
-        let ix2 = ix.clone();
-        let waiter = std::thread::spawn(move || ix2.wait_sealed(b"never", None).err());
+        let f = Arc::new(Fixture::new());
+        let a = f.insert(b"a", 1).unwrap();
+        f.ix.seal(&f.recs, a).unwrap();
+        f.insert(b"b", 2).unwrap();
+        let f2 = f.clone();
+        let waiter = std::thread::spawn(move || f2.ix.wait_sealed(&f2.recs, b"never", None).err());
         std::thread::sleep(Duration::from_millis(20));
-        let entries = ix.close();
-        assert_eq!(entries.len(), 2);
+        let mut ids = f.ix.close();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
         assert_eq!(waiter.join().unwrap(), Some(IndexError::Closed));
-        assert_eq!(ix.insert_with(b"c", || obj(b"c")).err(), Some(IndexError::Closed));
-        assert_eq!(ix.remove_sealed(b"a").err(), Some(IndexError::Closed));
-        assert_eq!(ix.len(), 0);
+        assert_eq!(f.insert(b"c", 3).err(), Some(IndexError::Closed));
+        assert_eq!(f.ix.remove_sealed(&f.recs, b"a").err(), Some(IndexError::Closed));
+        assert_eq!(f.ix.len(), 0);
     }
 }

@@ -16,6 +16,7 @@ pub mod index;
 pub mod parts;
 pub mod pool;
 pub mod rdma;
+pub mod record;
 pub mod region;
 
 pub use error::{Error, Result};

@@ -5,15 +5,17 @@
 //! [`Buffer`] releases it. `delete` removes a key at once while readers keep their bytes until they
 //! release. Closing the pool refuses new work; memory stays mapped until the last buffer is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::alloc::{AllocError, Arena, Block, SharedArena};
+use crate::alloc::{AllocError, Arena, SharedArena};
 use crate::error::{Bytes, Error, Key, Result};
-use crate::index::{Entry, Index, IndexError, Lookup};
+use crate::index::{Candidate, Index, IndexError, Lookup};
 use crate::parts::Layout;
 use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
+use crate::record::{PartTable, Record, Records};
 use crate::region::{PageMode, Region, RegionOptions};
 
 /// Longest key accepted, in bytes.
@@ -130,6 +132,11 @@ pub struct PoolStats {
 
 /// The shared state. Aligned so that the `Arc` counts (bumped by every create and free) and the
 /// arena lock (taken by both) do not share a cache line with what every call reads.
+///
+/// Every record with references keeps one strong count of this `Arc` (taken at create, given back
+/// when its last reference goes), so the region stays mapped while any buffer lives. A freed small
+/// record waits in a thread's cache together with its count, and the next create of the same size
+/// takes both, so creating and freeing objects never touches the shared reference count.
 #[repr(align(128))]
 pub(crate) struct Inner {
     /// Declared before `region`: memory registrations go before the memory is unmapped.
@@ -137,80 +144,48 @@ pub(crate) struct Inner {
     region: Region,
     /// Bytes objects can use (`PoolOptions::size` in whole granules); never changes.
     capacity: usize,
-    index: Index<Object>,
-    /// Freed blocks are cached with the `Arc<Inner>` their object held (see `Object::pool`).
+    records: Records,
+    index: Index,
+    /// Freed blocks are cached with their record id and the `Arc<Inner>` count their record held.
     arena: SharedArena<Arc<Inner>>,
     evict_lru: bool,
-    /// Zero of the recency clock (`Object::last_used`).
+    /// Zero of the recency clock (`Record::last_used`).
     epoch: Instant,
     evictions: AtomicU64,
     creates_refused: AtomicU64,
 }
 
-/// One object: a block of the region, its key and whether it is sealed. Frees its block on drop.
+impl Inner {
+    /// Records a use of `rec`, for LRU eviction.
+    fn touch(&self, rec: &Record) {
+        if self.evict_lru {
+            rec.set_last_used(self.epoch.elapsed().as_nanos() as u64);
+        }
+    }
+}
+
+/// Drops one reference to record `id` of the pool at `pool`; the last one frees the object's block
+/// and gives back the record's count of the pool, which may unmap it.
 ///
-/// Cache-line aligned: readers bump its `Arc` count on every get, and two hot objects allocated
-/// side by side would otherwise make readers of different keys contend on one line.
-#[repr(align(64))]
-pub(crate) struct Object {
-    /// Keeps the region mapped while the object lives. Always `Some` until `drop`, which hands it
-    /// to the arena's cache together with the freed block; the next create of the same size takes
-    /// both, so creating and freeing objects never touches the pool's shared reference count.
-    pool: Option<Arc<Inner>>,
-    key: Arc<[u8]>,
-    block: Block,
-    size: usize,
-    /// Offset and length of each part, for objects made by `create_parts`.
-    parts: Option<Box<[(usize, usize)]>>,
-    sealed: AtomicBool,
-    /// Nanoseconds since the pool's epoch when it was sealed or last read (kept only when the
-    /// pool evicts).
-    last_used: AtomicU64,
-}
-
-impl Entry for Object {
-    fn key(&self) -> &Arc<[u8]> {
-        &self.key
+/// `pool` comes from `Arc::as_ptr` or `Arc::into_raw` of the pool's `Arc<Inner>`, and the caller
+/// holds the reference it drops.
+fn release(pool: NonNull<Inner>, id: u32) {
+    // SAFETY: the reference being dropped keeps its record's count of the pool, so it is alive.
+    let inner = unsafe { pool.as_ref() };
+    let rec = inner.records.get(id);
+    if !rec.release() {
+        return;
     }
-    fn is_sealed(&self) -> bool {
-        self.sealed.load(Ordering::Acquire)
-    }
-    fn mark_sealed(&self) {
-        self.touch();
-        self.sealed.store(true, Ordering::Release);
-    }
-    fn last_used(&self) -> u64 {
-        self.last_used.load(Ordering::Relaxed)
-    }
-}
-
-impl Object {
-    /// Records a use, for LRU eviction.
-    fn touch(&self) {
-        let pool = self.pool();
-        if pool.evict_lru {
-            self.last_used.store(pool.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        }
-    }
-
-    fn pool(&self) -> &Inner {
-        match &self.pool {
-            Some(pool) => pool,
-            None => unreachable!("an object's pool is only taken in drop"),
-        }
-    }
-}
-
-impl Drop for Object {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            // The slot is its own allocation: putting the pool's `Arc` into it borrows nothing of
-            // the pool, which a concurrent `close` may free once it drains the slot.
-            let slot = pool.arena.slot();
-            if let Err((block, pool)) = slot.put(self.block, pool) {
-                pool.arena.free(block);
-            }
-        }
+    // SAFETY: `release` answered true, so this thread owns the record.
+    let block = unsafe { rec.retire() };
+    // SAFETY: the record held one strong count of the pool's `Arc`, taken with `Arc::into_raw`
+    // (see `Pool::create_object`); it is given back here, once.
+    let token = unsafe { Arc::from_raw(pool.as_ptr()) };
+    // The slot is its own allocation: putting the pool's `Arc` into it borrows nothing of the pool,
+    // which a concurrent `close` may free once it drains the slot.
+    let slot = token.arena.slot();
+    if let Err((block, id, token)) = slot.put(block, id, token) {
+        token.arena.free(block, id);
     }
 }
 
@@ -228,9 +203,17 @@ impl std::fmt::Debug for Pool {
 /// One reference to one object. Writable while its creator has not sealed it; read-only after.
 /// Dropping it releases the reference; dropping an unsealed one aborts the object.
 pub struct Buffer {
-    obj: Arc<Object>,
+    /// The pool; kept alive by the record's count of it while this buffer's reference lives.
+    pool: NonNull<Inner>,
+    id: u32,
     writer: bool,
 }
+
+// SAFETY: a buffer is a reference to an immutable (sealed) or exclusively owned (unsealed, only
+// writable through `&mut Buffer`) record and block, and the pool it points to is `Sync`.
+unsafe impl Send for Buffer {}
+// SAFETY: as above; `&Buffer` gives only reads.
+unsafe impl Sync for Buffer {}
 
 fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
@@ -254,16 +237,13 @@ fn index_error(e: IndexError, key: &[u8], wait: Wait) -> Error {
 }
 
 impl Inner {
-    pub(crate) fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
+    pub(crate) fn get(self: &Arc<Self>, key: &[u8], wait: Wait) -> Result<Buffer> {
         check_key(key)?;
         if self.index.is_closed() {
             return Err(Error::PoolClosed);
         }
-        let found = match self.index.lookup(key) {
-            Lookup::Sealed(obj) => {
-                obj.touch();
-                Ok(obj)
-            }
+        let found = match self.index.lookup(&self.records, key) {
+            Lookup::Sealed(id) => Ok(id),
             Lookup::Unsealed if wait == Wait::Now => Err(IndexError::NotSealed),
             Lookup::Absent if wait == Wait::Now => Err(IndexError::NotFound),
             _ => {
@@ -271,10 +251,17 @@ impl Inner {
                     Wait::For(d) => Instant::now().checked_add(d),
                     _ => None,
                 };
-                self.index.wait_sealed(key, deadline).inspect(|obj| obj.touch())
+                self.index.wait_sealed(&self.records, key, deadline)
             }
         };
-        found.map(|obj| Buffer { obj, writer: false }).map_err(|e| index_error(e, key, wait))
+        let id = found.map_err(|e| index_error(e, key, wait))?;
+        self.touch(self.records.get(id));
+        Ok(Buffer { pool: self.ptr(), id, writer: false })
+    }
+
+    /// The pool's address with the provenance of its `Arc`, for buffers and `release`.
+    fn ptr(self: &Arc<Self>) -> NonNull<Inner> {
+        NonNull::new(Arc::as_ptr(self).cast_mut()).expect("an Arc's pointer is never null")
     }
 }
 
@@ -306,6 +293,7 @@ impl Pool {
                 rdma,
                 region,
                 capacity,
+                records: Records::new(max_objects),
                 index: Index::new(),
                 arena: SharedArena::new(arena),
                 evict_lru: opts.evict_lru,
@@ -332,7 +320,7 @@ impl Pool {
     /// [`Buffer::part_mut`]; the header must stay as it is.
     pub fn create_parts(&self, key: &[u8], sizes: &[usize]) -> Result<Buffer> {
         let layout = Layout::new(sizes)?;
-        let mut buf = self.create_object(key, layout.total_len, Some(layout.parts.clone().into_boxed_slice()))?;
+        let mut buf = self.create_object(key, layout.total_len, Some(&layout.parts))?;
         match buf.as_mut_slice() {
             Some(bytes) => layout.write_header(bytes),
             None => return Err(Error::Internal("new buffer is not writable".into())),
@@ -340,7 +328,7 @@ impl Pool {
         Ok(buf)
     }
 
-    fn create_object(&self, key: &[u8], size: usize, parts: Option<Box<[(usize, usize)]>>) -> Result<Buffer> {
+    fn create_object(&self, key: &[u8], size: usize, parts: Option<&[(usize, usize)]>) -> Result<Buffer> {
         check_key(key)?;
         let inner = &self.inner;
         let capacity = inner.capacity;
@@ -351,23 +339,22 @@ impl Pool {
                 Bytes(capacity as u64)
             )));
         }
-        let mut victims: Option<std::vec::IntoIter<(u64, Arc<[u8]>)>> = None;
+        let mut victims: Option<std::vec::IntoIter<Candidate>> = None;
         loop {
-            let made = inner.index.insert_with(key, || {
-                let (block, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
-                let pool = cached.unwrap_or_else(|| inner.clone());
-                Ok(Arc::new(Object {
-                    pool: Some(pool),
-                    key: key.into(),
-                    block,
-                    size,
-                    parts: parts.clone(),
-                    sealed: AtomicBool::new(false),
-                    last_used: AtomicU64::new(0),
-                }))
+            let made = inner.index.insert_with(&inner.records, key, || {
+                let (block, id, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
+                // The record keeps one count of the pool: the one cached with it, or a new one.
+                let pool = Arc::into_raw(cached.unwrap_or_else(|| inner.clone()));
+                inner.records.ensure(id);
+                let parts: Option<PartTable> = parts.map(Into::into);
+                // SAFETY: the arena handed out `id`, so nobody else holds it or its record. Two
+                // references: the index's and the creator's.
+                unsafe { inner.records.get(id).init(block, size, key, parts, 2) };
+                debug_assert_eq!(pool, Arc::as_ptr(inner));
+                Ok(id)
             });
             let e = match made {
-                Ok(Ok(obj)) => return Ok(Buffer { obj, writer: true }),
+                Ok(Ok(id)) => return Ok(Buffer { pool: inner.ptr(), id, writer: true }),
                 Ok(Err(e)) => e,
                 Err(e) => return Err(index_error(e, key, Wait::Now)),
             };
@@ -375,10 +362,10 @@ impl Pool {
             // With eviction on, evict least recently used objects one by one (outside any
             // lock of the index) until the create fits or nothing is left to evict.
             if out_of_room && inner.evict_lru {
-                let queue = victims.get_or_insert_with(|| inner.index.evictable().into_iter());
-                if let Some(evicted) = queue.by_ref().find_map(|(_, victim)| inner.index.evict(&victim)) {
+                let queue = victims.get_or_insert_with(|| inner.index.evictable(&inner.records).into_iter());
+                if let Some(id) = queue.by_ref().find_map(|c| inner.index.evict(&inner.records, c)) {
                     inner.evictions.fetch_add(1, Ordering::Relaxed);
-                    drop(evicted);
+                    release(inner.ptr(), id);
                     continue;
                 }
             }
@@ -414,14 +401,15 @@ impl Pool {
     /// belongs to its creator, who aborts it).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         check_key(key)?;
-        let removed = self.inner.index.remove_sealed(key).map_err(|e| index_error(e, key, Wait::Now))?;
-        drop(removed);
+        let id =
+            self.inner.index.remove_sealed(&self.inner.records, key).map_err(|e| index_error(e, key, Wait::Now))?;
+        release(self.inner.ptr(), id);
         Ok(())
     }
 
     /// Whether `key` is sealed (and so visible to `get`). False for bad keys and after close.
     pub fn contains(&self, key: &[u8]) -> bool {
-        check_key(key).is_ok() && self.inner.index.contains_sealed(key)
+        check_key(key).is_ok() && self.inner.index.contains_sealed(&self.inner.records, key)
     }
 
     /// Creates, copies `data` in and seals: the one-copy put.
@@ -467,8 +455,9 @@ impl Pool {
     /// references. Buffers still held keep their memory mapped until they are released.
     /// Idempotent.
     pub fn close(&self) {
-        let entries = self.inner.index.close();
-        drop(entries);
+        for id in self.inner.index.close() {
+            release(self.inner.ptr(), id);
+        }
         let cached = self.inner.arena.close();
         drop(cached);
         self.inner.rdma.close_caller_pds();
@@ -510,20 +499,29 @@ impl Drop for Pool {
 }
 
 impl Buffer {
+    fn pool(&self) -> &Inner {
+        // SAFETY: this buffer's reference keeps its record's count of the pool.
+        unsafe { self.pool.as_ref() }
+    }
+
+    fn rec(&self) -> &Record {
+        self.pool().records.get(self.id)
+    }
+
     pub fn key(&self) -> &[u8] {
-        &self.obj.key
+        self.rec().key()
     }
 
     pub fn len(&self) -> usize {
-        self.obj.size
+        self.rec().size()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.obj.size == 0
+        self.len() == 0
     }
 
     pub fn is_sealed(&self) -> bool {
-        self.obj.is_sealed()
+        self.rec().is_sealed()
     }
 
     /// Copies the bytes into `dst` and answers how many; `InvalidArgument` if `dst` is too small
@@ -544,17 +542,17 @@ impl Buffer {
 
     /// Offset of the first byte from the start of the pool's region.
     pub fn offset(&self) -> usize {
-        self.obj.block.offset
+        self.rec().offset()
     }
 
     /// Parts of an object made by `create_parts`; 0 for a plain object.
     pub fn part_count(&self) -> usize {
-        self.obj.parts.as_ref().map_or(0, |p| p.len())
+        self.rec().parts().map_or(0, |p| p.len())
     }
 
     /// Offset (from the object's first byte) and length of part `index`.
     pub fn part_range(&self, index: usize) -> Result<(usize, usize)> {
-        match &self.obj.parts {
+        match self.rec().parts() {
             None => Err(Error::InvalidArgument(format!(
                 "key {} is a plain object, not one made of parts",
                 Key::new(self.key())
@@ -584,28 +582,29 @@ impl Buffer {
     /// Where the buffer's bytes are for RDMA, with the keys of registration `index`: a target for
     /// a peer's RDMA WRITE while unsealed, a source for RDMA READ once sealed.
     pub fn rdma_desc(&self, index: u32) -> Result<RdmaDesc> {
-        self.obj.pool().rdma.desc(index, self.obj.block.offset, self.obj.size)
+        self.pool().rdma.desc(index, self.offset(), self.len())
     }
 
     /// Address of the first byte, inside the pool's region. Valid while this buffer lives.
     pub fn as_ptr(&self) -> *const u8 {
-        self.obj.pool().region.ptr_at(self.obj.block.offset)
+        self.pool().region.ptr_at(self.offset())
     }
 
     /// Writable address: only for the creator's buffer, and only until it is sealed.
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
-        (self.writer && !self.is_sealed()).then(|| self.obj.pool().region.ptr_at(self.obj.block.offset))
+        (self.writer && !self.is_sealed()).then(|| self.pool().region.ptr_at(self.offset()))
     }
 
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the block [offset, offset + size) lies inside the region, which stays mapped while
-        // `self.obj` (and so its `Arc<Inner>`) lives. Sealed bytes are never written again; unsealed
-        // bytes are written only through `as_mut_slice`, which needs `&mut self`.
-        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.obj.size) }
+        // this buffer's reference (and so its record's count of the pool) lives. Sealed bytes are
+        // never written again; unsealed bytes are written only through `as_mut_slice`, which needs
+        // `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
     }
 
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        let size = self.obj.size;
+        let size = self.len();
         // SAFETY: as in `as_slice`; this is the only writable handle to the block and it is
         // borrowed mutably for the slice's life.
         self.as_mut_ptr().map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
@@ -617,7 +616,10 @@ impl Buffer {
         if !self.writer {
             return Err(Error::AlreadySealed(Key::new(self.key())));
         }
-        self.obj.pool().index.seal(&self.obj).map_err(|e| index_error(e, &self.obj.key, Wait::Now))
+        let pool = self.pool();
+        pool.index.seal(&pool.records, self.id).map_err(|e| index_error(e, self.key(), Wait::Now))?;
+        pool.touch(self.rec());
+        Ok(())
     }
 
     /// Discards an unsealed object: its key vanishes and its memory is freed. On a sealed buffer
@@ -644,8 +646,13 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if self.writer && !self.is_sealed() {
-            self.obj.pool().index.remove_unsealed(&self.obj);
+            let pool = self.pool();
+            if pool.index.remove_unsealed(&pool.records, self.id) {
+                // The index's reference; the buffer's own is still held below.
+                release(self.pool, self.id);
+            }
         }
+        release(self.pool, self.id);
     }
 }
 
