@@ -150,8 +150,8 @@ SCENARIOS = {
                         reopen(1, 0x45, 4), put(1, 1, S64K), stats(1), reopen(0, 0xf4, 5), stats(0)],
     "open-bad": [bytes([OPEN_BAD, w]) for w in range(7)] + [stats(0)],
     "handles-full": [put(0, 0, S64)] + [get(0, 0) for _ in range(18)] + [stats(0), delete(0, 0), stats(0)],
-    # A free range of exactly the request's size that the allocator's size classes refuse
-    # (tolerated unless ZC_FUZZ_STRICT_OOM=1).
+    # A free range of exactly the request's size, in the same size class as the request: it must
+    # be served.
     "size-class": [create(0, 0, S1), create(0, 1, CAP_64), put(0, 2, raw(30000)), stats(0)],
     "largest": [put(0, 0, raw(9000)), largest(0, 1), largest(0, 2), stats(0), largest(1, 1), largest(1, 2)],
 }

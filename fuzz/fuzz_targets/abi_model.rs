@@ -14,9 +14,11 @@
 //! A released handle is dropped from the table (using it again is undefined); a closed pool is
 //! never called again (its slot is re-opened instead), but its handles live on.
 //!
+//! A create must succeed whenever a free range of its size exists (the allocator searches its
+//! size class first-fit before giving up), and `largest_free_block` must be the longest free range.
+//!
 //! `ZC_FUZZ_TRACE=1` prints every call and its status to stderr (for a reproducer's call
-//! sequence); `ZC_FUZZ_STRICT_OOM=1` also fails on an `ZC_ERR_OUT_OF_MEMORY` that only the
-//! allocator's size classes explain (a free range of the size exists, see `Fit::SizeClass`).
+//! sequence).
 
 #![no_main]
 
@@ -68,11 +70,6 @@ fn env_flag(name: &str) -> bool {
 fn tracing() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| env_flag("ZC_FUZZ_TRACE"))
-}
-
-fn strict_oom() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| env_flag("ZC_FUZZ_STRICT_OOM"))
 }
 
 macro_rules! trace {
@@ -191,33 +188,6 @@ fn part_seed(seed: u64, i: usize) -> u64 {
     seed ^ ((i as u64 + 1) << 56)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The allocator's size classes (offset-allocator: 3 mantissa bits), in 64-byte units. A request
-// of `u` units is served from a free range whose class, rounded down, is at least `u`'s class
-// rounded up.
-
-fn class_up(size: u32) -> u32 {
-    if size < 8 {
-        return size;
-    }
-    let high = 31 - size.leading_zeros();
-    let start = high - 3;
-    let mut mantissa = (size >> start) & 7;
-    if size & ((1 << start) - 1) != 0 {
-        mantissa += 1;
-    }
-    ((start + 1) << 3) + mantissa
-}
-
-fn class_down(size: u32) -> u32 {
-    if size < 8 {
-        return size;
-    }
-    let high = 31 - size.leading_zeros();
-    let start = high - 3;
-    ((start + 1) << 3) | ((size >> start) & 7)
-}
-
 /// Parts of one object (docs/FORMAT.md): (offset, length) of each part.
 type Parts = Vec<(usize, usize)>;
 
@@ -276,14 +246,6 @@ enum Fit {
     Limit,
     /// No free range is large enough (fragmentation, or the pool is full).
     NoRange,
-    /// A free range is large enough, but the allocator's size class of the request is above the
-    /// class of the largest free range (classes are exact up to 512 B, within 12.5% beyond).
-    SizeClass,
-}
-
-#[derive(Default)]
-struct Counters {
-    size_class_oom: u64,
 }
 
 struct Model {
@@ -292,7 +254,6 @@ struct Model {
     objs: BTreeMap<u64, Obj>,
     next_id: u64,
     handles: Vec<Handle>,
-    counters: Counters,
 }
 
 /// A key argument as passed to the library: valid (model key index) or not.
@@ -354,7 +315,6 @@ impl Model {
             objs: BTreeMap::new(),
             next_id: 1,
             handles: Vec::new(),
-            counters: Counters::default(),
         }
     }
 
@@ -408,9 +368,6 @@ impl Model {
         if units > gap {
             return Fit::NoRange;
         }
-        if class_up(units as u32) > class_down(gap as u32) {
-            return Fit::SizeClass;
-        }
         Fit::Fits
     }
 
@@ -428,25 +385,17 @@ impl Model {
         }
     }
 
-    /// Checks the status of a create against `create_status`, with the size-class leniency.
+    /// Checks the status of a create against `create_status`.
     #[track_caller]
     fn check_create(&mut self, call: &str, got: zc_status, want: (zc_status, Fit), size: usize, inst: usize) {
-        if want.1 == Fit::SizeClass && got == ZC_OK {
-            // A freed block of exactly this size, still in the thread's cache, serves it.
-            trace!("  {call} -> {} (size class says no, a cached block fits)", name(got));
-            return;
-        }
-        if want.1 == Fit::SizeClass && got == ZC_ERR_OUT_OF_MEMORY {
-            self.counters.size_class_oom += 1;
-            assert!(
-                !strict_oom(),
-                "DOC MISMATCH (strict OOM): {call}: ZC_ERR_OUT_OF_MEMORY for {size} bytes while a free range of {} \
-                 bytes exists ({} of {} bytes used)",
-                self.largest_gap(inst) * GRANULE,
-                self.usage(inst).1,
-                self.insts[inst].capacity
-            );
-        }
+        assert!(
+            !(got == ZC_ERR_OUT_OF_MEMORY && want.0 == ZC_OK),
+            "DOC MISMATCH: {call}: ZC_ERR_OUT_OF_MEMORY for {size} bytes while a free range of {} bytes exists \
+             ({} of {} bytes used)",
+            self.largest_gap(inst) * GRANULE,
+            self.usage(inst).1,
+            self.insts[inst].capacity
+        );
         check(call, got, want.0);
     }
 
@@ -615,11 +564,7 @@ impl Model {
             got, want,
             "STATS MISMATCH: (capacity, used_bytes, object_count, key_count, max_objects) of pool instance {inst}"
         );
-        assert!(
-            s.largest_free_block % GRANULE as u64 == 0 && s.largest_free_block <= gap as u64,
-            "largest_free_block {} is not a free range (largest free range {gap})",
-            s.largest_free_block
-        );
+        assert_eq!(s.largest_free_block, gap as u64, "largest_free_block is not the longest free range");
         assert!(s.page_size >= 4096 && s.page_size.is_power_of_two(), "page_size {}", s.page_size);
         assert_eq!((s.rdma_registrations, s.rdma_register_nanos), (0, 0), "RDMA is off");
         assert!(s.reserved.iter().all(|&r| r == 0), "reserved stats fields are not zero");
@@ -1570,9 +1515,6 @@ fn run(data: &[u8]) {
         if ops % CHECK_EVERY == 0 {
             m.check_all();
         }
-    }
-    if m.counters.size_class_oom > 0 {
-        trace!("size-class OOMs: {}", m.counters.size_class_oom);
     }
     m.finish();
 }
