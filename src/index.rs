@@ -290,17 +290,15 @@ mod tests {
 
     impl Fixture {
         fn new() -> Fixture {
-            let recs = Records::new(64);
-            (0..64).for_each(|id| recs.ensure(id));
+            let recs = Records::new(64).unwrap();
             Fixture { recs, ix: Index::new() }
         }
 
         fn insert(&self, key: &[u8], id: u32) -> Result<u32, IndexError> {
-            let rec = self.recs.get(id);
             self.ix
                 .insert_with(&self.recs, key, || -> Result<u32, ()> {
                     // SAFETY: each test uses each id once, so the record is unreferenced.
-                    unsafe { rec.init(Block::from_parts(0, 0, u32::MAX), 0, key, None, 2) };
+                    unsafe { self.recs.init(id, Block::from_parts(0, 0, u32::MAX), 0, key, None, 2) };
                     Ok(id)
                 })
                 .map(|made| made.unwrap())
@@ -372,14 +370,13 @@ mod tests {
 
     #[test]
     fn thousands_of_keys_are_found_after_the_tables_grow() {
-        let recs = Records::new(5000);
+        let recs = Records::new(5000).unwrap();
         let ix = Index::new();
         for id in 0..5000u32 {
-            recs.ensure(id);
             let key = format!("key-{id}");
             let made = ix.insert_with(&recs, key.as_bytes(), || -> Result<u32, ()> {
                 // SAFETY: a fresh id, unreferenced.
-                unsafe { recs.get(id).init(Block::from_parts(0, 0, u32::MAX), 0, key.as_bytes(), None, 1) };
+                unsafe { recs.init(id, Block::from_parts(0, 0, u32::MAX), 0, key.as_bytes(), None, 1) };
                 Ok(id)
             });
             assert_eq!(made, Ok(Ok(id)));

@@ -171,8 +171,12 @@ impl Inner {
 /// holds the reference it drops.
 fn release(pool: NonNull<Inner>, id: u32) {
     // SAFETY: the reference being dropped keeps its record's count of the pool, so it is alive.
-    let inner = unsafe { pool.as_ref() };
-    let rec = inner.records.get(id);
+    let rec = unsafe { pool.as_ref() }.records.get(id);
+    release_record(pool, rec, id);
+}
+
+/// [`release`] for a caller that has the record at hand.
+fn release_record(pool: NonNull<Inner>, rec: &Record, id: u32) {
     if !rec.release() {
         return;
     }
@@ -205,6 +209,8 @@ impl std::fmt::Debug for Pool {
 pub struct Buffer {
     /// The pool; kept alive by the record's count of it while this buffer's reference lives.
     pool: NonNull<Inner>,
+    /// The object's record (records never move while the pool lives), and its id.
+    rec: NonNull<Record>,
     id: u32,
     writer: bool,
 }
@@ -255,8 +261,9 @@ impl Inner {
             }
         };
         let id = found.map_err(|e| index_error(e, key, wait))?;
-        self.touch(self.records.get(id));
-        Ok(Buffer { pool: self.ptr(), id, writer: false })
+        let rec = self.records.get(id);
+        self.touch(rec);
+        Ok(Buffer { pool: self.ptr(), rec: NonNull::from(rec), id, writer: false })
     }
 
     /// The pool's address with the provenance of its `Arc`, for buffers and `release`.
@@ -288,12 +295,13 @@ impl Pool {
         let max_objects = opts.effective_max_objects(capacity);
         // Blocks never straddle two memory registrations.
         let arena = Arena::new(capacity, max_objects, rdma.chunk_len());
+        let records = Records::new(arena.max_objects())?;
         Ok(Pool {
             inner: Arc::new(Inner {
                 rdma,
                 region,
                 capacity,
-                records: Records::new(max_objects),
+                records,
                 index: Index::new(),
                 arena: SharedArena::new(arena),
                 evict_lru: opts.evict_lru,
@@ -345,16 +353,18 @@ impl Pool {
                 let (block, id, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
                 // The record keeps one count of the pool: the one cached with it, or a new one.
                 let pool = Arc::into_raw(cached.unwrap_or_else(|| inner.clone()));
-                inner.records.ensure(id);
                 let parts: Option<PartTable> = parts.map(Into::into);
                 // SAFETY: the arena handed out `id`, so nobody else holds it or its record. Two
                 // references: the index's and the creator's.
-                unsafe { inner.records.get(id).init(block, size, key, parts, 2) };
+                unsafe { inner.records.init(id, block, size, key, parts, 2) };
                 debug_assert_eq!(pool, Arc::as_ptr(inner));
                 Ok(id)
             });
             let e = match made {
-                Ok(Ok(id)) => return Ok(Buffer { pool: inner.ptr(), id, writer: true }),
+                Ok(Ok(id)) => {
+                    let rec = NonNull::from(inner.records.get(id));
+                    return Ok(Buffer { pool: inner.ptr(), rec, id, writer: true });
+                }
                 Ok(Err(e)) => e,
                 Err(e) => return Err(index_error(e, key, Wait::Now)),
             };
@@ -505,7 +515,8 @@ impl Buffer {
     }
 
     fn rec(&self) -> &Record {
-        self.pool().records.get(self.id)
+        // SAFETY: records live as long as the pool, which this buffer keeps alive.
+        unsafe { self.rec.as_ref() }
     }
 
     pub fn key(&self) -> &[u8] {
@@ -649,10 +660,10 @@ impl Drop for Buffer {
             let pool = self.pool();
             if pool.index.remove_unsealed(&pool.records, self.id) {
                 // The index's reference; the buffer's own is still held below.
-                release(self.pool, self.id);
+                release_record(self.pool, self.rec(), self.id);
             }
         }
-        release(self.pool, self.id);
+        release_record(self.pool, self.rec(), self.id);
     }
 }
 

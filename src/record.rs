@@ -1,5 +1,5 @@
-//! Object records: one 64-byte, cache-line-aligned record per live object, in chunks that are
-//! allocated as the number of live objects grows and addressed by a 32-bit id.
+//! Object records: one 64-byte, cache-line-aligned record per live object, addressed by a 32-bit
+//! id, in a mapping that becomes resident as ids are used.
 //!
 //! A record holds everything the pool knows of an object: its block, size, key (inline up to
 //! [`INLINE_KEY`] bytes), part table, whether it is sealed, when it was last used, and a count of
@@ -13,14 +13,14 @@
 //! while the record has references.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::alloc::Block;
+use crate::error::{Bytes, Error, Result};
 
 /// Keys up to this long live in the record; longer ones get their own allocation.
 pub const INLINE_KEY: usize = 16;
-/// Records per chunk: 64 KiB.
-const CHUNK: usize = 1024;
 
 /// Offset (from the object's first byte) and length of each part of a multi-part object.
 pub type PartTable = Box<[(usize, usize)]>;
@@ -44,9 +44,7 @@ struct Fields {
 }
 
 impl Fields {
-    const EMPTY: Fields =
-        Fields { offset: 0, size: 0, node: 0, key_len: 0, parts: None, key: KeyBytes { inline: [0; INLINE_KEY] } };
-
+    #[inline]
     fn key(&self) -> &[u8] {
         let len = self.key_len as usize;
         if len <= INLINE_KEY {
@@ -111,37 +109,34 @@ unsafe impl Sync for Record {}
 unsafe impl Send for Record {}
 
 impl Record {
-    fn new() -> Record {
-        Record {
-            refs: AtomicU32::new(0),
-            sealed: AtomicBool::new(false),
-            last_used: AtomicU64::new(0),
-            fields: UnsafeCell::new(Fields::EMPTY),
-        }
-    }
-
+    #[inline]
     fn fields(&self) -> &Fields {
         // SAFETY: per the ownership rule, nobody writes `fields` while a caller can reach this
         // record through a reference it holds.
         unsafe { &*self.fields.get() }
     }
 
+    #[inline]
     pub fn key(&self) -> &[u8] {
         self.fields().key()
     }
 
+    #[inline]
     pub fn size(&self) -> usize {
         self.fields().size
     }
 
+    #[inline]
     pub fn offset(&self) -> usize {
         self.fields().offset
     }
 
+    #[inline]
     pub fn parts(&self) -> Option<&[(usize, usize)]> {
         self.fields().parts.as_deref().map(|p| &**p)
     }
 
+    #[inline]
     pub fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
@@ -150,27 +145,32 @@ impl Record {
         self.sealed.store(true, Ordering::Release);
     }
 
+    #[inline]
     pub fn last_used(&self) -> u64 {
         self.last_used.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub fn set_last_used(&self, nanos: u64) {
         self.last_used.store(nanos, Ordering::Relaxed);
     }
 
     /// Adds a reference. Only for a holder of a reference, or under the index's lock while the
     /// index holds one.
+    #[inline]
     pub fn acquire(&self) {
         self.refs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// References now.
+    #[inline]
     pub fn refs(&self) -> u32 {
         self.refs.load(Ordering::Acquire)
     }
 
     /// Drops a reference; answers true when it was the last, and the caller now owns the record
     /// and must [`Record::retire`] it.
+    #[inline]
     pub fn release(&self) -> bool {
         if self.refs.fetch_sub(1, Ordering::Release) != 1 {
             return false;
@@ -183,7 +183,7 @@ impl Record {
     ///
     /// # Safety
     /// The caller owns the record: it has no references and no other thread uses its id.
-    pub unsafe fn init(&self, block: Block, size: usize, key: &[u8], parts: Option<PartTable>, refs: u32) {
+    unsafe fn init(&self, block: Block, size: usize, key: &[u8], parts: Option<PartTable>, refs: u32) {
         // SAFETY: owned per the contract, so no other access to `fields` exists.
         let f = unsafe { &mut *self.fields.get() };
         let (offset, _, node) = block.parts();
@@ -210,56 +210,85 @@ impl Record {
     }
 }
 
-/// Records addressed by id, in chunks allocated on first use.
+/// Records addressed by id: one anonymous mapping of `max_objects` records, reserved at open
+/// and not charged against memory (`MAP_NORESERVE`); a page of records becomes resident when an
+/// id on it is first used. All-zero bytes are an empty record, so the mapping needs no setup, and
+/// `get` is one addition.
 pub struct Records {
-    chunks: Box<[AtomicPtr<Record>]>,
+    base: NonNull<Record>,
+    len: usize,
+    /// One past the highest id handed to `get` for writing (see `init`): the records to drop.
+    used: AtomicUsize,
 }
 
+// SAFETY: `Records` owns its mapping; the records in it are `Sync` and `Send`.
+unsafe impl Send for Records {}
+// SAFETY: as above.
+unsafe impl Sync for Records {}
+
 impl Records {
-    /// Room for ids below `max_objects`; no record is allocated yet.
-    pub fn new(max_objects: usize) -> Records {
-        Records { chunks: (0..max_objects.div_ceil(CHUNK)).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect() }
+    /// Room for ids below `max_objects` (at least 1).
+    pub fn new(max_objects: usize) -> Result<Records> {
+        let len = max_objects.max(1);
+        let bytes = len
+            .checked_mul(size_of::<Record>())
+            .ok_or_else(|| Error::InvalidArgument(format!("max_objects {max_objects} is too large to address")))?;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::system(
+                format!("mapping records for {max_objects} objects ({})", Bytes(bytes as u64)),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // mmap answers page-aligned memory (so 64-byte aligned) and never NULL on success.
+        let base = NonNull::new(ptr.cast::<Record>()).ok_or_else(|| Error::Internal("mmap answered NULL".into()))?;
+        Ok(Records { base, len, used: AtomicUsize::new(0) })
     }
 
-    /// The record of `id`, which must be below `max_objects` and [`Records::ensure`]d.
+    /// The record of `id`, which must be below `max_objects`.
+    #[inline]
     pub fn get(&self, id: u32) -> &Record {
         let id = id as usize;
-        let chunk = self.chunks[id / CHUNK].load(Ordering::Acquire);
-        assert!(!chunk.is_null(), "record {id} was never allocated");
-        // SAFETY: a non-null chunk is a leaked `Box<[Record]>` of CHUNK records that lives as long
-        // as `self`.
-        unsafe { &*chunk.add(id % CHUNK) }
+        assert!(id < self.len, "record {id} of {}", self.len);
+        // SAFETY: in bounds of the mapping, which lives as long as `self`; zero bytes are a valid
+        // (empty) record, and records are only mutated through atomics or by their owner.
+        unsafe { &*self.base.as_ptr().add(id) }
     }
 
-    /// Allocates the chunk holding `id` if it is not yet.
-    pub fn ensure(&self, id: u32) {
-        let slot = &self.chunks[id as usize / CHUNK];
-        if !slot.load(Ordering::Acquire).is_null() {
-            return;
-        }
-        let chunk: Box<[Record]> = (0..CHUNK).map(|_| Record::new()).collect();
-        let ptr = Box::into_raw(chunk).cast::<Record>();
-        if slot.compare_exchange(std::ptr::null_mut(), ptr, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            // SAFETY: `ptr` was leaked just above and lost the race, so nobody else has it.
-            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, CHUNK)) });
-        }
+    /// Fills an owned record for a new object with `refs` references (see [`Record::init`]).
+    ///
+    /// # Safety
+    /// As for [`Record::init`]: the caller owns record `id`.
+    pub unsafe fn init(&self, id: u32, block: Block, size: usize, key: &[u8], parts: Option<PartTable>, refs: u32) {
+        self.used.fetch_max(id as usize + 1, Ordering::Relaxed);
+        // SAFETY: per the contract.
+        unsafe { self.get(id).init(block, size, key, parts, refs) }
     }
 
-    /// Bytes of records allocated.
-    pub fn bytes(&self) -> usize {
-        self.chunks.iter().filter(|c| !c.load(Ordering::Relaxed).is_null()).count() * CHUNK * size_of::<Record>()
+    /// Bytes of records that have been used (resident, at 64 bytes each).
+    pub fn bytes_used(&self) -> usize {
+        self.used.load(Ordering::Relaxed) * size_of::<Record>()
     }
 }
 
 impl Drop for Records {
     fn drop(&mut self) {
-        for chunk in self.chunks.iter() {
-            let ptr = chunk.load(Ordering::Acquire);
-            if !ptr.is_null() {
-                // SAFETY: each non-null chunk is a `Box<[Record]>` of CHUNK records leaked by
-                // `ensure`, freed once here.
-                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, CHUNK)) });
-            }
+        let used = *self.used.get_mut();
+        // SAFETY: records below `used` may own a long key or a part table; nobody else can reach
+        // them now (`&mut self`), and each is dropped once. Then the mapping is unmapped once.
+        unsafe {
+            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), used));
+            libc::munmap(self.base.as_ptr().cast(), self.len * size_of::<Record>());
         }
     }
 }
@@ -269,19 +298,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_is_one_cache_line() {
+    fn record_is_one_cache_line_and_all_zero_is_empty() {
         assert_eq!((size_of::<Record>(), align_of::<Record>()), (64, 64));
+        let records = Records::new(3).unwrap();
+        let r = records.get(2);
+        assert_eq!(
+            (r.key(), r.size(), r.offset(), r.refs(), r.is_sealed(), r.parts()),
+            (&b""[..], 0, 0, 0, false, None)
+        );
     }
 
     #[test]
     fn short_and_long_keys_read_back_and_long_ones_are_freed_on_retire() {
-        let records = Records::new(10);
-        records.ensure(3);
-        let r = records.get(3);
+        let records = Records::new(10).unwrap();
         let long = vec![7u8; 300];
         for key in [&b"k"[..], &[1u8; INLINE_KEY][..], &long[..], b""] {
             // SAFETY: the record has no references and only this test uses it.
-            unsafe { r.init(Block::from_parts(128, 64, 5), 10, key, None, 1) };
+            unsafe { records.init(3, Block::from_parts(128, 64, 5), 10, key, None, 1) };
+            let r = records.get(3);
             assert_eq!((r.key(), r.size(), r.offset(), r.refs()), (key, 10, 128, 1));
             assert!(r.release());
             // SAFETY: `release` answered true.
@@ -292,12 +326,21 @@ mod tests {
     }
 
     #[test]
+    fn live_long_keys_and_parts_are_freed_when_the_records_are_dropped() {
+        // Leak checkers (the sanitizer and valgrind runs of the test suite) see the difference.
+        let records = Records::new(4).unwrap();
+        // SAFETY: unreferenced records, private to this test.
+        unsafe { records.init(1, Block::from_parts(0, 64, 0), 1, &[9u8; 100], Some(vec![(64, 1)].into()), 1) };
+        assert_eq!(records.bytes_used(), 128);
+        drop(records);
+    }
+
+    #[test]
     fn references_count_down_to_the_owner() {
-        let records = Records::new(1);
-        records.ensure(0);
-        let r = records.get(0);
+        let records = Records::new(1).unwrap();
         // SAFETY: unreferenced and private to this test.
-        unsafe { r.init(Block::from_parts(0, 0, u32::MAX), 0, b"k", Some(vec![(64, 3)].into()), 2) };
+        unsafe { records.init(0, Block::from_parts(0, 0, u32::MAX), 0, b"k", Some(vec![(64, 3)].into()), 2) };
+        let r = records.get(0);
         r.acquire();
         assert_eq!(r.parts(), Some(&[(64, 3)][..]));
         assert!(!r.release());
@@ -309,13 +352,8 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_allocated_only_for_ids_in_use() {
-        let records = Records::new(5 * CHUNK);
-        assert_eq!(records.bytes(), 0);
-        records.ensure(0);
-        records.ensure(CHUNK as u32 - 1);
-        assert_eq!(records.bytes(), CHUNK * 64);
-        records.ensure(4 * CHUNK as u32);
-        assert_eq!(records.bytes(), 2 * CHUNK * 64);
+    #[should_panic(expected = "record 5 of 5")]
+    fn an_id_past_max_objects_is_refused() {
+        Records::new(5).unwrap().get(5);
     }
 }
