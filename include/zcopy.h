@@ -482,10 +482,8 @@ zc_status zc_pool_get_stats(const struct zc_pool *pool, struct zc_pool_stats *ou
  * Reserves `size` bytes for the key in the pool and writes a writable buffer to `*out`. The key
  * is invisible to `zc_get` until `zc_seal`. Contents of the new bytes are unspecified.
  * `ZC_ERR_ALREADY_EXISTS` if the key is created or sealed; `ZC_ERR_INVALID_ARGUMENT` if `size`
- * exceeds the pool's capacity; `ZC_ERR_OUT_OF_MEMORY` if no free range of the size's class is
- * there now (the allocator works in size classes, so a request within 1/8 of the longest free
- * range may not fit it; `largest_free_block` in the stats is always a size that fits) or the
- * object limit is reached.
+ * exceeds the pool's capacity; `ZC_ERR_OUT_OF_MEMORY` if no free range of the size is there now
+ * (any size up to `largest_free_block` in the stats fits) or the object limit is reached.
  *
  * The caller owns `*out` and must free it with `zc_release` (which aborts it unless sealed).
  *

@@ -442,6 +442,26 @@ fn largest_free_block_can_be_created_right_now() {
 }
 
 #[test]
+fn largest_free_block_is_exact_and_a_create_of_any_size_up_to_it_fits() {
+    // One 64-byte object at the start of a 1 MiB pool leaves a free range of 1 MiB - 64 bytes;
+    // requests just below it sit in the same size class of the allocator and must still fit.
+    let pool = pool_with(MIB, 0);
+    let _first = pool.create(b"first", 64).unwrap();
+    let lf = pool.stats().largest_free_block as usize;
+    assert_eq!(lf, MIB - 64);
+    for size in [lf, lf - 1, lf - 64, lf - 4096, lf / 2 + 1] {
+        let b = pool.create(b"big", size).unwrap_or_else(|e| panic!("{size} bytes of {lf} free: {e}"));
+        assert_eq!(b.len(), size);
+    }
+    match pool.create(b"big", lf + 1).map(|_| ()).unwrap_err() {
+        Error::PoolFull { requested, largest_free, .. } => {
+            assert_eq!((requested, largest_free), (lf as u64 + 1, lf as u64))
+        }
+        e => panic!("expected PoolFull, got {e}"),
+    }
+}
+
+#[test]
 fn max_objects_limits_live_objects_including_deleted_but_referenced() {
     let pool = pool_with(8 * MIB, 3);
     assert_eq!(pool.stats().max_objects, 3);
