@@ -6,8 +6,8 @@
 //!
 //! Layers, each one module with one job (see `README.md`):
 //! [`region`] maps memory, [`rdma`] registers it with the NICs, [`alloc`] hands out offsets in
-//! it, [`index`] maps keys to objects and their states, [`pool`] composes them, [`ffi`] exports
-//! them to C.
+//! it and object ids, [`record`] keeps one 64-byte record per object, [`index`] maps keys to
+//! records and their states, [`pool`] composes them, [`ffi`] exports them to C.
 
 pub mod alloc;
 pub mod error;

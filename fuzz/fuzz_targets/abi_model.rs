@@ -471,7 +471,12 @@ impl Model {
     /// Releases handle `h` and removes it from the table.
     fn release(&mut self, h: usize) {
         let hd = self.handles.remove(h);
-        trace!("  zc_release(h{h})");
+        trace!(
+            "  zc_release(h{h}: key {}, object {}, {})",
+            self.objs[&hd.obj].key,
+            hd.obj,
+            if hd.writer { "writer" } else { "reader" }
+        );
         // SAFETY: a live handle, released once (it left the table).
         unsafe { zc_release(hd.ptr) };
         let o = self.objs.get_mut(&hd.obj).expect("object");
@@ -962,13 +967,21 @@ impl Model {
             check(&call, st, ZC_ERR_INVALID_ARGUMENT);
             return untouched(&bufs, &statuses);
         }
+        // Every item's answer and object as of the call: adopting a handle below may release an
+        // older one (a full table), which can abort a key that a later item looked up.
+        let wants: Vec<(zc_status, Option<u64>)> = keys
+            .iter()
+            .map(|k| match k.model {
+                None => (ZC_ERR_INVALID_ARGUMENT, None),
+                Some(key) => (self.get_status(inst, key), self.insts[inst].keys[key]),
+            })
+            .collect();
         let mut first = ZC_OK;
         for i in 0..n {
-            let want = keys[i].model.map_or(ZC_ERR_INVALID_ARGUMENT, |key| self.get_status(inst, key));
+            let (want, id) = wants[i];
             check(&format!("{call} item {i}"), statuses[i], want);
             if statuses[i] == ZC_OK {
-                let id = self.insts[inst].keys[keys[i].model.expect("valid")].expect("sealed");
-                self.adopt(bufs[i], id, false);
+                self.adopt(bufs[i], id.expect("a sealed key names an object"), false);
             } else {
                 assert!(bufs[i].is_null(), "{call} item {i}: failed but its handle is not NULL");
                 if first == ZC_OK {
