@@ -193,7 +193,8 @@ typedef struct zc_pool_stats {
      */
     uint64_t used_bytes;
     /**
-     * A size that `zc_create_buffer` can get right now.
+     * The longest free range, in bytes: `zc_create_buffer` of this size or less fits now (below
+     * `max_objects`).
      */
     uint64_t largest_free_block;
     /**

@@ -109,7 +109,7 @@ pub struct PoolStats {
     pub capacity_bytes: u64,
     /// Bytes reserved by live objects (each rounded up to 64).
     pub used_bytes: u64,
-    /// A size that a create can get right now.
+    /// The longest free range, in bytes: a create of this size or less fits now (below `max_objects`).
     pub largest_free_block: u64,
     /// Objects holding memory: created, sealed, and deleted-but-still-referenced.
     pub object_count: u64,

@@ -95,7 +95,8 @@ pub struct zc_pool_stats {
     pub capacity_bytes: u64,
     /// Bytes reserved by live objects (each rounded up to 64).
     pub used_bytes: u64,
-    /// A size that `zc_create_buffer` can get right now.
+    /// The longest free range, in bytes: `zc_create_buffer` of this size or less fits now (below
+    /// `max_objects`).
     pub largest_free_block: u64,
     /// Objects holding memory: created, sealed, and deleted-but-still-referenced.
     pub object_count: u64,
