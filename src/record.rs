@@ -270,7 +270,11 @@ impl Records {
     /// # Safety
     /// As for [`Record::init`]: the caller owns record `id`.
     pub unsafe fn init(&self, id: u32, block: Block, size: usize, key: &[u8], parts: Option<PartTable>, refs: u32) {
-        self.used.fetch_max(id as usize + 1, Ordering::Relaxed);
+        // Written only when the high-water mark grows: this line is read by every access, and a
+        // write per create would bounce it between the cores that create.
+        if self.used.load(Ordering::Relaxed) <= id as usize {
+            self.used.fetch_max(id as usize + 1, Ordering::Relaxed);
+        }
         // SAFETY: per the contract.
         unsafe { self.get(id).init(block, size, key, parts, refs) }
     }
