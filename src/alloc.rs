@@ -214,30 +214,30 @@ impl Tlsf {
         let next = self.nodes[id as usize].next;
         if next != NIL && self.is_free(next) {
             self.unlink(next);
-            let Node { size, next: after, .. } = self.nodes[next as usize];
-            let n = &mut self.nodes[id as usize];
-            n.size += size;
-            n.next = after;
-            if after != NIL {
-                self.nodes[after as usize].prev = id;
-            }
-            self.recycle(next);
+            self.absorb_next(id);
         }
-        let mut id = id;
         let prev = self.nodes[id as usize].prev;
         if prev != NIL && self.is_free(prev) {
             self.unlink(prev);
-            let Node { size, next: after, .. } = self.nodes[id as usize];
-            let p = &mut self.nodes[prev as usize];
-            p.size += size;
-            p.next = after;
-            if after != NIL {
-                self.nodes[after as usize].prev = prev;
-            }
-            self.recycle(id);
-            id = prev;
+            self.absorb_next(prev);
+            self.link(prev);
+        } else {
+            self.link(id);
         }
-        self.link(id);
+    }
+
+    /// Extends node `id` over the node after it, which must be out of every free list, and
+    /// recycles that node.
+    fn absorb_next(&mut self, id: u32) {
+        let next = self.nodes[id as usize].next;
+        let Node { size, next: after, .. } = self.nodes[next as usize];
+        let n = &mut self.nodes[id as usize];
+        n.size += size;
+        n.next = after;
+        if after != NIL {
+            self.nodes[after as usize].prev = id;
+        }
+        self.recycle(next);
     }
 
     /// Units of the longest free range (exact: the top class is searched).
