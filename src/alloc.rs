@@ -427,8 +427,9 @@ pub struct Usage {
 
 /// A thread-safe [`Arena`]. A freed block of at most 256 KiB first goes to the freeing thread's
 /// cache with its object id, and a request of the same rounded size takes both from there without
-/// touching the shared arena. When the arena cannot serve a request, every cache is flushed back and the request is
-/// tried once more, so cached blocks never make a create fail.
+/// touching the shared arena. When the arena cannot serve a request, every cache is flushed back
+/// and the request is tried once more under the same hold of the arena's lock, so cached blocks
+/// never make a create fail, even while other threads allocate.
 ///
 /// Each cached block travels with its owner's token `T` (the pool keeps its `Arc` there), so
 /// a create served from the cache moves a token instead of touching a shared reference count.
@@ -503,12 +504,18 @@ impl<T> SharedArena<T> {
         let first = lock(&self.arena.0).allocate(size);
         let (block, id) = match first {
             Err(_) => {
-                let flushed = self.flush();
-                if flushed.is_empty() {
+                // Another thread's cache may hold the room (or the object ids) this request
+                // needs: take every cached block back and retry under the same hold of the
+                // arena's lock, so no other thread can take the returned room in between.
+                let cached = self.take_cached(false);
+                if cached.is_empty() {
                     first
                 } else {
-                    let retried = lock(&self.arena.0).allocate(size);
-                    drop(flushed);
+                    let mut arena = lock(&self.arena.0);
+                    let tokens = Self::give_back(&mut arena, cached);
+                    let retried = arena.allocate(size);
+                    drop(arena);
+                    drop(tokens);
                     retried
                 }
             }
@@ -541,6 +548,12 @@ impl<T> SharedArena<T> {
     }
 
     fn drain(&self, close: bool) -> Vec<T> {
+        let cached = self.take_cached(close);
+        Self::give_back(&mut lock(&self.arena.0), cached)
+    }
+
+    /// Empties every cache (and stops caching for good if `close`).
+    fn take_cached(&self, close: bool) -> Vec<(Block, u32, T)> {
         let mut taken = Vec::new();
         for slot in self.slots.iter() {
             let mut cache = lock(&slot.cache.0);
@@ -548,8 +561,12 @@ impl<T> SharedArena<T> {
             cache.bytes = 0;
             taken.append(&mut cache.blocks);
         }
-        let mut arena = lock(&self.arena.0);
         taken
+    }
+
+    /// Frees cached blocks into `arena` and hands back their tokens.
+    fn give_back(arena: &mut Arena, cached: Vec<(Block, u32, T)>) -> Vec<T> {
+        cached
             .into_iter()
             .map(|(block, id, token)| {
                 arena.free(block, id);

@@ -243,6 +243,39 @@ fn index_error(e: IndexError, key: &[u8], wait: Wait) -> Error {
 }
 
 impl Inner {
+    /// Evicts the least recently used object nobody holds, taking candidates from `victims` (a
+    /// scan of the index, oldest first) and scanning again when they run out. Other threads
+    /// create, seal and evict meanwhile: a scan's candidates may all be gone by the time they are
+    /// tried while newer objects have become evictable, so only a scan that finds nothing ends
+    /// the search. Answers the evicted id, whose index reference the caller drops.
+    fn evict_one(&self, victims: &mut std::vec::IntoIter<Candidate>) -> Option<u32> {
+        loop {
+            if let Some(id) = victims.find_map(|c| self.index.evict(&self.records, c)) {
+                return Some(id);
+            }
+            *victims = self.index.evictable(&self.records).into_iter();
+            if victims.len() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Drops the index's reference to an evicted object (its last: nobody else held it) and
+    /// returns its block straight to the shared arena rather than to this thread's cache, where
+    /// it would neither merge with its free neighbours nor be seen by another thread's create.
+    fn free_evicted(self: &Arc<Self>, id: u32) {
+        let rec = self.records.get(id);
+        if !rec.release() {
+            return;
+        }
+        // SAFETY: `release` answered true, so this thread owns the record.
+        let block = unsafe { rec.retire() };
+        // SAFETY: the record held one strong count of the pool's `Arc`, taken with `Arc::into_raw`
+        // (see `Pool::create_object`); it is given back here, once. `self` keeps the pool alive.
+        drop(unsafe { Arc::from_raw(Arc::as_ptr(self)) });
+        self.arena.free(block, id);
+    }
+
     pub(crate) fn get(self: &Arc<Self>, key: &[u8], wait: Wait) -> Result<Buffer> {
         check_key(key)?;
         if self.index.is_closed() {
@@ -347,7 +380,7 @@ impl Pool {
                 Bytes(capacity as u64)
             )));
         }
-        let mut victims: Option<std::vec::IntoIter<Candidate>> = None;
+        let mut victims = Vec::new().into_iter();
         loop {
             let made = inner.index.insert_with(&inner.records, key, || {
                 let (block, id, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
@@ -372,10 +405,9 @@ impl Pool {
             // With eviction on, evict least recently used objects one by one (outside any
             // lock of the index) until the create fits or nothing is left to evict.
             if out_of_room && inner.evict_lru {
-                let queue = victims.get_or_insert_with(|| inner.index.evictable(&inner.records).into_iter());
-                if let Some(id) = queue.by_ref().find_map(|c| inner.index.evict(&inner.records, c)) {
+                if let Some(id) = inner.evict_one(&mut victims) {
                     inner.evictions.fetch_add(1, Ordering::Relaxed);
-                    release(inner.ptr(), id);
+                    inner.free_evicted(id);
                     continue;
                 }
             }

@@ -138,3 +138,160 @@ fn eviction_under_threads_keeps_every_read_intact() {
     let s = p.stats();
     assert!(s.evictions > 0, "a 256 KiB pool with 200 x 4 KiB keys must evict");
 }
+
+/// Sizes from 64 B to 8 KiB, spread by a small generator so each thread's sequence differs.
+fn object_size(thread: u64, i: u64) -> usize {
+    let mut x = (thread << 32 | i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 29;
+    64 + (x % (8 * KIB as u64 - 63)) as usize
+}
+
+/// `threads` threads each create, fill, seal and release `creates` objects of 64 B–8 KiB in a
+/// 1 MiB evicting pool that nobody else holds anything of, and count the creates refused for
+/// lack of room (with the first refusal's message). Stops early once `budget` has passed, so a
+/// slow (debug, loaded) machine still finishes; answers how many creates ran.
+fn churn(threads: u64, max_objects: usize, creates: u64, budget: std::time::Duration) -> (u64, u64, Option<String>) {
+    let p = Pool::open(&PoolOptions {
+        size: 1 << 20,
+        pages: PageMode::Small,
+        prefault: false,
+        evict_lru: true,
+        max_objects,
+        ..Default::default()
+    })
+    .unwrap();
+    let start = std::time::Instant::now();
+    let results: Vec<(u64, u64, Option<String>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let p = &p;
+                s.spawn(move || {
+                    let (mut done, mut refused, mut first) = (0, 0, None);
+                    for i in 0..creates {
+                        if i % 256 == 0 && start.elapsed() > budget {
+                            break;
+                        }
+                        let key = format!("t{t}-{i}");
+                        match p.create(key.as_bytes(), object_size(t, i)) {
+                            Ok(mut b) => {
+                                b.as_mut_slice().unwrap().fill(i as u8);
+                                b.seal().unwrap();
+                            }
+                            Err(e @ (Error::PoolFull { .. } | Error::ObjectLimit { .. })) => {
+                                refused += 1;
+                                first.get_or_insert_with(|| format!("thread {t}, create {i}: {e}"));
+                            }
+                            Err(e) => panic!("thread {t}, create {i}: {e}"),
+                        }
+                        done += 1;
+                    }
+                    (done, refused, first)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let s = p.stats();
+    let done: u64 = results.iter().map(|r| r.0).sum();
+    let refused: u64 = results.iter().map(|r| r.1).sum();
+    assert_eq!(s.creates_refused, refused, "the pool counts the refusals the callers saw");
+    assert!(s.evictions > 0, "a 1 MiB pool filled with {done} objects must have evicted");
+    (done, refused, results.into_iter().find_map(|r| r.2))
+}
+
+/// Creates per thread, and the time the churn tests may take (each stops at whichever comes first).
+const CHURN_CREATES: u64 = 100_000;
+const CHURN_BUDGET: std::time::Duration = std::time::Duration::from_secs(4);
+
+fn assert_no_refusal(threads: u64, max_objects: usize) {
+    let (done, refused, first) = churn(threads, max_objects, CHURN_CREATES, CHURN_BUDGET);
+    assert!(done >= 1000 * threads, "only {done} creates ran");
+    assert_eq!(refused, 0, "{refused} of {done} creates refused; first: {first:?}");
+}
+
+#[test]
+fn two_threads_churning_a_size_bound_evicting_pool_are_never_refused() {
+    assert_no_refusal(2, 0);
+}
+
+#[test]
+fn four_threads_churning_a_size_bound_evicting_pool_are_never_refused() {
+    assert_no_refusal(4, 0);
+}
+
+#[test]
+fn two_threads_churning_an_evicting_pool_of_16_objects_are_never_refused() {
+    assert_no_refusal(2, 16);
+}
+
+#[test]
+fn four_threads_churning_an_evicting_pool_of_16_objects_are_never_refused() {
+    assert_no_refusal(4, 16);
+}
+
+/// Runs `creates` creates of `size` bytes on each of two threads, all expected to be refused;
+/// answers the refusals' messages (one per thread) and how long the slower thread took.
+fn refused_from_two_threads(p: &Pool, size: usize, creates: u32) -> (Vec<String>, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let messages = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut last = String::new();
+                    for i in 0..creates {
+                        let e = p.create(format!("refused-{t}-{i}").as_bytes(), size).unwrap_err();
+                        assert!(matches!(e, Error::PoolFull { .. } | Error::ObjectLimit { .. }), "{e}");
+                        last = e.to_string();
+                    }
+                    last
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    (messages, start.elapsed())
+}
+
+#[test]
+fn a_full_pool_without_eviction_refuses_two_threads_at_once_with_out_of_memory() {
+    let p = pool(64 * KIB, false);
+    for i in 0..16 {
+        store(&p, &format!("k{i}"), 4 * KIB, i);
+    }
+    let (messages, took) = refused_from_two_threads(&p, 64, 1000);
+    assert!(messages.iter().all(|m| m.starts_with("pool full: asked 64 B, largest free block 0 B")), "{messages:?}");
+    assert!(took < std::time::Duration::from_secs(5), "2000 refusals took {took:?}");
+    let s = p.stats();
+    assert_eq!((s.creates_refused, s.evictions, s.key_count), (2000, 0, 16));
+
+    let limited = Pool::open(&PoolOptions {
+        size: 64 * KIB,
+        pages: PageMode::Small,
+        prefault: false,
+        max_objects: 16,
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..16 {
+        store(&limited, &format!("k{i}"), 64, i);
+    }
+    let (messages, _) = refused_from_two_threads(&limited, 64, 1000);
+    assert!(messages.iter().all(|m| m.starts_with("object limit reached: 16 objects live")), "{messages:?}");
+    assert_eq!(limited.stats().creates_refused, 2000);
+}
+
+#[test]
+fn an_evicting_pool_whose_objects_are_all_held_refuses_two_threads_at_once() {
+    let p = pool(64 * KIB, true);
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        store(&p, &format!("k{i}"), 16 * KIB, i);
+        readers.push(p.get(format!("k{i}").as_bytes(), Wait::Now).unwrap());
+    }
+    let (messages, took) = refused_from_two_threads(&p, 16 * KIB, 500);
+    assert!(messages.iter().all(|m| m.starts_with("pool full: asked 16 KiB, largest free block 0 B")), "{messages:?}");
+    assert!(took < std::time::Duration::from_secs(5), "1000 refusals took {took:?}");
+    let s = p.stats();
+    assert_eq!((s.creates_refused, s.evictions, s.key_count), (1000, 0, 4));
+    assert!(readers.iter().enumerate().all(|(i, r)| r.as_slice() == &[i as u8; 16 * KIB][..]));
+}
