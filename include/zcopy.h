@@ -74,6 +74,10 @@
  * same handle. It may outlive its pool (the memory stays mapped until it is released), but using
  * it after `zc_release` is undefined.
  *
+ * In a child forked after its pool was opened, the buffer's bytes are not mapped: calls answer
+ * `ZC_ERR_POOL_CLOSED`, `zc_buffer_data` and `zc_buffer_const_data` NULL, `zc_buffer_size` and
+ * `zc_buffer_part_count` 0, and `zc_release` frees only the handle.
+ *
  * Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_part_count`,
  * `zc_buffer_part`, `zc_buffer_part_mut`, `zc_buffer_rdma_desc`, `zc_seal`, `zc_abort`,
  * `zc_release`.
@@ -87,6 +91,12 @@ typedef struct zc_buffer zc_buffer;
  * once, except `zc_pool_close`, which must not race with other calls on the same pool (calls
  * already blocked in `zc_get` are woken and answer `ZC_ERR_POOL_CLOSED`).
  * Buffers may outlive it: memory stays mapped until the last `zc_buffer` is released.
+ *
+ * Not inherited by `fork()`: the pool's memory is advised `MADV_DONTFORK`, so a forked child has
+ * no mapping of its parent's pool and must not use it. There every call on it answers
+ * `ZC_ERR_POOL_CLOSED` (with a message naming the fork), `zc_contains` false,
+ * `zc_pool_rdma_count` 0 and `zc_pool_rdma_pd` NULL, without touching the pool's memory or
+ * waiting on its locks; `zc_pool_close` frees only the handle. Open a pool in the child instead.
  *
  * Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
  * `zc_create_buffer`, `zc_create_parts`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
@@ -280,7 +290,8 @@ typedef struct zc_pool_stats {
 #define ZC_ERR_TIMEOUT 7
 
 /**
- * The pool was closed (also answered to `zc_get` calls blocked while it closed).
+ * The pool was closed (also answered to `zc_get` calls blocked while it closed), or it belongs to
+ * the parent of this forked process, which has no mapping of it.
  */
 #define ZC_ERR_POOL_CLOSED 8
 
@@ -329,7 +340,8 @@ zc_status zc_abort(struct zc_buffer *buf);
 
 /**
  * Drops this reference. The last reference to a deleted object frees its memory; releasing an
- * unsealed buffer aborts it. NULL is a no-op.
+ * unsealed buffer aborts it. NULL is a no-op. In a child forked after the buffer's pool was
+ * opened it frees the handle and leaves the parent's object alone.
  *
  * Consumes `buf`; do not use or free it afterwards.
  *
@@ -340,8 +352,8 @@ void zc_release(struct zc_buffer *buf);
 
 /**
  * The writable address of the buffer's bytes: non-NULL only for a buffer from
- * `zc_create_buffer` or `zc_create_parts` that is not sealed yet. NULL for sealed buffers, `zc_get` handles and NULL.
- * At least 64-byte aligned.
+ * `zc_create_buffer` or `zc_create_parts` that is not sealed yet. NULL for sealed buffers,
+ * `zc_get` handles, NULL, and in a forked child (see `zc_buffer`). At least 64-byte aligned.
  *
  * Borrowed: valid until `zc_seal(buf)` or `zc_release(buf)`.
  *
@@ -352,7 +364,8 @@ uint8_t *zc_buffer_data(struct zc_buffer *buf);
 
 /**
  * The read-only address of the buffer's bytes, inside the pool; the same address for every
- * reference to the same object. NULL only for a NULL `buf`. At least 64-byte aligned.
+ * reference to the same object. NULL only for a NULL `buf`, and in a forked child (see
+ * `zc_buffer`). At least 64-byte aligned.
  *
  * Borrowed: valid until `zc_release(buf)`.
  *
@@ -362,7 +375,7 @@ uint8_t *zc_buffer_data(struct zc_buffer *buf);
 const uint8_t *zc_buffer_const_data(const struct zc_buffer *buf);
 
 /**
- * The object's size in bytes (0 for a NULL `buf`).
+ * The object's size in bytes (0 for a NULL `buf`, and in a forked child).
  *
  * # Safety
  * `buf` is NULL or a live handle.
@@ -384,7 +397,8 @@ zc_status zc_buffer_rdma_desc(const struct zc_buffer *buf,
                               struct zc_rdma_desc *out);
 
 /**
- * The number of parts of an object made by `zc_create_parts`; 0 for a plain object (and NULL).
+ * The number of parts of an object made by `zc_create_parts`; 0 for a plain object (and NULL,
+ * and in a forked child).
  *
  * # Safety
  * `buf` is NULL or a live handle.
@@ -450,7 +464,8 @@ zc_status zc_parts_locate(const uint8_t *bytes,
 void zc_pool_options_init(struct zc_pool_options *opts);
 
 /**
- * Maps a pool as `opts` says (NULL: all defaults) and writes it to `*out`.
+ * Maps a pool as `opts` says (NULL: all defaults) and writes it to `*out`. The pool belongs to
+ * this process: a child it forks cannot use it (see `zc_pool`).
  *
  * The caller owns `*out` and must free it with `zc_pool_close`.
  *
@@ -462,7 +477,8 @@ zc_status zc_pool_open(const struct zc_pool_options *opts, struct zc_pool **out)
 /**
  * Closes the pool: later calls on its buffers' keys fail with `ZC_ERR_POOL_CLOSED`, blocked
  * `zc_get` calls wake with it, and every sealed object nobody holds is freed. Buffers still held
- * stay valid; the memory is unmapped when the last one is released. NULL is a no-op.
+ * stay valid; the memory is unmapped when the last one is released. NULL is a no-op. In a child
+ * forked after the pool was opened it frees the handle and leaves the parent's pool alone.
  *
  * Consumes `pool`; do not use it afterwards.
  *

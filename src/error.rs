@@ -24,6 +24,8 @@ pub enum Error {
     Timeout { key: Key, ms: i64 },
     #[error("the pool is closed")]
     PoolClosed,
+    #[error("pool opened by process {pid} before fork(); a forked child has no mapping of it: open or attach a pool in the child")]
+    ForkedChild { pid: u32 },
     #[error("rdma: {0}")]
     Rdma(String),
     #[error("{what}: {source}")]

@@ -4,10 +4,15 @@
 //! makes it immutable and visible; `get` hands out read references to the same bytes; dropping a
 //! [`Buffer`] releases it. `delete` removes a key at once while readers keep their bytes until they
 //! release. Closing the pool refuses new work; memory stays mapped until the last buffer is gone.
+//!
+//! A child forked from a process with a pool has no mapping of its memory (`MADV_DONTFORK`) and
+//! a copy of its locks as they were at the fork. There every call on the parent's pool and
+//! buffers answers [`Error::ForkedChild`] before touching either, and dropping them does nothing
+//! (see [`Pool`]).
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::alloc::{AllocError, Arena, SharedArena};
@@ -156,6 +161,16 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// `ForkedChild` in a forked child of the process that opened the pool, which has no mapping
+    /// of its memory and must not take its locks (another thread may have held them at the fork).
+    #[inline]
+    fn check_mapped(&self) -> Result<()> {
+        if self.region.is_mapped_here() {
+            return Ok(());
+        }
+        Err(Error::ForkedChild { pid: self.region.mapped_by() })
+    }
+
     /// Records a use of `rec`, for LRU eviction.
     fn touch(&self, rec: &Record) {
         if self.evict_lru {
@@ -194,6 +209,11 @@ fn release_record(pool: NonNull<Inner>, rec: &Record, id: u32) {
 }
 
 /// An open pool. Thread-safe: share it by reference across threads. Dropping it closes it.
+///
+/// A child forked after the pool was opened has no mapping of its memory: there every fallible
+/// method of the pool and its buffers answers [`Error::ForkedChild`], `contains` answers false,
+/// `stats` is all zero, dropping the pool or a buffer does nothing (its state is the parent's,
+/// copied), and a buffer's bytes must not be read. Open a pool in the child instead.
 pub struct Pool {
     inner: Arc<Inner>,
 }
@@ -277,6 +297,7 @@ impl Inner {
     }
 
     pub(crate) fn get(self: &Arc<Self>, key: &[u8], wait: Wait) -> Result<Buffer> {
+        self.check_mapped()?;
         check_key(key)?;
         if self.index.is_closed() {
             return Err(Error::PoolClosed);
@@ -370,8 +391,9 @@ impl Pool {
     }
 
     fn create_object(&self, key: &[u8], size: usize, parts: Option<&[(usize, usize)]>) -> Result<Buffer> {
-        check_key(key)?;
         let inner = &self.inner;
+        inner.check_mapped()?;
+        check_key(key)?;
         let capacity = inner.capacity;
         if size > capacity {
             return Err(Error::InvalidArgument(format!(
@@ -442,6 +464,7 @@ impl Pool {
     /// the memory is freed at the last release. Only sealed keys can be deleted (an unsealed one
     /// belongs to its creator, who aborts it).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
+        self.inner.check_mapped()?;
         check_key(key)?;
         let id =
             self.inner.index.remove_sealed(&self.inner.records, key).map_err(|e| index_error(e, key, Wait::Now))?;
@@ -449,9 +472,12 @@ impl Pool {
         Ok(())
     }
 
-    /// Whether `key` is sealed (and so visible to `get`). False for bad keys and after close.
+    /// Whether `key` is sealed (and so visible to `get`). False for bad keys, after close and in a
+    /// forked child.
     pub fn contains(&self, key: &[u8]) -> bool {
-        check_key(key).is_ok() && self.inner.index.contains_sealed(&self.inner.records, key)
+        self.inner.check_mapped().is_ok()
+            && check_key(key).is_ok()
+            && self.inner.index.contains_sealed(&self.inner.records, key)
     }
 
     /// Creates, copies `data` in and seals: the one-copy put.
@@ -467,9 +493,12 @@ impl Pool {
     }
 
     /// A snapshot of the counters. Returns the per-thread caches' free blocks to the allocator
-    /// first, so `largest_free_block` sees them coalesced.
+    /// first, so `largest_free_block` sees them coalesced. All zero in a forked child.
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
+        if inner.check_mapped().is_err() {
+            return PoolStats::default();
+        }
         drop(inner.arena.flush());
         let usage = inner.arena.usage();
         PoolStats {
@@ -497,6 +526,9 @@ impl Pool {
     /// references. Buffers still held keep their memory mapped until they are released.
     /// Idempotent.
     pub fn close(&self) {
+        if self.inner.check_mapped().is_err() {
+            return;
+        }
         for id in self.inner.index.close() {
             release(self.inner.ptr(), id);
         }
@@ -507,11 +539,17 @@ impl Pool {
 
     /// RDMA registrations: one per device registered at open, plus one per `register_pd`.
     pub fn rdma_count(&self) -> u32 {
+        if self.inner.check_mapped().is_err() {
+            return 0;
+        }
         self.inner.rdma.count()
     }
 
     /// The `struct ibv_pd *` of registration `index`; NULL past the end.
     pub fn rdma_pd(&self, index: u32) -> *mut std::ffi::c_void {
+        if self.inner.check_mapped().is_err() {
+            return std::ptr::null_mut();
+        }
         self.inner.rdma.pd(index).cast()
     }
 
@@ -522,6 +560,7 @@ impl Pool {
     /// # Safety
     /// `pd` is NULL or a live `struct ibv_pd *`.
     pub unsafe fn register_pd(&self, pd: *mut std::ffi::c_void) -> Result<u32> {
+        self.inner.check_mapped()?;
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
@@ -532,10 +571,29 @@ impl Pool {
     pub fn is_closed(&self) -> bool {
         self.inner.index.is_closed()
     }
+
+    /// `ForkedChild` in a child forked after the pool was opened, which has no mapping of it.
+    pub fn check_mapped(&self) -> Result<()> {
+        self.inner.check_mapped()
+    }
 }
+
+/// Pools dropped in a forked child. Their state is a copy of the parent's and must never be
+/// freed there: that would unmap an address range the child may have reused, and release the
+/// parent's RDMA registrations through the inherited device handles. Kept here, reachable, so
+/// leak checkers do not count them.
+static FORK_ORPHANS: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if self.inner.check_mapped().is_err() {
+            // `try_lock`: a thread of this process may have held the lock when it forked us.
+            match FORK_ORPHANS.try_lock() {
+                Ok(mut orphans) => orphans.push(self.inner.clone()),
+                Err(_) => std::mem::forget(self.inner.clone()),
+            }
+            return;
+        }
         self.close();
     }
 }
@@ -549,6 +607,12 @@ impl Buffer {
     fn rec(&self) -> &Record {
         // SAFETY: records live as long as the pool, which this buffer keeps alive.
         unsafe { self.rec.as_ref() }
+    }
+
+    /// `ForkedChild` in a child forked after the buffer's pool was opened: its bytes are not
+    /// mapped there.
+    pub fn check_mapped(&self) -> Result<()> {
+        self.pool().check_mapped()
     }
 
     pub fn key(&self) -> &[u8] {
@@ -570,6 +634,7 @@ impl Buffer {
     /// Copies the bytes into `dst` and answers how many; `InvalidArgument` if `dst` is too small
     /// (nothing is copied then).
     pub fn copy_to(&self, dst: &mut [u8]) -> Result<usize> {
+        self.check_mapped()?;
         let src = self.as_slice();
         if dst.len() < src.len() {
             return Err(Error::InvalidArgument(format!(
@@ -595,6 +660,7 @@ impl Buffer {
 
     /// Offset (from the object's first byte) and length of part `index`.
     pub fn part_range(&self, index: usize) -> Result<(usize, usize)> {
+        self.check_mapped()?;
         match self.rec().parts() {
             None => Err(Error::InvalidArgument(format!(
                 "key {} is a plain object, not one made of parts",
@@ -625,17 +691,21 @@ impl Buffer {
     /// Where the buffer's bytes are for RDMA, with the keys of registration `index`: a target for
     /// a peer's RDMA WRITE while unsealed, a source for RDMA READ once sealed.
     pub fn rdma_desc(&self, index: u32) -> Result<RdmaDesc> {
+        self.check_mapped()?;
         self.pool().rdma.desc(index, self.offset(), self.len())
     }
 
-    /// Address of the first byte, inside the pool's region. Valid while this buffer lives.
+    /// Address of the first byte, inside the pool's region. Valid while this buffer lives, in the
+    /// process that opened the pool (see [`Buffer::check_mapped`]).
     pub fn as_ptr(&self) -> *const u8 {
         self.pool().region.ptr_at(self.offset())
     }
 
-    /// Writable address: only for the creator's buffer, and only until it is sealed.
+    /// Writable address: only for the creator's buffer, only until it is sealed, and not in a
+    /// forked child.
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
-        (self.writer && !self.is_sealed()).then(|| self.pool().region.ptr_at(self.offset()))
+        (self.writer && !self.is_sealed() && self.check_mapped().is_ok())
+            .then(|| self.pool().region.ptr_at(self.offset()))
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -656,6 +726,7 @@ impl Buffer {
     /// Makes the object immutable and visible to `get`, and wakes its waiters. The buffer stays a
     /// read reference that must still be released.
     pub fn seal(&mut self) -> Result<()> {
+        self.check_mapped()?;
         if !self.writer {
             return Err(Error::AlreadySealed(Key::new(self.key())));
         }
@@ -679,6 +750,7 @@ impl Buffer {
 
     /// Whether `abort` would succeed: only the creator's buffer, before it is sealed.
     pub fn check_abortable(&self) -> Result<()> {
+        self.check_mapped()?;
         if self.is_sealed() || !self.writer {
             return Err(Error::AlreadySealed(Key::new(self.key())));
         }
@@ -688,6 +760,10 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        // In a forked child the record and the pool are the parent's, copied: leave them be.
+        if !self.pool().region.is_mapped_here() {
+            return;
+        }
         if self.writer && !self.is_sealed() {
             let pool = self.pool();
             if pool.index.remove_unsealed(&pool.records, self.id) {

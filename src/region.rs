@@ -4,11 +4,17 @@
 //! pages (`MAP_HUGETLB`, or a file on a hugetlbfs mount). Huge-page advice is given before the first
 //! touch so the prefault lands in huge pages; the region is excluded from `fork` children
 //! (`MADV_DONTFORK`), which RDMA registration needs; it can be locked in RAM.
+//!
+//! A forked child therefore has no mapping of a region its parent mapped. The first `map`
+//! installs a `pthread_atfork` child handler that bumps a process-wide fork generation; each region
+//! remembers the generation it was mapped in, so [`Region::is_mapped_here`] is one relaxed load
+//! and a compare, cheap enough for every call of the pool.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
@@ -17,6 +23,26 @@ use crate::error::{Bytes, Error, Result};
 
 const SMALL_PAGE: usize = 4096;
 const DEFAULT_HUGE_PAGE: usize = 2 << 20;
+
+/// Bumped in every child `fork()` makes, once the handler is installed (see [`watch_forks`]).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    // Async-signal-safe, as a handler that runs in the child of a multi-threaded parent must be.
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Installs the fork handler, once per process. Before it is installed no region exists, so a
+/// fork then needs no counting. (`_Fork()` and raw `clone()` run no handlers: not covered.)
+fn watch_forks() -> Result<()> {
+    static INSTALLED: OnceLock<libc::c_int> = OnceLock::new();
+    // SAFETY: registers a plain `extern "C"` function with no state; it only adds to an atomic.
+    let rc = *INSTALLED.get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(forked_child)) });
+    if rc != 0 {
+        return Err(Error::system("pthread_atfork (to notice fork children)", io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
 
 /// How the region's pages are backed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +77,9 @@ pub struct Region {
     locked: bool,
     map_time: Duration,
     _file: Option<File>,
+    /// The fork generation and process that mapped the region.
+    generation: u64,
+    pid: u32,
 }
 
 impl std::fmt::Debug for Region {
@@ -72,6 +101,7 @@ impl Region {
             return Err(Error::InvalidArgument("pool size must be greater than zero".into()));
         }
         let started = Instant::now();
+        watch_forks()?;
         let mut region = match &opts.pages {
             PageMode::TransparentHuge => Self::map_anon(opts.len, thp_size(), Advice::HugePage)?,
             PageMode::Small => Self::map_anon(opts.len, SMALL_PAGE, Advice::NoHugePage)?,
@@ -153,7 +183,17 @@ impl Region {
     }
 
     fn new(map: MmapRaw, start: usize, len: usize, page_size: usize, file: Option<File>) -> Region {
-        Region { map, start, len, page_size, locked: false, map_time: Duration::ZERO, _file: file }
+        Region {
+            map,
+            start,
+            len,
+            page_size,
+            locked: false,
+            map_time: Duration::ZERO,
+            _file: file,
+            generation: FORK_GENERATION.load(Ordering::Relaxed),
+            pid: std::process::id(),
+        }
     }
 
     fn prefault(&self) -> Result<()> {
@@ -217,6 +257,18 @@ impl Region {
     /// Time spent mapping, advising, prefaulting and locking.
     pub fn map_time(&self) -> Duration {
         self.map_time
+    }
+
+    /// Whether the region is mapped in this process: false in a child forked after it was mapped,
+    /// which has no mapping of it (`MADV_DONTFORK`).
+    #[inline]
+    pub fn is_mapped_here(&self) -> bool {
+        self.generation == FORK_GENERATION.load(Ordering::Relaxed)
+    }
+
+    /// The process that mapped the region.
+    pub fn mapped_by(&self) -> u32 {
+        self.pid
     }
 
     /// The address of byte `offset`. The only place where the pool turns an offset into a pointer.

@@ -99,6 +99,12 @@ fn c_threads() {
     c_test("c_tests/test_threads.c");
 }
 
+/// A forked child calling its parent's pool and buffers (whose memory it does not have).
+#[test]
+fn c_fork() {
+    c_test("c_tests/test_fork.c");
+}
+
 /// Local mode on a host with no verbs device: as the host is, and as a host without rdma-core
 /// (`ZCOPY_IBVERBS` names a library that does not exist).
 #[test]

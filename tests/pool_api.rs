@@ -910,3 +910,68 @@ fn four_threads_of_random_ops_keep_values_intact_and_leak_nothing() {
     assert!(s.used_bytes == 0 && s.object_count == 0 && s.key_count == 0, "leak: {s:?}");
     pool.put(b"after", &vec![1u8; 4 * MIB]).expect("the freed pool takes a large object again");
 }
+
+// ---------------------------------------------------------------------------------------------
+// fork()
+// ---------------------------------------------------------------------------------------------
+
+/// What a forked child sees of its parent's pool and buffers: a `ForkedChild` error from every
+/// fallible call (checked before the missing memory or any lock is touched), no writable bytes,
+/// and drops that do nothing. Answers the exit code for the child: 0, or the failing step.
+fn child_uses_parents_pool(pool: Pool, reader: zcopy::Buffer, mut writer: zcopy::Buffer) -> i32 {
+    let forked = |r: Result<(), Error>| matches!(&r, Err(e @ Error::ForkedChild { .. }) if e.to_string().contains("before fork()"));
+    let mut dst = [0u8; 64];
+    let steps = [
+        forked(pool.create(b"new", 64).map(drop)),
+        forked(pool.put(b"new", b"x")),
+        forked(pool.get(b"kept", Wait::Now).map(drop)),
+        forked(pool.get(b"never", Wait::Forever).map(drop)),
+        forked(pool.get_into(b"kept", Wait::Now, &mut dst).map(drop)),
+        forked(pool.delete(b"kept")),
+        !pool.contains(b"kept"),
+        pool.stats() == zcopy::PoolStats::default(),
+        forked(reader.copy_to(&mut dst).map(drop)),
+        forked(reader.rdma_desc(0).map(drop)),
+        writer.as_mut_slice().is_none(),
+        forked(writer.seal()),
+        forked(writer.check_abortable()),
+    ];
+    drop((reader, writer, pool));
+    steps.iter().position(|ok| !ok).map_or(0, |i| 10 + i as i32)
+}
+
+#[test]
+fn a_forked_child_gets_forked_child_errors_from_its_parents_pool_and_the_parent_is_unaffected() {
+    let pool = small_pool();
+    let data = pattern(7, 4096);
+    put_via_buffer(&pool, b"kept", &data);
+    let reader = pool.get(b"kept", Wait::Now).unwrap();
+    let mut writer = pool.create(b"pending", 128).unwrap();
+    writer.as_mut_slice().unwrap().fill(3);
+    // SAFETY: the child only runs zcopy calls that touch neither the unmapped pool memory nor a
+    // lock (which is what this test checks), then leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // The child's copies of the handles; this branch never returns, so the parent's stay.
+        let child = move || child_uses_parents_pool(pool, reader, writer);
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(2);
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "child failed at step {}", libc::WEXITSTATUS(status) - 10);
+
+    assert_eq!(reader.as_slice(), &data[..]);
+    assert_eq!(writer.as_mut_slice().unwrap(), &[3u8; 128][..]);
+    writer.seal().unwrap();
+    assert_eq!(pool.get(b"pending", Wait::Now).unwrap().as_slice(), &[3u8; 128][..]);
+    let s = pool.stats();
+    assert_eq!((s.key_count, s.object_count), (2, 2));
+    drop((reader, writer));
+    pool.delete(b"kept").unwrap();
+    assert_eq!(pool.stats().used_bytes, 128);
+}

@@ -14,6 +14,10 @@ use crate::pool::Buffer;
 /// same handle. It may outlive its pool (the memory stays mapped until it is released), but using
 /// it after `zc_release` is undefined.
 ///
+/// In a child forked after its pool was opened, the buffer's bytes are not mapped: calls answer
+/// `ZC_ERR_POOL_CLOSED`, `zc_buffer_data` and `zc_buffer_const_data` NULL, `zc_buffer_size` and
+/// `zc_buffer_part_count` 0, and `zc_release` frees only the handle.
+///
 /// Functions: `zc_buffer_data`, `zc_buffer_const_data`, `zc_buffer_size`, `zc_buffer_part_count`,
 /// `zc_buffer_part`, `zc_buffer_part_mut`, `zc_buffer_rdma_desc`, `zc_seal`, `zc_abort`,
 /// `zc_release`.
@@ -64,7 +68,8 @@ pub unsafe extern "C" fn zc_abort(buf: *mut zc_buffer) -> zc_status {
 }
 
 /// Drops this reference. The last reference to a deleted object frees its memory; releasing an
-/// unsealed buffer aborts it. NULL is a no-op.
+/// unsealed buffer aborts it. NULL is a no-op. In a child forked after the buffer's pool was
+/// opened it frees the handle and leaves the parent's object alone.
 ///
 /// Consumes `buf`; do not use or free it afterwards.
 ///
@@ -81,8 +86,8 @@ pub unsafe extern "C" fn zc_release(buf: *mut zc_buffer) {
 }
 
 /// The writable address of the buffer's bytes: non-NULL only for a buffer from
-/// `zc_create_buffer` or `zc_create_parts` that is not sealed yet. NULL for sealed buffers, `zc_get` handles and NULL.
-/// At least 64-byte aligned.
+/// `zc_create_buffer` or `zc_create_parts` that is not sealed yet. NULL for sealed buffers,
+/// `zc_get` handles, NULL, and in a forked child (see `zc_buffer`). At least 64-byte aligned.
 ///
 /// Borrowed: valid until `zc_seal(buf)` or `zc_release(buf)`.
 ///
@@ -100,7 +105,8 @@ pub unsafe extern "C" fn zc_buffer_data(buf: *mut zc_buffer) -> *mut u8 {
 }
 
 /// The read-only address of the buffer's bytes, inside the pool; the same address for every
-/// reference to the same object. NULL only for a NULL `buf`. At least 64-byte aligned.
+/// reference to the same object. NULL only for a NULL `buf`, and in a forked child (see
+/// `zc_buffer`). At least 64-byte aligned.
 ///
 /// Borrowed: valid until `zc_release(buf)`.
 ///
@@ -110,11 +116,14 @@ pub unsafe extern "C" fn zc_buffer_data(buf: *mut zc_buffer) -> *mut u8 {
 pub unsafe extern "C" fn zc_buffer_const_data(buf: *const zc_buffer) -> *const u8 {
     guard_value(std::ptr::null(), || {
         // SAFETY: NULL or live per the contract.
-        unsafe { buf.as_ref() }.map_or(std::ptr::null(), |b| b.buf.as_ptr())
+        match unsafe { buf.as_ref() } {
+            Some(b) if b.buf.check_mapped().is_ok() => b.buf.as_ptr(),
+            _ => std::ptr::null(),
+        }
     })
 }
 
-/// The object's size in bytes (0 for a NULL `buf`).
+/// The object's size in bytes (0 for a NULL `buf`, and in a forked child).
 ///
 /// # Safety
 /// `buf` is NULL or a live handle.
@@ -122,7 +131,10 @@ pub unsafe extern "C" fn zc_buffer_const_data(buf: *const zc_buffer) -> *const u
 pub unsafe extern "C" fn zc_buffer_size(buf: *const zc_buffer) -> usize {
     guard_value(0, || {
         // SAFETY: NULL or live per the contract.
-        unsafe { buf.as_ref() }.map_or(0, |b| b.buf.len())
+        match unsafe { buf.as_ref() } {
+            Some(b) if b.buf.check_mapped().is_ok() => b.buf.len(),
+            _ => 0,
+        }
     })
 }
 
@@ -147,7 +159,8 @@ pub unsafe extern "C" fn zc_buffer_rdma_desc(buf: *const zc_buffer, index: u32, 
     })
 }
 
-/// The number of parts of an object made by `zc_create_parts`; 0 for a plain object (and NULL).
+/// The number of parts of an object made by `zc_create_parts`; 0 for a plain object (and NULL,
+/// and in a forked child).
 ///
 /// # Safety
 /// `buf` is NULL or a live handle.
@@ -155,7 +168,10 @@ pub unsafe extern "C" fn zc_buffer_rdma_desc(buf: *const zc_buffer, index: u32, 
 pub unsafe extern "C" fn zc_buffer_part_count(buf: *const zc_buffer) -> usize {
     guard_value(0, || {
         // SAFETY: NULL or live per the contract.
-        unsafe { buf.as_ref() }.map_or(0, |b| b.buf.part_count())
+        match unsafe { buf.as_ref() } {
+            Some(b) if b.buf.check_mapped().is_ok() => b.buf.part_count(),
+            _ => 0,
+        }
     })
 }
 

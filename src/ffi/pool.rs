@@ -46,6 +46,12 @@ const _: () = assert!(ZC_DEFAULT_POOL_SIZE == DEFAULT_POOL_SIZE as u64);
 /// already blocked in `zc_get` are woken and answer `ZC_ERR_POOL_CLOSED`).
 /// Buffers may outlive it: memory stays mapped until the last `zc_buffer` is released.
 ///
+/// Not inherited by `fork()`: the pool's memory is advised `MADV_DONTFORK`, so a forked child has
+/// no mapping of its parent's pool and must not use it. There every call on it answers
+/// `ZC_ERR_POOL_CLOSED` (with a message naming the fork), `zc_contains` false,
+/// `zc_pool_rdma_count` 0 and `zc_pool_rdma_pd` NULL, without touching the pool's memory or
+/// waiting on its locks; `zc_pool_close` frees only the handle. Open a pool in the child instead.
+///
 /// Functions: `zc_pool_options_init`, `zc_pool_open`, `zc_pool_close`, `zc_pool_get_stats`,
 /// `zc_create_buffer`, `zc_create_parts`, `zc_create_batch`, `zc_get`, `zc_get_batch`, `zc_put`, `zc_get_into`,
 /// `zc_delete`, `zc_contains`, `zc_pool_region`, `zc_pool_rdma_count`, `zc_pool_rdma_pd`,
@@ -241,7 +247,8 @@ pub unsafe extern "C" fn zc_pool_options_init(opts: *mut zc_pool_options) {
     })
 }
 
-/// Maps a pool as `opts` says (NULL: all defaults) and writes it to `*out`.
+/// Maps a pool as `opts` says (NULL: all defaults) and writes it to `*out`. The pool belongs to
+/// this process: a child it forks cannot use it (see `zc_pool`).
 ///
 /// The caller owns `*out` and must free it with `zc_pool_close`.
 ///
@@ -265,7 +272,8 @@ pub unsafe extern "C" fn zc_pool_open(opts: *const zc_pool_options, out: *mut *m
 
 /// Closes the pool: later calls on its buffers' keys fail with `ZC_ERR_POOL_CLOSED`, blocked
 /// `zc_get` calls wake with it, and every sealed object nobody holds is freed. Buffers still held
-/// stay valid; the memory is unmapped when the last one is released. NULL is a no-op.
+/// stay valid; the memory is unmapped when the last one is released. NULL is a no-op. In a child
+/// forked after the pool was opened it frees the handle and leaves the parent's pool alone.
 ///
 /// Consumes `pool`; do not use it afterwards.
 ///
@@ -291,6 +299,7 @@ pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_po
         // SAFETY: `pool` is NULL or live per the contract.
         let pool = unsafe { arg(pool, "pool") }?;
         let out = out_arg(out, "out")?;
+        pool.pool.check_mapped()?;
         let s = pool.pool.stats();
         let stats = zc_pool_stats {
             capacity_bytes: s.capacity_bytes,
@@ -682,6 +691,7 @@ pub unsafe extern "C" fn zc_pool_region(pool: *const zc_pool, base: *mut *mut c_
         let pool = unsafe { arg(pool, "pool") }?;
         let base = out_arg(base, "base")?;
         let length = out_arg(length, "length")?;
+        pool.pool.check_mapped()?;
         let (start, len) = pool.pool.region();
         // SAFETY: both non-NULL and writable per the contract.
         unsafe {

@@ -25,7 +25,8 @@ pub const ZC_ERR_ALREADY_SEALED: zc_status = 5;
 pub const ZC_ERR_OUT_OF_MEMORY: zc_status = 6;
 /// `zc_get` waited its whole timeout and the key was not sealed.
 pub const ZC_ERR_TIMEOUT: zc_status = 7;
-/// The pool was closed (also answered to `zc_get` calls blocked while it closed).
+/// The pool was closed (also answered to `zc_get` calls blocked while it closed), or it belongs to
+/// the parent of this forked process, which has no mapping of it.
 pub const ZC_ERR_POOL_CLOSED: zc_status = 8;
 /// RDMA registration or descriptor failure.
 pub const ZC_ERR_RDMA: zc_status = 9;
@@ -44,7 +45,7 @@ pub(crate) fn status_of(e: &Error) -> zc_status {
         Error::AlreadySealed(_) => ZC_ERR_ALREADY_SEALED,
         Error::PoolFull { .. } | Error::ObjectLimit { .. } => ZC_ERR_OUT_OF_MEMORY,
         Error::Timeout { .. } => ZC_ERR_TIMEOUT,
-        Error::PoolClosed => ZC_ERR_POOL_CLOSED,
+        Error::PoolClosed | Error::ForkedChild { .. } => ZC_ERR_POOL_CLOSED,
         Error::Rdma(_) => ZC_ERR_RDMA,
         Error::System { .. } => ZC_ERR_SYSTEM,
         Error::Internal(_) => ZC_ERR_INTERNAL,
