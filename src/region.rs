@@ -25,11 +25,16 @@ const SMALL_PAGE: usize = 4096;
 const DEFAULT_HUGE_PAGE: usize = 2 << 20;
 
 /// Bumped in every child `fork()` makes, once the handler is installed (see [`watch_forks`]).
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Every pool call reads it: it has a cache line of its own, so no write to a neighbouring static
+/// ever invalidates it.
+static FORK_GENERATION: ForkGeneration = ForkGeneration(AtomicU64::new(0));
+
+#[repr(align(128))]
+struct ForkGeneration(AtomicU64);
 
 extern "C" fn forked_child() {
     // Async-signal-safe, as a handler that runs in the child of a multi-threaded parent must be.
-    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    FORK_GENERATION.0.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Installs the fork handler, once per process. Before it is installed no region exists, so a
@@ -191,7 +196,7 @@ impl Region {
             locked: false,
             map_time: Duration::ZERO,
             _file: file,
-            generation: FORK_GENERATION.load(Ordering::Relaxed),
+            generation: FORK_GENERATION.0.load(Ordering::Relaxed),
             pid: std::process::id(),
         }
     }
@@ -263,7 +268,7 @@ impl Region {
     /// which has no mapping of it (`MADV_DONTFORK`).
     #[inline]
     pub fn is_mapped_here(&self) -> bool {
-        self.generation == FORK_GENERATION.load(Ordering::Relaxed)
+        self.generation == FORK_GENERATION.0.load(Ordering::Relaxed)
     }
 
     /// The process that mapped the region.
