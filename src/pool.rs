@@ -403,6 +403,7 @@ impl Pool {
             )));
         }
         let mut victims = Vec::new().into_iter();
+        let mut retried = false;
         loop {
             let made = inner.index.insert_with(&inner.records, key, || {
                 let (block, id, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
@@ -430,6 +431,12 @@ impl Pool {
                 if let Some(id) = inner.evict_one(&mut victims) {
                     inner.evictions.fetch_add(1, Ordering::Relaxed);
                     inner.free_evicted(id);
+                    continue;
+                }
+                // Nothing is evictable now, but other threads' evictions, deletes and aborts may
+                // have freed room since this create last tried: try once more before refusing.
+                if !retried {
+                    retried = true;
                     continue;
                 }
             }
