@@ -47,6 +47,8 @@
 /**
  * A create that does not fit evicts sealed objects nobody holds, least recently used
  * (sealed or got) first, until it fits; referenced and unsealed objects are never evicted.
+ * It answers `ZC_ERR_OUT_OF_MEMORY` only when nothing left is evictable, also while other
+ * threads create and evict at the same time.
  */
 #define ZC_EVICT_LRU 1
 

@@ -48,7 +48,8 @@ pub struct PoolOptions {
     /// The devices to register with, by name; `None` is all of them.
     pub rdma_devices: Option<Vec<String>>,
     /// When a create does not fit, evict sealed objects nobody holds, least recently used
-    /// first. Off by default: a store that must not lose data never evicts silently.
+    /// first, until it fits or nothing evictable is left (also under concurrent creates). Off by
+    /// default: a store that must not lose data never evicts silently.
     pub evict_lru: bool,
 }
 

@@ -28,6 +28,8 @@ pub const ZC_RDMA_REQUIRED: u32 = 2;
 pub const ZC_EVICT_NONE: u32 = 0;
 /// A create that does not fit evicts sealed objects nobody holds, least recently used
 /// (sealed or got) first, until it fits; referenced and unsealed objects are never evicted.
+/// It answers `ZC_ERR_OUT_OF_MEMORY` only when nothing left is evictable, also while other
+/// threads create and evict at the same time.
 pub const ZC_EVICT_LRU: u32 = 1;
 /// Longest key, in bytes.
 pub const ZC_MAX_KEY_LEN: usize = 4096;
