@@ -25,7 +25,9 @@ Mooncake's `put_tensor` (its own tensor header, then the data) are plain bytes h
 
 Errors are exceptions of the `zcopy.Error` family: `MooncakeNotFoundError` (a `NotFoundError`)
 for a missing key, `MooncakeOutOfMemoryError` (an `OutOfMemoryError`) when Mooncake has no space,
-`zcopy.OutOfMemoryError` when the pool is full or the value larger than the pool, and
+`zcopy.OutOfMemoryError` when the pool is full or the value larger than the pool (checked
+before encoding for arrays, tensors and parts; a pickled object that turns out larger raises what
+`Pool.put_object` raises), and
 `MooncakeError` for every other negative code; each Mooncake one carries `.code`. A get that fails
 leaves no buffer behind. A put that fails before Mooncake is called (pool full, a value that cannot
 be encoded) leaves Mooncake unchanged. A batch put that Mooncake refuses for some keys removes the
@@ -126,6 +128,17 @@ def _mooncake_key(key):
     if isinstance(key, (bytes, bytearray)):
         return bytes(key).decode("utf-8")
     raise InvalidArgumentError("a Mooncake key is str (or UTF-8 bytes), not %s" % type(key).__name__)
+
+
+def _data_bytes(kind, value):
+    """The data bytes a value will take in the pool (a lower bound), where known before encoding."""
+    if kind == "array":
+        return value.nbytes if isinstance(value, np.ndarray) else None
+    if kind == "tensor":
+        return value.numel() * value.element_size() if hasattr(value, "element_size") else None
+    if kind == "parts":
+        return sum(memoryview(p).nbytes for p in value)
+    return None
 
 
 class ZeroCopyStore:
@@ -294,6 +307,8 @@ class ZeroCopyStore:
         if len(keys) != len(values):
             raise InvalidArgumentError("%d keys for %d values" % (len(keys), len(values)))
         encode = self._ENCODERS[kind]
+        for k, v in zip(keys, values):
+            self._check_fits(k, _data_bytes(kind, v))
         bufs = []
         try:
             for v in values:
@@ -380,6 +395,13 @@ class ZeroCopyStore:
                 raise MooncakeError("key %r exists but has no replica to read yet" % k, -703)
         return sizes
 
+    def _check_fits(self, key, nbytes):
+        capacity = self._region[1]
+        if nbytes is not None and nbytes > capacity:
+            raise OutOfMemoryError(
+                "the value of %r (%d bytes) is larger than the whole pool (%d bytes)" % (key, nbytes, capacity)
+            )
+
     def _create_with_room(self, create):
         """Runs create(); when the pool is full, drops cached copies (least recently used first)
         and tries again, until it fits or nothing is cached."""
@@ -422,6 +444,7 @@ class ZeroCopyStore:
             for i in todo:
                 name = self._name()
                 size = sizes[keys[i]]
+                self._check_fits(keys[i], size)
                 buf = self._create_with_room(lambda name=name, size=size: self.pool.create(name, size))
                 created.append((i, name, buf))
             moving = [(i, b) for i, _, b in created if b.size]
