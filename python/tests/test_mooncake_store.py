@@ -241,6 +241,18 @@ def test_master_killed_mid_run_raises_within_bounded_time(mc):
     assert out["pid_stopped"]
 
 
+def test_example_moves_values_between_two_processes(mc):
+    example = os.path.join(ROOT, "examples", "python", "mooncake_store.py")
+    proc = subprocess.run([sys.executable, example, "--timeout", "60"], env=_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    out = proc.stdout
+    report = "exit %d\n--- stdout\n%s\n--- stderr (tail)\n%s" % (proc.returncode, out, proc.stderr[-3000:])
+    assert proc.returncode == 0, report
+    assert "mooncake store: 9 passed, 0 failed" in out and "FAILED" not in out, report
+    assert "ok:     values in the writer's segment" in out, report
+    assert "views released: pool objects 5 -> 0" in out, report
+
+
 # --- the helper (inside the namespace) -----------------------------------------------------------
 
 

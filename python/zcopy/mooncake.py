@@ -572,9 +572,20 @@ def master_binary():
     return found
 
 
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the process that started it dies, so that a
+    crashed test or example never leaves a master behind."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 class LocalMaster:
     """A `mooncake_master` on 127.0.0.1 for tests and examples: started by `start()`, stopped
-    (by its PID) by `stop()` or the `with` block. `args` are extra master flags."""
+    (by its PID) by `stop()` or the `with` block, and sent SIGTERM if the thread that started it
+    ends first. `args` are extra master flags."""
 
     def __init__(self, port=50051, args=(), log=None, timeout=15.0):
         self.port = port
@@ -594,7 +605,9 @@ class LocalMaster:
             "--metrics_port=%d" % (self.port + 1), "--logtostderr=true",
         ] + self.args
         out = subprocess.DEVNULL if self.log is None else self.log
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + self.timeout
         while True:
             if self.proc.poll() is not None:
