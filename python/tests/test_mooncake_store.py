@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -250,7 +251,7 @@ def test_example_moves_values_between_two_processes(mc):
     assert proc.returncode == 0, report
     assert "mooncake store: 9 passed, 0 failed" in out and "FAILED" not in out, report
     assert "ok:     values in the writer's segment" in out, report
-    assert "views released: pool objects 5 -> 0" in out, report
+    assert re.search(r"ok: +views released: pool objects [56] -> 0 ", out), report
 
 
 # --- the helper (inside the namespace) -----------------------------------------------------------
