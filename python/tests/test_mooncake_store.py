@@ -168,6 +168,7 @@ def test_batch_of_1000_keys_is_one_size_query_and_one_transfer_call(mc):
     assert out["count"] == 1000 and out["all_same"]
     assert out["put_calls"] == {"batch_put_from": 1}
     assert out["get_calls"] == {"batch_get_replica_desc": 1, "batch_get_into": 1}
+    assert out["again_calls"] == {"batch_get_into": 1}
     assert out["objects_after"] == out["objects_before"]
 
 
@@ -213,6 +214,13 @@ def test_pool_and_mooncake_space_errors(mc):
     # Other Mooncake codes keep their code; bad arguments are zcopy's InvalidArgumentError.
     assert out["empty_key"] == {"type": "MooncakeError", "code": -600}
     assert out["unsealed"] == "InvalidArgumentError" and out["foreign"] == "InvalidArgumentError"
+
+
+def test_a_remembered_size_gone_stale_costs_one_retry_and_reads_the_new_value(mc):
+    out = mc.run("stale_size")
+    assert out["first"] == list(range(10)) and out["second"] == "replaced by another client"
+    assert out["calls"] == {"batch_get_into": 2, "batch_get_replica_desc": 1}
+    assert out["objects_after"] == out["objects_before"]
 
 
 def test_values_put_by_mooncake_itself_read_back_as_bytes(mc):
@@ -430,12 +438,18 @@ def case_batch(ctx):
         put_calls = counting.take()
         st.batch_put_arrays([k + "-again" for k in keys], [np.full(1024, i, np.int32) for i in range(1000)])
         assert counting.take() == put_calls
+        for k in keys:
+            st.forget(k)  # as if another client had put them: sizes come from the master
         arrays = st.batch_get_arrays(keys)
         get_calls = counting.take()
         same = all(a.shape == (1024,) and int(a[0]) == i and int(a[-1]) == i for i, a in enumerate(arrays))
         del arrays
+        arrays = st.batch_get_arrays(keys)  # sizes remembered from the get above
+        again_calls = counting.take()
+        same = same and all(int(a[0]) == i for i, a in enumerate(arrays))
+        del arrays
         return {"count": 1000, "all_same": same, "put_calls": put_calls, "get_calls": get_calls,
-                "objects_before": before, "objects_after": _objects(st.pool)}
+                "again_calls": again_calls, "objects_before": before, "objects_after": _objects(st.pool)}
     finally:
         st.store = counting._store
 
@@ -578,6 +592,26 @@ def case_space(ctx):
     f.release()
     other.close()
     return out
+
+
+def case_stale_size(ctx):
+    import numpy as np
+
+    st = ctx.a
+    counting = st.store = Counting(st.store)
+    try:
+        st.put_array("stale", np.arange(10))
+        before = _objects(st.pool)
+        first = st.get_array("stale").tolist()
+        # Another client replaces the value (Mooncake never overwrites: remove, then put).
+        assert counting._store.remove("stale", True) == 0
+        assert counting._store.put("stale", b"replaced by another client") == 0
+        counting.take()
+        second = st.get_array("stale").tobytes().decode()
+        return {"first": first, "second": second, "calls": counting.take(),
+                "objects_before": before, "objects_after": _objects(st.pool)}
+    finally:
+        st.store = counting._store
 
 
 def case_foreign_formats(ctx):

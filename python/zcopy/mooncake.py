@@ -12,7 +12,8 @@ whole region it registers with the store once (`register_buffer`). A put encodes
 in place, into a buffer of the pool (the parts format of docs/FORMAT.md, the encoders of
 `Pool.put_array` / `put_tensor` / `put_object`) and hands its address to `batch_put_from`. A get
 asks the master for the sizes of all its keys in one call (`batch_get_replica_desc`), creates one
-plain buffer per value under a private key of the pool, has Mooncake transfer each value into it
+plain buffer per value under a private key of the pool (sizes this object already saw are
+remembered and not asked again), has Mooncake transfer each value into it
 (`batch_get_into`), seals it and returns read-only views of it: the buffer lives until the last
 view is gone. The private key is deleted at once, so nothing else can find it.
 
@@ -141,6 +142,17 @@ def _data_bytes(kind, value):
     return None
 
 
+_MAX_HINTS = 1 << 16
+
+
+class _StaleSize(Exception):
+    """A remembered size no longer matches the value: read again, asking the master."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.keys = keys
+
+
 class ZeroCopyStore:
     """A Mooncake store whose puts and gets go through the registered memory of one zcopy pool.
 
@@ -150,6 +162,12 @@ class ZeroCopyStore:
     next gets of that key with no transfer (for immutable keys: a value removed or replaced
     through another client stays cached until `remove()`/`forget()` here); the least recently
     used copies are dropped when the pool needs room.
+
+    The size of each value this object put or read is remembered (the last 65,536 keys), so
+    that getting it again needs no size query: one Mooncake call instead of two. A remembered
+    size that no longer matches (the key removed and put again, with another size, by another
+    client) costs one more round: every buffer of the batch is aborted and the batch read again
+    with sizes from the master. `remember_sizes = False` turns this off.
     """
 
     def __init__(self, store, pool, *, cache=False, _owns=False):
@@ -167,6 +185,8 @@ class ZeroCopyStore:
         self._prefix = "\0zcopy.mooncake/%d/%x/" % (os.getpid(), id(self))
         self._cache_on = bool(cache)
         self._cache = collections.OrderedDict()  # Mooncake key -> private pool key of a sealed copy
+        self._hints = collections.OrderedDict()  # Mooncake key -> its value's size, as last seen
+        self.remember_sizes = True
         self._lock = threading.Lock()
 
     @classmethod
@@ -299,6 +319,7 @@ class ZeroCopyStore:
         if self._cache_on:
             for k in keys:
                 self.forget(k)
+        self._remember(keys, [b.size for b in bufs])
 
     def _put_many(self, kind, keys, values, config):
         self._check_open()
@@ -438,7 +459,27 @@ class ZeroCopyStore:
         todo = [i for i, n in enumerate(names) if n is None]
         if not todo:
             return keys, names, []
-        sizes = self._sizes([keys[i] for i in todo])
+        try:
+            fresh = self._transfer(keys, names, todo, True)
+        except _StaleSize as stale:
+            with self._lock:
+                for k in stale.keys:
+                    self._hints.pop(k, None)
+            fresh = self._transfer(keys, names, todo, False)
+        return keys, names, fresh
+
+    def _transfer(self, keys, names, todo, use_hints):
+        sizes = {}
+        if use_hints and self.remember_sizes:
+            with self._lock:
+                for i in todo:
+                    size = self._hints.get(keys[i])
+                    if size is not None:
+                        sizes[keys[i]] = size
+        hinted = set(sizes)
+        unknown = [keys[i] for i in todo if keys[i] not in hinted]
+        if unknown:
+            sizes.update(self._sizes(unknown))
         created = []  # (index, name, writable buffer)
         try:
             for i in todo:
@@ -447,18 +488,20 @@ class ZeroCopyStore:
                 self._check_fits(keys[i], size)
                 buf = self._create_with_room(lambda name=name, size=size: self.pool.create(name, size))
                 created.append((i, name, buf))
-            moving = [(i, b) for i, _, b in created if b.size]
+            moving = [(i, b) for i, _, b in created if b.size or keys[i] in hinted]
             if moving:
                 results = self.store.batch_get_into(
                     [keys[i] for i, _ in moving], [b.address for _, b in moving], [b.size for _, b in moving]
                 )
-                for (i, b), rc in zip(moving, results):
-                    if rc != b.size:
-                        code = rc if rc < 0 else None
-                        what = "get of %r into a %d-byte buffer" % (keys[i], b.size)
-                        if code is None:
-                            what += " moved %d bytes" % rc
-                        raise _error(what, code)
+                wrong = [(i, b, rc) for (i, b), rc in zip(moving, results) if rc != b.size]
+                if any(keys[i] in hinted for i, _, _ in wrong):
+                    raise _StaleSize([keys[i] for i, _, _ in wrong if keys[i] in hinted])
+                for i, b, rc in wrong:
+                    code = rc if rc < 0 else None
+                    what = "get of %r into a %d-byte buffer" % (keys[i], b.size)
+                    if code is None:
+                        what += " moved %d bytes" % rc
+                    raise _error(what, code)
         except BaseException:
             for _, _, b in created:
                 b.abort()
@@ -469,7 +512,19 @@ class ZeroCopyStore:
             b.release()
             names[i] = name
             fresh.append(name)
-        return keys, names, fresh
+        self._remember([keys[i] for i in todo], [sizes[keys[i]] for i in todo])
+        return fresh
+
+    def _remember(self, keys, sizes):
+        if not self.remember_sizes:
+            return
+        with self._lock:
+            hints = self._hints
+            for k, size in zip(keys, sizes):
+                hints[k] = size
+                hints.move_to_end(k)
+            while len(hints) > _MAX_HINTS:
+                hints.popitem(last=False)
 
     def _read(self, keys, decode):
         """decode(private key) for each value of `keys`; fresh private keys are deleted (or
@@ -541,9 +596,12 @@ class ZeroCopyStore:
         return self._read(keys, self.pool.get)
 
     def forget(self, key):
-        """Drops the cached copy of `key`, if any (views of it stay valid)."""
+        """Drops the cached copy of `key`, if any (views of it stay valid), and its remembered
+        size."""
+        key = _mooncake_key(key)
         with self._lock:
-            name = self._cache.pop(_mooncake_key(key), None)
+            self._hints.pop(key, None)
+            name = self._cache.pop(key, None)
         if name is not None:
             self._drop(name)
 
