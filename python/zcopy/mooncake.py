@@ -40,14 +40,15 @@ under it are thread-safe). Buffers and views it returned may outlive it and its 
 """
 
 import collections
+import ctypes
 import itertools
 import os
 import threading
 
 import numpy as np
 
-from . import _objects
-from ._core import Buffer, Error, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool
+from . import _lib, _objects
+from ._core import Error, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise
 
 try:
     from mooncake.store import MooncakeDistributedStore, ReplicateConfig
@@ -186,6 +187,7 @@ class ZeroCopyStore:
         self._cache_on = bool(cache)
         self._cache = collections.OrderedDict()  # Mooncake key -> private pool key of a sealed copy
         self._hints = collections.OrderedDict()  # Mooncake key -> its value's size, as last seen
+        self._format = {}  # private pool key -> whether its bytes start with the ZCPARTS magic
         self.remember_sizes = True
         self._lock = threading.Lock()
 
@@ -437,6 +439,7 @@ class ZeroCopyStore:
                 self._drop(name)
 
     def _drop(self, name):
+        self._format.pop(name, None)
         try:
             self.pool.delete(name)
         except Error:
@@ -480,40 +483,53 @@ class ZeroCopyStore:
         unknown = [keys[i] for i in todo if keys[i] not in hinted]
         if unknown:
             sizes.update(self._sizes(unknown))
-        created = []  # (index, name, writable buffer)
+        # Raw handles rather than Buffer objects: a batch creates thousands, and each is sealed
+        # and released here (or aborted), never handed out.
+        created = []  # (index, private key, zc_buffer *, address, size)
         try:
             for i in todo:
                 name = self._name()
                 size = sizes[keys[i]]
                 self._check_fits(keys[i], size)
-                buf = self._create_with_room(lambda name=name, size=size: self.pool.create(name, size))
-                created.append((i, name, buf))
-            moving = [(i, b) for i, _, b in created if b.size or keys[i] in hinted]
+                ptr = self._create_with_room(lambda name=name, size=size: self._create_raw(name, size))
+                created.append((i, name, ptr, _lib.lib.zc_buffer_data(ptr) or 0, size))
+            moving = [(i, address, size) for i, _, _, address, size in created if size or keys[i] in hinted]
             if moving:
                 results = self.store.batch_get_into(
-                    [keys[i] for i, _ in moving], [b.address for _, b in moving], [b.size for _, b in moving]
+                    [keys[i] for i, _, _ in moving], [a for _, a, _ in moving], [n for _, _, n in moving]
                 )
-                wrong = [(i, b, rc) for (i, b), rc in zip(moving, results) if rc != b.size]
+                wrong = [(i, n, rc) for (i, _, n), rc in zip(moving, results) if rc != n]
                 if any(keys[i] in hinted for i, _, _ in wrong):
                     raise _StaleSize([keys[i] for i, _, _ in wrong if keys[i] in hinted])
-                for i, b, rc in wrong:
+                for i, n, rc in wrong:
                     code = rc if rc < 0 else None
-                    what = "get of %r into a %d-byte buffer" % (keys[i], b.size)
+                    what = "get of %r into a %d-byte buffer" % (keys[i], n)
                     if code is None:
                         what += " moved %d bytes" % rc
                     raise _error(what, code)
         except BaseException:
-            for _, _, b in created:
-                b.abort()
+            for _, _, ptr, _, _ in created:
+                _lib.lib.zc_abort(ptr)  # consumes the handle
             raise
         fresh = []
-        for i, name, b in created:
-            b.seal()
-            b.release()
+        for i, name, ptr, address, size in created:
+            self._format[name] = size >= 8 and ctypes.string_at(address, 8) == _PARTS_MAGIC
+            status = _lib.lib.zc_seal(ptr)
+            _lib.lib.zc_release(ptr)
+            if status:
+                _raise(status)
             names[i] = name
             fresh.append(name)
         self._remember([keys[i] for i in todo], [sizes[keys[i]] for i in todo])
         return fresh
+
+    def _create_raw(self, name, size):
+        k = name.encode()
+        out = ctypes.c_void_p()
+        status = _lib.lib.zc_create_buffer(self.pool._p(), k, len(k), size, ctypes.byref(out))
+        if status:
+            _raise(status)
+        return out.value
 
     def _remember(self, keys, sizes):
         if not self.remember_sizes:
@@ -534,17 +550,22 @@ class ZeroCopyStore:
             return [decode(name) for name in names]
         finally:
             if self._cache_on:
+                kept = set()
                 with self._lock:
                     for k, name in zip(keys, names):
-                        if name in fresh and k not in self._cache:
+                        if k not in self._cache and name not in kept:
                             self._cache[k] = name
-                            fresh.remove(name)
+                            kept.add(name)
+                fresh = [name for name in fresh if name not in kept]
             for name in fresh:
                 self._drop(name)
 
     def _is_parts(self, name):
-        with self.pool.get(name) as buf:
-            return buf.size >= 8 and bytes(buf.array()[:8]) == _PARTS_MAGIC
+        parts = self._format.get(name)
+        if parts is None:
+            with self.pool.get(name) as buf:
+                parts = buf.size >= 8 and ctypes.string_at(buf.address, 8) == _PARTS_MAGIC
+        return parts
 
     def _as_array(self, name):
         if self._is_parts(name):
