@@ -167,6 +167,7 @@ def test_batch_of_1000_keys_is_one_size_query_and_one_transfer_call(mc):
     out = mc.run("batch")
     assert out["count"] == 1000 and out["all_same"]
     assert out["put_calls"] == {"batch_put_from": 1}
+    assert out["single_put_calls"] == {"put_from": 1}
     assert out["get_calls"] == {"batch_get_replica_desc": 1, "batch_get_into": 1}
     assert out["again_calls"] == {"batch_get_into": 1}
     assert out["objects_after"] == out["objects_before"]
@@ -438,6 +439,8 @@ def case_batch(ctx):
         put_calls = counting.take()
         st.batch_put_arrays([k + "-again" for k in keys], [np.full(1024, i, np.int32) for i in range(1000)])
         assert counting.take() == put_calls
+        st.put_array("batch-single", np.arange(3))
+        single_put_calls = counting.take()
         for k in keys:
             st.forget(k)  # as if another client had put them: sizes come from the master
         arrays = st.batch_get_arrays(keys)
@@ -449,7 +452,7 @@ def case_batch(ctx):
         same = same and all(int(a[0]) == i for i, a in enumerate(arrays))
         del arrays
         return {"count": 1000, "all_same": same, "put_calls": put_calls, "get_calls": get_calls,
-                "again_calls": again_calls, "objects_before": before, "objects_after": _objects(st.pool)}
+                "again_calls": again_calls, "single_put_calls": single_put_calls, "objects_before": before, "objects_after": _objects(st.pool)}
     finally:
         st.store = counting._store
 

@@ -10,7 +10,8 @@
 A `ZeroCopyStore` joins one `mooncake.store.MooncakeDistributedStore` and one `zcopy.Pool`, whose
 whole region it registers with the store once (`register_buffer`). A put encodes the value once,
 in place, into a buffer of the pool (the parts format of docs/FORMAT.md, the encoders of
-`Pool.put_array` / `put_tensor` / `put_object`) and hands its address to `batch_put_from`. A get
+`Pool.put_array` / `put_tensor` / `put_object`) and hands its address to `put_from` (a batch to
+`batch_put_from`). A get
 asks the master for the sizes of all its keys in one call (`batch_get_replica_desc`), creates one
 plain buffer per value under a private key of the pool (sizes this object already saw are
 remembered and not asked again), has Mooncake transfer each value into it
@@ -298,13 +299,18 @@ class ZeroCopyStore:
     }
 
     def _put_sealed(self, keys, bufs, config):
-        """batch_put_from of sealed pool buffers; on a partial failure removes what it put."""
+        """put_from (batch_put_from for several keys) of sealed pool buffers; on a partial
+        failure removes what it put."""
         for buf in bufs:
             base, length = self._region
             if not (buf.sealed and base <= buf.address and buf.address + buf.size <= base + length):
                 raise InvalidArgumentError("buffer for %r is not a sealed buffer of this store's pool" % (buf.key,))
         args = (keys, [b.address for b in bufs], [b.size for b in bufs])
-        results = self.store.batch_put_from(*args) if config is None else self.store.batch_put_from(*args, config)
+        if len(keys) == 1:  # put_from: the same put, with less work around it than a batch of one
+            args = tuple(a[0] for a in args)
+            results = [self.store.put_from(*args) if config is None else self.store.put_from(*args, config)]
+        else:
+            results = self.store.batch_put_from(*args) if config is None else self.store.batch_put_from(*args, config)
         if len(results) != len(keys):
             raise MooncakeError("batch_put_from answered %d results for %d keys" % (len(results), len(keys)))
         failed = [(k, rc) for k, rc in zip(keys, results) if rc != 0]
