@@ -41,7 +41,9 @@ try:
     import zcopy.mooncake as zm
     out["master"] = zm.master_binary()
 except BaseException as e:
-    out["error"] = "Mooncake Store bindings not usable (%s: %s); pip install mooncake-transfer-engine-non-cuda" % (type(e).__name__, e)
+    out["error"] = ("Mooncake Store bindings not usable (%s: %s); they need pip install "
+                    "mooncake-transfer-engine-non-cuda and the system libraries its store.so links "
+                    "(libibverbs1, libnuma1, libcurl4)" % (type(e).__name__, e))
     print(json.dumps(out)); sys.exit(0)
 unshare = shutil.which("unshare")
 if unshare is None:
