@@ -501,6 +501,8 @@ class ZeroCopyStore:
                 created.append((i, name, ptr, _lib.lib.zc_buffer_data(ptr) or 0, size))
             moving = [(i, address, size) for i, _, _, address, size in created if size or keys[i] in hinted]
             if moving:
+                # batch_get_into even for one key: get_into answered the buffer's size, not the
+                # value's, for a buffer larger than the value (and the bytes past its end).
                 results = self.store.batch_get_into(
                     [keys[i] for i, _, _ in moving], [a for _, a, _ in moving], [n for _, _, n in moving]
                 )
