@@ -501,8 +501,9 @@ class ZeroCopyStore:
                 created.append((i, name, ptr, _lib.lib.zc_buffer_data(ptr) or 0, size))
             moving = [(i, address, size) for i, _, _, address, size in created if size or keys[i] in hinted]
             if moving:
-                # batch_get_into even for one key: get_into answered the buffer's size, not the
-                # value's, for a buffer larger than the value (and the bytes past its end).
+                # batch_get_into even for one key: in the tests, get_into read a key replaced
+                # by another client from where its old value had been (reporting the old size),
+                # and answered success after the master had died; batch_get_into did neither.
                 results = self.store.batch_get_into(
                     [keys[i] for i, _, _ in moving], [a for _, a, _ in moving], [n for _, _, n in moving]
                 )
