@@ -7,8 +7,9 @@ and puts new ones into W's segment. Everything runs on 127.0.0.1 in a private ne
 
 Per value size (4 KiB, 1 MiB, 64 MiB), R times, alternating the methods round by round:
   get: ZeroCopyStore.get_array (read-only array over R's pool) against Mooncake's get (bytes),
-       get_buffer (a handle over Mooncake's client buffer) and get_into (into one numpy buffer
-       registered once), and get_tensor where torch is installed;
+       get_buffer (a handle over Mooncake's client buffer), get_into (into one numpy buffer
+       registered once), batch_get_into of one key (the call ZeroCopyStore makes: the difference
+       is its own cost) and get_tensor where torch is installed;
   put: ZeroCopyStore.put_array against Mooncake's put (of the array) and put_from after copying
        the array into a buffer registered once;
 and a batch of 1000 x 4 KiB values: batch_get_arrays against batch_get_buffer and batch_get_into.
@@ -125,6 +126,8 @@ def reader(conn, master, w_host, quick):
                     "mooncake get (bytes)": (lambda: store.get(mk), size),
                     "mooncake get_buffer": (lambda: store.get_buffer(mk), 0),
                     "mooncake get_into (registered)": (lambda: store.get_into(mk, scratch.ctypes.data, scratch.nbytes), 0),
+                    "mooncake batch_get_into of 1 (registered)":
+                        (lambda: store.batch_get_into([mk], [scratch.ctypes.data], [size]), 0),
                 }
                 if has_torch:
                     gets["mooncake get_tensor"] = (lambda: store.get_tensor(mk), size)
