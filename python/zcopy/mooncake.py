@@ -8,15 +8,16 @@
         a = store.get_array("w")          # read-only, over the pool; no copy after the transfer
 
 A `ZeroCopyStore` joins one `mooncake.store.MooncakeDistributedStore` and one `zcopy.Pool`, whose
-whole region it registers with the store once (`register_buffer`). A put encodes the value once,
-in place, into a buffer of the pool (the parts format of docs/FORMAT.md, the encoders of
-`Pool.put_array` / `put_tensor` / `put_object`) and hands its address to `put_from` (a batch to
-`batch_put_from`). A get
-asks the master for the sizes of all its keys in one call (`batch_get_replica_desc`), creates one
-plain buffer per value under a private key of the pool (sizes this object already saw are
-remembered and not asked again), has Mooncake transfer each value into it
-(`batch_get_into`), seals it and returns read-only views of it: the buffer lives until the last
-view is gone. The private key is deleted at once, so nothing else can find it.
+whole region it registers with the store once (`register_buffer`; one ZeroCopyStore per store
+and pool: Mooncake refuses the same region twice). A put encodes the value once, in place, into a
+buffer of the pool (the parts format of docs/FORMAT.md, the encoders of `Pool.put_array` /
+`put_tensor` / `put_object`) and hands its address to `put_from` (`batch_put_from` for a batch);
+`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all. A get asks the
+master for the sizes of all its keys in one call (`batch_get_replica_desc`; sizes this object
+already saw are remembered and not asked again), creates one plain buffer per value under a
+private key of the pool, has Mooncake transfer each value into it (`batch_get_into`), seals it
+and returns read-only views of it: the buffer lives until the last view is gone. The private key
+is deleted at once, so nothing else can find it.
 
 Formats, as a get sees them: a value starting with the ZCPARTS header (every put of this class)
 is decoded by the package's getters. Any other value (Mooncake's own `put`, `put_parts`,
