@@ -513,8 +513,9 @@ def case_lifetime(ctx):
     used_after = pool.stats()["used_bytes"]
     pool.close()
     # A store made by setup() closes its own pool; views stay readable after that too.
-    owned = ZeroCopyStore.setup(16 * MiB, local_hostname="127.0.0.1", master_server_address=ctx.master.address,
-                                global_segment_size=0, pool_options=POOL_OPTIONS)
+    # (with the argument names of Mooncake's own setup)
+    owned = ZeroCopyStore.setup(16 * MiB, local_hostname="127.0.0.1", master_server_addr=ctx.master.address,
+                                rdma_devices="", global_segment_size=0, pool_options=POOL_OPTIONS)
     v = owned.get_array("life-a")
     owned.close()
     owned_ok = bool((v == np.arange(1000.0)).all())

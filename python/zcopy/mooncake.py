@@ -207,9 +207,17 @@ class ZeroCopyStore:
         master_server_address="127.0.0.1:50051",
         pool_options=None,
         cache=False,
+        rdma_devices=None,
+        master_server_addr=None,
     ):
         """Makes a pool of `pool_size` bytes (`pool_options`: keyword arguments of `zcopy.Pool`)
-        and a `MooncakeDistributedStore` set up with the other arguments, and joins them."""
+        and a `MooncakeDistributedStore` set up with the other arguments, and joins them.
+        `rdma_devices` and `master_server_addr` (the names of Mooncake's own `setup`) are
+        accepted for `device_name` and `master_server_address`."""
+        if rdma_devices is not None:
+            device_name = rdma_devices
+        if master_server_addr is not None:
+            master_server_address = master_server_addr
         options = {"max_objects": 1 << 16}
         options.update(pool_options or {})
         pool = Pool(pool_size, **options)
