@@ -207,6 +207,9 @@ def test_pool_and_mooncake_space_errors(mc):
     out = mc.run("space")
     # Larger than the pool: refused by zcopy before Mooncake is called.
     assert out["too_large"]["type"] == "OutOfMemoryError" and out["too_large"]["exists"] == 0
+    # The pool full while a batch is encoded: refused before Mooncake is called, nothing left.
+    assert out["pool_full_put"]["type"] == "OutOfMemoryError" and out["pool_full_put"]["exists"] == [0, 0, 0]
+    assert out["pool_full_put"]["objects_after"] == out["pool_full_put"]["objects_before"]
     # Larger than every Mooncake segment, in a batch: the whole batch is undone.
     assert out["no_space"]["type"] == "MooncakeOutOfMemoryError" and out["no_space"]["code"] == -200
     assert out["no_space"]["exists_after"] == [0, 0, 0]
@@ -565,6 +568,12 @@ def case_space(ctx):
         st.put_array("too-large", np.zeros(300 * MiB, np.uint8))  # pool: 256 MiB
     except zcopy.Error as e:
         out["too_large"] = dict(_exc(e), exists=st.store.is_exist("too-large"))
+    before = _objects(st.pool)
+    try:  # each fits the pool, the three do not: the third encode fails, nothing was put
+        st.batch_put_arrays(["enc-1", "enc-2", "enc-3"], [np.ones(100 * MiB, np.uint8)] * 3)
+    except zcopy.Error as e:
+        out["pool_full_put"] = dict(_exc(e), exists=st.store.batch_is_exist(["enc-1", "enc-2", "enc-3"]),
+                                    objects_before=before, objects_after=_objects(st.pool))
     try:  # 100 MiB fits the pool but no 96 MiB segment
         st.batch_put_arrays(["small-1", "huge", "small-2"], [np.zeros(10), np.zeros(100 * MiB, np.uint8), np.zeros(10)])
     except zcopy.Error as e:
