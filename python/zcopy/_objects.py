@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ._core import Buffer, InvalidArgumentError, Pool, _Handle, _key, _raise, _Span, _timeout_ms
+from ._core import Buffer, InvalidArgumentError, Pool, _Handle, _key, _raise, _Span, _timeout_ms, _view
 from ._lib import lib
 
 ARRAY_MAGIC = b"ZCARRAY\0"
@@ -115,17 +115,30 @@ def _dtype_from(descr):
     return dtype
 
 
-def _head_part(buf):
-    """The bytes of part 0 (a small header), copied out."""
-    address, length = buf.part_range(0)
-    return ctypes.string_at(address, length)
-
-
-def _checked_parts(buf, count, what):
+def _part_ranges(buf, count, what):
+    """[(address, length)] of the parts of `buf`: from its handle for an object made by
+    `create_parts`, else parsed from its bytes (a plain buffer holding the format of
+    docs/FORMAT.md: a value received by a transfer, a file), every offset and length checked
+    against the buffer's size. Releases `buf` and raises unless there are `count` parts or more."""
     n = buf.part_count
-    if n < count:
+    if n:
+        ranges = [buf.part_range(i) for i in range(n)]
+    else:
+        address, size = buf.address, buf.size
+        try:
+            ranges = [(address + offset, length) for offset, length in _layout_in_memory(address, size, what)]
+        except InvalidArgumentError:
+            buf.release()
+            raise
+    if len(ranges) < count:
         buf.release()
-        raise InvalidArgumentError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, n))
+        raise InvalidArgumentError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, len(ranges)))
+    return ranges
+
+
+def _part_view(buf, address, length):
+    """A read-only uint8 view of `length` bytes at `address` inside the sealed `buf`."""
+    return _view(buf._h(), address, length, True)
 
 
 _Sizes2 = ctypes.c_size_t * 2
@@ -273,12 +286,12 @@ def get_tensor(pool, key, timeout=None):
     tensors: do not write to it (the object is sealed)."""
     torch = _torch()
     buf = pool.get(key, timeout)
-    _checked_parts(buf, 2, "tensor")
-    name, shape = _decode_shape_header(_head_part(buf), TENSOR_MAGIC, "tensor")
+    parts = _part_ranges(buf, 2, "tensor")
+    name, shape = _decode_shape_header(ctypes.string_at(*parts[0]), TENSOR_MAGIC, "tensor")
     dtype = getattr(torch, name.decode("ascii"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        raw = torch.from_numpy(buf.part(1))
+        raw = torch.from_numpy(_part_view(buf, *parts[1]))
     return raw.view(dtype).view(shape)
 
 
@@ -314,13 +327,20 @@ def get_object(pool, key, timeout=None):
     """The object stored by `put_object`. Its out-of-band buffers come back as read-only views of
     the pool's bytes: numpy arrays (and tensors rebuilt from them) share the pool's memory."""
     buf = pool.get(key, timeout)
-    _checked_parts(buf, 2, "pickled object")
-    if _head_part(buf) != OBJECT_MAGIC:
+    parts = _part_ranges(buf, 2, "pickled object")
+    if ctypes.string_at(*parts[0]) != OBJECT_MAGIC:
         buf.release()
         raise InvalidArgumentError("key %r does not hold a zcopy pickled object" % (key,))
-    stream = memoryview(buf.part(1))
-    buffers = [memoryview(buf.part(i)) for i in range(2, buf.part_count)]
+    stream = memoryview(_part_view(buf, *parts[1]))
+    buffers = [memoryview(_part_view(buf, *p)) for p in parts[2:]]
     return pickle.loads(stream, buffers=buffers)
+
+
+def get_parts(pool, key, timeout=None):
+    """The parts of the multi-part object under `key` (made by `create_parts`, or a plain object
+    holding the bytes of docs/FORMAT.md), as read-only uint8 arrays over the pool's bytes."""
+    buf = pool.get(key, timeout)
+    return [_part_view(buf, *p) for p in _part_ranges(buf, 0, "multi-part object")]
 
 
 def parse_parts(data):
@@ -336,5 +356,6 @@ Pool.put_tensor = put_tensor
 Pool.get_tensor = get_tensor
 Pool.put_object = put_object
 Pool.get_object = get_object
+Pool.get_parts = get_parts
 Buffer.__module__ = "zcopy"
 Pool.__module__ = "zcopy"

@@ -1,0 +1,769 @@
+"""zcopy.mooncake.ZeroCopyStore against a real Mooncake Store: a mooncake_master and its clients
+on loopback, in a private network namespace that holds only `lo`.
+
+pytest starts one helper process, `unshare -rn python this_file --serve`, which brings `lo` up,
+starts a mooncake_master, a client A (in the helper) and, for the two-process cases, a client B
+(a spawned child with its own segment). Each test sends the helper the name of a case, the helper
+runs it and answers the values it measured as one JSON line; the test asserts on them. Every
+process is stopped by its PID when the module ends (the helper stops its master and B on exit).
+
+Skipped, with the reason, where the Mooncake Store bindings or mooncake_master cannot run here
+(probed in a subprocess: a broken native library cannot take pytest down) or where `unshare -rn`
+is not possible.
+"""
+
+import gc
+import hashlib
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(PYTHON_DIR)
+TRANSFER_EXAMPLE = os.path.join(ROOT, "examples", "python", "mooncake_transfer.py")
+PORT = 50051  # the shared master; the master-killed case starts its own on PORT + 10
+MiB = 1 << 20
+POOL_OPTIONS = dict(rdma="off", pages="small", prefault=False)
+CASE_TIMEOUT = 60.0
+
+PROBE = r"""
+import json, os, shutil, subprocess, sys
+out = {}
+try:
+    from mooncake.store import MooncakeDistributedStore
+    import zcopy.mooncake as zm
+    out["master"] = zm.master_binary()
+except BaseException as e:
+    out["error"] = ("Mooncake Store bindings not usable (%s: %s); they need pip install "
+                    "mooncake-transfer-engine-non-cuda and the system libraries its store.so links "
+                    "(libibverbs1, libnuma1, libcurl4)" % (type(e).__name__, e))
+    print(json.dumps(out)); sys.exit(0)
+unshare = shutil.which("unshare")
+if unshare is None:
+    out["error"] = "no unshare(1): the master and clients run only in a private network namespace"
+else:
+    p = subprocess.run([unshare, "-rn", "true"], capture_output=True, text=True, timeout=30)
+    if p.returncode:
+        out["error"] = "unshare -rn failed: %s" % (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+print(json.dumps(out))
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHON_DIR, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _probe():
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBE], env=_env(), capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "probing mooncake.store did not finish in 60 s"
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return "probing mooncake.store crashed (exit %d): %s" % (proc.returncode, tail)
+    return out.get("error")
+
+
+# --- the pytest side -----------------------------------------------------------------------------
+
+
+class Helper:
+    """The namespaced helper process: one JSON command line in, one JSON answer line out."""
+
+    def __init__(self):
+        cmd = ["unshare", "-rn", sys.executable, os.path.abspath(__file__), "--serve"]
+        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "zcopy-mooncake-store-%d.log" % os.getpid()), "w+")
+        self.proc = subprocess.Popen(
+            cmd, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT
+        )  # unshare execs python: proc.pid is the helper itself
+        self.buffer = b""
+        ready = self._read(60.0)
+        if "skip" in ready:
+            self.stop()
+            pytest.skip(ready["skip"])
+        self.info = ready
+
+    def _read(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("the helper answered nothing in %.0f s\n%s" % (timeout, self.log_tail()))
+            ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    raise AssertionError("the helper exited (code %s)\n%s" % (self.proc.wait(5), self.log_tail()))
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def log_tail(self):
+        self.log.flush()
+        self.log.seek(0)
+        lines = [l for l in self.log.read().splitlines() if not l.startswith(("I", "W"))]
+        return "\n".join(lines[-40:])
+
+    def run(self, case, timeout=CASE_TIMEOUT):
+        self.proc.stdin.write((json.dumps({"case": case}) + "\n").encode())
+        self.proc.stdin.flush()
+        out = self._read(timeout)
+        assert "error" not in out, "case %s raised:\n%s\n--- helper log\n%s" % (case, out["error"], self.log_tail())
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # EOF: the helper stops B and the master, then exits
+            except OSError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def mc():
+    reason = _probe()
+    if reason is not None:
+        print("skipping the Mooncake Store tests: " + reason)
+        pytest.skip(reason)
+    helper = Helper()
+    try:
+        yield helper
+    finally:
+        helper.stop()
+
+
+def test_every_size_from_1_byte_to_64_MiB_reads_back_identical_over_the_pool(mc):
+    out = mc.run("sizes")
+    for row in out["rows"]:
+        assert row["same"], row
+        assert row["in_pool"] and not row["writable"], row
+        assert row["bytes"] == row["size"], row
+    assert [r["size"] for r in out["rows"]] == out["sizes"]
+    assert out["sizes"][0] == 1 and out["sizes"][-1] == 64 * MiB
+    assert out["buffer_1B"] == {"size": 1, "value": 0xAB, "sealed": True}
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_batch_of_1000_keys_is_one_size_query_and_one_transfer_call(mc):
+    out = mc.run("batch")
+    assert out["count"] == 1000 and out["all_same"]
+    assert out["put_calls"] == {"batch_put_from": 1}
+    assert out["single_put_calls"] == {"put_from": 1}
+    assert out["get_calls"] == {"batch_get_replica_desc": 1, "batch_get_into": 1}
+    assert out["again_calls"] == {"batch_get_into": 1}
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_values_written_by_another_process_travel_into_this_pool(mc):
+    out = mc.run("two_process")
+    assert out["reader_host"] != out["writer_host"]
+    # The writer put every value in its own segment (ReplicateConfig.preferred_segment), so
+    # each one reached the reader's pool through the transfer engine.
+    assert set(out["endpoints"]) == {out["writer_endpoint"]}
+    assert out["writer_endpoint"] != out["reader_endpoint"]
+    assert out["arrays_same"] and out["object_same"] and out["parts_same"]
+    assert out["in_pool"]
+
+
+def test_views_outlive_the_store_and_release_their_buffers_when_collected(mc):
+    out = mc.run("lifetime")
+    assert out["readable_after_close"] and out["owned_readable_after_close"]
+    assert out["objects_while_alive"] == out["objects_before"] + 3
+    assert out["objects_after_gc"] == out["objects_before"]
+    assert out["used_after_gc"] == out["used_before"]
+    assert out["closed"] and out["close_twice_ok"]
+
+
+def test_missing_key_raises_not_found_and_leaves_no_buffer(mc):
+    out = mc.run("missing")
+    assert out["single"] == {"type": "MooncakeNotFoundError", "code": -704, "not_found": True, "key_error": True}
+    assert out["batch"]["type"] == "MooncakeNotFoundError" and "'absent-2'" in out["batch"]["message"]
+    assert out["objects_after"] == out["objects_before"]
+    assert out["transfers"] == 0
+
+
+def test_pool_and_mooncake_space_errors(mc):
+    out = mc.run("space")
+    # Larger than the pool: refused by zcopy before Mooncake is called.
+    assert out["too_large"]["type"] == "OutOfMemoryError" and out["too_large"]["exists"] == 0
+    # The pool full while a batch is encoded: refused before Mooncake is called, nothing left.
+    assert out["pool_full_put"]["type"] == "OutOfMemoryError" and out["pool_full_put"]["exists"] == [0, 0, 0]
+    assert out["pool_full_put"]["objects_after"] == out["pool_full_put"]["objects_before"]
+    # Larger than every Mooncake segment, in a batch: the whole batch is undone.
+    assert out["no_space"]["type"] == "MooncakeOutOfMemoryError" and out["no_space"]["code"] == -200
+    assert out["no_space"]["exists_after"] == [0, 0, 0]
+    assert "the 2 keys put were removed" in out["no_space"]["message"]
+    # The pool too full for a get: OutOfMemoryError, and the get left nothing behind.
+    assert out["get_pool_full"]["type"] == "OutOfMemoryError"
+    assert out["get_pool_full"]["objects_after"] == out["get_pool_full"]["objects_before"]
+    # Other Mooncake codes keep their code; bad arguments are zcopy's InvalidArgumentError.
+    assert out["empty_key"] == {"type": "MooncakeError", "code": -600}
+    assert out["unsealed"] == "InvalidArgumentError" and out["foreign"] == "InvalidArgumentError"
+
+
+def test_a_remembered_size_gone_stale_costs_one_retry_and_reads_the_new_value(mc):
+    out = mc.run("stale_size")
+    assert out["first"] == list(range(10)) and out["second"] == "replaced by another client"
+    assert out["calls"] == {"batch_get_into": 2, "batch_get_replica_desc": 1}
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_values_put_by_mooncake_itself_read_back_as_bytes(mc):
+    out = mc.run("foreign_formats")
+    assert out["array"] == {"dtype": "uint8", "bytes": "hello mooncake"}
+    assert out["parts"] == ["ab" + "cde"]  # Mooncake's put_parts keeps no part bounds
+    assert out["buffer"] == "hello mooncake"
+    assert out["object_error"] == "InvalidArgumentError" and out["objects_after"] == out["objects_before"]
+
+
+def test_pool_full_while_views_are_alive_loses_nothing(mc):
+    out = mc.run("pool_full")
+    assert out["no_cache_error"] == "OutOfMemoryError"
+    assert out["views_intact"] and out["views_intact_after_eviction"]
+    assert out["cache_hit_calls"] == {} and out["cache_hit_same_address"]
+    assert out["evicted"] >= 1 and out["big_same"]
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_master_killed_mid_run_raises_within_bounded_time(mc):
+    out = mc.run("master_killed", timeout=90)
+    assert out["before"] == "ok"
+    for op in ("get", "put", "batch_get"):
+        assert out[op]["type"] == "MooncakeError" and out[op]["code"] == -900, out
+        assert out[op]["seconds"] < 20, out
+    assert out["objects_after"] == out["objects_before"]
+    assert out["pid_stopped"]
+
+
+def test_example_moves_values_between_two_processes(mc):
+    example = os.path.join(ROOT, "examples", "python", "mooncake_store.py")
+    proc = subprocess.run([sys.executable, example, "--timeout", "60"], env=_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    out = proc.stdout
+    report = "exit %d\n--- stdout\n%s\n--- stderr (tail)\n%s" % (proc.returncode, out, proc.stderr[-3000:])
+    assert proc.returncode == 0, report
+    assert "mooncake store: 9 passed, 0 failed" in out and "FAILED" not in out, report
+    assert "ok:     values in the writer's segment" in out, report
+    assert re.search(r"ok: +views released: pool objects [56] -> 0 ", out), report
+
+
+# --- the helper (inside the namespace) -----------------------------------------------------------
+
+
+def _sha(data):
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+
+
+def _pattern(seed, size):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+def _exc(e):
+    return {"type": type(e).__name__, "code": getattr(e, "code", None), "message": str(e)}
+
+
+class Counting:
+    """A MooncakeDistributedStore wrapper counting the calls made through it."""
+
+    def __init__(self, store):
+        self._store = store
+        self.calls = {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+
+        return call
+
+    def take(self):
+        calls, self.calls = self.calls, {}
+        return calls
+
+
+def _objects(pool):
+    gc.collect()
+    return pool.stats()["object_count"]
+
+
+def _in_pool(pool, address):
+    base, length = pool.region()
+    return base <= address < base + length
+
+
+class Ctx:
+    def __init__(self, master):
+        import zcopy
+        from zcopy.mooncake import ZeroCopyStore
+
+        self.master = master
+        self.a = ZeroCopyStore.setup(
+            256 * MiB, local_hostname="127.0.0.1", master_server_address=master.address,
+            global_segment_size=96 * MiB, local_buffer_size=16 * MiB, pool_options=POOL_OPTIONS,
+        )
+        self.zcopy = zcopy
+        self.b = None  # (process, connection), started by the first two-process case
+
+    def b_call(self, **msg):
+        import multiprocessing as mp
+
+        if self.b is None:
+            ctx = mp.get_context("spawn")
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_side_b, args=(there, self.master.address), daemon=True)
+            proc.start()
+            there.close()
+            self.b = (proc, here)
+        proc, conn = self.b
+        conn.send(msg)
+        if not conn.poll(CASE_TIMEOUT):
+            raise RuntimeError("process B did not answer %r in %.0f s" % (msg.get("op"), CASE_TIMEOUT))
+        answer = conn.recv()
+        if "error" in answer:
+            raise RuntimeError("process B: " + answer["error"])
+        return answer
+
+    def close(self):
+        if self.b is not None:
+            proc, conn = self.b
+            try:
+                conn.send({"op": "quit"})
+            except OSError:
+                pass
+            proc.join(15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        self.a.close()
+
+
+def _side_b(conn, master_address):
+    """Process B: a client with its own segment; puts what it is told into that segment."""
+    import traceback
+
+    import numpy as np
+
+    from zcopy.mooncake import ReplicateConfig, ZeroCopyStore
+
+    store = ZeroCopyStore.setup(
+        64 * MiB, local_hostname="127.0.0.1", master_server_address=master_address,
+        global_segment_size=64 * MiB, pool_options=POOL_OPTIONS,
+    )
+    try:
+        while True:
+            msg = conn.recv()
+            if msg["op"] == "quit":
+                break
+            try:
+                host = store.store.get_hostname()
+                config = ReplicateConfig()
+                config.replica_num = 1
+                config.preferred_segment = host
+                keys = ["b-arr-%d" % i for i in range(len(msg["sizes"]))]
+                arrays = [_pattern(i, n) for i, n in enumerate(msg["sizes"])]
+                store.batch_put_arrays(keys, arrays, config)
+                obj = {"w": np.arange(1000, dtype=np.float64), "name": "from B"}
+                store.put_object("b-obj", obj, config)
+                store.put_parts("b-parts", b"head", np.arange(300, dtype=np.uint16), config=config)
+                own = store.store.batch_get_replica_desc(keys)[keys[0]][0]
+                endpoint = own.get_memory_descriptor().buffer_descriptor.transport_endpoint
+                conn.send({"host": host, "endpoint": endpoint, "keys": keys, "sha": [_sha(a) for a in arrays]})
+            except BaseException:
+                conn.send({"error": traceback.format_exc()})
+    finally:
+        store.close()
+
+
+def case_sizes(ctx):
+    import numpy as np
+
+    st = ctx.a
+    before = _objects(st.pool)
+    sizes = [1, 63, 64, 4095, 4096, 65537, MiB, 3 * 65536 + 17, 16 * MiB, 64 * MiB]
+    rows = []
+    for i, size in enumerate(sizes):
+        src = _pattern(100 + i, size)
+        st.put_array("size-%d" % size, src)
+        got = st.get_array("size-%d" % size)
+        rows.append({
+            "size": size, "bytes": int(got.nbytes), "same": _sha(got) == _sha(src) and got.dtype == np.uint8,
+            "in_pool": _in_pool(st.pool, got.ctypes.data), "writable": bool(got.flags.writeable),
+        })
+        del got
+        st.remove("size-%d" % size, force=True)
+    one = st.pool.create("one-byte", 1)
+    one.array()[:] = 0xAB
+    one.seal()
+    st.put_buffer("one-byte", one)  # no copy: Mooncake reads the sealed buffer in place
+    one.release()
+    st.pool.delete("one-byte")
+    got = st.get_buffer("one-byte")
+    out = {"size": got.size, "value": int(got.array()[0]), "sealed": got.sealed}
+    del got
+    return {"sizes": sizes, "rows": rows, "buffer_1B": out, "objects_before": before, "objects_after": _objects(st.pool)}
+
+
+def case_batch(ctx):
+    import numpy as np
+
+    from zcopy.mooncake import ZeroCopyStore
+
+    st = ctx.a
+    counting = st.store = Counting(st.store)  # the same store, its calls counted
+    try:
+        before = _objects(st.pool)
+        keys = ["batch-%d" % i for i in range(1000)]
+        st.batch_put_arrays(keys, [np.full(1024, i, np.int32) for i in range(1000)])  # 4 KiB each
+        put_calls = counting.take()
+        st.batch_put_arrays([k + "-again" for k in keys], [np.full(1024, i, np.int32) for i in range(1000)])
+        assert counting.take() == put_calls
+        st.put_array("batch-single", np.arange(3))
+        single_put_calls = counting.take()
+        for k in keys:
+            st.forget(k)  # as if another client had put them: sizes come from the master
+        arrays = st.batch_get_arrays(keys)
+        get_calls = counting.take()
+        same = all(a.shape == (1024,) and int(a[0]) == i and int(a[-1]) == i for i, a in enumerate(arrays))
+        del arrays
+        arrays = st.batch_get_arrays(keys)  # sizes remembered from the get above
+        again_calls = counting.take()
+        same = same and all(int(a[0]) == i for i, a in enumerate(arrays))
+        del arrays
+        return {"count": 1000, "all_same": same, "put_calls": put_calls, "get_calls": get_calls,
+                "again_calls": again_calls, "single_put_calls": single_put_calls, "objects_before": before, "objects_after": _objects(st.pool)}
+    finally:
+        st.store = counting._store
+
+
+def case_two_process(ctx):
+    import numpy as np
+
+    sizes = [4096, MiB, 3 * 65536 + 17]
+    told = ctx.b_call(op="put", sizes=sizes)
+    from zcopy.mooncake import ReplicateConfig
+
+    st = ctx.a
+    config = ReplicateConfig()
+    config.preferred_segment = st.store.get_hostname()
+    st.put_array("a-own", np.arange(3), config)
+
+    def endpoint(key):
+        return descs[key][0].get_memory_descriptor().buffer_descriptor.transport_endpoint
+
+    descs = st.store.batch_get_replica_desc(told["keys"] + ["b-obj", "b-parts", "a-own"])
+    endpoints = [endpoint(k) for k in told["keys"] + ["b-obj", "b-parts"]]
+    arrays = st.batch_get_arrays(told["keys"])
+    obj = st.get_object("b-obj")
+    parts = st.get_parts("b-parts")
+    return {
+        "reader_host": st.store.get_hostname(), "writer_host": told["host"], "endpoints": endpoints,
+        # Each replica names the transfer endpoint of the segment holding it: B's, as B saw it.
+        "writer_endpoint": told["endpoint"], "reader_endpoint": endpoint("a-own"),
+        "arrays_same": [_sha(a) for a in arrays] == told["sha"],
+        "object_same": obj["name"] == "from B" and bool((obj["w"] == np.arange(1000.0)).all()),
+        "parts_same": [p.tobytes() for p in parts] == [b"head", np.arange(300, dtype=np.uint16).tobytes()],
+        "in_pool": all(_in_pool(st.pool, a.ctypes.data) for a in arrays + [obj["w"]] + parts),
+    }
+
+
+def case_lifetime(ctx):
+    import numpy as np
+
+    from zcopy.mooncake import ZeroCopyStore
+
+    pool = ctx.zcopy.Pool(32 * MiB, **POOL_OPTIONS)
+    st = ZeroCopyStore(ctx.a.store, pool)
+    st.put_array("life-a", np.arange(1000.0))
+    st.put_object("life-o", {"x": np.arange(10)})
+    before = _objects(pool)
+    used_before = pool.stats()["used_bytes"]
+    a = st.get_array("life-a")
+    o = st.get_object("life-o")
+    buf = st.get_buffer("life-a")
+    st.close()
+    st.close()
+    alive = _objects(pool)
+    readable = bool((a == np.arange(1000.0)).all()) and list(o["x"]) == list(range(10)) and buf.size > 0
+    del a, o, buf
+    after = _objects(pool)
+    used_after = pool.stats()["used_bytes"]
+    pool.close()
+    # A store made by setup() closes its own pool; views stay readable after that too.
+    # (with the argument names of Mooncake's own setup)
+    owned = ZeroCopyStore.setup(16 * MiB, local_hostname="127.0.0.1", master_server_addr=ctx.master.address,
+                                rdma_devices="", global_segment_size=0, pool_options=POOL_OPTIONS)
+    v = owned.get_array("life-a")
+    owned.close()
+    owned_ok = bool((v == np.arange(1000.0)).all())
+    del v
+    gc.collect()
+    return {"readable_after_close": readable, "owned_readable_after_close": owned_ok, "objects_before": before,
+            "objects_while_alive": alive, "objects_after_gc": after, "used_before": used_before,
+            "used_after_gc": used_after, "closed": st.closed and owned.closed, "close_twice_ok": True}
+
+
+def case_missing(ctx):
+    import numpy as np
+
+    from zcopy.mooncake import ZeroCopyStore
+
+    st = ctx.a
+    counting = st.store = Counting(st.store)
+    try:
+        st.batch_put_arrays(["present-1", "present-2"], [np.arange(10), np.arange(20)])
+        before = _objects(st.pool)
+        counting.take()
+        try:
+            st.get_array("absent-1")
+            single = None
+        except ctx.zcopy.NotFoundError as e:
+            single = {"type": type(e).__name__, "code": e.code, "not_found": isinstance(e, ctx.zcopy.NotFoundError),
+                      "key_error": isinstance(e, KeyError)}
+        try:
+            st.batch_get_arrays(["present-1", "absent-2", "present-2"])
+            batch = None
+        except ctx.zcopy.Error as e:
+            batch = _exc(e)
+        transfers = counting.take().get("batch_get_into", 0)
+        return {"single": single, "batch": batch, "transfers": transfers,
+                "objects_before": before, "objects_after": _objects(st.pool)}
+    finally:
+        st.store = counting._store
+
+
+def case_space(ctx):
+    import numpy as np
+
+    zcopy = ctx.zcopy
+    st = ctx.a
+    out = {}
+    try:
+        st.put_array("too-large", np.zeros(300 * MiB, np.uint8))  # pool: 256 MiB
+    except zcopy.Error as e:
+        out["too_large"] = dict(_exc(e), exists=st.store.is_exist("too-large"))
+    before = _objects(st.pool)
+    try:  # each fits the pool, the three do not: the third encode fails, nothing was put
+        st.batch_put_arrays(["enc-1", "enc-2", "enc-3"], [np.ones(100 * MiB, np.uint8)] * 3)
+    except zcopy.Error as e:
+        out["pool_full_put"] = dict(_exc(e), exists=st.store.batch_is_exist(["enc-1", "enc-2", "enc-3"]),
+                                    objects_before=before, objects_after=_objects(st.pool))
+    try:  # 100 MiB fits the pool but no 96 MiB segment
+        st.batch_put_arrays(["small-1", "huge", "small-2"], [np.zeros(10), np.zeros(100 * MiB, np.uint8), np.zeros(10)])
+    except zcopy.Error as e:
+        out["no_space"] = dict(_exc(e), exists_after=st.store.batch_is_exist(["small-1", "huge", "small-2"]))
+    st.put_array("sixty", np.zeros(60 * MiB, np.uint8))
+    hold = [st.get_array("sixty") for _ in range(3)]  # 180 MiB of 256 held by views
+    before = _objects(st.pool)
+    try:
+        st.batch_get_arrays(["sixty", "sixty"])
+    except zcopy.Error as e:
+        out["get_pool_full"] = dict(_exc(e), objects_before=before, objects_after=_objects(st.pool))
+    del hold
+    st.remove("sixty", force=True)
+    try:
+        st.put_array("", np.arange(3))
+    except zcopy.Error as e:
+        out["empty_key"] = {"type": type(e).__name__, "code": e.code}
+    w = st.pool.create("unsealed", 10)
+    try:
+        st.put_buffer("x", w)
+    except zcopy.Error as e:
+        out["unsealed"] = type(e).__name__
+    w.abort()
+    other = zcopy.Pool(1 * MiB, **POOL_OPTIONS)
+    f = other.create("f", 10)
+    f.seal()
+    try:
+        st.put_buffer("x", f)
+    except zcopy.Error as e:
+        out["foreign"] = type(e).__name__
+    f.release()
+    other.close()
+    return out
+
+
+def case_stale_size(ctx):
+    import numpy as np
+
+    st = ctx.a
+    counting = st.store = Counting(st.store)
+    try:
+        st.put_array("stale", np.arange(10))
+        before = _objects(st.pool)
+        first = st.get_array("stale").tolist()
+        # Another client replaces the value (Mooncake never overwrites: remove, then put).
+        assert counting._store.remove("stale", True) == 0
+        assert counting._store.put("stale", b"replaced by another client") == 0
+        counting.take()
+        second = st.get_array("stale").tobytes().decode()
+        return {"first": first, "second": second, "calls": counting.take(),
+                "objects_before": before, "objects_after": _objects(st.pool)}
+    finally:
+        st.store = counting._store
+
+
+def case_foreign_formats(ctx):
+    zcopy = ctx.zcopy
+    st = ctx.a
+    st.store.put("mc-put", b"hello mooncake")
+    st.store.put_parts("mc-parts", b"ab", b"cde")
+    before = _objects(st.pool)
+    arr = st.get_array("mc-put")
+    parts = st.get_parts("mc-parts")
+    buf = st.get_buffer("mc-put")
+    out = {"array": {"dtype": str(arr.dtype), "bytes": arr.tobytes().decode()},
+           "parts": [p.tobytes().decode() for p in parts], "buffer": buf.tobytes().decode()}
+    del arr, parts, buf
+    try:
+        st.get_object("mc-put")
+    except zcopy.Error as e:
+        out["object_error"] = type(e).__name__
+    out.update(objects_before=before, objects_after=_objects(st.pool))
+    return out
+
+
+def case_pool_full(ctx):
+    import numpy as np
+
+    from zcopy.mooncake import ZeroCopyStore
+
+    zcopy = ctx.zcopy
+    pool = zcopy.Pool(16 * MiB, **POOL_OPTIONS)
+    base = _objects(pool)
+    keys = ["full-%d" % i for i in range(3)]
+    srcs = [_pattern(200 + i, 4 * MiB) for i in range(3)]
+    ctx.a.batch_put_arrays(keys, srcs)
+    ctx.a.put_array("full-big", _pattern(300, 6 * MiB))
+    out = {}
+    plain = ZeroCopyStore(ctx.a.store, pool)
+    views = plain.batch_get_arrays(keys)  # 12 MiB of 16 held
+    try:
+        plain.get_array("full-big")
+    except zcopy.Error as e:
+        out["no_cache_error"] = type(e).__name__
+    out["views_intact"] = [_sha(v) for v in views] == [_sha(s) for s in srcs]
+    del views
+    plain.close()
+
+    counting = Counting(ctx.a.store)
+    cached = ZeroCopyStore(counting, pool, cache=True)
+    first = cached.batch_get_arrays(keys[:2])
+    counting.take()
+    again = cached.get_array(keys[0])
+    out["cache_hit_calls"] = counting.take()
+    out["cache_hit_same_address"] = again.ctypes.data == first[0].ctypes.data
+    del again
+    held = first[1]  # a view of a cached copy stays alive through the eviction
+    del first
+    third = cached.get_array(keys[2])
+    del third  # 12 MiB of 16 in the pool now, all of it cached, 4 MiB of it held by a view
+    big = cached.get_array("full-big")  # 6 MiB: needs the room of cached copies
+    out["evicted"] = 3 - len(cached.cached_keys) + 1
+    out["big_same"] = _sha(big) == _sha(_pattern(300, 6 * MiB))
+    out["views_intact_after_eviction"] = _sha(held) == _sha(srcs[1])
+    del held, big
+    cached.close()
+    out["objects_before"] = base
+    out["objects_after"] = _objects(pool)
+    pool.close()
+    return out
+
+
+def case_master_killed(ctx):
+    import numpy as np
+
+    from zcopy.mooncake import LocalMaster, ZeroCopyStore
+
+    zcopy = ctx.zcopy
+    master = LocalMaster(PORT + 10, log=sys.stderr).start()
+    try:
+        st = ZeroCopyStore.setup(16 * MiB, local_hostname="127.0.0.1", master_server_address=master.address,
+                                 global_segment_size=16 * MiB, pool_options=POOL_OPTIONS)
+        st.put_array("v", np.arange(10))
+        out = {"before": "ok" if list(st.get_array("v")) == list(range(10)) else "wrong"}
+        before = _objects(st.pool)
+        master.kill()
+        for op, call in (("get", lambda: st.get_array("v")), ("put", lambda: st.put_array("w", np.arange(3))),
+                         ("batch_get", lambda: st.batch_get_arrays(["v", "w"]))):
+            t0 = time.monotonic()
+            try:
+                call()
+                out[op] = {"type": "no error"}
+            except zcopy.Error as e:
+                out[op] = dict(_exc(e), seconds=time.monotonic() - t0)
+        out["objects_before"] = before
+        out["objects_after"] = _objects(st.pool)
+        st.close()
+    finally:
+        master.stop()
+    out["pid_stopped"] = master.proc.poll() is not None
+    return out
+
+
+CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
+
+
+def serve():
+    """The helper: starts the master and client A, then runs cases named on stdin."""
+    import runpy
+    import traceback
+
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # native libraries that print must not garble the answers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    runpy.run_path(TRANSFER_EXAMPLE)["bring_loopback_up"]()
+    from zcopy.mooncake import LocalMaster
+
+    master = LocalMaster(PORT, log=sys.stderr)
+    ctx = None
+    try:
+        try:
+            master.start()
+            ctx = Ctx(master)
+        except BaseException as e:
+            out.write(json.dumps({"skip": "Mooncake Store cannot run here: %s: %s" % (type(e).__name__, e)}) + "\n")
+            return
+        out.write(json.dumps({"ready": True, "master_pid": master.pid}) + "\n")
+        for line in sys.stdin:
+            name = json.loads(line)["case"]
+            try:
+                answer = CASES[name](ctx)
+            except BaseException:
+                answer = {"error": traceback.format_exc()}
+            gc.collect()
+            out.write(json.dumps(answer) + "\n")
+    finally:
+        if ctx is not None:
+            ctx.close()
+        master.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    serve()
