@@ -55,7 +55,8 @@ zcopy_venv_ensure_module() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "== installing python3-venv (python$version-venv) for '$base -m venv'"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv "python$version-venv" >/dev/null
+        # --no-upgrade: where they are installed already, upgrading them would not help.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-upgrade python3-venv "python$version-venv" >/dev/null
         "$base" -c 'import venv, ensurepip' 2>/dev/null && return 0
     fi
     echo "venv.sh: '$base -m venv' is not available: install python3-venv (Debian/Ubuntu:" \
