@@ -3,7 +3,8 @@
 # (examples/demo.rs), then the store end to end: a zcopy-backed key-value server and clients on
 # loopback, small and large values, against the same server copying on read
 # (examples/store/demo.sh), then the Python package's numpy paths against pickle and copies
-# (python/bench.py; numpy is installed with pip if missing).
+# (python/bench.py, run in the project venv .venv/ with numpy installed into it: scripts/venv.sh;
+# $PYTHON chooses the interpreter it is made from, by default the distribution's /usr/bin/python3).
 #
 #   bash scripts/demo.sh [--quick]
 set -euo pipefail
@@ -22,9 +23,7 @@ bash examples/store/demo.sh
 echo
 echo "Python: arrays over pool memory against pickle and copies"
 echo
-python=${PYTHON:-python3}
-if ! "$python" -c "import numpy" 2>/dev/null; then
-    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check numpy
-fi
+. scripts/venv.sh
+zcopy_venv numpy
 cargo build --release --lib --quiet
 PYTHONPATH=python "$python" python/bench.py "${quick[@]:1}"

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Installs a built libzcopy.so, its SONAME link, include/zcopy.h and a zcopy.pc under a prefix.
+# Installs a built libzcopy.so under a prefix: lib/libzcopy.so.VERSION with its SONAME link
+# (libzcopy.so.0) and development link (libzcopy.so), include/zcopy.h and include/zcopy.hpp, and
+# lib/pkgconfig/zcopy.pc.
 #
 #   cargo build --release && scripts/install.sh /usr/local
 #   scripts/install.sh --lib target/debug/libzcopy.so /tmp/zcopy-prefix
+#
+# When PREFIX/lib is a directory the dynamic loader searches (/usr/local/lib, /usr/lib, ...) and
+# this runs as root, it runs ldconfig so programs find the library at once. Under any other prefix
+# it says how programs find it: -Wl,-rpath,PREFIX/lib when linking, or LD_LIBRARY_PATH.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,9 +24,32 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
 major=${version%%.*}
 
 mkdir -p "$prefix/lib/pkgconfig" "$prefix/include"
+# zcopy.pc must name absolute directories, whatever form of PREFIX was given.
+prefix=$(cd "$prefix" && pwd)
 install -m 0755 "$lib" "$prefix/lib/libzcopy.so.$version"
-ln -sf "libzcopy.so.$version" "$prefix/lib/libzcopy.so.$major"
-ln -sf "libzcopy.so.$major" "$prefix/lib/libzcopy.so"
-install -m 0644 "$root/include/zcopy.h" "$prefix/include/zcopy.h"
+ln -sfn "libzcopy.so.$version" "$prefix/lib/libzcopy.so.$major"
+ln -sfn "libzcopy.so.$major" "$prefix/lib/libzcopy.so"
+install -m 0644 "$root/include/zcopy.h" "$root/include/zcopy.hpp" "$prefix/include/"
 sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" "$root/zcopy.pc.in" > "$prefix/lib/pkgconfig/zcopy.pc"
 echo "installed zcopy $version under $prefix"
+
+# Whether the loader searches PREFIX/lib: ldconfig lists the directories it caches.
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+libdir=$(cd "$prefix/lib" && pwd -P)
+searched=false
+if [ -x "$ldconfig" ]; then
+    while IFS= read -r dir; do
+        if [ "$(cd "$dir" 2>/dev/null && pwd -P)" = "$libdir" ]; then
+            searched=true
+        fi
+    done < <("$ldconfig" -v -N -X 2>/dev/null | sed -n 's|^\(/[^:]*\):.*|\1|p')
+fi
+if $searched && [ "$(id -u)" = 0 ]; then
+    "$ldconfig"
+    echo "ran ldconfig: programs find libzcopy.so.$major in $prefix/lib"
+elif $searched; then
+    echo "run 'ldconfig' as root so that programs find libzcopy.so.$major in $prefix/lib"
+else
+    echo "$prefix/lib is not on the loader's search path: link programs with -Wl,-rpath,$prefix/lib" \
+        "(or run them with LD_LIBRARY_PATH=$prefix/lib)"
+fi

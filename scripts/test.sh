@@ -5,9 +5,10 @@
 #      struct-layout check and local-mode RDMA (no device);
 #      Then the C tests and examples under ASan+UBSan and valgrind (scripts/sanitize.sh), and the
 #      stress run (examples/stress.rs);
-#   2. the Python package's pytest suite, against a fresh release build of libzcopy.so (numpy,
-#      pytest, cffi and wheel are installed with pip if missing; torch tests skip when torch is
-#      absent);
+#   2. the Python package's pytest suite, against a fresh release build of libzcopy.so, in the
+#      project venv .venv/ (scripts/venv.sh: made from $PYTHON, by default the distribution's
+#      /usr/bin/python3; numpy, pytest, cffi, wheel, setuptools and the Mooncake Transfer Engine
+#      wheel are installed into it with pip; torch tests skip when torch is absent);
 #   3. the tests that need an RDMA device, on this host's device or in the Soft-RoCE VM
 #      (scripts/rdma-tests.sh; reported as NOT RUN, never as passed, where neither exists).
 # Extra arguments go to `cargo test`.
@@ -33,15 +34,13 @@ echo "== stress (10 million checked operations, then one million live objects)"
 cargo run --release --quiet --example stress
 
 echo "== python"
-python=${PYTHON:-python3}
-# wheel: tests/test_install.py runs `pip install ./python` without build isolation.
-if ! "$python" -c "import numpy, pytest, cffi, wheel, setuptools" 2>/dev/null; then
-    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check numpy pytest cffi wheel setuptools
-fi
+# In the project venv (scripts/venv.sh: .venv/, made from $PYTHON, by default /usr/bin/python3).
+# wheel and setuptools: tests/test_install.py builds the package without build isolation.
+. scripts/venv.sh
+zcopy_venv numpy pytest cffi wheel setuptools
 # Mooncake Transfer Engine, for the interop test (which skips, saying why, if it cannot run).
 if ! "$python" -c "import mooncake.engine" 2>/dev/null; then
-    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check \
-        mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
+    zcopy_venv mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
         echo "test.sh: the Mooncake Transfer Engine wheel did not install; its interop test will skip"
 fi
 cargo build --release --lib --quiet
