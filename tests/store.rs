@@ -1317,3 +1317,51 @@ fn trickling_put_is_dropped_at_its_deadline_and_its_value_aborted() {
     assert_eq!((s["used_bytes"], s["object_count"]), (footprint(22), 1), "{s:?}");
     server.assert_alive();
 }
+
+// ------------------------------------------------------------------------------------------------
+// The README
+
+/// The commands examples/store/README.md gives to try the store (its first `sh` block) run as
+/// written, from the repository's root: they wait for the server's "listening" line, the value
+/// comes back byte for byte, and the bench reports. The library is built in a target folder of
+/// its own (this test's is locked by the running `cargo test`).
+#[test]
+fn readme_store_commands_run_as_written() {
+    let root = manifest_dir();
+    let readme = std::fs::read_to_string(root.join("examples/store/README.md")).unwrap();
+    let start = readme.find("```sh\n").expect("an sh block in examples/store/README.md") + "```sh\n".len();
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert!(block.contains("zcopy-store-server") && block.contains("listening"), "{block}");
+    // The trap stops the server the block started if a command fails before its `kill`.
+    let script = format!(
+        "set -euo pipefail\ntrap '[ -z \"${{server:-}}\" ] || kill \"$server\" 2>/dev/null || true' EXIT\n{block}"
+    );
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", profile_dir().parent().unwrap().join("store-readme"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    // A first run builds the release library from scratch.
+    let out = match rx.recv_timeout(Duration::from_secs(900)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("the README's commands did not finish within 900 s");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the README's commands failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("same bytes\n"), "{stdout}");
+    assert!(stdout.contains("RESULT op=get size=4194304 conns=4 "), "{stdout}");
+    let served = std::fs::read_to_string(root.join("target/store/server.out")).unwrap();
+    assert!(served.starts_with("listening 127.0.0.1:"), "{served}");
+}
