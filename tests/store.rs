@@ -950,7 +950,9 @@ fn connection_limit_refuses_when_no_connection_is_idle() {
     // Both slots busy: each is inside a PUT whose value has not all arrived.
     a.send_hdr(Hdr::request(OP_PUT, 1, 1, 1000), b"a", &[1u8; 500]);
     b.send_hdr(Hdr::request(OP_PUT, 1, 1, 1000), b"b", &[2u8; 500]);
-    thread::sleep(Duration::from_millis(100));
+    // Their threads take up the requests (and leave the idle state) within a few ms; no
+    // connection is free to ask STATS without changing what it measures.
+    thread::sleep(Duration::from_millis(300));
     let mut extra = server.conn();
     let r = extra.recv();
     assert_eq!(r.status, SERVER_BUSY, "{}", r.message());
@@ -1124,7 +1126,7 @@ fn connection_with_a_request_in_flight_is_not_the_one_evicted() {
     wait_for_stats(&mut idle, "the PUT and GET to be in flight", |s| {
         s["refs_held"] == 1 && s["used_bytes"] >= footprint(32 << 20) + footprint(1 << 20)
     });
-    thread::sleep(Duration::from_millis(50));
+    thread::sleep(Duration::from_millis(300)); // for `idle` to be idle again after its STATS
 
     let mut newcomer = server.conn();
     assert_eq!(newcomer.call(OP_HELLO, &[], &[]).status, OK, "no slot for a new client");
