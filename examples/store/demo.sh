@@ -5,9 +5,11 @@
 # one with --copy-on-read), and runs the same bench against each, interleaved: every round runs
 # both, the order swapped from one round to the next (zero-copy first in odd rounds), so drift
 # on a shared machine hits both alike. For each figure it prints the median over the rounds,
-# and for each ratio the median of the per-round ratios with their range (min-max): a ratio
-# counts as outside the noise only when every round's ratio is on the same side of 1.00. PUT
-# does the same work on both servers, so its rows show what the noise is. Stops the servers it
+# and for each ratio the median of the per-round ratios with their interquartile range and
+# their range (min-max). A ratio counts as outside the noise when every round's ratio is on
+# the same side of 1.00, with 5 rounds or more (a sign test: by chance alone, 5 of 5 happens
+# 1 time in 16, 7 of 7 1 time in 64). PUT does the same work on both servers, so its rows show
+# what the noise is, and check the criterion. Stops the servers it
 # started (by PID) on every exit path. About 45 s with the defaults.
 #
 #   bash examples/store/demo.sh    # ROUNDS=7 CONNS=4 SECONDS_PER_GET=1 to change the load
@@ -82,7 +84,7 @@ done
 
 echo
 echo "$rounds rounds, interleaved; $conns connections; loopback TCP. Figures are medians over the rounds;"
-echo "ratio = zero-copy / copy-on-read ops/s, the median of the per-round ratios, with their min-max."
+echo "ratio = zero-copy / copy-on-read ops/s: the median of the per-round ratios, their interquartile range, their min-max."
 echo
 awk -v rounds="$rounds" '
     {
@@ -93,43 +95,48 @@ awk -v rounds="$rounds" '
         ops[mode, id, round] = f["ops_per_s"]
         gbs[mode, id, round] = f["gb_per_s"]
     }
-    function median(v, n,    i, j, t) {
+    function sort(v, n,    i, j, t) {
         for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
     }
+    # The q-quantile of sorted v[1..n], interpolated between neighbours.
+    function quantile(v, n, q,    pos, i) {
+        pos = 1 + (n - 1) * q
+        i = int(pos)
+        return (i >= n) ? v[n] : v[i] + (pos - i) * (v[i + 1] - v[i])
+    }
+    function median(v, n) { sort(v, n); return quantile(v, n, 0.5) }
     function median_of(arr, mode, id,    r, v) {
         for (r = 1; r <= rounds; r++) v[r] = arr[mode, id, r] + 0
         return median(v, rounds)
     }
     function human(bytes) { return bytes >= 1048576 ? bytes / 1048576 " MiB" : bytes / 1024 " KiB" }
     END {
-        printf "| %-4s | %-7s | %15s | %14s | %18s | %17s | %5s | %13s | %14s |\n", "op", "size", "zero-copy ops/s", "zero-copy GB/s",
-               "copy-on-read ops/s", "copy-on-read GB/s", "ratio", "ratio min-max", "outside noise?"
-        printf "|------|---------|-----------------|----------------|--------------------|-------------------|-------|---------------|----------------|\n"
+        printf "| %-4s | %-7s | %15s | %14s | %18s | %17s | %5s | %11s | %11s | %14s |\n", "op", "size", "zero-copy ops/s", "zero-copy GB/s",
+               "copy-on-read ops/s", "copy-on-read GB/s", "ratio", "ratio IQR", "min-max", "outside noise?"
+        printf "|------|---------|-----------------|----------------|--------------------|-------------------|-------|-------------|-------------|----------------|\n"
         split("get 4096,get 4194304,put 4096,put 4194304", rows, ",")
         for (r = 1; r <= 4; r++) {
             id = rows[r]
             split(id, p, " ")
-            lo = 0; hi = 0
             delete ratios
             for (k = 1; k <= rounds; k++) {
                 c = ops["copy-on-read", id, k] + 0
-                x = (c > 0) ? (ops["zero-copy", id, k] + 0) / c : 0  # computed apart: a ">" in a printf list redirects
-                ratios[k] = x
-                if (k == 1 || x < lo) lo = x
-                if (k == 1 || x > hi) hi = x
+                ratios[k] = (c > 0) ? (ops["zero-copy", id, k] + 0) / c : 0  # apart: a ">" in a printf list redirects
             }
-            ratio = median(ratios, rounds)
-            if (rounds < 3) verdict = "n/a, " rounds " round" (rounds > 1 ? "s" : "")
-            else if (lo > 1) verdict = "yes, faster"
-            else if (hi < 1) verdict = "yes, slower"
+            sort(ratios, rounds)
+            ratio = quantile(ratios, rounds, 0.5)
+            q1 = quantile(ratios, rounds, 0.25)
+            q3 = quantile(ratios, rounds, 0.75)
+            if (rounds < 5) verdict = "n/a, " rounds " round" (rounds > 1 ? "s" : "")
+            else if (ratios[1] > 1) verdict = "yes, faster"
+            else if (ratios[rounds] < 1) verdict = "yes, slower"
             else verdict = "no"
-            printf "| %-4s | %-7s | %15.0f | %14.2f | %18.0f | %17.2f | %4.2fx | %5.2f - %5.2f | %-14s |\n", p[1], human(p[2]),
+            printf "| %-4s | %-7s | %15.0f | %14.2f | %18.0f | %17.2f | %4.2fx | %4.2f-%4.2fx | %4.2f-%4.2fx | %-14s |\n", p[1], human(p[2]),
                    median_of(ops, "zero-copy", id), median_of(gbs, "zero-copy", id),
-                   median_of(ops, "copy-on-read", id), median_of(gbs, "copy-on-read", id), ratio, lo, hi, verdict
+                   median_of(ops, "copy-on-read", id), median_of(gbs, "copy-on-read", id), ratio, q1, q3, ratios[1], ratios[rounds], verdict
         }
     }
 ' "$work/results"
 echo
-echo "Outside the noise: every round's ratio on the same side of 1.00 (needs 3 rounds or more)."
+echo "Outside the noise: every round's ratio on the same side of 1.00 (needs 5 rounds or more)."
 echo "PUT does the same work on both servers (recv straight into the pool); its rows show the noise."
