@@ -111,9 +111,9 @@ awk -v rounds="$rounds" '
     }
     function human(bytes) { return bytes >= 1048576 ? bytes / 1048576 " MiB" : bytes / 1024 " KiB" }
     END {
-        printf "| %-4s | %-7s | %15s | %14s | %18s | %17s | %5s | %11s | %11s | %14s |\n", "op", "size", "zero-copy ops/s", "zero-copy GB/s",
+        printf "| %-4s | %-7s | %15s | %14s | %18s | %17s | %5s | %10s | %10s | %14s |\n", "op", "size", "zero-copy ops/s", "zero-copy GB/s",
                "copy-on-read ops/s", "copy-on-read GB/s", "ratio", "ratio IQR", "min-max", "outside noise?"
-        printf "|------|---------|-----------------|----------------|--------------------|-------------------|-------|-------------|-------------|----------------|\n"
+        printf "|------|---------|-----------------|----------------|--------------------|-------------------|-------|------------|------------|----------------|\n"
         split("get 4096,get 4194304,put 4096,put 4194304", rows, ",")
         for (r = 1; r <= 4; r++) {
             id = rows[r]
