@@ -85,9 +85,23 @@ struct Server {
 
 impl Server {
     fn start(name: &str, args: &[&str]) -> Server {
+        Server::start_under(name, &[], args)
+    }
+
+    /// Starts the server through `wrapper` (a command that execs the rest, such as `prlimit
+    /// --nofile=64:64`), so that the PID is still the server's.
+    fn start_under(name: &str, wrapper: &[&str], args: &[&str]) -> Server {
         let log = profile_dir().join("store_logs").join(format!("{name}.log"));
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-        let mut child = Command::new(&binaries().server)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&binaries().server);
+                c
+            }
+            None => Command::new(&binaries().server),
+        };
+        let mut child = cmd
             .args(["--listen", "127.0.0.1", "--port", "0"])
             .args(args)
             .stdin(Stdio::null())
@@ -926,25 +940,33 @@ fn command_line_client_and_bench() {
     server.assert_alive();
 }
 
-/// --max-conns: an extra connection gets SERVER_BUSY and is closed; a slot that frees up is
-/// usable again.
+/// --max-conns: with every slot taken by a request in flight, an extra connection gets
+/// SERVER_BUSY and is closed; a slot that frees up is usable again.
 #[test]
-fn connection_limit() {
-    let mut server = Server::start("conn_limit", &["--pool-size", "1M", "--max-conns", "2"]);
+fn connection_limit_refuses_when_no_connection_is_idle() {
+    let mut server = Server::start("conn_limit", &["--pool-size", "4M", "--max-conns", "2"]);
     let mut a = server.conn();
     let mut b = server.conn();
-    assert_eq!(a.call(OP_HELLO, &[], &[]).status, OK);
-    assert_eq!(b.call(OP_HELLO, &[], &[]).status, OK);
+    // Both slots busy: each is inside a PUT whose value has not all arrived.
+    a.send_hdr(Hdr::request(OP_PUT, 1, 1, 1000), b"a", &[1u8; 500]);
+    b.send_hdr(Hdr::request(OP_PUT, 1, 1, 1000), b"b", &[2u8; 500]);
+    // Their threads take up the requests (and leave the idle state) within a few ms; no
+    // connection is free to ask STATS without changing what it measures.
+    thread::sleep(Duration::from_millis(300));
     let mut extra = server.conn();
     let r = extra.recv();
     assert_eq!(r.status, SERVER_BUSY, "{}", r.message());
+    assert!(r.message().contains("none of them idle"), "{}", r.message());
     assert!(extra.try_recv().is_none());
+    a.send_raw(&[1u8; 500]);
+    assert_eq!(a.recv().status, OK);
     drop(b);
     wait_for_stats(&mut a, "the closed connection to free its slot", |s| s["connections_current"] == 1);
     let mut again = server.conn();
     assert_eq!(again.put(b"k", b"v"), OK);
     assert_eq!(a.get(b"k").unwrap(), b"v");
-    assert!(a.stats()["connections_refused"] >= 1);
+    let s = a.stats();
+    assert_eq!((s["connections_refused"], s["connections_evicted"], s["puts_aborted"]), (1, 0, 1));
     server.assert_alive();
 }
 
@@ -972,4 +994,376 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(idle.try_recv().is_none());
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("stopped"), "{log}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Connection lifetimes: idle eviction and timeout, descriptor limits, frame deadlines
+
+/// Waits at most `limit` for the server to close `conn` (nothing may arrive on it meanwhile);
+/// returns how long that took, or None if it stayed open.
+fn time_to_close(conn: &mut Conn, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut byte = [0u8; 1];
+    while start.elapsed() < limit {
+        conn.s.set_read_timeout(Some((limit - start.elapsed()).max(Duration::from_millis(1)))).unwrap();
+        match conn.s.read(&mut byte) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => panic!("unexpected bytes from the server"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(start.elapsed()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    None
+}
+
+/// CPU seconds (user + system) the process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().expect("getconf CLK_TCK");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("CLK_TCK")
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (in parentheses): state is the first, utime the 12th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) as f64 / ticks
+}
+
+/// The share of one core the process used over `wall`.
+fn cpu_share_over(pid: u32, wall: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    let start = Instant::now();
+    thread::sleep(wall);
+    (cpu_seconds(pid) - before) / start.elapsed().as_secs_f64()
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Answer {
+    Served,
+    ServerBusy,
+    Closed,
+    Silent,
+}
+
+/// Connects `n` clients that each send HELLO at once, then reads every first answer (all by one
+/// deadline, `limit` from now). The clients stay connected, and are returned.
+fn hello_clients(port: u16, n: usize, limit: Duration) -> (Vec<Answer>, Vec<Conn>) {
+    let mut conns: Vec<Conn> = (0..n).map(|_| Conn::open(port)).collect();
+    for c in &mut conns {
+        c.send(OP_HELLO, &[], &[]);
+    }
+    let deadline = Instant::now() + limit;
+    let answers = conns
+        .iter_mut()
+        .map(|c| {
+            c.s.set_read_timeout(Some(
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+            ))
+            .unwrap();
+            let mut raw = [0u8; HEADER];
+            match c.s.read_exact(&mut raw) {
+                Ok(()) => match Hdr::decode(&raw).status {
+                    OK => Answer::Served,
+                    SERVER_BUSY => Answer::ServerBusy,
+                    st => panic!("HELLO answered {st}"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Answer::Closed,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    Answer::Silent
+                }
+                Err(e) => panic!("read the answer to HELLO: {e}"),
+            }
+        })
+        .collect();
+    (answers, conns)
+}
+
+/// Every slot taken by an idle connection: a new client is still served, by closing the
+/// connection that has been idle longest; the others stay usable.
+#[test]
+fn full_slots_of_idle_connections_evict_the_longest_idle_to_serve_a_new_client() {
+    let mut server = Server::start("evict_idle", &["--pool-size", "1M", "--max-conns", "4"]);
+    let mut idle: Vec<Conn> = (0..4)
+        .map(|_| {
+            let mut c = server.conn();
+            assert_eq!(c.call(OP_HELLO, &[], &[]).status, OK);
+            thread::sleep(Duration::from_millis(20)); // distinct idle times, oldest first
+            c
+        })
+        .collect();
+    // The last one asks: the three before it are idle (it is busy answering).
+    wait_for_stats(&mut idle[3], "three idle connections", |s| s["connections_idle"] == 3);
+
+    let mut newcomer = server.conn();
+    let r = newcomer.call(OP_HELLO, &[], &[]);
+    assert_eq!(r.status, OK, "a new client was refused while every slot was idle: {}", r.message());
+    assert_eq!(newcomer.put(b"k", b"served"), OK);
+    assert!(time_to_close(&mut idle[0], Duration::from_secs(5)).is_some(), "the longest idle connection is still open");
+    for c in &mut idle[1..] {
+        assert_eq!(c.get(b"k").unwrap(), b"served");
+    }
+    let s = newcomer.stats();
+    assert_eq!((s["connections_evicted"], s["connections_refused"], s["connections_current"]), (1, 0, 4), "{s:?}");
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("closed to admit a new connection"), "{log}");
+    server.assert_alive();
+}
+
+/// The idle longest is not evicted when it has a request in flight: a PUT whose value is still
+/// arriving and a GET whose reply is still being sent keep their connections, the idle one goes,
+/// and both requests then complete.
+#[test]
+fn connection_with_a_request_in_flight_is_not_the_one_evicted() {
+    let mut server = Server::start("evict_busy", &["--pool-size", "64M", "--max-conns", "3"]);
+    let big = pattern(3, 32 << 20); // larger than the socket buffers: its GET reply blocks
+    let mut getter = server.conn();
+    assert_eq!(getter.put(b"big", &big), OK);
+    let mut putter = server.conn();
+    putter.send_hdr(Hdr::request(OP_PUT, 7, 8, 1 << 20), b"inflight", &vec![9u8; 1000]);
+    getter.send(OP_GET, b"big", &[]);
+    let mut idle = server.conn();
+    wait_for_stats(&mut idle, "the PUT and GET to be in flight", |s| {
+        s["refs_held"] == 1 && s["used_bytes"] >= footprint(32 << 20) + footprint(1 << 20)
+    });
+    thread::sleep(Duration::from_millis(300)); // for `idle` to be idle again after its STATS
+
+    let mut newcomer = server.conn();
+    assert_eq!(newcomer.call(OP_HELLO, &[], &[]).status, OK, "no slot for a new client");
+    assert!(time_to_close(&mut idle, Duration::from_secs(5)).is_some(), "the idle connection was not the one closed");
+    putter.send_raw(&vec![9u8; (1 << 20) - 1000]);
+    let r = putter.recv();
+    assert_eq!((r.status, r.id), (OK, 7), "{}", r.message());
+    let r = getter.recv();
+    assert_eq!(r.status, OK);
+    assert!(r.body == big, "the GET reply changed");
+    assert_eq!(newcomer.get(b"inflight").unwrap(), vec![9u8; 1 << 20]);
+    let s = newcomer.stats();
+    assert_eq!(
+        (s["connections_evicted"], s["puts_aborted"], s["gets_interrupted"], s["refs_held"]),
+        (1, 0, 0, 0),
+        "{s:?}"
+    );
+    server.assert_alive();
+}
+
+/// --idle-timeout-ms: a connection that sends nothing is closed after the timeout (not before),
+/// one that keeps sending requests is not; sockets carry TCP keep-alive (--keepalive-s).
+#[test]
+fn idle_connection_is_closed_after_the_idle_timeout_and_sockets_have_keepalive() {
+    let mut server =
+        Server::start("idle_timeout", &["--pool-size", "1M", "--idle-timeout-ms", "600", "--keepalive-s", "30"]);
+    let port = server.port;
+    let busy = thread::spawn(move || {
+        let mut c = Conn::open(port);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(c.call(OP_HELLO, &[], &[]).status, OK, "an active connection was closed");
+            thread::sleep(Duration::from_millis(200));
+        }
+        c
+    });
+    let mut idle = server.conn();
+    // The kernel's keep-alive timer runs on the server's end of the connection.
+    let ss = Command::new("ss").args(["-tnoH", "state", "established", "sport", "=", &format!(":{port}")]).output();
+    if let Some(out) = ss.ok().filter(|o| o.status.success()) {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("timer:(keepalive"), "no keep-alive timer on the server's sockets:\n{text}");
+    }
+    let closed = time_to_close(&mut idle, Duration::from_secs(5)).expect("the idle connection was not closed");
+    assert!(
+        closed >= Duration::from_millis(550) && closed < Duration::from_millis(2000),
+        "closed after {closed:?} for a 600 ms idle timeout"
+    );
+    let mut c = busy.join().expect("active connection");
+    let s = c.stats();
+    assert_eq!(s["connections_idle_closed"], 1, "{s:?}");
+    server.assert_alive();
+}
+
+/// RLIMIT_NOFILE of 64 with --max-conns 100000: the server says at start that it clamps
+/// max-conns, 100 clients at once all get an answer (served, SERVER_BUSY or a clean close, none
+/// left hanging), and the server does not spin while they stay connected. With a higher hard
+/// limit it raises its soft limit instead.
+#[test]
+fn max_conns_is_clamped_to_rlimit_nofile_and_every_client_gets_an_answer() {
+    let mut server = Server::start_under(
+        "rlimit_clamp",
+        &["prlimit", "--nofile=64:64"],
+        &["--pool-size", "1M", "--max-conns", "100000"],
+    );
+    let (answers, conns) = hello_clients(server.port, 100, Duration::from_secs(10));
+    let count = |a: Answer| answers.iter().filter(|&&x| x == a).count();
+    assert_eq!(count(Answer::Silent), 0, "clients without an answer: {answers:?}");
+    let cpu = cpu_share_over(server.child.id(), Duration::from_secs(1));
+    assert!(cpu < 0.3, "the server used {:.0} % of a core with 100 clients connected", cpu * 100.0);
+
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let clamped: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("max conns 100000 clamped to "))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no clamp message in the log:\n{log}"));
+    assert!((1..64).contains(&clamped), "{log}");
+    assert!(log.contains("RLIMIT_NOFILE is 64"), "{log}");
+    assert!(count(Answer::Served) as u64 >= clamped, "{answers:?}");
+    drop(conns);
+    let mut c = server.conn();
+    assert_eq!(c.stats()["max_conns"], clamped);
+    server.assert_alive();
+
+    let raised = Server::start_under(
+        "rlimit_raise",
+        &["prlimit", "--nofile=64:4096"],
+        &["--pool-size", "1M", "--max-conns", "100000"],
+    );
+    let log = std::fs::read_to_string(&raised.log).unwrap();
+    assert!(log.contains("raised the RLIMIT_NOFILE soft limit from 64 to 4096"), "{log}");
+    assert!(log.contains("max conns 100000 clamped to 40"), "{log}");
+}
+
+/// Descriptors run out under a running server (its limit lowered below what it has open, so
+/// accept fails with EMFILE): every client still gets an answer, and the accept loop does not
+/// spin.
+#[test]
+fn accept_loop_refuses_without_spinning_when_descriptors_run_out() {
+    let mut server = Server::start("emfile", &["--pool-size", "1M", "--max-conns", "500"]);
+    let pid = server.child.id();
+    let (answers, _first) = hello_clients(server.port, 3, Duration::from_secs(5));
+    assert_eq!(answers, vec![Answer::Served; 3]);
+    // Room for two more connections, then EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = format!("--nofile={}:{}", open + 2, open + 2);
+    let st = Command::new("prlimit").args(["--pid", &pid.to_string(), &limit]).status().unwrap();
+    assert!(st.success(), "prlimit --pid failed");
+
+    let (answers, _rest) = hello_clients(server.port, 30, Duration::from_secs(10));
+    let count = |a: Answer| answers.iter().filter(|&&x| x == a).count();
+    assert_eq!(count(Answer::Silent), 0, "clients without an answer: {answers:?}");
+    assert!(count(Answer::ServerBusy) + count(Answer::Closed) >= 25, "{answers:?}");
+    let cpu = cpu_share_over(pid, Duration::from_secs(1));
+    assert!(cpu < 0.3, "the server used {:.0} % of a core while out of descriptors", cpu * 100.0);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("Too many open files"), "{log}");
+    server.assert_alive();
+}
+
+/// --io-timeout-ms is a deadline for the whole frame: a peer that stops mid-header or mid-value
+/// is dropped between 1 and 1.5 timeouts after it started the frame (not 2), and its unsealed
+/// value is aborted.
+#[test]
+fn stalled_peer_is_dropped_between_one_and_one_and_a_half_io_timeouts() {
+    let mut server = Server::start("stall_deadline", &["--pool-size", "4M", "--io-timeout-ms", "1000"]);
+    let port = server.port;
+    let timeout = Duration::from_millis(1000);
+    let cut_header = Hdr::request(OP_PUT, 1, 3, 1000).encode()[..20].to_vec();
+    let mut half_value = Hdr::request(OP_PUT, 1, 3, 1000).encode();
+    half_value.extend_from_slice(b"key");
+    half_value.extend_from_slice(&[5u8; 500]);
+    let stallers: Vec<_> = [cut_header, half_value]
+        .into_iter()
+        .map(|frame| {
+            thread::spawn(move || {
+                let mut c = Conn::open(port);
+                let start = Instant::now();
+                c.send_raw(&frame);
+                time_to_close(&mut c, Duration::from_secs(5)).map(|_| start.elapsed())
+            })
+        })
+        .collect();
+    for (what, t) in ["mid-header", "mid-value"].into_iter().zip(stallers) {
+        let took = t.join().unwrap().unwrap_or_else(|| panic!("a peer stalled {what} was not dropped within 5 s"));
+        assert!(took >= timeout && took < timeout * 3 / 2, "a peer stalled {what} was dropped after {took:?}");
+    }
+    let mut c = server.conn();
+    let s = wait_for_stats(&mut c, "the stalled PUT to be aborted", |s| s["used_bytes"] == 0);
+    assert_eq!((s["connections_timed_out"], s["puts_aborted"]), (2, 1), "{s:?}");
+    assert_eq!(c.put(b"key", b"free again"), OK);
+    server.assert_alive();
+}
+
+/// A peer that trickles a PUT's value, one byte every third of the timeout, is dropped by the
+/// frame's deadline; its unsealed value is aborted: another client can PUT the key, and no
+/// reservation is left in the pool.
+#[test]
+fn trickling_put_is_dropped_at_its_deadline_and_its_value_aborted() {
+    let mut server = Server::start("trickle", &["--pool-size", "4M", "--io-timeout-ms", "900"]);
+    let timeout = Duration::from_millis(900);
+    let mut c = server.conn();
+    let mut t = server.conn();
+    let start = Instant::now();
+    t.send_hdr(Hdr::request(OP_PUT, 1, 7, 4096), b"trickle", &[]);
+    let mut closed_after = None;
+    for i in 0..20 {
+        // 20 bytes over about 6 s: the old per-call timeout never fired on this.
+        if t.s.write_all(&[i as u8]).is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        if i == 1 {
+            assert_eq!(c.put(b"trickle", b"x"), ALREADY_EXISTS, "the trickled value is not reserved");
+        }
+        if time_to_close(&mut t, timeout / 3).is_some() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let took = closed_after.expect("a trickling PUT kept its connection for 20 bytes over 6 s");
+    assert!(took >= timeout && took < timeout * 3 / 2, "the trickling PUT was dropped after {took:?}");
+    let s = wait_for_stats(&mut c, "the trickled value to be aborted", |s| s["used_bytes"] == 0);
+    assert_eq!((s["puts_aborted"], s["connections_timed_out"], s["key_count"]), (1, 1, 0), "{s:?}");
+    assert_eq!(c.put(b"trickle", b"another client's value"), OK);
+    assert_eq!(c.get(b"trickle").unwrap(), b"another client's value");
+    let s = c.stats();
+    assert_eq!((s["used_bytes"], s["object_count"]), (footprint(22), 1), "{s:?}");
+    server.assert_alive();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The README
+
+/// The commands examples/store/README.md gives to try the store (its first `sh` block) run as
+/// written, from the repository's root: they wait for the server's "listening" line, the value
+/// comes back byte for byte, and the bench reports. The library is built in a target folder of
+/// its own (this test's is locked by the running `cargo test`).
+#[test]
+fn readme_store_commands_run_as_written() {
+    let root = manifest_dir();
+    let readme = std::fs::read_to_string(root.join("examples/store/README.md")).unwrap();
+    let start = readme.find("```sh\n").expect("an sh block in examples/store/README.md") + "```sh\n".len();
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert!(block.contains("zcopy-store-server") && block.contains("listening"), "{block}");
+    // The trap stops the server the block started if a command fails before its `kill`.
+    let script = format!(
+        "set -euo pipefail\ntrap '[ -z \"${{server:-}}\" ] || kill \"$server\" 2>/dev/null || true' EXIT\n{block}"
+    );
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", profile_dir().parent().unwrap().join("store-readme"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    // A first run builds the release library from scratch.
+    let out = match rx.recv_timeout(Duration::from_secs(900)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("the README's commands did not finish within 900 s");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the README's commands failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("same bytes\n"), "{stdout}");
+    assert!(stdout.contains("RESULT op=get size=4194304 conns=4 "), "{stdout}");
+    let served = std::fs::read_to_string(root.join("target/store/server.out")).unwrap();
+    assert!(served.starts_with("listening 127.0.0.1:"), "{served}");
 }

@@ -6,14 +6,18 @@
 # the libzcopy.so.0 its SONAME asks for to target/release/libzcopy.so.
 # With <infiniband/verbs.h> (libibverbs-dev) the programs get the RDMA path and link -libverbs
 # (libzcopy itself never does); without it they are TCP-only. ZCS_RDMA=0 forces TCP-only.
+# The library is built in $CARGO_TARGET_DIR when that is set (tests/store.rs sets it: the target
+# folder of a running `cargo test` is locked); the programs always go to target/store/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
+lib_target="${CARGO_TARGET_DIR:-target}"
+case "$lib_target" in /*) ;; *) lib_target="$root/$lib_target" ;; esac
 cargo build --release --lib --quiet
 out="$root/target/store"
 mkdir -p "$out/lib"
-ln -sf "$root/target/release/libzcopy.so" "$out/lib/libzcopy.so"
-ln -sf "$root/target/release/libzcopy.so" "$out/lib/libzcopy.so.0"
+ln -sf "$lib_target/release/libzcopy.so" "$out/lib/libzcopy.so"
+ln -sf "$lib_target/release/libzcopy.so" "$out/lib/libzcopy.so.0"
 CXX="${CXX:-g++}"
 flags=(-std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror -pthread -I "$root/include")
 link=(-L "$out/lib" -lzcopy "-Wl,-rpath,$out/lib")

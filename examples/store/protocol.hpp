@@ -233,14 +233,13 @@ namespace io {
 enum class Result {
     Ok,
     Eof,      // the peer closed (before all bytes arrived)
-    Timeout,  // SO_RCVTIMEO / SO_SNDTIMEO expired with the transfer unfinished
+    Timeout,  // the deadline (the server's) or SO_RCVTIMEO / SO_SNDTIMEO passed, transfer unfinished
     Error,    // any other failure; errno says which
 };
 
-/// Receives exactly `n` bytes into `buf`. With `idle_ok`, a timeout before the first byte is not
-/// an error (the peer is idle between frames) and the wait continues; once a byte has arrived,
-/// a timeout means the peer stalled mid-frame.
-inline Result recv_all(int fd, void *buf, size_t n, bool idle_ok = false) {
+/// Receives exactly `n` bytes into `buf`, waiting as long as the socket's SO_RCVTIMEO allows for
+/// each call (the client's helpers; the server's reads run against a deadline, server.cpp).
+inline Result recv_all(int fd, void *buf, size_t n) {
     auto *p = static_cast<uint8_t *>(buf);
     size_t got = 0;
     while (got < n) {
@@ -252,7 +251,6 @@ inline Result recv_all(int fd, void *buf, size_t n, bool idle_ok = false) {
         } else if (errno == EINTR) {
             continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (idle_ok && got == 0) continue;
             return Result::Timeout;
         } else {
             return Result::Error;
@@ -271,6 +269,21 @@ inline Result discard(int fd, uint64_t n) {
         n -= chunk;
     }
     return Result::Ok;
+}
+
+/// Advances `iov` (from index `first`) past `sent` bytes that have been sent.
+inline void consume(std::vector<iovec> &iov, size_t &first, size_t sent) {
+    while (sent > 0 && first < iov.size()) {
+        if (sent >= iov[first].iov_len) {
+            sent -= iov[first].iov_len;
+            iov[first].iov_len = 0;
+            first++;
+        } else {
+            iov[first].iov_base = static_cast<uint8_t *>(iov[first].iov_base) + sent;
+            iov[first].iov_len -= sent;
+            sent = 0;
+        }
+    }
 }
 
 /// Sends every byte the iovecs describe (in place: the iovecs may point into the pool), in as
@@ -292,18 +305,7 @@ inline Result send_iov(int fd, std::vector<iovec> &iov) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::Timeout;
             return Result::Error;
         }
-        auto sent = static_cast<size_t>(r);
-        while (sent > 0 && first < iov.size()) {
-            if (sent >= iov[first].iov_len) {
-                sent -= iov[first].iov_len;
-                iov[first].iov_len = 0;
-                first++;
-            } else {
-                iov[first].iov_base = static_cast<uint8_t *>(iov[first].iov_base) + sent;
-                iov[first].iov_len -= sent;
-                sent = 0;
-            }
-        }
+        consume(iov, first, static_cast<size_t>(r));
     }
     return Result::Ok;
 }

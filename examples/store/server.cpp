@@ -18,13 +18,23 @@
 // unsealed buffer is aborted, a reference dropped. A poll loop would need the same state as an
 // explicit per-connection state machine with resumable partial reads; with connections bounded
 // by --max-conns, a blocked thread per connection is the simpler correct design.
+//
+// Time limits: a frame (header, key and body) must arrive by a deadline set when its first byte
+// does, --io-timeout-ms plus its size at --min-rate, and a reply must be taken by the same kind
+// of deadline; a connection idle between frames is closed after --idle-timeout-ms; and when every
+// slot is taken, the connection idle longest is closed to admit a new one. --max-conns is fitted
+// to RLIMIT_NOFILE at start, and a spare descriptor lets the accept loop refuse a connection
+// when descriptors run out anyway, instead of spinning on EMFILE.
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,7 +48,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <map>
 #include <string>
 #include <optional>
@@ -64,6 +73,9 @@ struct Config {
     uint32_t max_batch = 128;
     uint32_t max_conns = 64;
     uint32_t io_timeout_ms = 10000;
+    uint64_t min_rate = 1ull << 20;     // bytes/s a frame's deadline allows beyond io_timeout_ms
+    uint32_t idle_timeout_ms = 300000;  // between frames; 0: never
+    uint32_t keepalive_s = 60;          // TCP keep-alive: silence before the first probe; 0: off
     bool copy_on_read = false;
     bool evict_lru = false;
 #ifdef ZCS_HAVE_RDMA
@@ -78,6 +90,7 @@ struct Config {
 /// Server-wide counters, reported by STATS.
 struct Counters {
     std::atomic<uint64_t> connections_current{0}, connections_total{0}, connections_refused{0};
+    std::atomic<uint64_t> connections_evicted{0}, connections_idle_closed{0}, connections_timed_out{0};
     std::atomic<uint64_t> puts{0}, gets{0}, dels{0}, exists{0}, batch_puts{0}, batch_gets{0};
     std::atomic<uint64_t> error_replies{0}, item_errors{0}, frames_broken{0};
     std::atomic<uint64_t> puts_aborted{0}, gets_interrupted{0};
@@ -112,13 +125,39 @@ Status map_status(zc_status s) {
     }
 }
 
+using Clock = std::chrono::steady_clock;
+
+/// A connection as the accept loop sees it, shared with the connection's thread. Only an idle
+/// connection (between frames, no RDMA lease open) may be evicted to admit another: the thread
+/// moves itself to kBusy before it acts on a request and the accept loop moves it from kIdle to
+/// kEvicted, both by compare-and-swap, so a request in flight is never cut off by an eviction.
+struct Slot {
+    enum State : int { kIdle, kHolding, kBusy, kEvicted };
+    std::atomic<int> state{kIdle};
+    std::atomic<int64_t> idle_since{Clock::now().time_since_epoch().count()};
+
+    /// False when the connection was evicted: it must close without acting on the request.
+    bool begin_frame() {
+        int s = state.load();
+        while (s != kEvicted) {
+            if (state.compare_exchange_weak(s, kBusy)) return true;
+        }
+        return false;
+    }
+    /// Between frames: evictable unless the connection holds leases.
+    void end_frame(bool holding) {
+        idle_since.store(Clock::now().time_since_epoch().count());
+        state.store(holding ? kHolding : kIdle);
+    }
+};
+
 class Server;
 
 /// One client connection, served on its own thread until the peer closes, the stream breaks, or
 /// the server shuts down.
 class Connection {
 public:
-    Connection(Server &server, int fd) : s_(server), fd_(fd) {}
+    Connection(Server &server, int fd, Slot &slot) : s_(server), fd_(fd), slot_(slot) {}
     void serve();
 
 private:
@@ -151,8 +190,23 @@ private:
     bool read_key(const Header &h, std::string &key, bool *keep);
     bool io_failed(io::Result r, const char *what);
 
+    /// Waits, up to the idle timeout, for the first bytes of the next request; `*got` of them
+    /// are in `raw`. Timeout means the connection was idle for the whole idle timeout.
+    io::Result wait_for_request(uint8_t *raw, size_t *got);
+    /// Receives exactly `n` bytes of the current frame by its deadline (`deadline_`).
+    io::Result recv(void *buf, size_t n);
+    /// Reads and drops `n` bytes of the current frame by its deadline, through a small buffer.
+    io::Result discard(uint64_t n);
+    /// Sends a reply by its own deadline (--io-timeout-ms plus its size at --min-rate).
+    io::Result send(std::vector<iovec> &iov);
+    /// Sets SO_RCVTIMEO or SO_SNDTIMEO to the time left until `deadline`; false if none is left.
+    bool set_timeout(int opt, Clock::time_point deadline);
+
     Server &s_;
     int fd_;
+    Slot &slot_;
+    Clock::time_point deadline_;  // the current frame's
+    int64_t rcv_timeout_us_ = -1;  // what SO_RCVTIMEO is set to (-1: a frame's deadline)
 
     struct OpenLease {
         bool put;        // an RDMA PUT's unsealed object, or an RDMA GET's reference
@@ -193,9 +247,25 @@ public:
     /// Binds, prints "listening HOST:PORT" and serves until SIGINT or SIGTERM.
     int run();
 
+    /// When a transfer of `bytes` started at `start` must be done: --io-timeout-ms plus the
+    /// time `bytes` take at --min-rate. A per-call timeout would be renewed by every byte of a
+    /// trickle; a fixed deadline would cut off a large value on a slow link.
+    Clock::time_point deadline(Clock::time_point start, uint64_t bytes) const;
+
 private:
+    /// Fits --max-conns to RLIMIT_NOFILE (raising the soft limit towards the hard one first);
+    /// false when the limit leaves no descriptor for connections.
+    bool fit_fd_limit();
     int bind_listener();
     void accept_one();
+    /// Closes the connection idle longest and waits for its slot; false when none is idle.
+    bool evict_idle(std::unique_lock<std::mutex> &lock);
+    /// Answers SERVER_BUSY (best effort, without blocking) and closes.
+    void refuse_connection(int fd, const std::string &why);
+    /// accept failed with EMFILE or ENFILE: takes the waiting connection off the queue with the
+    /// spare descriptor and refuses it, or stops polling the listener for a moment.
+    void out_of_fds(int err);
+    void pause_accepting() { accept_paused_until_ = Clock::now() + std::chrono::milliseconds(100); }
     void shutdown_connections();
     void finish_connection(int fd);
 
@@ -205,9 +275,14 @@ private:
     std::atomic<uint64_t> next_lease_{1};  // server-wide, so another connection's id is never valid here
     Counters c_;
     int listen_fd_ = -1;
+    int spare_fd_ = -1;  // kept open to be closed when descriptors run out (out_of_fds)
+    bool fds_exhausted_ = false;
+    Clock::time_point accept_paused_until_{};
     std::mutex mu_;
     std::condition_variable cv_;
-    std::set<int> conns_;  // live connection sockets, so shutdown can unblock their threads
+    // Live connection sockets, so shutdown can unblock their threads and the accept loop can
+    // find an idle one to evict. A slot is removed under mu_ before its socket is closed.
+    std::map<int, std::unique_ptr<Slot>> conns_;
 
     friend class Connection;
 };
@@ -216,10 +291,116 @@ private:
 // Replies and refusals
 
 bool Connection::io_failed(io::Result r, const char *what) {
+    if (r == io::Result::Timeout) s_.c_.connections_timed_out++;
     if (r != io::Result::Eof) {
         std::fprintf(stderr, "connection %d: %s: %s\n", fd_, what, io::result_name(r));
     }
     return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket I/O against deadlines
+
+Clock::time_point Server::deadline(Clock::time_point start, uint64_t bytes) const {
+    // Capped so that the sum stays far inside the clock's range (1e8 s is three years).
+    const double extra = std::min(static_cast<double>(bytes) / static_cast<double>(cfg_.min_rate), 1e8);
+    return start + std::chrono::milliseconds(cfg_.io_timeout_ms) +
+           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(extra));
+}
+
+bool Connection::set_timeout(int opt, Clock::time_point deadline) {
+    const int64_t left = std::chrono::ceil<std::chrono::microseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    // Never {0, 0}, which would mean no timeout at all.
+    timeval tv{static_cast<time_t>(left / 1000000), static_cast<suseconds_t>(left % 1000000)};
+    setsockopt(fd_, SOL_SOCKET, opt, &tv, sizeof(tv));
+    if (opt == SO_RCVTIMEO) rcv_timeout_us_ = -1;
+    return true;
+}
+
+io::Result Connection::wait_for_request(uint8_t *raw, size_t *got) {
+    // One blocking recv, as before: the common case costs no extra system call. SO_RCVTIMEO is
+    // set to the idle timeout only when a frame's deadline changed it.
+    const int64_t idle_us = int64_t(s_.cfg_.idle_timeout_ms) * 1000;
+    if (rcv_timeout_us_ != idle_us) {
+        timeval tv{static_cast<time_t>(idle_us / 1000000), static_cast<suseconds_t>(idle_us % 1000000)};
+        setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));  // {0, 0}: wait for ever
+        rcv_timeout_us_ = idle_us;
+    }
+    for (;;) {
+        ssize_t r = ::recv(fd_, raw, kHeaderSize, 0);
+        if (r > 0) {
+            *got = static_cast<size_t>(r);
+            return io::Result::Ok;
+        }
+        if (r == 0) return io::Result::Eof;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return io::Result::Timeout;
+        return io::Result::Error;
+    }
+}
+
+io::Result Connection::recv(void *buf, size_t n) {
+    auto *p = static_cast<uint8_t *>(buf);
+    size_t got = 0;
+    while (got < n) {
+        // First what has arrived, without waiting; then one wait in the kernel for the rest,
+        // bounded by the time left until the frame's deadline.
+        ssize_t r = ::recv(fd_, p + got, n - got, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!set_timeout(SO_RCVTIMEO, deadline_)) return io::Result::Timeout;
+            r = ::recv(fd_, p + got, n - got, MSG_WAITALL);
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;  // set_timeout decides
+        }
+        if (r > 0) {
+            got += static_cast<size_t>(r);
+        } else if (r == 0) {
+            return io::Result::Eof;
+        } else if (errno != EINTR) {
+            return io::Result::Error;
+        }
+    }
+    return io::Result::Ok;
+}
+
+io::Result Connection::discard(uint64_t n) {
+    uint8_t scratch[64 * 1024];
+    while (n > 0) {
+        const size_t chunk = n < sizeof(scratch) ? static_cast<size_t>(n) : sizeof(scratch);
+        io::Result r = recv(scratch, chunk);
+        if (r != io::Result::Ok) return r;
+        n -= chunk;
+    }
+    return io::Result::Ok;
+}
+
+io::Result Connection::send(std::vector<iovec> &iov) {
+    uint64_t total = 0;
+    for (const iovec &v : iov) total += v.iov_len;
+    const Clock::time_point deadline = s_.deadline(Clock::now(), total);
+    size_t first = 0;
+    bool wait = false;  // the last attempt found the socket buffer full
+    while (first < iov.size()) {
+        if (iov[first].iov_len == 0) {
+            first++;
+            continue;
+        }
+        if (wait && !set_timeout(SO_SNDTIMEO, deadline)) return io::Result::Timeout;
+        msghdr msg{};
+        msg.msg_iov = &iov[first];
+        const size_t count = iov.size() - first;
+        msg.msg_iovlen = count < static_cast<size_t>(IOV_MAX) ? count : static_cast<size_t>(IOV_MAX);
+        ssize_t r = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | (wait ? 0 : MSG_DONTWAIT));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) return io::Result::Error;
+            wait = true;
+            continue;
+        }
+        wait = false;
+        io::consume(iov, first, static_cast<size_t>(r));
+    }
+    return io::Result::Ok;
 }
 
 bool Connection::reply(const Header &req, Status st, const void *body, size_t len) {
@@ -231,7 +412,7 @@ bool Connection::reply(const Header &req, Status st, const void *body, size_t le
     uint8_t raw[kHeaderSize];
     h.encode(raw);
     std::vector<iovec> iov{{raw, kHeaderSize}, {const_cast<void *>(body), len}};
-    io::Result r = io::send_iov(fd_, iov);
+    io::Result r = send(iov);
     if (r != io::Result::Ok) return io_failed(r, "send reply");
     return true;
 }
@@ -244,7 +425,7 @@ bool Connection::reply_error(const Header &h, Status st, const std::string &msg)
 bool Connection::refuse(const Header &h, uint64_t remaining, Status st, const std::string &msg) {
     // The header's lengths are trusted (magic and version matched), so skipping the rest of the
     // frame keeps the stream in step and the connection usable.
-    io::Result r = io::discard(fd_, remaining);
+    io::Result r = discard(remaining);
     if (r != io::Result::Ok) return io_failed(r, "skip refused frame");
     return reply_error(h, st, msg);
 }
@@ -261,7 +442,7 @@ bool Connection::read_key(const Header &h, std::string &key, bool *keep) {
         return false;
     }
     key.resize(h.key_len);
-    io::Result r = io::recv_all(fd_, key.data(), key.size());
+    io::Result r = recv(key.data(), key.size());
     if (r != io::Result::Ok) {
         *keep = io_failed(r, "read key");
         return false;
@@ -304,7 +485,7 @@ bool Connection::do_put(const Header &h) {
     }
     // The value goes from the socket straight into the pool: no staging buffer.
     if (h.value_len > 0) {
-        io::Result r = io::recv_all(fd_, buf.data(), h.value_len);
+        io::Result r = recv(buf.data(), h.value_len);
         if (r != io::Result::Ok) {
             // Returning drops `buf` unsealed, which aborts the object and frees its memory.
             s_.c_.puts_aborted++;
@@ -355,7 +536,7 @@ bool Connection::do_get(const Header &h) {
     }
     // One sendmsg: the header and the value, straight from the pool (or from the bounce copy).
     std::vector<iovec> iov{{raw, kHeaderSize}, {const_cast<void *>(src), size}};
-    io::Result r = io::send_iov(fd_, iov);
+    io::Result r = send(iov);
     if (r != io::Result::Ok) {
         s_.c_.gets_interrupted++;  // `buf` is released on return
         return io_failed(r, "send GET value");
@@ -388,7 +569,7 @@ bool Connection::do_batch_put(const Header &h) {
     if (h.key_len != 0) return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "BATCH_PUT carries no key");
     uint64_t left = h.value_len;  // body bytes not read yet
     auto recv_body = [&](void *p, size_t n) {
-        io::Result r = io::recv_all(fd_, p, n);
+        io::Result r = recv(p, n);
         if (r == io::Result::Ok) left -= n;
         return r;
     };
@@ -443,7 +624,7 @@ bool Connection::do_batch_put(const Header &h) {
             statuses[i] = st;
             // Skip this item's remaining bytes (the key too if it was not read).
             const uint64_t skip = value_len + (key_read ? 0 : key_len);
-            if ((r = io::discard(fd_, skip)) != io::Result::Ok) return io_failed(r, "skip batch item");
+            if ((r = discard(skip)) != io::Result::Ok) return io_failed(r, "skip batch item");
             left -= skip;
             continue;
         }
@@ -491,7 +672,7 @@ bool Connection::do_batch_get(const Header &h) {
     }
     if (h.value_len < kBatchCountSize) return refuse(h, h.value_len, ST_BAD_REQUEST, "BATCH_GET body shorter than its count");
     std::vector<uint8_t> in(h.value_len);
-    io::Result r = io::recv_all(fd_, in.data(), in.size());
+    io::Result r = recv(in.data(), in.size());
     if (r != io::Result::Ok) return io_failed(r, "read BATCH_GET body");
 
     const uint32_t count = get_u32(in.data());
@@ -560,7 +741,7 @@ bool Connection::do_batch_get(const Header &h) {
         if (size > 0) iov.push_back({const_cast<void *>(src), size});
     }
     if (cfg.copy_on_read) bufs.clear();  // the baseline sends from its copies only
-    r = io::send_iov(fd_, iov);
+    r = send(iov);
     if (r != io::Result::Ok) {
         s_.c_.gets_interrupted++;
         return io_failed(r, "send BATCH_GET values");
@@ -577,6 +758,11 @@ bool Connection::do_stats(const Header &h) {
     }
     const zc_pool_stats p = s_.pool_.stats();
     const Counters &c = s_.c_;
+    uint64_t idle = 0;  // connections the accept loop could evict now
+    {
+        std::lock_guard<std::mutex> lock(s_.mu_);
+        for (const auto &entry : s_.conns_) idle += entry.second->state.load() == Slot::kIdle ? 1 : 0;
+    }
     const std::pair<const char *, uint64_t> rows[] = {
         {"capacity_bytes", p.capacity_bytes},
         {"used_bytes", p.used_bytes},
@@ -595,6 +781,10 @@ bool Connection::do_stats(const Header &h) {
         {"connections_current", c.connections_current},
         {"connections_total", c.connections_total},
         {"connections_refused", c.connections_refused},
+        {"connections_idle", idle},
+        {"connections_evicted", c.connections_evicted},
+        {"connections_idle_closed", c.connections_idle_closed},
+        {"connections_timed_out", c.connections_timed_out},
         {"puts", c.puts},
         {"gets", c.gets},
         {"dels", c.dels},
@@ -637,7 +827,7 @@ bool Connection::do_rdma_connect(const Header &h) {
         return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, "RDMA_CONNECT carries no key and a 32-byte body");
     }
     uint8_t raw[kQpInfoSize];
-    io::Result r = io::recv_all(fd_, raw, sizeof(raw));
+    io::Result r = recv(raw, sizeof(raw));
     if (r != io::Result::Ok) return io_failed(r, "read RDMA_CONNECT");
     if (!QpInfo::well_formed(raw)) return reply_error(h, ST_BAD_REQUEST, "RDMA_CONNECT: reserved bytes not 0, PSN or MTU out of range");
 #ifdef ZCS_HAVE_RDMA
@@ -687,7 +877,7 @@ bool Connection::do_rdma_put(const Header &h) {
     std::string key;
     if (!read_key(h, key, &keep)) return keep;
     uint8_t raw[kRdmaSizeSize];
-    io::Result r = io::recv_all(fd_, raw, sizeof(raw));
+    io::Result r = recv(raw, sizeof(raw));
     if (r != io::Result::Ok) return io_failed(r, "read RDMA PUT size");
     const uint64_t size = get_u64(raw);
 #ifdef ZCS_HAVE_RDMA
@@ -734,7 +924,7 @@ bool Connection::do_lease_end(const Header &h) {
         return refuse(h, h.key_len + h.value_len, ST_BAD_REQUEST, std::string(name) + " carries no key and an 8-byte lease id");
     }
     uint8_t raw[kLeaseIdSize];
-    io::Result r = io::recv_all(fd_, raw, sizeof(raw));
+    io::Result r = recv(raw, sizeof(raw));
     if (r != io::Result::Ok) return io_failed(r, "read lease id");
     const uint64_t id = get_u64(raw);
     auto it = leases_.find(id);
@@ -795,7 +985,22 @@ void Connection::drop_rdma() {
 
 bool Connection::handle_frame() {
     uint8_t raw[kHeaderSize];
-    io::Result r = io::recv_all(fd_, raw, kHeaderSize, /*idle_ok=*/true);
+    size_t got = 0;
+    io::Result r = wait_for_request(raw, &got);
+    if (r == io::Result::Timeout) {
+        s_.c_.connections_idle_closed++;
+        std::fprintf(stderr, "connection %d: idle for %u ms; closing it\n", fd_, s_.cfg_.idle_timeout_ms);
+        return false;
+    }
+    if (r != io::Result::Ok) return io_failed(r, "wait for a request");
+    // From here on the accept loop cannot evict this connection; if it did so first, the
+    // connection closes without acting on the request.
+    if (!slot_.begin_frame()) return false;
+    // The frame's deadline runs from its first byte: the header gets --io-timeout-ms, and once
+    // its lengths are known, the whole frame gets that plus its size at --min-rate.
+    const Clock::time_point start = Clock::now();
+    deadline_ = s_.deadline(start, 0);
+    r = recv(raw + got, kHeaderSize - got);
     if (r != io::Result::Ok) return io_failed(r, "read header");
     const Header h = Header::decode(raw);
 
@@ -812,6 +1017,7 @@ bool Connection::handle_frame() {
         return false;
     }
     const uint64_t frame = h.key_len + h.value_len;
+    deadline_ = s_.deadline(start, frame);
     if (h.status != 0 || h.reserved != 0) return refuse(h, frame, ST_BAD_REQUEST, "status and reserved must be 0 in a request");
     if ((h.flags & ~kKnownFlags) != 0) return refuse(h, frame, ST_BAD_REQUEST, "unknown request flags");
     const bool rdma_op = h.opcode == OP_COMMIT || h.opcode == OP_DONE || h.opcode == OP_RDMA_CONNECT;
@@ -841,8 +1047,7 @@ bool Connection::handle_frame() {
 
 void Connection::serve() {
     try {
-        while (handle_frame()) {
-        }
+        while (handle_frame()) slot_.end_frame(!leases_.empty());
     } catch (const std::exception &e) {
         // std::bad_alloc and the like: this connection ends, the server goes on.
         std::fprintf(stderr, "connection %d: %s\n", fd_, e.what());
@@ -867,7 +1072,9 @@ int Server::bind_listener() {
         std::fprintf(stderr, "bad listen address %s: %s\n", cfg_.listen.c_str(), gai_strerror(rc));
         return -1;
     }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // Non-blocking, so that an accept after poll never blocks the loop (the connection may
+    // have gone away in between).
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 128) != 0) {
@@ -888,40 +1095,145 @@ int Server::bind_listener() {
     return fd;
 }
 
+bool Server::fit_fd_limit() {
+    // Descriptors the server holds itself: what is open now (stdio, the pool, RDMA devices),
+    // plus the listener and the signalfd to come, the spare, one connection being accepted and
+    // refused, and a few for the libraries.
+    uint64_t open_now = 16;
+    if (DIR *d = opendir("/proc/self/fd")) {
+        open_now = 0;
+        while (readdir(d) != nullptr) open_now++;
+        closedir(d);
+        open_now -= 3;  // ".", ".." and the directory's own descriptor
+    }
+    const uint64_t reserved = open_now + 8;
+    const uint64_t want = uint64_t(cfg_.max_conns) + reserved;
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want) return true;
+    const rlim_t was = rl.rlim_cur;
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+        rlimit raised{rl.rlim_max == RLIM_INFINITY ? want : std::min<rlim_t>(rl.rlim_max, want), rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            rl.rlim_cur = raised.rlim_cur;
+            std::fprintf(stderr, "raised the RLIMIT_NOFILE soft limit from %llu to %llu\n",
+                         static_cast<unsigned long long>(was), static_cast<unsigned long long>(rl.rlim_cur));
+        }
+    }
+    if (rl.rlim_cur >= want) return true;
+    if (rl.rlim_cur <= reserved) {
+        std::fprintf(stderr, "RLIMIT_NOFILE is %llu: the server needs %llu descriptors itself, and one per connection\n",
+                     static_cast<unsigned long long>(rl.rlim_cur), static_cast<unsigned long long>(reserved));
+        return false;
+    }
+    const auto fit = static_cast<uint32_t>(rl.rlim_cur - reserved);
+    std::fprintf(stderr, "max conns %u clamped to %u: RLIMIT_NOFILE is %llu (hard limit %llu) and the server keeps %llu descriptors for itself\n",
+                 cfg_.max_conns, fit, static_cast<unsigned long long>(rl.rlim_cur),
+                 static_cast<unsigned long long>(rl.rlim_max), static_cast<unsigned long long>(reserved));
+    cfg_.max_conns = fit;
+    return true;
+}
+
+void Server::refuse_connection(int fd, const std::string &why) {
+    c_.connections_refused++;
+    // Whatever the client sent already (its HELLO) is read first: closing a socket with unread
+    // bytes sends a reset, which can destroy the reply before the client reads it.
+    uint8_t scratch[4096];
+    (void)::recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+    Header h;
+    h.opcode = kReplyBit;
+    h.status = ST_SERVER_BUSY;
+    h.value_len = why.size();
+    uint8_t raw[kHeaderSize];
+    h.encode(raw);
+    std::string out(reinterpret_cast<char *>(raw), kHeaderSize);
+    out += why;
+    // Best effort, without blocking the accept loop: the reply is about 100 bytes.
+    (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd);
+}
+
+void Server::out_of_fds(int err) {
+    if (!fds_exhausted_) {
+        std::fprintf(stderr, "accept: %s; refusing connections until descriptors are free\n", std::strerror(err));
+        fds_exhausted_ = true;
+    }
+    // Without this the listener stays readable, poll returns at once, accept fails again: a
+    // spinning loop, and clients left waiting in the queue with no answer.
+    if (spare_fd_ >= 0) {
+        close(spare_fd_);
+        spare_fd_ = -1;
+        int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) refuse_connection(fd, "server out of file descriptors");
+        spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (spare_fd_ < 0) pause_accepting();
+}
+
+bool Server::evict_idle(std::unique_lock<std::mutex> &lock) {
+    for (;;) {
+        int victim = -1;
+        Slot *slot = nullptr;
+        for (auto &entry : conns_) {
+            Slot &candidate = *entry.second;
+            if (candidate.state.load() == Slot::kIdle && (slot == nullptr || candidate.idle_since.load() < slot->idle_since.load())) {
+                victim = entry.first;
+                slot = &candidate;
+            }
+        }
+        if (slot == nullptr) return false;
+        int expected = Slot::kIdle;
+        if (!slot->state.compare_exchange_strong(expected, Slot::kEvicted)) continue;  // it took a request just now
+        const auto idle = Clock::now() - Clock::time_point(Clock::duration(slot->idle_since.load()));
+        shutdown(victim, SHUT_RDWR);  // wakes its thread, which closes it and frees the slot
+        c_.connections_evicted++;
+        std::fprintf(stderr, "connection %d: idle for %lld ms, the longest; closed to admit a new connection\n", victim,
+                     static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(idle).count()));
+        break;
+    }
+    return cv_.wait_for(lock, std::chrono::seconds(2), [this] { return conns_.size() < cfg_.max_conns; });
+}
+
 void Server::accept_one() {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) return;  // EINTR, ECONNABORTED, EMFILE: the next poll round retries
+    if (fd < 0) {
+        const int err = errno;
+        if (err == EMFILE || err == ENFILE) {
+            out_of_fds(err);
+        } else if (err != EINTR && err != EAGAIN && err != EWOULDBLOCK && err != ECONNABORTED) {
+            // ENOBUFS, ENOMEM and the like: retrying at once would spin as well.
+            std::fprintf(stderr, "accept: %s; pausing 100 ms\n", std::strerror(err));
+            pause_accepting();
+        }
+        return;
+    }
+    fds_exhausted_ = false;
+    Slot *slot = nullptr;
     {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (conns_.size() >= cfg_.max_conns) {
-            c_.connections_refused++;
-            // Best effort, without blocking the accept loop: the reply is 100 bytes.
-            Header h;
-            h.opcode = kReplyBit;
-            h.status = ST_SERVER_BUSY;
-            const std::string msg = "too many connections (max " + std::to_string(cfg_.max_conns) + ")";
-            h.value_len = msg.size();
-            uint8_t raw[kHeaderSize];
-            h.encode(raw);
-            std::string out(reinterpret_cast<char *>(raw), kHeaderSize);
-            out += msg;
-            (void)send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-            close(fd);
+        std::unique_lock<std::mutex> lock(mu_);
+        if (conns_.size() >= cfg_.max_conns && !evict_idle(lock)) {
+            lock.unlock();
+            refuse_connection(fd, "too many connections (max " + std::to_string(cfg_.max_conns) + "), none of them idle");
             return;
         }
-        conns_.insert(fd);
+        auto owned = std::make_unique<Slot>();
+        slot = owned.get();
+        conns_.emplace(fd, std::move(owned));
         c_.connections_current++;
         c_.connections_total++;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    // The timeouts bound a peer that stalls mid-frame (recv_all waits on across an idle gap
-    // between frames) or stops reading a reply.
-    timeval tv{static_cast<time_t>(cfg_.io_timeout_ms / 1000), static_cast<suseconds_t>((cfg_.io_timeout_ms % 1000) * 1000)};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (cfg_.keepalive_s > 0) {
+        // A peer that vanished without a FIN or RST (host down, cable pulled) is found by the
+        // kernel about 2 x keepalive_s after it last sent anything, even with no frame pending.
+        const int idle = static_cast<int>(cfg_.keepalive_s), interval = std::max(1, idle / 6), probes = 6;
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+    }
     try {
-        std::thread([this, fd] { Connection(*this, fd).serve(); }).detach();
+        std::thread([this, fd, slot] { Connection(*this, fd, *slot).serve(); }).detach();
     } catch (const std::system_error &e) {
         std::fprintf(stderr, "cannot start a connection thread: %s\n", e.what());
         finish_connection(fd);
@@ -939,7 +1251,7 @@ void Server::finish_connection(int fd) {
 
 void Server::shutdown_connections() {
     std::unique_lock<std::mutex> lock(mu_);
-    for (int fd : conns_) shutdown(fd, SHUT_RDWR);  // wakes their blocked recv/send
+    for (const auto &entry : conns_) shutdown(entry.first, SHUT_RDWR);  // wakes their blocked recv/send
     if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return conns_.empty(); })) {
         // A thread that does not finish would use the pool after it is closed: leave at once.
         std::fprintf(stderr, "%zu connections did not finish; exiting\n", conns_.size());
@@ -957,12 +1269,16 @@ int Server::run() {
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
     signal(SIGPIPE, SIG_IGN);
+    if (!fit_fd_limit()) return 1;
     int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
     listen_fd_ = bind_listener();
-    if (sfd < 0 || listen_fd_ < 0) return 1;
+    if (sfd < 0 || spare_fd_ < 0 || listen_fd_ < 0) return 1;
     std::fprintf(stderr, "pool %llu bytes, max value %llu, max key %u, max batch %u, max conns %u, %s\n",
                  static_cast<unsigned long long>(pool_.stats().capacity_bytes), static_cast<unsigned long long>(cfg_.max_value),
                  cfg_.max_key, cfg_.max_batch, cfg_.max_conns, cfg_.copy_on_read ? "copy-on-read GET" : "zero-copy GET");
+    std::fprintf(stderr, "io timeout %u ms + size at %llu B/s per frame, idle timeout %u ms, keep-alive %u s\n", cfg_.io_timeout_ms,
+                 static_cast<unsigned long long>(cfg_.min_rate), cfg_.idle_timeout_ms, cfg_.keepalive_s);
 #ifdef ZCS_HAVE_RDMA
     if (rdma_) {
         const auto *pd = static_cast<ibv_pd *>(pool_.rdma_pd(0));
@@ -974,17 +1290,26 @@ int Server::run() {
 #else
     std::fprintf(stderr, "RDMA: not built (no <infiniband/verbs.h>); TCP only\n");
 #endif
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {sfd, POLLIN, 0}};
+    pollfd fds[2] = {{sfd, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
+        // While accepting is paused only the signalfd is polled, until the pause ends.
+        nfds_t n = 2;
+        int timeout = -1;
+        const Clock::time_point now = Clock::now();
+        if (now < accept_paused_until_) {
+            n = 1;
+            timeout = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(accept_paused_until_ - now).count());
+        }
+        if (poll(fds, n, timeout) < 0) {
             if (errno == EINTR) continue;
             std::perror("poll");
             break;
         }
-        if (fds[1].revents != 0) break;
-        if (fds[0].revents != 0) accept_one();
+        if (fds[0].revents != 0) break;
+        if (n == 2 && fds[1].revents != 0) accept_one();
     }
     close(listen_fd_);
+    close(spare_fd_);
     shutdown_connections();
     close(sfd);
     std::fprintf(stderr, "stopped\n");
@@ -1021,8 +1346,15 @@ void usage() {
                  "  --max-value SIZE     largest value (default 64M, at most the pool)\n"
                  "  --max-key N          longest key, 1..%d (default 1024)\n"
                  "  --max-batch N        most items per batch, 1..1024 (default 128)\n"
-                 "  --max-conns N        most connections at once (default 64)\n"
-                 "  --io-timeout-ms N    a peer stalled this long mid-frame is dropped (default 10000)\n"
+                 "  --max-conns N        most connections at once (default 64; fitted to RLIMIT_NOFILE); when\n"
+                 "                       all are taken, the one idle longest is closed to admit a new one\n"
+                 "  --io-timeout-ms N    a frame (header and body) must arrive, and a reply be taken, within N ms\n"
+                 "                       plus its size at --min-rate, or the connection is dropped (default 10000)\n"
+                 "  --min-rate SIZE      bytes per second a frame's deadline allows for its size (default 1M)\n"
+                 "  --idle-timeout-ms N  a connection idle this long between frames is closed; 0 = never\n"
+                 "                       (default 300000)\n"
+                 "  --keepalive-s N      TCP keep-alive: first probe after N s of silence, 6 probes N/6 s apart;\n"
+                 "                       0 = off (default 60)\n"
                  "  --copy-on-read       baseline: GET copies each value to a heap buffer and sends that\n"
                  "  --evict-lru          a full pool evicts unreferenced sealed objects, LRU first\n"
                  "  --rdma MODE          auto (default): register the pool with every RDMA device and offer\n"
@@ -1055,6 +1387,9 @@ bool parse_args(int argc, char **argv, Config &cfg) {
         else if (a == "--max-batch" && value(1, 1024, &n, false)) cfg.max_batch = static_cast<uint32_t>(n);
         else if (a == "--max-conns" && value(1, 100000, &n, false)) cfg.max_conns = static_cast<uint32_t>(n);
         else if (a == "--io-timeout-ms" && value(1, 3600000, &n, false)) cfg.io_timeout_ms = static_cast<uint32_t>(n);
+        else if (a == "--min-rate" && value(1, UINT64_MAX, &n, true)) cfg.min_rate = n;
+        else if (a == "--idle-timeout-ms" && value(0, 86400000, &n, false)) cfg.idle_timeout_ms = static_cast<uint32_t>(n);
+        else if (a == "--keepalive-s" && value(0, 32767, &n, false)) cfg.keepalive_s = static_cast<uint32_t>(n);
         else if (a == "--copy-on-read") cfg.copy_on_read = true;
         else if (a == "--evict-lru") cfg.evict_lru = true;
         else if (a == "--gid-index" && value(0, 255, &n, false)) cfg.gid_index = static_cast<int>(n);
