@@ -112,12 +112,12 @@ def import_nixl():
     return zcopy.nixl
 
 
-def start_agent(name):
+def start_agent(name, progress_thread=True):
     """A nixl_agent with the UCX backend, no listener thread. Raises Skip when it cannot
     initialise here (no UCX plugin, no transport)."""
     os.environ.setdefault("UCX_NET_DEVICES", "lo")
     zn = import_nixl()
-    config = zn.nixl_agent_config(enable_listen_thread=False, backends=["UCX"])
+    config = zn.nixl_agent_config(enable_prog_thread=progress_thread, enable_listen_thread=False, backends=["UCX"])
     agent, log = call_capturing_stderr(lambda: zn.nixl_agent(name, config))
     if isinstance(agent, Exception) or "UCX" not in getattr(agent, "backends", {}):
         errors = [line for line in log.splitlines() if line[:1] in ("E", "F") or "ERROR" in line] or log.splitlines()[-3:]
