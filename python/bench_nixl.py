@@ -172,7 +172,8 @@ def side_b(peer, report, timeout, rounds):
                 h.release()
             for a in (pooled, each):
                 a.remove_remote_agent(names[a])
-            results = {"times": {"%s|%s" % k: v for k, v in times.items()}, "reg": reg_times, "checks": checks}
+            results = {"times": {"%s|%s" % k: v for k, v in times.items()}, "reg": reg_times, "checks": checks,
+                       "nixl": "%s %s" % (zn.package, zn.version)}
             peer.send("bye")
         report.send({"side": "B", "results": results})
     except example.Skip as e:
@@ -187,14 +188,14 @@ def fmt_ms(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds (the demo's short run)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 9, 3 with --quick)")
-    parser.add_argument("--timeout", type=float, default=None, help="overall limit in seconds (default 60 + 6 per round)")
+    parser.add_argument("--quick", action="store_true", help="5 rounds (the demo's short run)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 15, 5 with --quick)")
+    parser.add_argument("--timeout", type=float, default=None, help="overall limit in seconds (default 60 + 2 per round)")
     parser.add_argument("--netns", choices=("auto", "on", "off", "inside"), default="auto",
                         help="run in a private network namespace holding only lo (unshare -rn)")
     args = parser.parse_args()
-    rounds = max(1, min(args.rounds or (3 if args.quick else 9), 50))
-    timeout = args.timeout or 60.0 + 6 * rounds
+    rounds = max(1, min(args.rounds or (5 if args.quick else 15), 50))
+    timeout = args.timeout or 60.0 + 2 * rounds
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.netns in ("auto", "on"):
         argv = ["--rounds", str(rounds), "--timeout", str(timeout)]
@@ -224,7 +225,8 @@ def main():
     res = reports["B"]["results"]
     bad = [name for name, ok in res["checks"].items() if not ok]
     print()
-    print("NIXL READ between two processes (UCX, host memory), %d rounds, medians in ms (min-max):" % rounds)
+    print("NIXL READ between two processes (%s, UCX, host memory), %d rounds, medians in ms (min-max):"
+          % (res["nixl"], rounds))
     print()
     print("| transfer | pool registered once | register per buffer | register + deregister alone | ratio |")
     print("|---|---|---|---|---|")

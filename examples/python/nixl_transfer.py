@@ -216,7 +216,7 @@ def side_a(peer, report, timeout):
         pool = make_pool()
         zn, agent = start_agent("zcopy-A")
         with zn.register_pool(agent, pool) as reg:
-            info.update(agent=agent.name, region=reg.region, nixl=zn.package)
+            info.update(agent=agent.name, region=reg.region, nixl="%s %s" % (zn.package, zn.version))
             reads = []
             for label, size in SIZES:
                 name = "r-" + label
@@ -295,7 +295,7 @@ def side_b(peer, report, timeout):
         pool = make_pool()
         zn, agent = start_agent("zcopy-B")
         with zn.register_pool(agent, pool) as reg:
-            info.update(agent=agent.name, region=reg.region, nixl=zn.package)
+            info.update(agent=agent.name, region=reg.region, nixl="%s %s" % (zn.package, zn.version))
             offer = recv(peer, timeout, "A's objects")
             a_name = agent_name(agent.add_remote_agent(offer["metadata"]))
             info["peer"] = a_name

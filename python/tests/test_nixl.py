@@ -84,6 +84,7 @@ try:
 except ValueError as e:
     out["outside"] = str(e)
 out["repr"] = repr(reg)
+out["version"] = zn.version
 
 # Loopback READ (the agent names itself as the peer) from a sealed object into a created buffer.
 src = pool.create("src", 65537)
@@ -236,6 +237,7 @@ def test_nixl_helpers_describe_buffers_and_register_the_region_once(nixl_usable)
         out["outside"],
     ), out["outside"]
     assert "with agent 'zcopy-helpers', open" in out["repr"]
+    assert re.match(r"\d+\.\d+", out["version"]), out["version"]
     # NIXL moves bytes between buffers of the registered pool, also through reused prepared lists.
     assert out["loopback_equal"] is True
     assert out["prepped_equal"] == [True, True, True, True]

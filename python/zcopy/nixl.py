@@ -43,8 +43,21 @@ def _import_nixl():
     )
 
 
+def _version(package):
+    from importlib import metadata
+
+    for dist in (package.replace("_", "-"), "nixl"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 #: Name of the imported NIXL package ("nixl_cu12", "nixl_cu13" or "nixl") and its `_api` module.
 package, api = _import_nixl()
+#: The installed distribution's version (tested: 1.5.1).
+version = _version(package)
 nixl_agent = api.nixl_agent
 nixl_agent_config = api.nixl_agent_config
 
@@ -95,7 +108,9 @@ def _deregister(agent, descs, backends):
 class PoolRegistration:
     """A pool's whole region registered with one NIXL agent. `close()` (idempotent, or the end of
     a `with` block) deregisters it; collection does too, as a fallback. Holds the agent, so the
-    agent outlives it; it must not outlive the pool's mapping, so close it before the pool."""
+    agent outlives it; it must not outlive the pool's mapping, so close it before the pool.
+    Release the prepared lists and requests made over its buffers first: NIXL 1.5.1 still builds
+    a request from a prepared list whose memory was deregistered, and fails only when posting it."""
 
     def __init__(self, agent, pool, backends=()):
         self.agent = agent
