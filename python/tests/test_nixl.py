@@ -1,8 +1,8 @@
 """zcopy pools moved by NIXL, and the zcopy.nixl helpers.
 
 Runs examples/python/nixl_transfer.py as a subprocess (two processes, READ and WRITE of 1 B to
-64 MiB, 1,000 objects in one request, prepared descriptor lists reused), and the helpers in a
-child process with one agent. Skipped, with the reason, where the wheel
+64 MiB, 1,000 objects in one request, prepared descriptor lists reused), the helpers in a child
+process with one agent, and python/bench_nixl.py for one round. Skipped, with the reason, where the wheel
 (`pip install --no-deps nixl-cu12==1.5.1`) is not importable or its agent cannot initialise here;
 both are probed in a subprocess, and every NIXL agent lives in a child process, so that a broken
 native library (or one that crashes at exit) cannot take pytest down. The tests that need no
@@ -281,3 +281,21 @@ def test_nixl_moves_sealed_objects_between_two_pools(nixl_usable):
     assert len(re.findall(r"pool region 0x[0-9a-f]+ \+ 268435456 registered once", out)) == 2, report
     # Every UCX connection was between loopback addresses.
     assert len(re.findall(r"ok: +[AB] loopback: \d+ UCX connections, all between loopback", out)) == 2, report
+
+
+def test_nixl_benchmark_prints_its_table_with_identical_bytes(nixl_usable):
+    bench = os.path.join(PYTHON_DIR, "bench_nixl.py")
+    proc = subprocess.run(
+        [sys.executable, bench, "--rounds", "1"],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    out = proc.stdout
+    report = "exit %d\n--- stdout\n%s\n--- stderr (tail)\n%s" % (proc.returncode, out, proc.stderr[-4000:])
+    if proc.returncode == SKIP_EXIT:
+        reason = re.search(r"skipped: (.*)", out)
+        pytest.skip(reason.group(1) if reason else report)
+    assert proc.returncode == 0, report
+    number = r"\d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\)"
+    for label in ("1000 x 4 KiB, one request", "1000 x 4 KiB, prepared lists", "1 x 64 MiB"):
+        assert re.search(r"^\| %s \| %s \| %s \| %s \| \d+\.\d\dx \|$" % (label, number, number, number), out, re.M), report
+    assert "Bytes checked: all identical" in out, report
