@@ -190,7 +190,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 rounds (the demo's short run)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 15, 5 with --quick)")
-    parser.add_argument("--timeout", type=float, default=None, help="overall limit in seconds (default 60 + 2 per round)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="overall limit in seconds (default 60 + 2 per round)")
     parser.add_argument("--netns", choices=("auto", "on", "off", "inside"), default="auto",
                         help="run in a private network namespace holding only lo (unshare -rn)")
     args = parser.parse_args()
@@ -234,7 +235,8 @@ def main():
         pool_t = res["times"]["%s|pool" % row]
         each_t = res["times"]["%s|per-buffer" % row]
         ratio = statistics.median(each_t) / statistics.median(pool_t)
-        print("| %s | %s | %s | %s | %.2fx |" % (label, fmt_ms(pool_t), fmt_ms(each_t), fmt_ms(res["reg"][row]), ratio))
+        cells = (label, fmt_ms(pool_t), fmt_ms(each_t), fmt_ms(res["reg"][row]), ratio)
+        print("| %s | %s | %s | %s | %.2fx |" % cells)
     print()
     print("ratio: per-buffer median / pool median, same run; only B's side differs (A's pool is registered "
           "once in both). Bytes checked: %s; %.1f s with process start."

@@ -120,9 +120,11 @@ def start_agent(name, progress_thread=True):
     config = zn.nixl_agent_config(enable_prog_thread=progress_thread, enable_listen_thread=False, backends=["UCX"])
     agent, log = call_capturing_stderr(lambda: zn.nixl_agent(name, config))
     if isinstance(agent, Exception) or "UCX" not in getattr(agent, "backends", {}):
-        errors = [line for line in log.splitlines() if line[:1] in ("E", "F") or "ERROR" in line] or log.splitlines()[-3:]
+        lines = log.splitlines()
+        errors = [line for line in lines if line[:1] in ("E", "F") or "ERROR" in line] or lines[-3:]
         what = "%s: %s" % (type(agent).__name__, agent) if isinstance(agent, Exception) else "no UCX backend"
-        raise Skip("nixl_agent(%r, backends=['UCX']) failed (%s): %s" % (name, what, " | ".join(errors) or "no message"))
+        raise Skip("nixl_agent(%r, backends=['UCX']) failed (%s): %s"
+                   % (name, what, " | ".join(errors) or "no message"))
     return zn, agent
 
 
@@ -359,7 +361,8 @@ def side_b(peer, report, timeout):
                 results,
                 not bad,
                 "B read %d objects from A in one request" % BATCH,
-                "%d x %d bytes, %s after seal" % (BATCH, BATCH_SIZE, "all identical" if not bad else "DIFFERENT: " + bad),
+                "%d x %d bytes, %s after seal"
+                % (BATCH, BATCH_SIZE, "all identical" if not bad else "DIFFERENT: " + bad),
                 nbytes=BATCH * BATCH_SIZE,
                 seconds=seconds,
             )
@@ -559,7 +562,8 @@ def main():
     # namespaced run, or A and B, by their handles.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.netns in ("auto", "on"):
-        code = run_in_private_netns(__file__, ["--timeout", str(args.timeout)], args.netns, args.timeout, "nixl interop")
+        argv = ["--timeout", str(args.timeout)]
+        code = run_in_private_netns(__file__, argv, args.netns, args.timeout, "nixl interop")
         if code is not None:
             return code
     elif args.netns == "inside":

@@ -2,11 +2,11 @@
 
 Runs examples/python/nixl_transfer.py as a subprocess (two processes, READ and WRITE of 1 B to
 64 MiB, 1,000 objects in one request, prepared descriptor lists reused), the helpers in a child
-process with one agent, and python/bench_nixl.py for one round. Skipped, with the reason, where the wheel
-(`pip install --no-deps nixl-cu12==1.5.1`) is not importable or its agent cannot initialise here;
-both are probed in a subprocess, and every NIXL agent lives in a child process, so that a broken
-native library (or one that crashes at exit) cannot take pytest down. The tests that need no
-wheel (`import zcopy` never imports NIXL; the helpers say what to install) always run.
+process with one agent, and python/bench_nixl.py for one round. Skipped, with the reason, where
+the wheel (`pip install --no-deps nixl-cu12==1.5.1`) is not importable or its agent cannot
+initialise here; both are probed in a subprocess, and every NIXL agent lives in a child process,
+so that a broken native library (or one that crashes at exit) cannot take pytest down. The tests
+that need no wheel (`import zcopy` never imports NIXL; the helpers say what to install) always run.
 """
 
 import json
@@ -104,9 +104,12 @@ for indices in ([0, 2], [1, 3]):
     zn.wait(agent, h, 20)
     h.release()
 local.release(); remote.release()
-out["prepped_equal"] = [bool((p.array() == src.array()[4096 * i : 4096 * (i + 1)]).all()) for i, p in enumerate(parts)]
+whole = src.array()
+out["prepped_equal"] = [bool((p.array() == whole[4096 * i : 4096 * (i + 1)]).all()) for i, p in enumerate(parts)]
 try:
-    zn.wait(agent, agent.initialize_xfer("READ", reg.xfer_descs([dst]), zn.remote_xfer_descs(agent, [src]), agent.name), 0.0, post=False)
+    remote = zn.remote_xfer_descs(agent, [src])
+    never_posted = agent.initialize_xfer("READ", reg.xfer_descs([dst]), remote, agent.name)
+    zn.wait(agent, never_posted, 0.0, post=False)
 except Exception as e:
     out["wait_unposted"] = type(e).__name__
 
@@ -119,7 +122,8 @@ try:
 except ValueError as e:
     out["after_close_descs"] = str(e)
 try:
-    agent.initialize_xfer("READ", zn.remote_xfer_descs(agent, [dst]), zn.remote_xfer_descs(agent, [src]), agent.name)
+    local = zn.remote_xfer_descs(agent, [dst])  # the same descriptors, without the closed registration
+    agent.initialize_xfer("READ", local, zn.remote_xfer_descs(agent, [src]), agent.name)
     out["after_close_xfer"] = None
 except Exception as e:
     out["after_close_xfer"] = type(e).__name__
@@ -146,12 +150,14 @@ def _in_private_netns(argv):
         return argv
     up = "import runpy; runpy.run_path(%r)['bring_loopback_up']()" % EXAMPLE
     try:
-        ok = subprocess.run([unshare, "-rn", sys.executable, "-c", up], capture_output=True, timeout=30).returncode == 0
+        probe = subprocess.run([unshare, "-rn", sys.executable, "-c", up], capture_output=True, timeout=30)
+        ok = probe.returncode == 0
     except (OSError, subprocess.SubprocessError):
         ok = False
     if not ok:
         return argv
-    return [unshare, "-rn", sys.executable, "-c", up + "; import os, sys; os.execv(sys.argv[1], sys.argv[1:])"] + argv
+    then_exec = up + "; import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
+    return [unshare, "-rn", sys.executable, "-c", then_exec] + argv
 
 
 def _probe():
@@ -273,7 +279,8 @@ def test_nixl_moves_sealed_objects_between_two_pools(nixl_usable):
         assert re.search(
             r"ok: +A got w-%s written by B: %d bytes identical after notification and seal .*"
             r"read-only get at the written address: True" % (label, size), out), report
-    assert re.search(r"ok: +B read 1000 objects from A in one request: 1000 x 4096 bytes, all identical", out), report
+    assert re.search(
+        r"ok: +B read 1000 objects from A in one request: 1000 x 4096 bytes, all identical", out), report
     assert re.search(
         r"ok: +B read 1000 objects from A with prepared lists reused: 4 make_prepped_xfer requests of 250 "
         r"over one prep_xfer_dlist pair; all identical after seal", out), report
@@ -297,5 +304,6 @@ def test_nixl_benchmark_prints_its_table_with_identical_bytes(nixl_usable):
     assert proc.returncode == 0, report
     number = r"\d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\)"
     for label in ("1000 x 4 KiB, one request", "1000 x 4 KiB, prepared lists", "1 x 64 MiB"):
-        assert re.search(r"^\| %s \| %s \| %s \| %s \| \d+\.\d\dx \|$" % (label, number, number, number), out, re.M), report
+        row = r"^\| %s \| %s \| %s \| %s \| \d+\.\d\dx \|$" % (label, number, number, number)
+        assert re.search(row, out, re.M), report
     assert "Bytes checked: all identical" in out, report
