@@ -1,7 +1,8 @@
 """zcopy pools and buffers for NIXL (the NVIDIA Inference Xfer Library) agents.
 
 Importable only where a NIXL wheel is installed (tested: `nixl-cu12==1.5.1`, which imports as
-`nixl_cu12`; the `nixl` distribution imports as `nixl`); `import zcopy` never imports this module.
+`nixl_cu12`; `nixl_cu13` and `nixl` are tried after it, untested); `import zcopy` never imports
+this module.
 
 A pool's whole region is registered with an agent once; every buffer of the pool, created or
 sealed, is then inside registered memory, so moving it needs only a transfer descriptor:
@@ -10,7 +11,7 @@ sealed, is then inside registered memory, so moving it needs only a transfer des
     reg = zcopy.nixl.register_pool(agent, pool)       # one registration; reg.close() undoes it
     buf = pool.create("k", size)
     local = reg.xfer_descs([buf])                      # nixlXferDList over buf's bytes
-    remote = agent.get_xfer_descs(zcopy.nixl.desc_array(peer_pairs), "DRAM")
+    remote = zcopy.nixl.remote_xfer_descs(agent, peer_pairs)   # (address, length) from the peer
     handle = agent.initialize_xfer("READ", local, remote, peer_name)
     zcopy.nixl.wait(agent, handle, timeout=10)         # posts and polls, bounded
     buf.seal()
