@@ -4,7 +4,11 @@
 # loopback, small and large values, against the same server copying on read
 # (examples/store/demo.sh), then the Python package's numpy paths against pickle and copies
 # (python/bench.py, run in the project venv .venv/ with numpy installed into it: scripts/venv.sh;
-# $PYTHON chooses the interpreter it is made from, by default the distribution's /usr/bin/python3).
+# $PYTHON chooses the interpreter it is made from, by default the distribution's /usr/bin/python3),
+# then Mooncake Store through a zcopy pool against Mooncake's own calls (python/bench_mooncake.py)
+# and NIXL transfers with the pool registered once against per-buffer registration
+# (python/bench_nixl.py); their wheels are installed into the venv, and each says why where it
+# cannot run.
 #
 #   bash scripts/demo.sh [--quick]
 set -euo pipefail
@@ -27,3 +31,20 @@ echo
 zcopy_venv numpy
 cargo build --release --lib --quiet
 PYTHONPATH=python "$python" python/bench.py "${quick[@]:1}"
+
+echo
+echo "Mooncake Store: values got into and put from a zcopy pool registered once, against Mooncake's own calls"
+echo
+# The wheel ships the store and its master; exit 77 means it cannot run here (the reason is printed).
+"$python" -c "import mooncake.store" 2>/dev/null ||
+    zcopy_venv mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
+    echo "demo.sh: the Mooncake wheel did not install; its benchmark will say it cannot run"
+PYTHONPATH=python "$python" python/bench_mooncake.py "${quick[@]:1}" || [ $? = 77 ]
+
+echo
+echo "NIXL: two processes' pools registered once, against registering each buffer per transfer"
+echo
+"$python" -c "import importlib.metadata as m; assert m.version('nixl-cu12') == '1.5.1'" 2>/dev/null ||
+    zcopy_venv --no-deps nixl-cu12==1.5.1 ||
+    echo "demo.sh: the NIXL wheel did not install; its benchmark will say it cannot run"
+PYTHONPATH=python "$python" python/bench_nixl.py "${quick[@]:1}" || [ $? = 77 ]

@@ -43,6 +43,12 @@ if ! "$python" -c "import mooncake.engine" 2>/dev/null; then
     zcopy_venv mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
         echo "test.sh: the Mooncake Transfer Engine wheel did not install; its interop test will skip"
 fi
+# NIXL, for its interop test (which skips, saying why, if it cannot run). --no-deps: the wheel
+# declares torch, which moving host memory does not need.
+if ! "$python" -c "import importlib.metadata as m; assert m.version('nixl-cu12') == '1.5.1'" 2>/dev/null; then
+    zcopy_venv --no-deps nixl-cu12==1.5.1 ||
+        echo "test.sh: the NIXL wheel did not install; its interop test will skip"
+fi
 cargo build --release --lib --quiet
 (cd python && "$python" -m pytest -q -rs tests)
 
