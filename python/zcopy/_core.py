@@ -10,6 +10,7 @@ it too, so the release happens when the last of them is gone, whichever order th
 import builtins
 import ctypes
 import math
+import operator
 import weakref
 
 import numpy as np
@@ -37,6 +38,13 @@ class Error(Exception):
 
 class InvalidArgumentError(Error, ValueError):
     status = _lib.ERR_INVALID_ARGUMENT
+
+
+class FormatError(InvalidArgumentError):
+    """The bytes under a key are not the kind of zcopy value the call reads, or their metadata (part
+    table, dtype, shape) claims other or more bytes than the object holds. Stored metadata is a
+    claim made by whoever wrote the bytes: it is checked before any view is built, so a lying
+    header gives this error, never a view past the object's bytes."""
 
 
 class NotFoundError(Error, KeyError):
@@ -110,6 +118,19 @@ def _key(key):
     if isinstance(key, (bytearray, memoryview)):
         return bytes(key)
     raise builtins.TypeError("a key is str or bytes, not %s" % type(key).__name__)
+
+
+_SIZE_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1
+_U32_MAX = (1 << 32) - 1
+
+
+def _c_index(value, limit, what):
+    """`value` as an int for a C parameter whose largest value is `limit`: ctypes would silently
+    keep only its low bits (part 2**64 would read part 0)."""
+    value = operator.index(value)
+    if not 0 <= value <= limit:
+        raise InvalidArgumentError("%s %d is out of range (0 to %d)" % (what, value, limit))
+    return value
 
 
 def _timeout_ms(timeout):
@@ -305,13 +326,20 @@ class Buffer:
         return lib.zc_buffer_part_count(self._h().ptr)
 
     def part_range(self, index):
-        """(address, length) of part `index`."""
+        """(address, length) of part `index`, checked to lie inside the buffer's bytes."""
         h = self._h()
+        index = _c_index(index, _SIZE_MAX, "part index")
         address, length = ctypes.c_void_p(), ctypes.c_size_t()
         status = lib.zc_buffer_part(h.ptr, index, ctypes.byref(address), ctypes.byref(length))
         if status:
             _raise(status)
-        return address.value or 0, length.value
+        address, length = address.value or 0, length.value
+        base, size = lib.zc_buffer_const_data(h.ptr) or 0, lib.zc_buffer_size(h.ptr)
+        if address < base or address + length > base + size:
+            raise FormatError(
+                "part %d of key %r is at %d+%d, outside the object's %d bytes" % (index, self.key, address - base, length, size)
+            )
+        return address, length
 
     def part(self, index, dtype=np.uint8, shape=None):
         """Part `index` as an ndarray (no copy): writable while unsealed, read-only after."""
