@@ -143,6 +143,21 @@ def _timeout_ms(timeout):
     return int(math.ceil(timeout * 1000))
 
 
+def _not_copyable(what):
+    """Methods that refuse pickling and copying of a handle to this process's pool memory: a copy
+    would carry the raw pointer without owning it (used after the original is released, or
+    unpickled in another process, it would crash)."""
+
+    def refuse(self, *args):
+        raise TypeError(
+            "%s cannot be pickled or copied: it refers to pool memory mapped by this process. "
+            "Send the key instead and read it through a Pool opened in the other process, or copy "
+            "the values (an array from get_array pickles and deep-copies as a plain array)" % what
+        )
+
+    return refuse
+
+
 class _Handle:
     """Owns one `zc_buffer *`; releases it once, when collected. It may also be an array's base
     directly (`__array_interface__`), when nothing else needs to sit between them."""
@@ -162,6 +177,8 @@ class _Handle:
         self.finalizer.detach()
         self.ptr = None
 
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy buffer handle")
+
 
 class _Span:
     """Exposes pool bytes to numpy through `__array_interface__`, holding their handle: numpy
@@ -177,6 +194,8 @@ class _Span:
             "typestr": "|u1",
             "version": 3,
         }
+
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy buffer view's owner")
 
 
 def _view(handle, address, nbytes, readonly):
@@ -210,6 +229,8 @@ class Buffer:
     of its bytes keep the object alive after that."""
 
     __slots__ = ("_handle", "key", "_writer", "_sealed", "__weakref__")
+
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy.Buffer")
 
     def __init__(self, ptr, key, writer):
         self._handle = _Handle(ptr)
@@ -363,7 +384,10 @@ class Pool:
 
     Every method may be called from several threads at once; `close()` must not race with them.
     Buffers and views may outlive the pool: their memory stays mapped until they are gone.
+    Pools and buffers cannot be pickled or copied (TypeError): each process opens its own.
     """
+
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy.Pool")
 
     def __init__(
         self,
