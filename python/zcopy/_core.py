@@ -10,6 +10,7 @@ it too, so the release happens when the last of them is gone, whichever order th
 import builtins
 import ctypes
 import math
+import numbers
 import operator
 import weakref
 
@@ -133,14 +134,23 @@ def _c_index(value, limit, what):
     return value
 
 
+_TIMEOUT_MAX_MS = (1 << 63) - 1  # the C parameter is int64 milliseconds, -1 waiting forever
+
+
 def _timeout_ms(timeout):
+    """Seconds as the C API's milliseconds: None -> 0 (answer at once), rounded up, and any wait
+    too long for int64 milliseconds (math.inf included) -> -1, forever. ctypes would keep only
+    the low 64 bits of a larger count: a timeout of 18446744073709552 s became 384 ms."""
     if timeout is None:
         return 0
-    if timeout == math.inf:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise builtins.TypeError("timeout must be None or a number of seconds, not %s" % type(timeout).__name__)
+    if timeout != timeout or timeout < 0:
+        raise InvalidArgumentError("timeout must be None, a number of seconds >= 0, or math.inf; got %r" % (timeout,))
+    ms = timeout * 1000
+    if ms >= _TIMEOUT_MAX_MS:
         return -1
-    if timeout < 0 or timeout != timeout:
-        raise InvalidArgumentError("timeout must be None, a number of seconds >= 0, or math.inf")
-    return int(math.ceil(timeout * 1000))
+    return int(math.ceil(ms))
 
 
 def _not_copyable(what):
@@ -476,8 +486,10 @@ class Pool:
     def get(self, key, timeout=None):
         """A read-only reference to the sealed object under `key`: the same bytes its writer
         wrote. `timeout`: None or 0 answers at once (NotFoundError, or NotSealedError for a
-        created key); seconds > 0 waits for the key to be sealed (then TimeoutError); math.inf
-        waits forever."""
+        created key); seconds > 0 waits for the key to be sealed (then TimeoutError), rounded up to
+        whole milliseconds; math.inf, or any wait too long for int64 milliseconds (about 292
+        million years), waits forever. Negative or NaN: InvalidArgumentError; bool or a
+        non-number: TypeError."""
         k = _key(key)
         out = ctypes.c_void_p()
         status = lib.zc_get(self._p(), k, len(k), _timeout_ms(timeout), ctypes.byref(out))
