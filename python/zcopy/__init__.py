@@ -22,6 +22,7 @@ from ._core import (
     RdmaError,
     SystemCallError,
     TimeoutError,
+    TooLargeError,
 )
 from ._lib import path as library_path
 from ._objects import get_array, get_object, get_tensor, parse_parts, put_array, put_object, put_tensor
@@ -44,6 +45,7 @@ __all__ = [
     "RdmaError",
     "SystemCallError",
     "TimeoutError",
+    "TooLargeError",
     "get_array",
     "get_object",
     "get_tensor",

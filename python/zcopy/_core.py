@@ -68,6 +68,15 @@ class OutOfMemoryError(Error, MemoryError):
     status = _lib.ERR_OUT_OF_MEMORY
 
 
+class TooLargeError(OutOfMemoryError, InvalidArgumentError):
+    """The value is larger than the whole pool: it can never fit, however much is freed. Like
+    every "does not fit" it is a MemoryError (an OutOfMemoryError); the C API reports it as
+    ZC_ERR_INVALID_ARGUMENT, so it is also an InvalidArgumentError (a ValueError) and its
+    `status` is that one."""
+
+    status = _lib.ERR_INVALID_ARGUMENT
+
+
 class TimeoutError(Error, builtins.TimeoutError):
     status = _lib.ERR_TIMEOUT
 
@@ -123,6 +132,25 @@ def _key(key):
 
 _SIZE_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1
 _U32_MAX = (1 << 32) - 1
+
+
+def _c_size(value, what="size"):
+    """`value` as a byte count for a size_t parameter. Negative is an InvalidArgumentError; above
+    SIZE_MAX (which ctypes would silently wrap: 2**64 + 8 bytes became 8) the caller answers
+    TooLargeError, since no pool is that large."""
+    value = operator.index(value)
+    if value < 0:
+        raise InvalidArgumentError("%s must be >= 0, got %d" % (what, value))
+    return value
+
+
+def _parts_total(sizes):
+    """The bytes an object of parts of these sizes takes (docs/FORMAT.md): header and parts, each
+    padded to 64."""
+    total = (32 + 16 * len(sizes) + 63) // 64 * 64
+    for n in sizes:
+        total = (total + n + 63) // 64 * 64
+    return total
 
 
 def _c_index(value, limit, what):
@@ -437,11 +465,25 @@ class Pool:
             _raise(status)
         self._ptr = ptr.value
         self._finalizer = weakref.finalize(self, lib.zc_pool_close, self._ptr)
+        self._capacity = self.stats()["capacity_bytes"]
 
     def _p(self):
         if self._ptr is None:
             raise PoolClosedError("the pool is closed")
         return self._ptr
+
+    def _too_large(self, asked):
+        return TooLargeError(
+            "larger than the whole pool: asked %d bytes, pool is %d bytes (it can never fit: store it "
+            "elsewhere or open a larger pool)" % (asked, self._capacity)
+        )
+
+    def _create_failed(self, status, asked):
+        """Raises for a create or put of `asked` bytes (the whole object) that failed with `status`:
+        TooLargeError when the C API's invalid argument is the size being larger than the pool."""
+        if status == _lib.ERR_INVALID_ARGUMENT and asked > self._capacity:
+            raise self._too_large(asked)
+        _raise(status)
 
     def close(self):
         """Closes the pool (idempotent). Buffers and views keep their memory until they go."""
@@ -460,23 +502,30 @@ class Pool:
         return False
 
     def create(self, key, size):
-        """A writable buffer of `size` bytes for `key`, in place in the pool."""
+        """A writable buffer of `size` bytes for `key`, in place in the pool. Does not fit:
+        TooLargeError (larger than the whole pool) or OutOfMemoryError (pool full now, or the
+        object limit reached), both MemoryErrors."""
         k = _key(key)
+        size = _c_size(size)
+        if size > _SIZE_MAX:
+            raise self._too_large(size)
         out = ctypes.c_void_p()
         status = lib.zc_create_buffer(self._p(), k, len(k), size, ctypes.byref(out))
         if status:
-            _raise(status)
+            self._create_failed(status, size)
         return Buffer(out.value, key, True)
 
     def create_parts(self, key, sizes):
         """One writable object made of parts of these sizes (each 64-byte aligned)."""
         k = _key(key)
-        sizes = list(sizes)
+        sizes = [_c_size(n, "part size") for n in sizes]
+        if any(n > _SIZE_MAX for n in sizes):
+            raise self._too_large(_parts_total(sizes))
         arr = (ctypes.c_size_t * len(sizes))(*sizes)
         out = ctypes.c_void_p()
         status = lib.zc_create_parts(self._p(), k, len(k), arr, len(sizes), ctypes.byref(out))
         if status:
-            _raise(status)
+            self._create_failed(status, _parts_total(sizes))
         return Buffer(out.value, key, True)
 
     def seal(self, buf):
@@ -512,14 +561,15 @@ class Pool:
     __contains__ = contains
 
     def put(self, key, data):
-        """Stores a copy of a bytes-like object (the one-copy path)."""
+        """Stores a copy of a bytes-like object (the one-copy path). Does not fit: a MemoryError,
+        TooLargeError or OutOfMemoryError, as for `create`."""
         k = _key(key)
         src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
         if not src.flags.c_contiguous:
             src = np.ascontiguousarray(src)
         status = lib.zc_put(self._p(), k, len(k), src.ctypes.data, src.nbytes)
         if status:
-            _raise(status)
+            self._create_failed(status, src.nbytes)
 
     def get_bytes(self, key, timeout=None):
         """A copy of the sealed object's bytes."""

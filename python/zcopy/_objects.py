@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from ._core import Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _key, _raise, _Span, _timeout_ms
+from ._core import Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _key, _parts_total, _raise, _Span, _timeout_ms
 from ._lib import lib
 
 ARRAY_MAGIC = b"ZCARRAY\0"
@@ -228,7 +228,7 @@ def put_array(pool, key, arr):
     out = _c_void_p()
     status = _zc_create_parts(pool._p(), k, len(k), _Sizes2(len(head), arr.nbytes), 2, _byref(out))
     if status:
-        _raise(status)
+        pool._create_failed(status, _parts_total((len(head), arr.nbytes)))
     ptr = out.value
     # Released below whatever happens: an unsealed object is aborted by its release.
     try:
