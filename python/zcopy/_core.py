@@ -5,8 +5,18 @@ Lifetime: a `_Handle` owns one `zc_buffer *` and calls `zc_release` exactly once
 reaches its handle through its base chain (array.base -> _Span -> _Handle), and a `Buffer` holds
 it too, so the release happens when the last of them is gone, whichever order they die in.
 `Buffer.release()` only drops the Buffer's own reference: it is safe with live views.
+
+Fork: the pool region is mapped MADV_DONTFORK, so a forked child has none of its parent's pool
+memory, and the C handles it inherits point into the parent's process state. A hook run in the
+child (os.register_at_fork) bumps `_generation` and marks every open Pool as forked; Buffers and
+handles carry the generation they were made in. In the child, every method of a Pool or Buffer
+from before the fork raises PoolForkedError, and the hook detaches their finalizers (the parent
+still owns what they point to), so neither a collection nor the child's exit calls the library
+for them; close() and release() are harmless no-ops there. Arrays and memoryviews taken before the fork cannot be guarded: their
+memory is simply absent in the child, and touching them there is a segmentation fault.
 """
 
+import os
 import builtins
 import ctypes
 import math
@@ -83,6 +93,11 @@ class TimeoutError(Error, builtins.TimeoutError):
 
 class PoolClosedError(Error):
     status = _lib.ERR_POOL_CLOSED
+
+
+class PoolForkedError(PoolClosedError):
+    """A Pool, Buffer or handle opened before this process was forked, used in the child: the
+    pool's memory is not mapped in the child. Open a new zcopy.Pool in the child."""
 
 
 class RdmaError(Error):
@@ -196,16 +211,70 @@ def _not_copyable(what):
     return refuse
 
 
+# Bumped in every forked child; handles, buffers and pools made before it are the parent's.
+_generation = 0
+_open_pools = weakref.WeakSet()
+_zc_release = lib.zc_release
+_zc_pool_close = lib.zc_pool_close
+
+
+
+def _release_unless_forked(ptr, generation):
+    """A handle's finalizer where the fork hook cannot detach them (see below)."""
+    if generation == _generation:
+        _zc_release(ptr)
+
+
+# weakref.finalize keeps every live finalizer in a class-level dict (CPython and PyPy, since
+# Python 3.4). The fork hook walks it once to detach the handles' finalizers, so a handle's
+# release stays a direct ctypes call: a Python function in between would cost every get about as
+# much again as the whole fork check is allowed. Without that dict, each release checks instead.
+_live_finalizers = getattr(weakref.finalize, "_registry", None)
+if not isinstance(_live_finalizers, dict):
+    _live_finalizers = None
+
+
+def _after_fork_in_child():
+    global _generation
+    _generation += 1
+    for pool in list(_open_pools):
+        pool._forked()
+    if _live_finalizers is not None:
+        for finalizer, info in list(_live_finalizers.items()):
+            if info.func is _zc_release:
+                finalizer.detach()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_pool(ptr, generation):
+    if generation == _generation:
+        _zc_pool_close(ptr)
+
+
+def _forked_buffer_error(key):
+    return PoolForkedError(
+        "this zcopy.Buffer (key %r) comes from a pool opened before this process (pid %d) was forked: "
+        "the pool's memory is not mapped in a forked child. Open a new zcopy.Pool in the child "
+        "(with the same keys if it is to share them) and get the key there" % (key, os.getpid())
+    )
+
+
 class _Handle:
     """Owns one `zc_buffer *`; releases it once, when collected. It may also be an array's base
     directly (`__array_interface__`), when nothing else needs to sit between them."""
 
-    __slots__ = ("ptr", "finalizer", "views", "__array_interface__", "__weakref__")
+    __slots__ = ("ptr", "generation", "finalizer", "views", "__array_interface__", "__weakref__")
 
     def __init__(self, ptr):
         self.ptr = ptr
+        self.generation = _generation
         self.views = None
-        self.finalizer = weakref.finalize(self, lib.zc_release, ptr)
+        if _live_finalizers is not None:
+            self.finalizer = weakref.finalize(self, _zc_release, ptr)
+        else:
+            self.finalizer = weakref.finalize(self, _release_unless_forked, ptr, _generation)
         # At interpreter exit the process frees everything; releasing then could pull memory
         # from under views that other exit handlers still read.
         self.finalizer.atexit = False
@@ -280,6 +349,8 @@ class Buffer:
         h = self._handle
         if h is None:
             raise InvalidArgumentError("the buffer for key %r was released" % (self.key,))
+        if h.generation != _generation:
+            raise _forked_buffer_error(self.key)
         return h
 
     @property
@@ -300,7 +371,8 @@ class Buffer:
 
     @property
     def writable(self):
-        return self._handle is not None and self._writer and not self._sealed
+        h = self._handle
+        return h is not None and h.generation == _generation and self._writer and not self._sealed
 
     @property
     def released(self):
@@ -355,7 +427,10 @@ class Buffer:
         return False
 
     def __repr__(self):
-        state = "released" if self._handle is None else ("sealed" if self._sealed else "writable")
+        h = self._handle
+        state = "released" if h is None else ("sealed" if self._sealed else "writable")
+        if h is not None and h.generation != _generation:
+            state += ", from before a fork: unusable in this process"
         return "<zcopy.Buffer key=%r %s>" % (self.key, state)
 
     def array(self, dtype=np.uint8, shape=None):
@@ -423,6 +498,8 @@ class Pool:
     Every method may be called from several threads at once; `close()` must not race with them.
     Buffers and views may outlive the pool: their memory stays mapped until they are gone.
     Pools and buffers cannot be pickled or copied (TypeError): each process opens its own.
+    In a child forked after the pool was opened, every method of the pool and of its buffers
+    raises PoolForkedError: open a new Pool in the child.
     """
 
     __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy.Pool")
@@ -464,11 +541,28 @@ class Pool:
         if status:
             _raise(status)
         self._ptr = ptr.value
-        self._finalizer = weakref.finalize(self, lib.zc_pool_close, self._ptr)
+        self._pid = os.getpid()
+        self._fork_child = False
+        self._finalizer = weakref.finalize(self, _close_pool, self._ptr, _generation)
+        _open_pools.add(self)
         self._capacity = self.stats()["capacity_bytes"]
+
+    def _forked(self):
+        """Called in a forked child: the pool's memory is the parent's, absent here."""
+        if self._ptr is not None:
+            self._ptr = None
+            self._fork_child = True
+            self._finalizer.detach()
 
     def _p(self):
         if self._ptr is None:
+            if self._fork_child:
+                raise PoolForkedError(
+                    "this zcopy.Pool was opened in process %d, which then forked: the pool's memory is "
+                    "not mapped in a forked child (pid %d), so the pool cannot be used here. Open a new "
+                    "zcopy.Pool in the child; arrays and buffers taken from the parent's pool before the "
+                    "fork must not be touched in the child either" % (self._pid, os.getpid())
+                )
             raise PoolClosedError("the pool is closed")
         return self._ptr
 
@@ -486,7 +580,8 @@ class Pool:
         _raise(status)
 
     def close(self):
-        """Closes the pool (idempotent). Buffers and views keep their memory until they go."""
+        """Closes the pool (idempotent). Buffers and views keep their memory until they go. In a
+        forked child, closing a pool of the parent does nothing (it is the parent's to close)."""
         self._ptr = None
         self._finalizer()
 
@@ -598,6 +693,8 @@ class Pool:
         return lib.zc_pool_rdma_count(self._p())
 
     def __repr__(self):
+        if self._fork_child:
+            return "<zcopy.Pool of process %d, from before a fork: unusable in this process>" % self._pid
         if self._ptr is None:
             return "<zcopy.Pool closed>"
         s = self.stats()
