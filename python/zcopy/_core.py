@@ -147,6 +147,7 @@ def _key(key):
 
 _SIZE_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1
 _U32_MAX = (1 << 32) - 1
+_U64_MAX = (1 << 64) - 1
 
 
 def _c_size(value, what="size"):
@@ -484,6 +485,7 @@ class Buffer:
     def rdma_desc(self, index=0):
         """(addr, length, lkey, rkey) under RDMA registration `index`."""
         d = _lib.RdmaDesc()
+        index = _c_index(index, _U32_MAX, "RDMA registration index")
         status = lib.zc_buffer_rdma_desc(self._h().ptr, index, ctypes.byref(d))
         if status:
             _raise(status)
@@ -526,11 +528,11 @@ class Pool:
         if eviction not in _lib.EVICTION:
             raise InvalidArgumentError("eviction must be one of %s" % sorted(_lib.EVICTION))
         opts.eviction = _lib.EVICTION[eviction]
-        opts.size = int(size)
+        opts.size = _c_index(size, _U64_MAX, "pool size")
         opts.page_mode = _lib.PAGES[pages]
         opts.prefault = bool(prefault)
         opts.lock_memory = bool(lock_memory)
-        opts.max_objects = int(max_objects)
+        opts.max_objects = _c_index(max_objects, _U64_MAX, "max_objects")
         opts.hugetlbfs_dir = None if hugetlbfs_dir is None else str(hugetlbfs_dir).encode()
         opts.rdma = _lib.RDMA[rdma]
         if rdma_devices is not None and not isinstance(rdma_devices, str):
