@@ -12,16 +12,17 @@ child (os.register_at_fork) bumps `_generation` and marks every open Pool as for
 handles carry the generation they were made in. In the child, every method of a Pool or Buffer
 from before the fork raises PoolForkedError, and the hook detaches their finalizers (the parent
 still owns what they point to), so neither a collection nor the child's exit calls the library
-for them; close() and release() are harmless no-ops there. Arrays and memoryviews taken before the fork cannot be guarded: their
-memory is simply absent in the child, and touching them there is a segmentation fault.
+for them; close() and release() are harmless no-ops there. Arrays and memoryviews taken before
+the fork cannot be guarded: their memory is absent in the child, and touching them there is a
+segmentation fault.
 """
 
-import os
 import builtins
 import ctypes
 import math
 import numbers
 import operator
+import os
 import weakref
 
 import numpy as np
@@ -217,7 +218,6 @@ _generation = 0
 _open_pools = weakref.WeakSet()
 _zc_release = lib.zc_release
 _zc_pool_close = lib.zc_pool_close
-
 
 
 def _release_unless_forked(ptr, generation):

@@ -61,7 +61,9 @@ def _parts_of(header, size, what="multi-part object"):
     for i in range(n):
         offset, length = _PARTS_ENTRY.unpack_from(header, _PARTS_FIXED.size + _PARTS_ENTRY.size * i)
         if offset % 64 or offset < header_len or offset + length > size:
-            raise FormatError("not a zcopy %s: part %d at %d+%d is outside its %d bytes or unaligned" % (what, i, offset, length, size))
+            raise FormatError(
+                "not a zcopy %s: part %d at %d+%d is outside its %d bytes or unaligned" % (what, i, offset, length, size)
+            )
         parts.append((offset, length))
     return parts
 
