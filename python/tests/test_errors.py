@@ -74,6 +74,18 @@ def test_python_base_classes():
     assert zcopy.TimeoutError is not builtins.TimeoutError
 
 
+def test_refined_error_classes_keep_the_base_class_and_status_they_refine():
+    # FormatError: stored bytes that are not what the call reads; a ValueError as before.
+    assert issubclass(zcopy.FormatError, zcopy.InvalidArgumentError) and zcopy.FormatError.status == 1
+    # TooLargeError: larger than the whole pool. A MemoryError like every "does not fit", and a
+    # ValueError with the C status ZC_ERR_INVALID_ARGUMENT, as it was before it had a class.
+    assert issubclass(zcopy.TooLargeError, zcopy.OutOfMemoryError) and issubclass(zcopy.TooLargeError, MemoryError)
+    assert issubclass(zcopy.TooLargeError, zcopy.InvalidArgumentError) and issubclass(zcopy.TooLargeError, ValueError)
+    assert zcopy.TooLargeError.status == 1 and zcopy.TooLargeError("x").status == 1
+    # PoolForkedError: a pool or buffer from before a fork, used in the child.
+    assert issubclass(zcopy.PoolForkedError, zcopy.PoolClosedError) and zcopy.PoolForkedError.status == 8
+
+
 def test_not_found_for_absent_get_and_delete(pool, stored):
     err = expect(zcopy.NotFoundError, pool.get, "absent")
     assert isinstance(err, KeyError)

@@ -5,11 +5,24 @@ Lifetime: a `_Handle` owns one `zc_buffer *` and calls `zc_release` exactly once
 reaches its handle through its base chain (array.base -> _Span -> _Handle), and a `Buffer` holds
 it too, so the release happens when the last of them is gone, whichever order they die in.
 `Buffer.release()` only drops the Buffer's own reference: it is safe with live views.
+
+Fork: the pool region is mapped MADV_DONTFORK, so a forked child has none of its parent's pool
+memory, and the C handles it inherits point into the parent's process state. A hook run in the
+child (os.register_at_fork) bumps `_generation` and marks every open Pool as forked; Buffers and
+handles carry the generation they were made in. In the child, every method of a Pool or Buffer
+from before the fork raises PoolForkedError, and the hook detaches their finalizers (the parent
+still owns what they point to), so neither a collection nor the child's exit calls the library
+for them; close() and release() are harmless no-ops there. Arrays and memoryviews taken before
+the fork cannot be guarded: their memory is absent in the child, and touching them there is a
+segmentation fault.
 """
 
 import builtins
 import ctypes
 import math
+import numbers
+import operator
+import os
 import weakref
 
 import numpy as np
@@ -39,6 +52,13 @@ class InvalidArgumentError(Error, ValueError):
     status = _lib.ERR_INVALID_ARGUMENT
 
 
+class FormatError(InvalidArgumentError):
+    """The bytes under a key are not the kind of zcopy value the call reads, or their metadata (part
+    table, dtype, shape) claims other or more bytes than the object holds. Stored metadata is a
+    claim made by whoever wrote the bytes: it is checked before any view is built, so a lying
+    header gives this error, never a view past the object's bytes."""
+
+
 class NotFoundError(Error, KeyError):
     status = _lib.ERR_NOT_FOUND
 
@@ -59,12 +79,26 @@ class OutOfMemoryError(Error, MemoryError):
     status = _lib.ERR_OUT_OF_MEMORY
 
 
+class TooLargeError(OutOfMemoryError, InvalidArgumentError):
+    """The value is larger than the whole pool: it can never fit, however much is freed. Like
+    every "does not fit" it is a MemoryError (an OutOfMemoryError); the C API reports it as
+    ZC_ERR_INVALID_ARGUMENT, so it is also an InvalidArgumentError (a ValueError) and its
+    `status` is that one."""
+
+    status = _lib.ERR_INVALID_ARGUMENT
+
+
 class TimeoutError(Error, builtins.TimeoutError):
     status = _lib.ERR_TIMEOUT
 
 
 class PoolClosedError(Error):
     status = _lib.ERR_POOL_CLOSED
+
+
+class PoolForkedError(PoolClosedError):
+    """A Pool, Buffer or handle opened before this process was forked, used in the child: the
+    pool's memory is not mapped in the child. Open a new zcopy.Pool in the child."""
 
 
 class RdmaError(Error):
@@ -112,26 +146,136 @@ def _key(key):
     raise builtins.TypeError("a key is str or bytes, not %s" % type(key).__name__)
 
 
+_SIZE_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1
+_U32_MAX = (1 << 32) - 1
+_U64_MAX = (1 << 64) - 1
+
+
+def _c_size(value, what="size"):
+    """`value` as a byte count for a size_t parameter. Negative is an InvalidArgumentError; above
+    SIZE_MAX (which ctypes would silently wrap: 2**64 + 8 bytes became 8) the caller answers
+    TooLargeError, since no pool is that large."""
+    value = operator.index(value)
+    if value < 0:
+        raise InvalidArgumentError("%s must be >= 0, got %d" % (what, value))
+    return value
+
+
+def _parts_total(sizes):
+    """The bytes an object of parts of these sizes takes (docs/FORMAT.md): header and parts, each
+    padded to 64."""
+    total = (32 + 16 * len(sizes) + 63) // 64 * 64
+    for n in sizes:
+        total = (total + n + 63) // 64 * 64
+    return total
+
+
+def _c_index(value, limit, what):
+    """`value` as an int for a C parameter whose largest value is `limit`: ctypes would silently
+    keep only its low bits (part 2**64 would read part 0)."""
+    value = operator.index(value)
+    if not 0 <= value <= limit:
+        raise InvalidArgumentError("%s %d is out of range (0 to %d)" % (what, value, limit))
+    return value
+
+
+_TIMEOUT_MAX_MS = (1 << 63) - 1  # the C parameter is int64 milliseconds, -1 waiting forever
+
+
 def _timeout_ms(timeout):
+    """Seconds as the C API's milliseconds: None -> 0 (answer at once), rounded up, and any wait
+    too long for int64 milliseconds (math.inf included) -> -1, forever. ctypes would keep only
+    the low 64 bits of a larger count: a timeout of 18446744073709552 s became 384 ms."""
     if timeout is None:
         return 0
-    if timeout == math.inf:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise builtins.TypeError("timeout must be None or a number of seconds, not %s" % type(timeout).__name__)
+    if timeout != timeout or timeout < 0:
+        raise InvalidArgumentError("timeout must be None, a number of seconds >= 0, or math.inf; got %r" % (timeout,))
+    ms = timeout * 1000
+    if ms >= _TIMEOUT_MAX_MS:
         return -1
-    if timeout < 0 or timeout != timeout:
-        raise InvalidArgumentError("timeout must be None, a number of seconds >= 0, or math.inf")
-    return int(math.ceil(timeout * 1000))
+    return int(math.ceil(ms))
+
+
+def _not_copyable(what):
+    """Methods that refuse pickling and copying of a handle to this process's pool memory: a copy
+    would carry the raw pointer without owning it (used after the original is released, or
+    unpickled in another process, it would crash)."""
+
+    def refuse(self, *args):
+        raise TypeError(
+            "%s cannot be pickled or copied: it refers to pool memory mapped by this process. "
+            "Send the key instead and read it through a Pool opened in the other process, or copy "
+            "the values (an array from get_array pickles and deep-copies as a plain array)" % what
+        )
+
+    return refuse
+
+
+# Bumped in every forked child; handles, buffers and pools made before it are the parent's.
+_generation = 0
+_open_pools = weakref.WeakSet()
+_zc_release = lib.zc_release
+_zc_pool_close = lib.zc_pool_close
+
+
+def _release_unless_forked(ptr, generation):
+    """A handle's finalizer where the fork hook cannot detach them (see below)."""
+    if generation == _generation:
+        _zc_release(ptr)
+
+
+# weakref.finalize keeps every live finalizer in a class-level dict (CPython and PyPy, since
+# Python 3.4). The fork hook walks it once to detach the handles' finalizers, so a handle's
+# release stays a direct ctypes call: a Python function in between would cost every get about as
+# much again as the whole fork check is allowed. Without that dict, each release checks instead.
+_live_finalizers = getattr(weakref.finalize, "_registry", None)
+if not isinstance(_live_finalizers, dict):
+    _live_finalizers = None
+
+
+def _after_fork_in_child():
+    global _generation
+    _generation += 1
+    for pool in list(_open_pools):
+        pool._forked()
+    if _live_finalizers is not None:
+        for finalizer, info in list(_live_finalizers.items()):
+            if info.func is _zc_release:
+                finalizer.detach()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_pool(ptr, generation):
+    if generation == _generation:
+        _zc_pool_close(ptr)
+
+
+def _forked_buffer_error(key):
+    return PoolForkedError(
+        "this zcopy.Buffer (key %r) comes from a pool opened before this process (pid %d) was forked: "
+        "the pool's memory is not mapped in a forked child. Open a new zcopy.Pool in the child "
+        "(with the same keys if it is to share them) and get the key there" % (key, os.getpid())
+    )
 
 
 class _Handle:
     """Owns one `zc_buffer *`; releases it once, when collected. It may also be an array's base
     directly (`__array_interface__`), when nothing else needs to sit between them."""
 
-    __slots__ = ("ptr", "finalizer", "views", "__array_interface__", "__weakref__")
+    __slots__ = ("ptr", "generation", "finalizer", "views", "__array_interface__", "__weakref__")
 
     def __init__(self, ptr):
         self.ptr = ptr
+        self.generation = _generation
         self.views = None
-        self.finalizer = weakref.finalize(self, lib.zc_release, ptr)
+        if _live_finalizers is not None:
+            self.finalizer = weakref.finalize(self, _zc_release, ptr)
+        else:
+            self.finalizer = weakref.finalize(self, _release_unless_forked, ptr, _generation)
         # At interpreter exit the process frees everything; releasing then could pull memory
         # from under views that other exit handlers still read.
         self.finalizer.atexit = False
@@ -140,6 +284,8 @@ class _Handle:
         """The C side consumed the handle (zc_abort): never release it again."""
         self.finalizer.detach()
         self.ptr = None
+
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy buffer handle")
 
 
 class _Span:
@@ -156,6 +302,8 @@ class _Span:
             "typestr": "|u1",
             "version": 3,
         }
+
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy buffer view's owner")
 
 
 def _view(handle, address, nbytes, readonly):
@@ -190,6 +338,8 @@ class Buffer:
 
     __slots__ = ("_handle", "key", "_writer", "_sealed", "__weakref__")
 
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy.Buffer")
+
     def __init__(self, ptr, key, writer):
         self._handle = _Handle(ptr)
         self.key = key
@@ -200,6 +350,8 @@ class Buffer:
         h = self._handle
         if h is None:
             raise InvalidArgumentError("the buffer for key %r was released" % (self.key,))
+        if h.generation != _generation:
+            raise _forked_buffer_error(self.key)
         return h
 
     @property
@@ -220,7 +372,8 @@ class Buffer:
 
     @property
     def writable(self):
-        return self._handle is not None and self._writer and not self._sealed
+        h = self._handle
+        return h is not None and h.generation == _generation and self._writer and not self._sealed
 
     @property
     def released(self):
@@ -275,7 +428,10 @@ class Buffer:
         return False
 
     def __repr__(self):
-        state = "released" if self._handle is None else ("sealed" if self._sealed else "writable")
+        h = self._handle
+        state = "released" if h is None else ("sealed" if self._sealed else "writable")
+        if h is not None and h.generation != _generation:
+            state += ", from before a fork: unusable in this process"
         return "<zcopy.Buffer key=%r %s>" % (self.key, state)
 
     def array(self, dtype=np.uint8, shape=None):
@@ -305,13 +461,20 @@ class Buffer:
         return lib.zc_buffer_part_count(self._h().ptr)
 
     def part_range(self, index):
-        """(address, length) of part `index`."""
+        """(address, length) of part `index`, checked to lie inside the buffer's bytes."""
         h = self._h()
+        index = _c_index(index, _SIZE_MAX, "part index")
         address, length = ctypes.c_void_p(), ctypes.c_size_t()
         status = lib.zc_buffer_part(h.ptr, index, ctypes.byref(address), ctypes.byref(length))
         if status:
             _raise(status)
-        return address.value or 0, length.value
+        address, length = address.value or 0, length.value
+        base, size = lib.zc_buffer_const_data(h.ptr) or 0, lib.zc_buffer_size(h.ptr)
+        if address < base or address + length > base + size:
+            raise FormatError(
+                "part %d of key %r is at %d+%d, outside the object's %d bytes" % (index, self.key, address - base, length, size)
+            )
+        return address, length
 
     def part(self, index, dtype=np.uint8, shape=None):
         """Part `index` as an ndarray (no copy): writable while unsealed, read-only after."""
@@ -322,6 +485,7 @@ class Buffer:
     def rdma_desc(self, index=0):
         """(addr, length, lkey, rkey) under RDMA registration `index`."""
         d = _lib.RdmaDesc()
+        index = _c_index(index, _U32_MAX, "RDMA registration index")
         status = lib.zc_buffer_rdma_desc(self._h().ptr, index, ctypes.byref(d))
         if status:
             _raise(status)
@@ -335,7 +499,12 @@ class Pool:
 
     Every method may be called from several threads at once; `close()` must not race with them.
     Buffers and views may outlive the pool: their memory stays mapped until they are gone.
+    Pools and buffers cannot be pickled or copied (TypeError): each process opens its own.
+    In a child forked after the pool was opened, every method of the pool and of its buffers
+    raises PoolForkedError: open a new Pool in the child.
     """
+
+    __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy.Pool")
 
     def __init__(
         self,
@@ -359,11 +528,11 @@ class Pool:
         if eviction not in _lib.EVICTION:
             raise InvalidArgumentError("eviction must be one of %s" % sorted(_lib.EVICTION))
         opts.eviction = _lib.EVICTION[eviction]
-        opts.size = int(size)
+        opts.size = _c_index(size, _U64_MAX, "pool size")
         opts.page_mode = _lib.PAGES[pages]
         opts.prefault = bool(prefault)
         opts.lock_memory = bool(lock_memory)
-        opts.max_objects = int(max_objects)
+        opts.max_objects = _c_index(max_objects, _U64_MAX, "max_objects")
         opts.hugetlbfs_dir = None if hugetlbfs_dir is None else str(hugetlbfs_dir).encode()
         opts.rdma = _lib.RDMA[rdma]
         if rdma_devices is not None and not isinstance(rdma_devices, str):
@@ -374,15 +543,47 @@ class Pool:
         if status:
             _raise(status)
         self._ptr = ptr.value
-        self._finalizer = weakref.finalize(self, lib.zc_pool_close, self._ptr)
+        self._pid = os.getpid()
+        self._fork_child = False
+        self._finalizer = weakref.finalize(self, _close_pool, self._ptr, _generation)
+        _open_pools.add(self)
+        self._capacity = self.stats()["capacity_bytes"]
+
+    def _forked(self):
+        """Called in a forked child: the pool's memory is the parent's, absent here."""
+        if self._ptr is not None:
+            self._ptr = None
+            self._fork_child = True
+            self._finalizer.detach()
 
     def _p(self):
         if self._ptr is None:
+            if self._fork_child:
+                raise PoolForkedError(
+                    "this zcopy.Pool was opened in process %d, which then forked: the pool's memory is "
+                    "not mapped in a forked child (pid %d), so the pool cannot be used here. Open a new "
+                    "zcopy.Pool in the child; arrays and buffers taken from the parent's pool before the "
+                    "fork must not be touched in the child either" % (self._pid, os.getpid())
+                )
             raise PoolClosedError("the pool is closed")
         return self._ptr
 
+    def _too_large(self, asked):
+        return TooLargeError(
+            "larger than the whole pool: asked %d bytes, pool is %d bytes (it can never fit: store it "
+            "elsewhere or open a larger pool)" % (asked, self._capacity)
+        )
+
+    def _create_failed(self, status, asked):
+        """Raises for a create or put of `asked` bytes (the whole object) that failed with `status`:
+        TooLargeError when the C API's invalid argument is the size being larger than the pool."""
+        if status == _lib.ERR_INVALID_ARGUMENT and asked > self._capacity:
+            raise self._too_large(asked)
+        _raise(status)
+
     def close(self):
-        """Closes the pool (idempotent). Buffers and views keep their memory until they go."""
+        """Closes the pool (idempotent). Buffers and views keep their memory until they go. In a
+        forked child, closing a pool of the parent does nothing (it is the parent's to close)."""
         self._ptr = None
         self._finalizer()
 
@@ -398,23 +599,30 @@ class Pool:
         return False
 
     def create(self, key, size):
-        """A writable buffer of `size` bytes for `key`, in place in the pool."""
+        """A writable buffer of `size` bytes for `key`, in place in the pool. Does not fit:
+        TooLargeError (larger than the whole pool) or OutOfMemoryError (pool full now, or the
+        object limit reached), both MemoryErrors."""
         k = _key(key)
+        size = _c_size(size)
+        if size > _SIZE_MAX:
+            raise self._too_large(size)
         out = ctypes.c_void_p()
         status = lib.zc_create_buffer(self._p(), k, len(k), size, ctypes.byref(out))
         if status:
-            _raise(status)
+            self._create_failed(status, size)
         return Buffer(out.value, key, True)
 
     def create_parts(self, key, sizes):
         """One writable object made of parts of these sizes (each 64-byte aligned)."""
         k = _key(key)
-        sizes = list(sizes)
+        sizes = [_c_size(n, "part size") for n in sizes]
+        if any(n > _SIZE_MAX for n in sizes):
+            raise self._too_large(_parts_total(sizes))
         arr = (ctypes.c_size_t * len(sizes))(*sizes)
         out = ctypes.c_void_p()
         status = lib.zc_create_parts(self._p(), k, len(k), arr, len(sizes), ctypes.byref(out))
         if status:
-            _raise(status)
+            self._create_failed(status, _parts_total(sizes))
         return Buffer(out.value, key, True)
 
     def seal(self, buf):
@@ -424,8 +632,10 @@ class Pool:
     def get(self, key, timeout=None):
         """A read-only reference to the sealed object under `key`: the same bytes its writer
         wrote. `timeout`: None or 0 answers at once (NotFoundError, or NotSealedError for a
-        created key); seconds > 0 waits for the key to be sealed (then TimeoutError); math.inf
-        waits forever."""
+        created key); seconds > 0 waits for the key to be sealed (then TimeoutError), rounded up to
+        whole milliseconds; math.inf, or any wait too long for int64 milliseconds (about 292
+        million years), waits forever. Negative or NaN: InvalidArgumentError; bool or a
+        non-number: TypeError."""
         k = _key(key)
         out = ctypes.c_void_p()
         status = lib.zc_get(self._p(), k, len(k), _timeout_ms(timeout), ctypes.byref(out))
@@ -448,14 +658,15 @@ class Pool:
     __contains__ = contains
 
     def put(self, key, data):
-        """Stores a copy of a bytes-like object (the one-copy path)."""
+        """Stores a copy of a bytes-like object (the one-copy path). Does not fit: a MemoryError,
+        TooLargeError or OutOfMemoryError, as for `create`."""
         k = _key(key)
         src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
         if not src.flags.c_contiguous:
             src = np.ascontiguousarray(src)
         status = lib.zc_put(self._p(), k, len(k), src.ctypes.data, src.nbytes)
         if status:
-            _raise(status)
+            self._create_failed(status, src.nbytes)
 
     def get_bytes(self, key, timeout=None):
         """A copy of the sealed object's bytes."""
@@ -484,6 +695,8 @@ class Pool:
         return lib.zc_pool_rdma_count(self._p())
 
     def __repr__(self):
+        if self._fork_child:
+            return "<zcopy.Pool of process %d, from before a fork: unusable in this process>" % self._pid
         if self._ptr is None:
             return "<zcopy.Pool closed>"
         s = self.stats()

@@ -5,6 +5,9 @@ Every kind is one object whose part 0 is a small header naming the kind:
   tensor: b"ZCTENSR\\0", u16 dtype-name length, u16 ndim, torch dtype name, shape (i64 each)
   object: b"ZCPICKL\\0"; part 1 is a pickle protocol 5 stream, parts 2.. its out-of-band buffers
 and the data follows in its own 64-byte aligned part, written once, in place, read in place.
+
+Readers treat every stored field as a claim: part offsets and lengths, dtype, shape and name are
+checked against the bytes the handle holds before a view is built (FormatError otherwise).
 """
 
 import ast
@@ -15,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from ._core import Buffer, InvalidArgumentError, Pool, _Handle, _key, _raise, _Span, _timeout_ms, _view
+from ._core import Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _key, _parts_total, _raise, _Span, _timeout_ms, _view
 from ._lib import lib
 
 ARRAY_MAGIC = b"ZCARRAY\0"
@@ -24,12 +27,16 @@ OBJECT_MAGIC = b"ZCPICKL\0"
 _HEAD = struct.Struct("<8sHH")
 
 _dtype_cache = {}
+_CACHE_LIMIT = 4096
+_MAX_NDIM = 64  # numpy's own limit; a header claiming more is not one of ours
+_INTP_MAX = np.iinfo(np.intp).max
 
 # docs/FORMAT.md: the fixed header, then (offset, length) per part.
 PARTS_MAGIC = b"ZCPARTS\0"
 _PARTS_FIXED = struct.Struct("<8sHHIII Q")
 _PARTS_ENTRY = struct.Struct("<QQ")
 _PEEK = 64  # the fixed header and two entries: all of a two-part header
+_MAX_PARTS = 65536  # docs/FORMAT.md
 
 
 def _parts_of(header, size, what="multi-part object"):
@@ -37,29 +44,35 @@ def _parts_of(header, size, what="multi-part object"):
     checked as docs/FORMAT.md says. `header` may be shorter than the header length only if it
     holds every entry."""
     if len(header) < _PARTS_FIXED.size:
-        raise InvalidArgumentError("not a zcopy %s: %d bytes is shorter than the header" % (what, size))
+        raise FormatError("not a zcopy %s: %d bytes is shorter than the header" % (what, size))
     magic, version, _flags, n, header_len, _reserved, total = _PARTS_FIXED.unpack_from(header)
     if magic != PARTS_MAGIC:
-        raise InvalidArgumentError("not a zcopy %s: no ZCPARTS magic" % what)
+        raise FormatError("not a zcopy %s: no ZCPARTS magic" % what)
     if version != 1:
-        raise InvalidArgumentError("not a zcopy %s: format version %d, this package reads 1" % (what, version))
+        raise FormatError("not a zcopy %s: format version %d, this package reads 1" % (what, version))
+    if n > _MAX_PARTS:
+        raise FormatError("not a zcopy %s: its header claims %d parts, the format allows %d" % (what, n, _MAX_PARTS))
     end_of_table = _PARTS_FIXED.size + _PARTS_ENTRY.size * n
     if header_len % 64 or header_len < end_of_table or header_len > size or total > size:
-        raise InvalidArgumentError("not a zcopy %s: header of %d bytes for %d parts in %d bytes" % (what, header_len, n, size))
+        raise FormatError("not a zcopy %s: header of %d bytes for %d parts in %d bytes" % (what, header_len, n, size))
     if len(header) < end_of_table:
-        raise InvalidArgumentError("header bytes cut short")
+        raise FormatError("not a zcopy %s: header bytes cut short" % what)
     parts = []
     for i in range(n):
         offset, length = _PARTS_ENTRY.unpack_from(header, _PARTS_FIXED.size + _PARTS_ENTRY.size * i)
         if offset % 64 or offset < header_len or offset + length > size:
-            raise InvalidArgumentError("not a zcopy %s: part %d at %d+%d is outside it or unaligned" % (what, i, offset, length))
+            raise FormatError(
+                "not a zcopy %s: part %d at %d+%d is outside its %d bytes or unaligned" % (what, i, offset, length, size)
+            )
         parts.append((offset, length))
     return parts
 
 
-def _layout_in_memory(address, size, what):
-    """Parts of the object at `address` (`size` bytes), read from its header in place."""
-    header = ctypes.string_at(address, min(size, _PEEK))
+def _layout_in_memory(address, size, what, header=None):
+    """Parts of the object at `address` (`size` bytes), read from its header in place (or from
+    `header`, its first bytes already copied out, when they hold the whole table)."""
+    if header is None:
+        header = ctypes.string_at(address, min(size, _PEEK))
     if len(header) >= 16:
         n = struct.unpack_from("<I", header, 12)[0]
         wanted = _PARTS_FIXED.size + _PARTS_ENTRY.size * n
@@ -97,42 +110,79 @@ def _encode_shape_header(magic, name, shape):
 
 
 def _decode_shape_header(raw, magic, what):
+    """(name, shape) from a header part, each field checked to lie inside the part."""
     if len(raw) < _HEAD.size:
-        raise InvalidArgumentError("not a zcopy %s: its header part is too short" % what)
+        raise FormatError("not a zcopy %s: its header part is too short" % what)
     got, name_len, ndim = _HEAD.unpack_from(raw)
     if got != magic:
-        raise InvalidArgumentError("not a zcopy %s (its header says %r)" % (what, got.rstrip(b"\0")))
+        raise FormatError("not a zcopy %s (its header says %r)" % (what, got.rstrip(b"\0")))
+    if ndim > _MAX_NDIM:
+        raise FormatError("not a zcopy %s: its header claims %d dimensions" % (what, ndim))
+    end = _HEAD.size + name_len + 8 * ndim
+    if end > len(raw):
+        raise FormatError(
+            "not a zcopy %s: its header part holds %d bytes, its name and %d dimensions need %d" % (what, len(raw), ndim, end)
+        )
     name = raw[_HEAD.size : _HEAD.size + name_len]
     shape = struct.unpack_from("<%dq" % ndim, raw, _HEAD.size + name_len)
     return name, shape
 
 
+def _check_shape(shape, itemsize, nbytes, what, key):
+    """Refuses a stored shape unless its elements fill exactly the `nbytes` of the data part."""
+    count = nonzero = 1
+    for d in shape:
+        if d < 0:
+            raise FormatError("key %r: its %s header claims shape %s, with a negative dimension" % (key, what, shape))
+        count *= d
+        nonzero *= d or 1
+    # numpy multiplies dimensions and item size in a C integer, whatever a zero among them makes.
+    if count * itemsize != nbytes or nonzero * max(itemsize, 1) > _INTP_MAX:
+        raise FormatError(
+            "key %r: its %s header claims shape %s of %d-byte elements, but its data part holds %d bytes"
+            % (key, what, shape, itemsize, nbytes)
+        )
+
+
 def _dtype_from(descr):
+    """The numpy dtype a stored description names. The text is parsed as a literal, never run;
+    anything it fails on is a FormatError, and dtypes holding Python objects (whose stored bytes
+    would be dereferenced as pointers) or sub-array dtypes (which put_array never writes) are
+    refused."""
     dtype = _dtype_cache.get(descr)
     if dtype is None:
-        dtype = np.lib.format.descr_to_dtype(ast.literal_eval(descr.decode("ascii")))
-        _dtype_cache[descr] = dtype
+        try:
+            dtype = np.lib.format.descr_to_dtype(ast.literal_eval(descr.decode("ascii")))
+        except Exception as e:  # untrusted text: whatever the parsers raise means "not a dtype"
+            raise FormatError("not a zcopy array: its dtype %r is not one (%s)" % (descr[:80], type(e).__name__)) from None
+        if dtype.hasobject:
+            raise FormatError("not a zcopy array: its dtype %s holds Python objects" % dtype)
+        if dtype.subdtype is not None:
+            raise FormatError("not a zcopy array: its dtype %s is a sub-array dtype" % dtype)
+        if len(_dtype_cache) < _CACHE_LIMIT:
+            _dtype_cache[descr] = dtype
     return dtype
 
 
-def _part_ranges(buf, count, what):
+def _part_ranges(buf, count, what, exact=False):
     """[(address, length)] of the parts of `buf`: from its handle for an object made by
     `create_parts`, else parsed from its bytes (a plain buffer holding the format of
     docs/FORMAT.md: a value received by a transfer, a file), every offset and length checked
-    against the buffer's size. Releases `buf` and raises unless there are `count` parts or more."""
-    n = buf.part_count
-    if n:
-        ranges = [buf.part_range(i) for i in range(n)]
-    else:
-        address, size = buf.address, buf.size
-        try:
+    against the buffer's size. Releases `buf` and raises FormatError unless there are `count`
+    parts or more (exactly `count` with `exact`)."""
+    try:
+        n = buf.part_count
+        if n:
+            ranges = [buf.part_range(i) for i in range(n)]
+        else:
+            address, size = buf.address, buf.size
             ranges = [(address + offset, length) for offset, length in _layout_in_memory(address, size, what)]
-        except InvalidArgumentError:
-            buf.release()
-            raise
-    if len(ranges) < count:
+    except BaseException:
         buf.release()
-        raise InvalidArgumentError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, len(ranges)))
+        raise
+    if len(ranges) < count or (exact and len(ranges) != count):
+        buf.release()
+        raise FormatError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, len(ranges)))
     return ranges
 
 
@@ -157,7 +207,7 @@ def _array_head(dtype, shape):
     if head is None:
         descr = repr(np.lib.format.dtype_to_descr(dtype)).encode("ascii")
         head = _encode_shape_header(ARRAY_MAGIC, descr, shape)
-        if len(_array_heads) < 4096:
+        if len(_array_heads) < _CACHE_LIMIT:
             _array_heads[(dtype, shape)] = head
     return head
 
@@ -194,7 +244,7 @@ def put_array(pool, key, arr):
     out = _c_void_p()
     status = _zc_create_parts(pool._p(), k, len(k), _Sizes2(len(head), arr.nbytes), 2, _byref(out))
     if status:
-        _raise(status)
+        pool._create_failed(status, _parts_total((len(head), arr.nbytes)))
     ptr = out.value
     # Released below whatever happens: an unsealed object is aborted by its release.
     try:
@@ -212,35 +262,43 @@ def put_array(pool, key, arr):
 
 
 # Parsed layouts of array objects, by their leading bytes and size: an array read again (or one
-# of the same dtype and shape) is found without parsing. Only layouts whose metadata lies wholly
-# inside the bytes of the key are cached, so equal keys mean equal layouts.
+# of the same dtype and shape) is found without parsing. Only layouts parsed wholly from those
+# leading bytes are cached (the part table and the header part inside them), so equal keys mean
+# equal metadata; every cached layout was checked against its size like any other.
 _ARRAY_HEAD = 256
 _array_layouts = {}
 
 
 def _array_layout(address, size, head, key):
-    """(data offset, dtype, shape) of the array object at `address`, parsed and checked."""
-    parts = _layout_in_memory(address, size, "array")
+    """(data offset, data length, dtype, shape) of the array object at `address`, parsed and
+    checked: the parts lie inside the `size` bytes and the dtype and shape fill the data part."""
+    parts = _layout_in_memory(address, size, "array", head if len(head) >= _PEEK else None)
     if len(parts) != 2:
-        raise InvalidArgumentError("key %r does not hold a zcopy array (%d parts)" % (key, len(parts)))
-    (head_at, head_len), (data_at, _) = parts
-    descr, shape = _decode_shape_header(ctypes.string_at(address + head_at, head_len), ARRAY_MAGIC, "array")
-    layout = (data_at, _dtype_from(descr), tuple(shape))
-    if data_at <= len(head) and len(_array_layouts) < 4096:
+        raise FormatError("key %r does not hold a zcopy array (%d parts)" % (key, len(parts)))
+    (head_at, head_len), (data_at, data_len) = parts
+    in_head = head_at + head_len <= len(head)
+    raw = head[head_at : head_at + head_len] if in_head else ctypes.string_at(address + head_at, head_len)
+    descr, shape = _decode_shape_header(raw, ARRAY_MAGIC, "array")
+    dtype = _dtype_from(descr)
+    shape = tuple(shape)
+    _check_shape(shape, dtype.itemsize, data_len, "array", key)
+    layout = (data_at, data_len, dtype, shape)
+    if in_head and len(_array_layouts) < _CACHE_LIMIT:
         _array_layouts[(head, size)] = layout
     return layout
 
 
 def get_array(pool, key, timeout=None):
     """The array stored under `key`, read-only, over the pool's bytes (no copy). It keeps the
-    object alive; the object is released when the array and every view of it are gone."""
+    object alive; the object is released when the array and every view of it are gone. Raises
+    FormatError when the bytes under `key` are not an array whose dtype and shape fill its data."""
     handle, address, size = _get_handle(pool, key, timeout)
     head = _string_at(address, size if size < _ARRAY_HEAD else _ARRAY_HEAD)
     layout = _array_layouts.get((head, size))
     if layout is None:
         layout = _array_layout(address, size, head, key)
-    data_at, dtype, shape = layout
-    if data_at == size:  # no bytes to share
+    data_at, data_len, dtype, shape = layout
+    if not data_len:  # no bytes to share
         empty = np.empty(shape, dtype)
         empty.flags.writeable = False
         return empty
@@ -286,13 +344,32 @@ def get_tensor(pool, key, timeout=None):
     tensors: do not write to it (the object is sealed)."""
     torch = _torch()
     buf = pool.get(key, timeout)
-    parts = _part_ranges(buf, 2, "tensor")
-    name, shape = _decode_shape_header(ctypes.string_at(*parts[0]), TENSOR_MAGIC, "tensor")
-    dtype = getattr(torch, name.decode("ascii"))
+    parts = _part_ranges(buf, 2, "tensor", exact=True)
+    try:
+        name, shape = _decode_shape_header(ctypes.string_at(*parts[0]), TENSOR_MAGIC, "tensor")
+        dtype = _torch_dtype(torch, name)
+        data = _part_view(buf, *parts[1])
+        itemsize = getattr(dtype, "itemsize", None) or torch.empty((), dtype=dtype).element_size()
+        _check_shape(shape, itemsize, data.nbytes, "tensor", key)
+    except BaseException:
+        buf.release()
+        raise
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        raw = torch.from_numpy(_part_view(buf, *parts[1]))
+        raw = torch.from_numpy(data)
     return raw.view(dtype).view(shape)
+
+
+def _torch_dtype(torch, name):
+    """The torch dtype a stored name names (the name is looked up, never run)."""
+    try:
+        text = name.decode("ascii")
+    except UnicodeDecodeError:
+        text = None
+    dtype = getattr(torch, text, None) if text and text.isidentifier() and not text.startswith("_") else None
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError("not a zcopy tensor: its dtype name %r is not a torch dtype" % name[:80])
+    return dtype
 
 
 def put_object(pool, key, obj):
@@ -328,12 +405,18 @@ def get_object(pool, key, timeout=None):
     the pool's bytes: numpy arrays (and tensors rebuilt from them) share the pool's memory."""
     buf = pool.get(key, timeout)
     parts = _part_ranges(buf, 2, "pickled object")
-    if ctypes.string_at(*parts[0]) != OBJECT_MAGIC:
+    try:
+        if ctypes.string_at(*parts[0]) != OBJECT_MAGIC:
+            raise FormatError("key %r does not hold a zcopy pickled object" % (key,))
+        stream = memoryview(_part_view(buf, *parts[1]))
+        buffers = [memoryview(_part_view(buf, *p)) for p in parts[2:]]
+    except BaseException:
         buf.release()
-        raise InvalidArgumentError("key %r does not hold a zcopy pickled object" % (key,))
-    stream = memoryview(_part_view(buf, *parts[1]))
-    buffers = [memoryview(_part_view(buf, *p)) for p in parts[2:]]
-    return pickle.loads(stream, buffers=buffers)
+        raise
+    try:
+        return pickle.loads(stream, buffers=buffers)
+    except pickle.UnpicklingError as e:
+        raise FormatError("key %r: its pickle stream is damaged or asks for buffers it does not hold (%s)" % (key, e)) from None
 
 
 def get_parts(pool, key, timeout=None):
