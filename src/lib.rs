@@ -18,6 +18,9 @@ pub mod pool;
 pub mod rdma;
 pub mod record;
 pub mod region;
+// The shared-pool engine's building blocks; the engine that uses them outside tests comes next.
+#[allow(dead_code)]
+pub(crate) mod shm;
 
 pub use error::{Error, Result};
 pub use pool::{Buffer, Pool, PoolOptions, PoolStats};
