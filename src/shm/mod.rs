@@ -23,5 +23,9 @@
 //! `posix_fallocate`), [`slots`] (`fcntl` locks) and [`lock`] (pthread mutexes and futexes), each
 //! block with a `// SAFETY:` line.
 
+pub(crate) mod file;
 pub(crate) mod name;
 pub(crate) mod offset;
+
+#[cfg(test)]
+pub(crate) mod testutil;
