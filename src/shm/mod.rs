@@ -24,6 +24,7 @@
 //! block with a `// SAFETY:` line.
 
 pub(crate) mod file;
+pub(crate) mod header;
 pub(crate) mod name;
 pub(crate) mod offset;
 
