@@ -27,6 +27,7 @@ pub(crate) mod file;
 pub(crate) mod header;
 pub(crate) mod name;
 pub(crate) mod offset;
+pub(crate) mod slots;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -1,8 +1,25 @@
-//! Helpers for the shm tests: scratch directories on tmpfs and a guard for the process's umask.
+//! Helpers for the shm tests: scratch directories on tmpfs, a guard for the process's umask,
+//! child processes to kill, and small published pool files.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::mem::size_of;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use crate::shm::file::{self, Mapping, Sharing};
+use crate::shm::header::{self, AreaKind, Layout, AREAS};
+use crate::shm::offset::Area;
+use crate::shm::slots::Slot;
+
+/// Initialises the locks area of a test pool (nothing to do until the lock module lands).
+///
+/// # Safety
+/// The area is not published yet.
+unsafe fn init_locks(_locks: &Area<'_>) {}
 
 /// A fresh directory under `/dev/shm` (tmpfs, where pools live), removed with its contents on drop.
 pub(crate) struct TempDir(PathBuf);
@@ -34,4 +51,123 @@ impl Drop for TempDir {
 pub(crate) fn umask_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The environment variable that turns a run of this test binary into a child with a role.
+const CHILD_ENV: &str = "ZCOPY_SHM_TEST_CHILD";
+
+/// This test binary run again as a child process that plays `role` in the test named `test`
+/// (which calls [`child_role`] first). Its stdout is read line by line; dropping it kills it.
+pub(crate) struct ChildProcess {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl ChildProcess {
+    pub(crate) fn spawn(test: &str, role: &str, pool: &Path) -> ChildProcess {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+            .env(CHILD_ENV, format!("{role}:{}", pool.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        ChildProcess { child, lines }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The rest of the first line the child printed that starts with `prefix`.
+    pub(crate) fn expect(&mut self, prefix: &str) -> String {
+        for line in self.lines.by_ref() {
+            if let Some(rest) = line.unwrap().strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+        panic!("the child exited before it said {prefix:?}: {:?}", self.child.wait());
+    }
+
+    /// SIGKILL, and wait until the process is gone (so the kernel has dropped its locks).
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+
+    pub(crate) fn wait_success(&mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// In a child started with `role`, the pool it works on; `None` in a normal test run.
+pub(crate) fn child_role(role: &str) -> Option<PathBuf> {
+    let spec = std::env::var(CHILD_ENV).ok()?;
+    let (r, path) = spec.split_once(':')?;
+    (r == role).then(|| PathBuf::from(path))
+}
+
+/// Says `line` to the parent at once.
+pub(crate) fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Blocks until the parent kills this process.
+pub(crate) fn park() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Process slots in the pools [`create_pool`] makes.
+pub(crate) const TEST_SLOTS: u64 = 8;
+
+/// A published pool file at `path` with [`TEST_SLOTS`] slots and a page of locks.
+pub(crate) fn create_pool(path: &Path) -> Attached {
+    let mut metadata = [0; AREAS];
+    metadata[AreaKind::Slots as usize] = TEST_SLOTS * size_of::<Slot>() as u64;
+    metadata[AreaKind::Locks as usize] = 4096;
+    let layout = Layout::plan(metadata, 4096, 4096, 1).unwrap();
+    let file = file::create(path, layout.file_len, Sharing::Owner, true).unwrap();
+    let map = Mapping::new(&file, layout.file_len).unwrap();
+    let area = map.area();
+    // SAFETY: the file was just made by this function; nobody has it mapped yet.
+    unsafe {
+        init_locks(&layout.area(&area, AreaKind::Locks).unwrap());
+        header::write(&area, &layout.header(std::process::id(), 0)).unwrap();
+    }
+    header::publish(&area).unwrap();
+    Attached { file, map, layout }
+}
+
+/// A pool file attached the way the engine will: open, map, read and validate the header.
+pub(crate) struct Attached {
+    pub file: File,
+    pub map: Mapping,
+    pub layout: Layout,
+}
+
+pub(crate) fn attach(path: &Path) -> Attached {
+    let opened = file::open(path, Sharing::Owner).unwrap();
+    let map = Mapping::new(&opened.file, opened.len).unwrap();
+    let layout = header::read(&map.area()).unwrap().validate(opened.len).unwrap();
+    Attached { file: opened.file, map, layout }
+}
+
+impl Attached {
+    pub(crate) fn area(&self, kind: AreaKind) -> Area<'_> {
+        self.layout.area(&self.map.area(), kind).unwrap()
+    }
 }
