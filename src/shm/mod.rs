@@ -25,6 +25,7 @@
 
 pub(crate) mod file;
 pub(crate) mod header;
+pub(crate) mod lock;
 pub(crate) mod name;
 pub(crate) mod offset;
 pub(crate) mod slots;

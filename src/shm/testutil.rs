@@ -12,14 +12,18 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::shm::file::{self, Mapping, Sharing};
 use crate::shm::header::{self, AreaKind, Layout, AREAS};
+use crate::shm::lock::SharedMutex;
 use crate::shm::offset::Area;
 use crate::shm::slots::Slot;
 
-/// Initialises the locks area of a test pool (nothing to do until the lock module lands).
+/// Initialises the locks area of a test pool: one mutex at offset 0, futex words after it.
 ///
 /// # Safety
 /// The area is not published yet.
-unsafe fn init_locks(_locks: &Area<'_>) {}
+unsafe fn init_locks(locks: &Area<'_>) {
+    // SAFETY: per this function's contract.
+    unsafe { locks.get::<SharedMutex>(0).unwrap().init().unwrap() };
+}
 
 /// A fresh directory under `/dev/shm` (tmpfs, where pools live), removed with its contents on drop.
 pub(crate) struct TempDir(PathBuf);
@@ -134,7 +138,8 @@ pub(crate) fn park() -> ! {
 /// Process slots in the pools [`create_pool`] makes.
 pub(crate) const TEST_SLOTS: u64 = 8;
 
-/// A published pool file at `path` with [`TEST_SLOTS`] slots and a page of locks.
+/// A published pool file at `path` with [`TEST_SLOTS`] slots and a page of locks (a mutex at
+/// offset 0, zeros after it).
 pub(crate) fn create_pool(path: &Path) -> Attached {
     let mut metadata = [0; AREAS];
     metadata[AreaKind::Slots as usize] = TEST_SLOTS * size_of::<Slot>() as u64;
