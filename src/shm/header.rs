@@ -13,7 +13,8 @@
 //! ([`Header::validate`]); a file whose state is not `READY` is half-initialised and refused.
 
 use std::mem::{offset_of, size_of};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::shm::offset::{Area, Plain};
@@ -307,6 +308,15 @@ impl Header {
         layout.check()?;
         Ok(layout)
     }
+}
+
+/// A generation for a new pool: the clock in nanoseconds mixed with the process id and a counter,
+/// so that pools made again under one name differ. Never 0.
+pub(crate) fn fresh_generation() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    (now.rotate_left(16) ^ u64::from(std::process::id()) ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1)
 }
 
 /// A copy of the header at the start of `file`, taken after an acquire load of its state word, so

@@ -221,17 +221,18 @@ pub(crate) fn wake_all(word: &AtomicU32) -> Result<usize> {
 mod tests {
     use super::*;
     use crate::shm::header::AreaKind;
-    use crate::shm::testutil::{attach, child_role, create_pool, park, say, Attached, ChildProcess, TempDir};
+    use crate::shm::pool_file::PoolFile;
+    use crate::shm::testutil::{attach, child_role, create_pool, park, say, ChildProcess, TempDir};
     use std::sync::atomic::AtomicU64;
 
     const CHILD_TEST: &str = "shm::lock::tests::child_process_role";
 
-    fn mutex(pool: &Attached) -> &SharedMutex {
-        pool.area(AreaKind::Locks).get::<SharedMutex>(0).unwrap()
+    fn mutex(pool: &PoolFile) -> &SharedMutex {
+        pool.area_of(AreaKind::Locks).unwrap().get::<SharedMutex>(0).unwrap()
     }
 
-    fn word(pool: &Attached) -> &AtomicU32 {
-        pool.area(AreaKind::Locks).get::<AtomicU32>(64).unwrap()
+    fn word(pool: &PoolFile) -> &AtomicU32 {
+        pool.area_of(AreaKind::Locks).unwrap().get::<AtomicU32>(64).unwrap()
     }
 
     /// The child's side of the tests below.
@@ -252,7 +253,7 @@ mod tests {
     }
 
     /// A pool whose mutex a child process held when it was SIGKILLed.
-    fn pool_with_dead_holder(dir: &TempDir) -> Attached {
+    fn pool_with_dead_holder(dir: &TempDir) -> PoolFile {
         let path = dir.path("pool");
         let pool = create_pool(&path);
         let mut child = ChildProcess::spawn(CHILD_TEST, "hold-mutex", &path);
@@ -289,7 +290,7 @@ mod tests {
         let dir = TempDir::new();
         let pool = create_pool(&dir.path("pool"));
         let m = mutex(&pool);
-        let counter = pool.area(AreaKind::Locks).get::<AtomicU64>(128).unwrap();
+        let counter = pool.area_of(AreaKind::Locks).unwrap().get::<AtomicU64>(128).unwrap();
         std::thread::scope(|scope| {
             for _ in 0..2 {
                 scope.spawn(|| {
@@ -304,7 +305,7 @@ mod tests {
         assert_eq!(counter.load(Ordering::Relaxed), 10_000);
         let _held = m.lock().unwrap();
         assert!(m.lock().unwrap_err().to_string().contains("already holds"));
-        let never = pool.area(AreaKind::Locks).get::<SharedMutex>(256).unwrap();
+        let never = pool.area_of(AreaKind::Locks).unwrap().get::<SharedMutex>(256).unwrap();
         assert!(never.check().is_err());
         assert!(never.lock().unwrap_err().to_string().contains("never initialised"));
     }

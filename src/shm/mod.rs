@@ -11,7 +11,8 @@
 //! and unlinks the pool file; [`header`] is the file's first bytes and the checked [`header::Layout`]
 //! of its areas; [`slots`] is the table of process slots with kernel-dropped liveness locks;
 //! [`lock`] is the robust process-shared mutex and the shared futex; [`offset`] is the one place
-//! where an offset or id read from shared memory becomes a reference.
+//! where an offset or id read from shared memory becomes a reference; [`pool_file`] composes
+//! them into the create and attach sequences.
 //!
 //! Rules every block follows: a structure placed in shared memory is `#[repr(C)]`, holds no
 //! pointer, and has compile-time size and offset assertions; fields other than atomics are written
@@ -20,14 +21,16 @@
 //! module's first comment says who may write what, and when.
 //!
 //! `unsafe` lives in [`offset`] (pointers from base + offset), [`file`] (the mapping and
-//! `posix_fallocate`), [`slots`] (`fcntl` locks) and [`lock`] (pthread mutexes and futexes), each
-//! block with a `// SAFETY:` line.
+//! `posix_fallocate`), [`slots`] (`fcntl` locks), [`lock`] (pthread mutexes and futexes) and the
+//! two calls that write before publishing (`header::write`, `SharedMutex::init`), each block with
+//! a `// SAFETY:` line.
 
 pub(crate) mod file;
 pub(crate) mod header;
 pub(crate) mod lock;
 pub(crate) mod name;
 pub(crate) mod offset;
+pub(crate) mod pool_file;
 pub(crate) mod slots;
 
 #[cfg(test)]

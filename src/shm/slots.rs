@@ -299,6 +299,7 @@ impl Drop for DeadSlot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::pool_file::PoolFile;
     use crate::shm::testutil::{attach, child_role, create_pool, park, say, ChildProcess, TempDir, TEST_SLOTS};
     use std::sync::{Arc, Barrier};
 
@@ -309,14 +310,14 @@ mod tests {
     fn child_process_role() {
         let Some(path) = child_role("claim-slot") else { return };
         let pool = attach(&path);
-        let slots = Slots::new(&pool.map.area(), &pool.layout, &pool.file).unwrap();
+        let slots = slots_of(&pool);
         let guard = slots.claim().unwrap();
         say(&format!("CLAIMED {} {}", guard.index(), guard.incarnation()));
         park();
     }
 
-    fn slots_of(pool: &crate::shm::testutil::Attached) -> Slots<'_> {
-        Slots::new(&pool.map.area(), &pool.layout, &pool.file).unwrap()
+    fn slots_of(pool: &PoolFile) -> Slots<'_> {
+        Slots::new(&pool.area(), pool.layout(), pool.file()).unwrap()
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Helpers for the shm tests: scratch directories on tmpfs, a guard for the process's umask,
 //! child processes to kill, and small published pool files.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::mem::size_of;
 use std::os::unix::process::ExitStatusExt;
@@ -10,20 +9,11 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::shm::file::{self, Mapping, Sharing};
+use crate::shm::file::Sharing;
 use crate::shm::header::{self, AreaKind, Layout, AREAS};
 use crate::shm::lock::SharedMutex;
-use crate::shm::offset::Area;
+use crate::shm::pool_file::PoolFile;
 use crate::shm::slots::Slot;
-
-/// Initialises the locks area of a test pool: one mutex at offset 0, futex words after it.
-///
-/// # Safety
-/// The area is not published yet.
-unsafe fn init_locks(locks: &Area<'_>) {
-    // SAFETY: per this function's contract.
-    unsafe { locks.get::<SharedMutex>(0).unwrap().init().unwrap() };
-}
 
 /// A fresh directory under `/dev/shm` (tmpfs, where pools live), removed with its contents on drop.
 pub(crate) struct TempDir(PathBuf);
@@ -140,39 +130,20 @@ pub(crate) const TEST_SLOTS: u64 = 8;
 
 /// A published pool file at `path` with [`TEST_SLOTS`] slots and a page of locks (a mutex at
 /// offset 0, zeros after it).
-pub(crate) fn create_pool(path: &Path) -> Attached {
+pub(crate) fn create_pool(path: &Path) -> PoolFile {
     let mut metadata = [0; AREAS];
     metadata[AreaKind::Slots as usize] = TEST_SLOTS * size_of::<Slot>() as u64;
     metadata[AreaKind::Locks as usize] = 4096;
-    let layout = Layout::plan(metadata, 4096, 4096, 1).unwrap();
-    let file = file::create(path, layout.file_len, Sharing::Owner, true).unwrap();
-    let map = Mapping::new(&file, layout.file_len).unwrap();
-    let area = map.area();
-    // SAFETY: the file was just made by this function; nobody has it mapped yet.
-    unsafe {
-        init_locks(&layout.area(&area, AreaKind::Locks).unwrap());
-        header::write(&area, &layout.header(std::process::id(), 0)).unwrap();
-    }
-    header::publish(&area).unwrap();
-    Attached { file, map, layout }
+    let layout = Layout::plan(metadata, 4096, 4096, header::fresh_generation()).unwrap();
+    PoolFile::create(path, &layout, Sharing::Owner, true, |file, layout| {
+        let locks = layout.area(file, AreaKind::Locks)?;
+        // SAFETY: `create` runs this before it publishes the file, which nobody uses yet.
+        unsafe { locks.get::<SharedMutex>(0)?.init() }
+    })
+    .unwrap()
 }
 
-/// A pool file attached the way the engine will: open, map, read and validate the header.
-pub(crate) struct Attached {
-    pub file: File,
-    pub map: Mapping,
-    pub layout: Layout,
-}
-
-pub(crate) fn attach(path: &Path) -> Attached {
-    let opened = file::open(path, Sharing::Owner).unwrap();
-    let map = Mapping::new(&opened.file, opened.len).unwrap();
-    let layout = header::read(&map.area()).unwrap().validate(opened.len).unwrap();
-    Attached { file: opened.file, map, layout }
-}
-
-impl Attached {
-    pub(crate) fn area(&self, kind: AreaKind) -> Area<'_> {
-        self.layout.area(&self.map.area(), kind).unwrap()
-    }
+/// The pool file at `path`, attached the way the engine will.
+pub(crate) fn attach(path: &Path) -> PoolFile {
+    PoolFile::attach(path, Sharing::Owner).unwrap()
 }
