@@ -320,7 +320,8 @@ pub(crate) fn fresh_generation() -> u64 {
 }
 
 /// A copy of the header at the start of `file`, taken after an acquire load of its state word, so
-/// that everything the creator wrote before publishing is in the copy.
+/// that everything the creator wrote before publishing is in the copy. A copy taken while the
+/// creator is still writing may be torn, but then its state is not `READY` and it is refused.
 pub(crate) fn read(file: &Area<'_>) -> Result<Header> {
     if (file.len() as u64) < HEADER_SIZE {
         return Err(not_a_pool(format!("truncated: {} bytes, shorter than a header", file.len())));

@@ -73,13 +73,15 @@ impl Slot {
         self.incarnation.load(Ordering::Relaxed)
     }
 
-    /// The slot's invariants.
-    pub(crate) fn check(&self) -> Result<()> {
+    /// The invariants of slot number `index` (named in the error).
+    pub(crate) fn check(&self, index: usize) -> Result<()> {
+        let corrupt =
+            |why: String| Err(Error::Internal(format!("shared pool metadata is corrupt: slot {index}: {why}")));
         match self.state() {
             FREE => Ok(()),
             LIVE if self.incarnation() != 0 => Ok(()),
-            LIVE => Err(Error::Internal("shared pool metadata is corrupt: a live slot of incarnation 0".into())),
-            other => Err(Error::Internal(format!("shared pool metadata is corrupt: slot state 0x{other:08x}"))),
+            LIVE => corrupt("live with incarnation 0".into()),
+            other => corrupt(format!("state 0x{other:08x}")),
         }
     }
 }
@@ -88,7 +90,7 @@ impl Slot {
 pub(crate) struct Slots<'a> {
     table: &'a [Slot],
     file: &'a File,
-    /// Offset of the table in the file: slot `i`'s lock is on byte `first_byte + 64 * i`.
+    /// Offset of the table in the file (see [`Slots::lock_byte`]).
     first_byte: u64,
     /// The slots this process holds the lock of, through `file`.
     held: Box<[AtomicBool]>,
@@ -164,15 +166,12 @@ impl<'a> Slots<'a> {
             self.release(index);
             return Ok(None);
         }
-        Ok(Some(DeadSlot { slots: self, index, pid: slot.pid(), incarnation: slot.incarnation(), freed: false }))
+        Ok(Some(DeadSlot { slots: self, index, pid: slot.pid(), incarnation: slot.incarnation() }))
     }
 
     /// Every slot's invariants.
     pub(crate) fn check(&self) -> Result<()> {
-        for (index, slot) in self.table.iter().enumerate() {
-            slot.check().map_err(|e| Error::Internal(format!("slot {index}: {e}")))?;
-        }
-        Ok(())
+        self.table.iter().enumerate().try_for_each(|(index, slot)| slot.check(index))
     }
 
     /// Takes slot `index`'s lock, unless this process already holds it through this file.
@@ -180,7 +179,7 @@ impl<'a> Slots<'a> {
         if self.held[index].compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return Ok(false);
         }
-        let locked = ofd_lock(self.file, self.first_byte + 64 * index as u64, libc::F_WRLCK);
+        let locked = ofd_lock(self.file, self.lock_byte(index), libc::F_WRLCK);
         if !matches!(locked, Ok(true)) {
             self.held[index].store(false, Ordering::Release);
         }
@@ -189,8 +188,13 @@ impl<'a> Slots<'a> {
 
     fn release(&self, index: usize) {
         // Unlocking a byte this description holds cannot fail; were it to, closing the file drops it.
-        let _ = ofd_lock(self.file, self.first_byte + 64 * index as u64, libc::F_UNLCK);
+        let _ = ofd_lock(self.file, self.lock_byte(index), libc::F_UNLCK);
         self.held[index].store(false, Ordering::Release);
+    }
+
+    /// Slot `index`'s first byte in the file, which its lock covers.
+    fn lock_byte(&self, index: usize) -> u64 {
+        self.first_byte + (size_of::<Slot>() * index) as u64
     }
 }
 
@@ -254,7 +258,6 @@ pub(crate) struct DeadSlot<'s> {
     index: usize,
     pid: u32,
     incarnation: u64,
-    freed: bool,
 }
 
 impl std::fmt::Debug for DeadSlot<'_> {
@@ -283,15 +286,13 @@ impl DeadSlot<'_> {
     }
 
     /// Marks the slot free, after its ledger was replayed and emptied.
-    pub(crate) fn finish(mut self) {
+    pub(crate) fn finish(self) {
         self.slots.table[self.index].state.store(FREE, Ordering::Release);
-        self.freed = true;
     }
 }
 
 impl Drop for DeadSlot<'_> {
     fn drop(&mut self) {
-        debug_assert!(self.freed || self.slots.table[self.index].state() == LIVE);
         self.slots.release(self.index);
     }
 }
@@ -456,6 +457,6 @@ mod tests {
         assert!(slots.check().unwrap_err().to_string().contains("slot 3"));
         slots.table[3].state.store(LIVE, Ordering::Relaxed);
         slots.table[3].incarnation.store(0, Ordering::Relaxed);
-        assert!(slots.check().unwrap_err().to_string().contains("incarnation 0"));
+        assert!(slots.check().unwrap_err().to_string().contains("slot 3: live with incarnation 0"));
     }
 }
