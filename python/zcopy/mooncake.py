@@ -535,7 +535,7 @@ class ZeroCopyStore:
             raise InvalidArgumentError("only dense (strided) tensors can be stored, not %s" % tensor.layout)
         if tensor.device.type != "cpu":
             raise InvalidArgumentError("only CPU tensors can be stored, not %s ones" % tensor.device)
-        tensor = tensor.detach()
+        tensor = tensor.detach().resolve_conj().resolve_neg()  # the bytes as the values are
         dtype, shape = tensor.dtype, tuple(tensor.shape)
         head = self._tensor_heads.get((dtype, shape))
         if head is None:
@@ -546,6 +546,11 @@ class ZeroCopyStore:
         nbytes = tensor.numel() * tensor.element_size()
 
         def fill(address):
+            if tensor.is_contiguous():
+                # One memcpy. torch's copy_ splits a copy across its threads, whose wake-ups
+                # cost milliseconds a copy when other work runs between puts.
+                ctypes.memmove(address, tensor.data_ptr(), nbytes)
+                return
             dst = torch.from_numpy(_bytes_at(_Scratch(), address, nbytes, False))
             if dtype != torch.uint8:
                 dst = dst.view(dtype)
