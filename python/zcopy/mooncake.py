@@ -229,6 +229,12 @@ def _torch():
 #   40   i64[8] whole-tensor shape (for shards), -1 past ndim: checked, not used
 #   104  i64[8] the data's shape, -1 past ndim: the tensor's shape
 #   168  i64, 0 as put_tensor writes it (refused otherwise); bytes 176..303 are not read
+# numpy's name of each torch dtype numpy has (a tensor over them is made by one from_numpy).
+_NUMPY_TYPESTR = {
+    "torch.float32": "<f4", "torch.float64": "<f8", "torch.float16": "<f2", "torch.int8": "|i1",
+    "torch.uint8": "|u1", "torch.int16": "<i2", "torch.uint16": "<u2", "torch.int32": "<i4",
+    "torch.uint32": "<u4", "torch.int64": "<i8", "torch.uint64": "<u8", "torch.bool": "|b1",
+}
 _MOONCAKE_MAGIC = b"NOOM"
 _MOONCAKE_HEADER = 304
 _MOONCAKE_FIELDS = struct.Struct("<4sHHiiQqq8q8qq")
@@ -878,6 +884,33 @@ class ZeroCopyStore:
             raise
         return out
 
+    def _read_one(self, key, decode):
+        """decode(...) of one value: `_read` of one key, with its common case (its size
+        remembered, no cache) in the fewest calls; every other case goes to `_read`."""
+        size = self._hints.get(key) if type(key) is str and not self._cache_on and self.remember_sizes else None
+        pool = self.pool._ptr
+        if not size or pool is None or not self._registered:
+            return self._read([key], decode)[0]
+        name = self._name()
+        if _zc_create(pool, name, _NAME_LEN, size, self._out_at):
+            return self._read([key], decode)[0]  # raises what the create answers, after any eviction
+        ptr = self._out.value
+        try:
+            address = _zc_data(ptr)
+            moved = self.store.batch_get_into([key], [address], [size])  # why not get_into: _transfer
+            if moved != [size] or _zc_seal(ptr):
+                _zc_release(ptr)  # unsealed: aborted
+                ptr = None
+                if len(moved) == 1 and moved[0] != size:  # not the size remembered: ask the master
+                    self._hints.pop(key, None)
+                return self._read([key], decode)[0]
+        except BaseException:
+            if ptr is not None:
+                _zc_release(ptr)
+            raise
+        _zc_delete(pool, name, _NAME_LEN)
+        return decode(key, ptr, address, size)
+
     # Decoders: each takes (key, read reference, address, size) and owns the reference.
 
     @staticmethod
@@ -929,7 +962,8 @@ class ZeroCopyStore:
         else:
             raise InvalidArgumentError(
                 "key %r holds neither a zcopy tensor nor one put by Mooncake's put_tensor" % (key,))
-        layout = (data_at, dtype, tuple(shape), nbytes)
+        typestr = _NUMPY_TYPESTR.get(str(dtype))
+        layout = (data_at, dtype, tuple(shape), nbytes, typestr)
         if cacheable and len(cls._tensor_layouts) < 4096:
             cls._tensor_layouts[(head, size)] = layout
         return layout
@@ -941,16 +975,17 @@ class ZeroCopyStore:
         layout = cls._tensor_layouts.get((head, size))
         if layout is None:
             layout = cls._tensor_layout(key, address, size, head)
-        data_at, dtype, shape, nbytes = layout
+        data_at, dtype, shape, nbytes, typestr = layout
         torch = _torch()
         if not nbytes:
             return torch.empty(shape, dtype=dtype)
         # A writable numpy view only as the way in: torch has no read-only tensors (and warns
         # about read-only arrays); the bytes are sealed all the same.
-        t = torch.from_numpy(_bytes_at(owner, address + data_at, nbytes, False))
-        if dtype != torch.uint8:
-            t = t.view(dtype)
-        return t.view(shape)
+        if typestr is not None:
+            owner.__array_interface__ = {"data": (address + data_at, False), "shape": shape, "typestr": typestr,
+                                         "version": 3}
+            return torch.from_numpy(_asarray(owner))
+        return torch.from_numpy(_bytes_at(owner, address + data_at, nbytes, False)).view(dtype).view(shape)
 
     @staticmethod
     def _as_parts(key, ptr, address, size):
@@ -978,26 +1013,26 @@ class ZeroCopyStore:
     def get_array(self, key):
         """The array under `key`, read-only, over the pool's bytes. A value not written in the
         parts format (Mooncake's own put) comes back as its bytes, a 1-D uint8 array."""
-        return self._read([key], self._as_array)[0]
+        return self._read_one(key, self._as_array)
 
     def get_tensor(self, key):
         """The tensor under `key`, over the pool's bytes (torch has no read-only tensors: do not
         write to it): a value of put_tensor here, or of Mooncake's own put_tensor (its header
         checked against the value's size first)."""
-        return self._read([key], self._as_tensor)[0]
+        return self._read_one(key, self._as_tensor)
 
     def get_object(self, key):
         """The object stored by put_object; its out-of-band buffers are read-only pool views."""
-        return self._read([key], self._as_object)[0]
+        return self._read_one(key, self._as_object)
 
     def get_parts(self, key):
         """The parts of the value under `key`, read-only uint8 arrays; a value not in the parts
         format is one part."""
-        return self._read([key], self._as_parts)[0]
+        return self._read_one(key, self._as_parts)
 
     def get_buffer(self, key):
         """The value's bytes as a sealed, read-only zcopy Buffer (any format)."""
-        return self._read([key], self._as_buffer)[0]
+        return self._read_one(key, self._as_buffer)
 
     def batch_get_arrays(self, keys):
         """get_array for many keys: one transfer call for the batch (and one size query for
