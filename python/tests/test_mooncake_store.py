@@ -277,6 +277,9 @@ def test_remembered_sizes_never_yield_wrong_bytes(mc):
     # Three stale sizes in a batch of 50: one more round for the whole batch, every value right.
     assert out["batch"] == {"same": True, "calls": {"batch_get_into": 2, "batch_get_replica_desc": 1}}
     assert out["not_remembered"] == [{"batch_get_replica_desc": 1, "batch_get_into": 1}] * 2
+    first = ["int64", [3, 4], [[4 * r + c for c in range(4)] for r in range(3)]]
+    assert out["relayout"] == [first, first, ["float64", [4, 3], [[(3 * r + c) / 2 for c in range(3)] for r in range(4)]],
+                               ["float64", [4, 3], [[3 * r + c + 1.0 for c in range(3)] for r in range(4)]]]
     assert out["objects_after"] == out["objects_before"]
 
 
@@ -292,6 +295,7 @@ def test_tensors_of_both_formats_read_back_in_place(mc):
     assert all(out["same_as_mooncake_get_tensor"].values()), out["same_as_mooncake_get_tensor"]
     assert out["mooncake_0d_shape"] == [1]  # and ours keeps the 0-d shape put (checked above)
     assert out["mixed_batch"]
+    assert out["tensor_relayout"] == [True] * 6  # same size, other dtype and shape, then other data
     assert out["array_of_mooncake_tensor"] == 304 + 4 * 6 * 4  # plain bytes: its header and data
     assert out["objects_after"] == out["objects_before"]
 
@@ -797,6 +801,24 @@ def case_stale_every_way(ctx):
             out["removed"] = {"type": "no error"}
         except ctx.zcopy.Error as e:
             out["removed"] = {"type": type(e).__name__, "remembered_after": "gone" in st._hints}
+        # The view a get makes before its transfer, from the layout it saw last time, is kept
+        # only if the header that arrives is the one it was made from.
+        relayout = []
+        st.put_array("relayout", np.arange(12, dtype=np.int64).reshape(3, 4))
+        for _ in range(2):
+            got = st.get_array("relayout")
+            relayout.append([str(got.dtype), list(got.shape), got.tolist()])
+        assert other.remove("relayout", True) == 0
+        st.put_array("relayout", np.arange(12, dtype=np.float64).reshape(4, 3) / 2)  # the same size
+        got = st.get_array("relayout")
+        relayout.append([str(got.dtype), list(got.shape), got.tolist()])
+        assert other.remove("relayout", True) == 0
+        st.put_array("relayout", np.arange(12, dtype=np.float64).reshape(4, 3) + 1)  # the same header
+        got = st.get_array("relayout")
+        relayout.append([str(got.dtype), list(got.shape), got.tolist()])
+        out["relayout"] = relayout
+        del got
+        st.remove("relayout", force=True)
         keys = ["stale-batch-%d" % i for i in range(50)]
         st.batch_put_arrays(keys, [np.full(100, i, np.int64) for i in range(50)])
         st.batch_get_arrays(keys)
@@ -876,6 +898,14 @@ def case_tensors(ctx):
     mixed = st.batch_get_tensors(["zt-f32", "mt-float32", "zt-bf16"])
     out["mixed_batch"] = (_same_tensor(mixed[0], ours["f32"]) and _same_tensor(mixed[1], theirs["float32"])
                           and _same_tensor(mixed[2], ours["bf16"]))
+    relayout = []
+    for t in (torch.arange(24, dtype=torch.float32).reshape(4, 6), torch.arange(24, dtype=torch.int32).reshape(6, 4),
+              torch.arange(24, dtype=torch.int32).reshape(6, 4) * 3):
+        st.store.remove("mt-relayout", True)
+        assert st.store.put_tensor("mt-relayout", t) == 0  # the same size each time, as another client
+        relayout += [_same_tensor(st.get_tensor("mt-relayout"), t) for _ in range(2)]
+    out["tensor_relayout"] = relayout
+    st.remove("mt-relayout", force=True)
     st.store.put_tensor("mt-small", torch.zeros(4, 6))
     out["array_of_mooncake_tensor"] = int(st.get_array("mt-small").nbytes)
     del got, read, mixed

@@ -197,7 +197,8 @@ class _Ref:
         self.ptr = ptr
 
     def __del__(self, _release=_zc_release):
-        _release(self.ptr)
+        if self.ptr is not None:
+            _release(self.ptr)
 
 
 class _Scratch:
@@ -280,6 +281,22 @@ def mooncake_tensor_layout(head, size):
     return offset, name, tuple(shape[:ndim])
 
 
+def _meta(head):
+    """The leading bytes of a value that its layout depends on (with its size, the key of the
+    layout caches), None if not known: a two-part zcopy object's table and header part, up to
+    its data (docs/FORMAT.md: the data part's offset is the u64 at 48), or the fields of
+    Mooncake's tensor header. The data itself never takes part."""
+    if head[:8] == _PARTS_MAGIC:
+        if len(head) >= 64:
+            data_at = int.from_bytes(head[48:56], "little")
+            if data_at <= len(head):
+                return head[:data_at]
+        return None
+    if head[:4] == _MOONCAKE_MAGIC and len(head) >= _MOONCAKE_FIELDS.size:
+        return head[:_MOONCAKE_FIELDS.size]
+    return None
+
+
 class _StaleSize(Exception):
     """A remembered size no longer matches the value: read again, asking the master."""
 
@@ -328,6 +345,7 @@ class ZeroCopyStore:
         self._cache_on = bool(cache)
         self._cache = collections.OrderedDict()  # Mooncake key -> private pool key of a sealed copy
         self._hints = {}  # Mooncake key -> its value's size, as last seen (insertion order: oldest first)
+        self._specs = {}  # Mooncake key -> (decoder, metadata bytes, layout, view maker), as last seen
         self.remember_sizes = True
         self._lock = threading.Lock()
 
@@ -886,54 +904,90 @@ class ZeroCopyStore:
 
     def _read_one(self, key, decode):
         """decode(...) of one value: `_read` of one key, with its common case (its size
-        remembered, no cache) in the fewest calls; every other case goes to `_read`."""
+        remembered, no cache) in the fewest calls; every other case goes to `_read`.
+
+        For a key read before by get_array or get_tensor, the view is made before the transfer
+        from the layout seen last time, and kept only if the header bytes that arrive are those
+        the layout was parsed from (else the value is decoded afresh): made after the transfer,
+        the same Python objects took three times as long, their caches cold."""
         size = self._hints.get(key) if type(key) is str and not self._cache_on and self.remember_sizes else None
         pool = self.pool._ptr
         if not size or pool is None or not self._registered:
             return self._read([key], decode)[0]
-        name = self._name()
+        n = self._next
+        self._next = n + 1
+        name = self._prefix + n.to_bytes(8, "little")
         if _zc_create(pool, name, _NAME_LEN, size, self._out_at):
             return self._read([key], decode)[0]  # raises what the create answers, after any eviction
         ptr = self._out.value
-        try:
-            address = _zc_data(ptr)
-            moved = self.store.batch_get_into([key], [address], [size])  # why not get_into: _transfer
-            if moved != [size] or _zc_seal(ptr):
-                _zc_release(ptr)  # unsealed: aborted
-                ptr = None
-                if len(moved) == 1 and moved[0] != size:  # not the size remembered: ask the master
-                    self._hints.pop(key, None)
-                return self._read([key], decode)[0]
-        except BaseException:
-            if ptr is not None:
-                _zc_release(ptr)
-            raise
+        address = _zc_data(ptr)
+        owner = _Ref(ptr)  # from here on, dropping it aborts the unsealed buffer
+        func = getattr(decode, "__func__", decode)
+        spec = self._specs.get(key)
+        early = None
+        if spec is not None and spec[0] is func:
+            early = spec[3](owner, address, spec[2])
+        # batch_get_into even for one key: see _transfer.
+        moved = self.store.batch_get_into([key], [address], [size])
+        if moved != [size] or _zc_seal(ptr):
+            if len(moved) == 1 and moved[0] != size:  # not the size remembered: ask the master
+                self._hints.pop(key, None)
+            del early, owner
+            return self._read([key], decode)[0]
         _zc_delete(pool, name, _NAME_LEN)
-        return decode(key, ptr, address, size)
+        if early is not None and _string_at(address, len(spec[1])) == spec[1]:
+            return early
+        del early
+        out = decode(key, owner, address, size)
+        learn = self._LEARN.get(func)
+        if learn is not None:
+            learned = learn(type(self), address, size)
+            if learned is not None:
+                if len(self._specs) >= _MAX_HINTS:
+                    self._specs.clear()
+                self._specs[key] = (func,) + learned
+        return out
 
-    # Decoders: each takes (key, read reference, address, size) and owns the reference.
+    # Decoders: each takes (key, read reference or _Ref, address, size) and owns the reference.
 
-    @staticmethod
-    def _as_array(key, ptr, address, size):
-        owner = _Ref(ptr)
+    _array_layouts = {}
+    _tensor_layouts = {}
+
+    @classmethod
+    def _as_array(cls, key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
         head = _string_at(address, size if size < _HEAD else _HEAD)
         if head[:8] != _PARTS_MAGIC:
             return _bytes_at(owner, address, size)
-        layout = _objects._array_layouts.get((head, size))
+        meta = _meta(head)
+        layout = cls._array_layouts.get((meta, size))
         if layout is None:
             layout = _objects._array_layout(address, size, head, key)
+            if meta is not None and len(cls._array_layouts) < 4096:
+                cls._array_layouts[(meta, size)] = layout
+        return cls._array_from(owner, address, layout)
+
+    @staticmethod
+    def _array_from(owner, address, layout):
         data_at, dtype, shape = layout
-        if data_at == size:  # no bytes to share
+        if not dtype.itemsize or 0 in shape:  # no bytes to share
             empty = np.empty(shape, dtype)
             empty.flags.writeable = False
             return empty
         return _objects._array_at(owner, address + data_at, dtype, shape, True)
 
-    _tensor_layouts = {}
+    @classmethod
+    def _learn_array(cls, address, size):
+        """(metadata bytes, layout, view maker) of the array value at `address`, if cached."""
+        head = _string_at(address, size if size < _HEAD else _HEAD)
+        meta = _meta(head) if head[:8] == _PARTS_MAGIC else None
+        layout = cls._array_layouts.get((meta, size)) if meta is not None else None
+        return None if layout is None else (meta, layout, cls._array_from)
 
     @classmethod
     def _tensor_layout(cls, key, address, size, head):
-        """(data offset, torch dtype, shape, data bytes) of a tensor value in either format."""
+        """(data offset, torch dtype, shape, data bytes, numpy typestr) of a tensor value in
+        either format."""
         torch = _torch()
         if head[:8] == _PARTS_MAGIC:
             parts = _objects._layout_in_memory(address, size, "tensor")
@@ -953,28 +1007,29 @@ class ZeroCopyStore:
                 count *= d
             if min(shape, default=0) < 0 or count * dtype.itemsize != nbytes:
                 raise InvalidArgumentError("key %r: a %s tensor of shape %s in %d bytes" % (key, dtype, shape, nbytes))
-            cacheable = data_at <= len(head)
         elif head[:4] == _MOONCAKE_MAGIC:
             data_at, name, shape = mooncake_tensor_layout(head, size)
             dtype = getattr(torch, name)
             nbytes = size - data_at
-            cacheable = True
         else:
             raise InvalidArgumentError(
                 "key %r holds neither a zcopy tensor nor one put by Mooncake's put_tensor" % (key,))
-        typestr = _NUMPY_TYPESTR.get(str(dtype))
-        layout = (data_at, dtype, tuple(shape), nbytes, typestr)
-        if cacheable and len(cls._tensor_layouts) < 4096:
-            cls._tensor_layouts[(head, size)] = layout
-        return layout
+        return (data_at, dtype, tuple(shape), nbytes, _NUMPY_TYPESTR.get(str(dtype)))
 
     @classmethod
-    def _as_tensor(cls, key, ptr, address, size):
-        owner = _Ref(ptr)
+    def _as_tensor(cls, key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
         head = _string_at(address, size if size < _HEAD else _HEAD)
-        layout = cls._tensor_layouts.get((head, size))
+        meta = _meta(head)
+        layout = cls._tensor_layouts.get((meta, size))
         if layout is None:
             layout = cls._tensor_layout(key, address, size, head)
+            if meta is not None and len(cls._tensor_layouts) < 4096:
+                cls._tensor_layouts[(meta, size)] = layout
+        return cls._tensor_from(owner, address, layout)
+
+    @staticmethod
+    def _tensor_from(owner, address, layout):
         data_at, dtype, shape, nbytes, typestr = layout
         torch = _torch()
         if not nbytes:
@@ -987,16 +1042,24 @@ class ZeroCopyStore:
             return torch.from_numpy(_asarray(owner))
         return torch.from_numpy(_bytes_at(owner, address + data_at, nbytes, False)).view(dtype).view(shape)
 
+    @classmethod
+    def _learn_tensor(cls, address, size):
+        """(metadata bytes, layout, view maker) of the tensor value at `address`, if cached."""
+        head = _string_at(address, size if size < _HEAD else _HEAD)
+        meta = _meta(head)
+        layout = cls._tensor_layouts.get((meta, size)) if meta is not None else None
+        return None if layout is None else (meta, layout, cls._tensor_from)
+
     @staticmethod
-    def _as_parts(key, ptr, address, size):
-        owner = _Ref(ptr)
+    def _as_parts(key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
         if size < 8 or _string_at(address, 8) != _PARTS_MAGIC:
             return [_bytes_at(owner, address, size)]
         return [_bytes_at(owner, address + at, n) for at, n in _objects._layout_in_memory(address, size, "multi-part object")]
 
     @staticmethod
-    def _as_object(key, ptr, address, size):
-        owner = _Ref(ptr)
+    def _as_object(key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
         if size < 8 or _string_at(address, 8) != _PARTS_MAGIC:
             raise InvalidArgumentError("key %r does not hold a zcopy pickled object (no ZCPARTS magic)" % (key,))
         parts = _objects._layout_in_memory(address, size, "pickled object")
@@ -1007,8 +1070,13 @@ class ZeroCopyStore:
         return pickle.loads(stream, buffers=buffers)
 
     @staticmethod
-    def _as_buffer(key, ptr, address, size):
-        return Buffer(ptr, key, False)
+    def _as_buffer(key, ref, address, size):
+        if type(ref) is _Ref:  # the Buffer takes the reference over
+            ptr, ref.ptr = ref.ptr, None
+            return Buffer(ptr, key, False)
+        return Buffer(ref, key, False)
+
+    _LEARN = {_as_array.__func__: _learn_array.__func__, _as_tensor.__func__: _learn_tensor.__func__}
 
     def get_array(self, key):
         """The array under `key`, read-only, over the pool's bytes. A value not written in the
@@ -1057,6 +1125,7 @@ class ZeroCopyStore:
         key = _mooncake_key(key)
         with self._lock:
             self._hints.pop(key, None)
+            self._specs.pop(key, None)
             name = self._cache.pop(key, None)
         if name is not None:
             self._drop(name)
