@@ -12,19 +12,24 @@ whole region it registers with the store once (`register_buffer`; one ZeroCopySt
 and pool: Mooncake refuses the same region twice). A put encodes the value once, in place, into a
 buffer of the pool (the parts format of docs/FORMAT.md, the encoders of `Pool.put_array` /
 `put_tensor` / `put_object`) and hands its address to `put_from` (`batch_put_from` for a batch);
-`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all. A get asks the
-master for the sizes of all its keys in one call (`batch_get_replica_desc`; sizes this object
-already saw are remembered and not asked again), creates one plain buffer per value under a
-private key of the pool, has Mooncake transfer each value into it (`batch_get_into`), seals it
-and returns read-only views of it: the buffer lives until the last view is gone. The private key
-is deleted at once, so nothing else can find it.
+`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all. A get creates
+one plain buffer per value under a private key of the pool (a batch's in one `zc_create_batch`),
+has Mooncake transfer each value into it (`batch_get_into`, one call per batch), seals it,
+deletes the private key (so nothing else can find it) and returns read-only views of it: the
+buffer lives until the last view is gone. The sizes come from the master (`batch_get_replica_desc`,
+one call per batch) unless this object remembers them from an earlier put or get; a remembered
+size is checked by the transfer itself (see `ZeroCopyStore`).
 
 Formats, as a get sees them: a value starting with the ZCPARTS header (every put of this class)
-is decoded by the package's getters. Any other value (Mooncake's own `put`, `put_parts`,
+is decoded by the package's getters. A value written by Mooncake's `put_tensor` (its 304-byte
+tensor header, then the data; see `mooncake_tensor_layout`) is a tensor to `get_tensor` and
+`batch_get_tensors`, over the pool's bytes like any other, once every header field has been
+checked against the value's size (sharded values of `put_tensor_with_tp` are refused); to the
+other getters it is plain bytes. Any other value (Mooncake's own `put`, `put_parts`,
 `put_batch`) is plain bytes: `get_array` returns it as a 1-D uint8 array, `get_parts` as one part
 (Mooncake's `put_parts` concatenates its parts without recording their bounds), `get_buffer` as
-a sealed buffer; `get_object` and `get_tensor` refuse it (InvalidArgumentError). Values written by
-Mooncake's `put_tensor` (its own tensor header, then the data) are plain bytes here too.
+a sealed buffer; `get_object` and `get_tensor` refuse it (InvalidArgumentError). Mooncake's own
+`get_tensor` gives a 0-d tensor back with shape (1,); `get_tensor` here keeps it 0-d.
 
 Errors are exceptions of the `zcopy.Error` family: `MooncakeNotFoundError` (a `NotFoundError`)
 for a missing key, `MooncakeOutOfMemoryError` (an `OutOfMemoryError`) when Mooncake has no space,
@@ -676,7 +681,8 @@ class ZeroCopyStore:
         self._check_fits(key, _data_bytes(kind, value))
         ptr, address, size = self._encode(self.pool._p(), kind, value)
         try:
-            rc = self.store.put_from(key, address, size) if config is None else self.store.put_from(key, address, size, config)
+            args = (key, address, size) if config is None else (key, address, size, config)
+            rc = self.store.put_from(*args)
         finally:
             _zc_release(ptr)
         if rc:
@@ -828,7 +834,8 @@ class ZeroCopyStore:
                     index = moving or range(len(keys))
                     wrong = [(i, n, rc) for i, n, rc in zip(index, wanted, results) if rc != n]
                     if len(results) != len(wanted):
-                        raise MooncakeError("batch_get_into answered %d results for %d keys" % (len(results), len(wanted)))
+                        raise MooncakeError(
+                            "batch_get_into answered %d results for %d keys" % (len(results), len(wanted)))
                     stale = [keys[i] for i, _, _ in wrong if hinted is None or hinted[i]]
                     if stale and use_hints:
                         for k in stale:
@@ -1074,7 +1081,8 @@ class ZeroCopyStore:
         owner = ref if type(ref) is _Ref else _Ref(ref)
         if size < 8 or _string_at(address, 8) != _PARTS_MAGIC:
             return [_bytes_at(owner, address, size)]
-        return [_bytes_at(owner, address + at, n) for at, n in _objects._layout_in_memory(address, size, "multi-part object")]
+        layout = _objects._layout_in_memory(address, size, "multi-part object")
+        return [_bytes_at(owner, address + at, n) for at, n in layout]
 
     @staticmethod
     def _as_object(key, ref, address, size):
