@@ -350,7 +350,7 @@ class ZeroCopyStore:
         self._cache_on = bool(cache)
         self._cache = collections.OrderedDict()  # Mooncake key -> private pool key of a sealed copy
         self._hints = {}  # Mooncake key -> its value's size, as last seen (insertion order: oldest first)
-        self._specs = {}  # Mooncake key -> (decoder, metadata bytes, layout, view maker), as last seen
+        self._specs = {}  # Mooncake key -> (decoder, metadata bytes, layout, view maker, size), as last seen
         self.remember_sizes = True
         self._lock = threading.Lock()
 
@@ -951,7 +951,7 @@ class ZeroCopyStore:
         func = getattr(decode, "__func__", decode)
         spec = self._specs.get(key)
         early = None
-        if spec is not None and spec[0] is func:
+        if spec is not None and spec[0] is func and spec[4] == size:
             early = spec[3](owner, address, spec[2])
         # batch_get_into even for one key: see _transfer.
         moved = self.store.batch_get_into([key], [address], [size])
@@ -971,7 +971,7 @@ class ZeroCopyStore:
             if learned is not None:
                 if len(self._specs) >= _MAX_HINTS:
                     self._specs.clear()
-                self._specs[key] = (func,) + learned
+                self._specs[key] = (func,) + learned + (size,)
         return out
 
     # Decoders: each takes (key, read reference or _Ref, address, size) and owns the reference.
