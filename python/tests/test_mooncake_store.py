@@ -268,6 +268,50 @@ def test_example_moves_values_between_two_processes(mc):
     assert re.search(r"ok: +views released: pool objects [56] -> 0 ", out), report
 
 
+def test_remembered_sizes_never_yield_wrong_bytes(mc):
+    out = mc.run("stale_every_way")
+    # Replaced by another client with a larger value, with one of the same size, removed.
+    assert out["grown"] == {"size": 5000, "all_g": True, "calls": {"batch_get_into": 2, "batch_get_replica_desc": 1}}
+    assert out["same_size"] == {"new_bytes": True, "calls": {"batch_get_into": 1}}
+    assert out["removed"] == {"type": "MooncakeNotFoundError", "remembered_after": False}
+    # Three stale sizes in a batch of 50: one more round for the whole batch, every value right.
+    assert out["batch"] == {"same": True, "calls": {"batch_get_into": 2, "batch_get_replica_desc": 1}}
+    assert out["not_remembered"] == [{"batch_get_replica_desc": 1, "batch_get_into": 1}] * 2
+    first = ["int64", [3, 4], [[4 * r + c for c in range(4)] for r in range(3)]]
+    assert out["relayout"] == [first, first, ["float64", [4, 3], [[(3 * r + c) / 2 for c in range(3)] for r in range(4)]],
+                               ["float64", [4, 3], [[3 * r + c + 1.0 for c in range(3)] for r in range(4)]]]
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_tensors_of_both_formats_read_back_in_place(mc):
+    out = mc.run("tensors")
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert all(out["ours"].values()), out["ours"]
+    assert all(out["ours_in_pool"].values()), out["ours_in_pool"]
+    # Every dtype Mooncake's put_tensor writes, 0 to 8 dimensions, read over the pool's bytes.
+    assert len(out["theirs"]) == 15 + 2 and all(out["theirs"].values()), out["theirs"]
+    assert all(out["theirs_in_pool"].values()), out["theirs_in_pool"]
+    assert all(out["same_as_mooncake_get_tensor"].values()), out["same_as_mooncake_get_tensor"]
+    assert out["mooncake_0d_shape"] == [1]  # and ours keeps the 0-d shape put (checked above)
+    assert out["mixed_batch"]
+    assert out["tensor_relayout"] == [True] * 6  # same size, other dtype and shape, then other data
+    assert out["array_of_mooncake_tensor"] == 304 + 4 * 6 * 4  # plain bytes: its header and data
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_mooncake_tensor_header_is_checked_field_by_field_before_any_view(mc):
+    out = mc.run("tensor_header")
+    assert out["valid"] == [304, "float32", [2, 3]] and out["valid_offset_320"] == [320, "float32", [2, 3]]
+    refused = out["refused"]
+    assert sorted(refused) == sorted(out["variants"]) and all(r == "InvalidArgumentError" for r in refused.values()), refused
+    if out["torch"]:
+        assert out["packed_like_mooncake"]
+        assert out["get_tensor_refused"] == refused
+        assert out["get_tensor_valid"] and out["get_tensor_offset_320"]
+    assert out["objects_after"] == out["objects_before"]
+
+
 # --- the helper (inside the namespace) -----------------------------------------------------------
 
 
@@ -724,6 +768,229 @@ def case_master_killed(ctx):
     finally:
         master.stop()
     out["pid_stopped"] = master.proc.poll() is not None
+    return out
+
+
+def case_stale_every_way(ctx):
+    import numpy as np
+
+    st = ctx.a
+    counting = st.store = Counting(st.store)
+    other = counting._store  # calls made through it stand for another client's
+    out = {}
+    try:
+        before = _objects(st.pool)
+        st.put_array("grow", np.arange(10))
+        st.get_array("grow")
+        assert other.remove("grow", True) == 0 and other.put("grow", b"g" * 5000) == 0
+        counting.take()
+        got = st.get_array("grow")
+        out["grown"] = {"size": int(got.nbytes), "all_g": got.tobytes() == b"g" * 5000, "calls": counting.take()}
+        st.put_parts("same", b"a" * 100)
+        size = st.get_buffer("same").size
+        assert other.remove("same", True) == 0 and other.put("same", b"b" * size) == 0
+        counting.take()
+        got = st.get_buffer("same")
+        out["same_size"] = {"new_bytes": got.tobytes() == b"b" * size, "calls": counting.take()}
+        del got
+        st.put_array("gone", np.arange(10))
+        st.get_array("gone")
+        assert other.remove("gone", True) == 0
+        try:
+            st.get_array("gone")
+            out["removed"] = {"type": "no error"}
+        except ctx.zcopy.Error as e:
+            out["removed"] = {"type": type(e).__name__, "remembered_after": "gone" in st._hints}
+        # The view a get makes before its transfer, from the layout it saw last time, is kept
+        # only if the header that arrives is the one it was made from.
+        relayout = []
+        st.put_array("relayout", np.arange(12, dtype=np.int64).reshape(3, 4))
+        for _ in range(2):
+            got = st.get_array("relayout")
+            relayout.append([str(got.dtype), list(got.shape), got.tolist()])
+        assert other.remove("relayout", True) == 0
+        st.put_array("relayout", np.arange(12, dtype=np.float64).reshape(4, 3) / 2)  # the same size
+        got = st.get_array("relayout")
+        relayout.append([str(got.dtype), list(got.shape), got.tolist()])
+        assert other.remove("relayout", True) == 0
+        st.put_array("relayout", np.arange(12, dtype=np.float64).reshape(4, 3) + 1)  # the same header
+        got = st.get_array("relayout")
+        relayout.append([str(got.dtype), list(got.shape), got.tolist()])
+        out["relayout"] = relayout
+        del got
+        st.remove("relayout", force=True)
+        keys = ["stale-batch-%d" % i for i in range(50)]
+        st.batch_put_arrays(keys, [np.full(100, i, np.int64) for i in range(50)])
+        st.batch_get_arrays(keys)
+        for i in (3, 17, 49):
+            assert other.remove(keys[i], True) == 0 and other.put(keys[i], b"r%d" % i) == 0
+        counting.take()
+        arrays = st.batch_get_arrays(keys)
+        same = all(a.tobytes() == b"r%d" % i if i in (3, 17, 49) else (a.shape == (100,) and int(a[0]) == i)
+                   for i, a in enumerate(arrays))
+        out["batch"] = {"same": same, "calls": counting.take()}
+        del arrays
+        st.remember_sizes = False
+        try:
+            out["not_remembered"] = []
+            for _ in range(2):
+                st.get_array(keys[0])
+                out["not_remembered"].append(counting.take())
+        finally:
+            st.remember_sizes = True
+        for k in ["grow", "same"] + keys:
+            st.remove(k, force=True)
+        out["objects_before"] = before
+        out["objects_after"] = _objects(st.pool)
+        return out
+    finally:
+        st.store = counting._store
+
+
+MOONCAKE_DTYPES = ["float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+                   "uint64", "bool", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"]
+
+
+def _same_tensor(a, b):
+    import torch
+
+    flat = lambda t: t.contiguous().reshape(-1).view(torch.uint8)  # noqa: E731 - bytes, for every dtype
+    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and bool(torch.equal(flat(a), flat(b)))
+
+
+def case_tensors(ctx):
+    try:
+        import torch
+    except ImportError:
+        return {"skip": "torch is not installed"}
+    st = ctx.a
+    before = _objects(st.pool)
+    ours = {
+        "f32": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "bf16": torch.linspace(-1, 1, 64).to(torch.bfloat16).reshape(8, 8),
+        "scalar": torch.tensor(3.25, dtype=torch.float64),
+        "strided": torch.arange(30, dtype=torch.int16).reshape(5, 6).t(),
+        "empty": torch.zeros(0, 5, dtype=torch.int32),
+        "4MiB": torch.from_numpy(_pattern(7, 4 * MiB)).view(torch.float32).reshape(1024, 1024),
+    }
+    for name, t in ours.items():
+        st.put_tensor("zt-" + name, t)
+    got = {name: st.get_tensor("zt-" + name) for name in ours}
+    out = {"ours": {name: _same_tensor(got[name], t) for name, t in ours.items()},
+           "ours_in_pool": {name: _in_pool(st.pool, got[name].data_ptr()) for name, t in ours.items() if t.numel()}}
+    theirs = {}
+    for i, name in enumerate(MOONCAKE_DTYPES):
+        raw = torch.from_numpy(_pattern(300 + i, 2 * 3 * 5 * 8))
+        dtype = getattr(torch, name)
+        theirs[name] = (raw % 2).bool() if dtype == torch.bool else raw.view(dtype).reshape(2, 3, 5, -1)
+    theirs["0-d"] = torch.tensor(-7, dtype=torch.int64)
+    theirs["8-d"] = torch.arange(2 ** 8, dtype=torch.float32).reshape([2] * 8)
+    for name, t in theirs.items():
+        assert st.store.put_tensor("mt-" + name, t) == 0, name
+    keys = ["mt-" + name for name in theirs]
+    read = st.batch_get_tensors(keys)
+    out["theirs"] = {name: _same_tensor(r, t) for (name, t), r in zip(theirs.items(), read)}
+    out["theirs_in_pool"] = {name: _in_pool(st.pool, r.data_ptr()) for name, r in zip(theirs, read)}
+    out["same_as_mooncake_get_tensor"] = {k: _same_tensor(r, st.store.get_tensor(k)) for k, r in zip(keys, read)
+                                          if k != "mt-0-d"}
+    # Mooncake's own get_tensor gives a 0-d tensor back with shape (1,); the header says 0-d.
+    out["mooncake_0d_shape"] = list(st.store.get_tensor("mt-0-d").shape)
+    mixed = st.batch_get_tensors(["zt-f32", "mt-float32", "zt-bf16"])
+    out["mixed_batch"] = (_same_tensor(mixed[0], ours["f32"]) and _same_tensor(mixed[1], theirs["float32"])
+                          and _same_tensor(mixed[2], ours["bf16"]))
+    relayout = []
+    for t in (torch.arange(24, dtype=torch.float32).reshape(4, 6), torch.arange(24, dtype=torch.int32).reshape(6, 4),
+              torch.arange(24, dtype=torch.int32).reshape(6, 4) * 3):
+        st.store.remove("mt-relayout", True)
+        assert st.store.put_tensor("mt-relayout", t) == 0  # the same size each time, as another client
+        relayout += [_same_tensor(st.get_tensor("mt-relayout"), t) for _ in range(2)]
+    out["tensor_relayout"] = relayout
+    st.remove("mt-relayout", force=True)
+    st.store.put_tensor("mt-small", torch.zeros(4, 6))
+    out["array_of_mooncake_tensor"] = int(st.get_array("mt-small").nbytes)
+    del got, read, mixed
+    for k in ["zt-" + name for name in ours] + keys + ["mt-small"]:
+        st.remove(k, force=True)
+    out["objects_before"] = before
+    out["objects_after"] = _objects(st.pool)
+    return out
+
+
+def _moon_header(dtype=0, ndim=2, flags=0, offset=304, nbytes=24, whole=(2, 3), shape=(2, 3), reserved=0,
+                 magic=b"NOOM", version=1, header_size=304, pad=-1):
+    """A header as Mooncake's put_tensor writes it (zcopy.mooncake's comment gives the layout)."""
+    import struct
+
+    def dims(d):
+        return list(d) + [pad] * (8 - len(d))
+
+    head = struct.pack("<4sHHiiQqq8q8qq", magic, version, header_size, dtype, ndim, flags, offset, nbytes,
+                       *dims(whole), *dims(shape), reserved)
+    return head + bytes(304 - len(head))
+
+
+def case_tensor_header(ctx):
+    import numpy as np
+
+    from zcopy.mooncake import mooncake_tensor_layout
+
+    st = ctx.a
+    zcopy = ctx.zcopy
+    before = _objects(st.pool)
+    data = np.arange(6, dtype=np.float32).tobytes()
+    variants = {
+        "magic": _moon_header(magic=b"MOON") + data,
+        "version": _moon_header(version=2) + data,
+        "header_size": _moon_header(header_size=512) + data,
+        "dtype": _moon_header(dtype=15) + data,
+        "ndim": _moon_header(ndim=9) + data,
+        "shard_flags": _moon_header(flags=1) + data,
+        "reserved": _moon_header(reserved=1) + data,
+        "offset_inside_header": _moon_header(offset=200) + data,
+        "more_data_than_value": _moon_header(nbytes=28) + data,
+        "data_past_end": _moon_header(offset=312) + data,
+        "shape_not_data_size": _moon_header(shape=(3, 3)) + data,
+        "negative_dims": _moon_header(shape=(-2, -3)) + data,
+        "negative_whole_dims": _moon_header(whole=(-1, 3)) + data,
+        "padding_not_minus_1": _moon_header(pad=0) + data,
+        "truncated": _moon_header()[:200],
+    }
+    out = {"variants": sorted(variants), "refused": {}, "torch": False}
+    for name, value in variants.items():
+        try:
+            mooncake_tensor_layout(value[:256], len(value))
+            out["refused"][name] = "accepted"
+        except zcopy.Error as e:
+            out["refused"][name] = type(e).__name__
+    valid = _moon_header() + data
+    at_320 = _moon_header(offset=320) + bytes(16) + data
+    out["valid"] = list(mooncake_tensor_layout(valid[:256], len(valid)))
+    out["valid_offset_320"] = list(mooncake_tensor_layout(at_320[:256], len(at_320)))
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        import mooncake.store as ms
+
+        out["torch"] = True
+        expected = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        out["packed_like_mooncake"] = ms._serialize_tensor(expected)[0] == _moon_header()
+        out["get_tensor_refused"] = {}
+        for name, value in variants.items():
+            assert st.store.put("bad-" + name, value) == 0
+            try:
+                st.get_tensor("bad-" + name)
+                out["get_tensor_refused"][name] = "accepted"
+            except zcopy.Error as e:
+                out["get_tensor_refused"][name] = type(e).__name__
+        assert st.store.put("good", valid) == 0 and st.store.put("good-320", at_320) == 0
+        out["get_tensor_valid"] = _same_tensor(st.get_tensor("good"), expected)
+        out["get_tensor_offset_320"] = _same_tensor(st.get_tensor("good-320"), expected)
+        for k in ["bad-" + name for name in variants] + ["good", "good-320"]:
+            st.remove(k, force=True)
+    out["objects_before"] = before
+    out["objects_after"] = _objects(st.pool)
     return out
 
 

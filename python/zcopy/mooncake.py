@@ -12,19 +12,24 @@ whole region it registers with the store once (`register_buffer`; one ZeroCopySt
 and pool: Mooncake refuses the same region twice). A put encodes the value once, in place, into a
 buffer of the pool (the parts format of docs/FORMAT.md, the encoders of `Pool.put_array` /
 `put_tensor` / `put_object`) and hands its address to `put_from` (`batch_put_from` for a batch);
-`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all. A get asks the
-master for the sizes of all its keys in one call (`batch_get_replica_desc`; sizes this object
-already saw are remembered and not asked again), creates one plain buffer per value under a
-private key of the pool, has Mooncake transfer each value into it (`batch_get_into`), seals it
-and returns read-only views of it: the buffer lives until the last view is gone. The private key
-is deleted at once, so nothing else can find it.
+`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all. A get creates
+one plain buffer per value under a private key of the pool (a batch's in one `zc_create_batch`),
+has Mooncake transfer each value into it (`batch_get_into`, one call per batch), seals it,
+deletes the private key (so nothing else can find it) and returns read-only views of it: the
+buffer lives until the last view is gone. The sizes come from the master (`batch_get_replica_desc`,
+one call per batch) unless this object remembers them from an earlier put or get; a remembered
+size is checked by the transfer itself (see `ZeroCopyStore`).
 
 Formats, as a get sees them: a value starting with the ZCPARTS header (every put of this class)
-is decoded by the package's getters. Any other value (Mooncake's own `put`, `put_parts`,
+is decoded by the package's getters. A value written by Mooncake's `put_tensor` (its 304-byte
+tensor header, then the data; see `mooncake_tensor_layout`) is a tensor to `get_tensor` and
+`batch_get_tensors`, over the pool's bytes like any other, once every header field has been
+checked against the value's size (sharded values of `put_tensor_with_tp` are refused); to the
+other getters it is plain bytes. Any other value (Mooncake's own `put`, `put_parts`,
 `put_batch`) is plain bytes: `get_array` returns it as a 1-D uint8 array, `get_parts` as one part
 (Mooncake's `put_parts` concatenates its parts without recording their bounds), `get_buffer` as
-a sealed buffer; `get_object` and `get_tensor` refuse it (InvalidArgumentError). Values written by
-Mooncake's `put_tensor` (its own tensor header, then the data) are plain bytes here too.
+a sealed buffer; `get_object` and `get_tensor` refuse it (InvalidArgumentError). Mooncake's own
+`get_tensor` gives a 0-d tensor back with shape (1,); `get_tensor` here keeps it 0-d.
 
 Errors are exceptions of the `zcopy.Error` family: `MooncakeNotFoundError` (a `NotFoundError`)
 for a missing key, `MooncakeOutOfMemoryError` (an `OutOfMemoryError`) when Mooncake has no space,
@@ -45,12 +50,14 @@ import collections
 import ctypes
 import itertools
 import os
+import pickle
+import struct
 import threading
 
 import numpy as np
 
 from . import _lib, _objects
-from ._core import Error, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise
+from ._core import Buffer, Error, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise
 
 try:
     from mooncake.store import MooncakeDistributedStore, ReplicateConfig
@@ -67,6 +74,7 @@ __all__ = [
     "ReplicateConfig",
     "ZeroCopyStore",
     "master_binary",
+    "mooncake_tensor_layout",
 ]
 
 # Mooncake's ErrorCode (mooncake-store/include/types.h) for the codes named in messages.
@@ -148,6 +156,152 @@ def _data_bytes(kind, value):
 _MAX_HINTS = 1 << 16
 
 
+def _c_function(name, restype, argtypes):
+    """A function of libzcopy taking its pointers as plain integers. `lib[name]` is a fresh
+    function object: these declarations leave those of `zcopy._lib` as they are."""
+    f = _lib.lib[name]
+    f.restype = restype
+    f.argtypes = argtypes
+    return f
+
+
+_P, _S, _U32 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32
+_zc_create = _c_function("zc_create_buffer", _U32, [_P, _P, _S, _S, _P])
+_zc_create_parts = _c_function("zc_create_parts", _U32, [_P, _P, _S, _P, _S, _P])
+_zc_create_batch = _c_function("zc_create_batch", _U32, [_P, _P, _P, _P, _S, _P, _P])
+_zc_get = _c_function("zc_get", _U32, [_P, _P, _S, ctypes.c_int64, _P])
+_zc_delete = _c_function("zc_delete", _U32, [_P, _P, _S])
+_zc_seal = _c_function("zc_seal", _U32, [_P])
+_zc_release = _c_function("zc_release", None, [_P])
+_zc_data = _c_function("zc_buffer_data", _P, [_P])
+_zc_size = _c_function("zc_buffer_size", _S, [_P])
+_string_at = ctypes.string_at
+_asarray = np.asarray
+
+# Private pool keys are 16 bytes (zcopy keeps keys this short inside its records): 8 bytes naming
+# the ZeroCopyStore, then a counter.
+_NAME_LEN = 16
+_instances = itertools.count(1)
+_Sizes2 = ctypes.c_size_t * 2
+# docs/FORMAT.md: the header of every two-part object is exactly 64 bytes (the fixed fields and
+# two (offset, length) entries).
+_TWO_PARTS = struct.Struct("<8sHHIIIQQQQQ")
+_HEAD = 256  # leading bytes that key the caches of parsed layouts
+
+
+class _Ref:
+    """Owns one read reference (`zc_buffer *`) to a sealed object of the pool and releases it
+    when collected; arrays and tensors over the object's bytes hold it as their base.
+    `__del__` rather than the `weakref.finalize` of `zcopy.Buffer`: a finalizer costs a registry
+    entry and several tracked objects per value, and with a batch's thousands alive the garbage
+    collector's passes were the largest cost of a get."""
+
+    __slots__ = ("ptr", "__array_interface__")
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __del__(self, _release=_zc_release):
+        if self.ptr is not None:
+            _release(self.ptr)
+
+
+class _Scratch:
+    """The base of a view that never leaves a put (its buffer is held until the put ends)."""
+
+    __slots__ = ("__array_interface__",)
+
+
+def _bytes_at(owner, address, nbytes, readonly=True):
+    """A uint8 array over `nbytes` at `address`, whose base is `owner` (several may share one)."""
+    owner.__array_interface__ = {"data": (address, readonly), "shape": (nbytes,), "typestr": "|u1", "version": 3}
+    return _asarray(owner)
+
+
+def _torch():
+    import torch  # noqa: PLC0415 - optional dependency
+
+    return torch
+
+
+# Mooncake's own tensor values (put_tensor, put_tensor_from; what its get_tensor and
+# get_tensor_into read), as the store.so of mooncake-transfer-engine 0.3.13 writes and checks
+# them (found by serializing known tensors with mooncake.store._serialize_tensor, and by changing
+# each field and seeing which ones its _deserialize_tensor refuses). Little-endian:
+#   0    4 bytes "NOOM" (the u32 0x4D4F4F4E), u16 version 1, u16 header size 304
+#   8    i32 dtype (_MOONCAKE_DTYPES), i32 ndim (0..8)
+#   16   u64 flags: 0 as put_tensor writes them (else sharding metadata, refused here)
+#   24   i64 data offset (>= 304), 32 i64 data bytes; the value ends where the data does
+#   40   i64[8] whole-tensor shape (for shards), -1 past ndim: checked, not used
+#   104  i64[8] the data's shape, -1 past ndim: the tensor's shape
+#   168  i64, 0 as put_tensor writes it (refused otherwise); bytes 176..303 are not read
+# numpy's name of each torch dtype numpy has (a tensor over them is made by one from_numpy).
+_NUMPY_TYPESTR = {
+    "torch.float32": "<f4", "torch.float64": "<f8", "torch.float16": "<f2", "torch.int8": "|i1",
+    "torch.uint8": "|u1", "torch.int16": "<i2", "torch.uint16": "<u2", "torch.int32": "<i4",
+    "torch.uint32": "<u4", "torch.int64": "<i8", "torch.uint64": "<u8", "torch.bool": "|b1",
+}
+_MOONCAKE_MAGIC = b"NOOM"
+_MOONCAKE_HEADER = 304
+_MOONCAKE_FIELDS = struct.Struct("<4sHHiiQqq8q8qq")
+_MOONCAKE_DTYPES = [
+    ("float32", 4), ("float64", 8), ("int8", 1), ("uint8", 1), ("int16", 2), ("uint16", 2), ("int32", 4),
+    ("uint32", 4), ("int64", 8), ("uint64", 8), ("bool", 1), ("float16", 2), ("bfloat16", 2),
+    ("float8_e4m3fn", 1), ("float8_e5m2", 1),
+]
+
+
+def mooncake_tensor_layout(head, size):
+    """(data offset, torch dtype name, shape) of a value of `size` bytes written by Mooncake's
+    `put_tensor`, from its first bytes `head` (176 or more), every field checked against `size`.
+    InvalidArgumentError if it is not such a value."""
+
+    def refuse(why):
+        raise InvalidArgumentError("not a Mooncake tensor value of %d bytes: %s" % (size, why))
+
+    if size < _MOONCAKE_HEADER or len(head) < _MOONCAKE_FIELDS.size:
+        refuse("shorter than its %d-byte header" % _MOONCAKE_HEADER)
+    magic, version, header_size, dtype, ndim, flags, offset, nbytes, *dims = _MOONCAKE_FIELDS.unpack_from(head)
+    whole, shape, reserved = dims[:8], dims[8:16], dims[16]
+    if magic != _MOONCAKE_MAGIC:
+        refuse("no MOON magic")
+    if version != 1 or header_size != _MOONCAKE_HEADER:
+        refuse("header version %d of %d bytes (this reader knows version 1, 304 bytes)" % (version, header_size))
+    if not 0 <= dtype < len(_MOONCAKE_DTYPES):
+        refuse("dtype number %d" % dtype)
+    if not 0 <= ndim <= 8:
+        refuse("%d dimensions" % ndim)
+    if flags or reserved:
+        refuse("flags %#x, field at 168 %d: sharding metadata this reader does not know" % (flags, reserved))
+    if offset < _MOONCAKE_HEADER or nbytes < 0 or offset + nbytes != size:
+        refuse("data of %d bytes at offset %d" % (nbytes, offset))
+    if any(d < 0 for d in shape[:ndim] + whole[:ndim]) or any(d != -1 for d in shape[ndim:] + whole[ndim:]):
+        refuse("shape %s (whole tensor %s) for %d dimensions" % (shape, whole, ndim))
+    name, itemsize = _MOONCAKE_DTYPES[dtype]
+    count = 1
+    for d in shape[:ndim]:
+        count *= d
+    if count * itemsize != nbytes:
+        refuse("shape %s of %s is not %d bytes" % (tuple(shape[:ndim]), name, nbytes))
+    return offset, name, tuple(shape[:ndim])
+
+
+def _meta(head):
+    """The leading bytes of a value that its layout depends on (with its size, the key of the
+    layout caches), None if not known: a two-part zcopy object's table and header part, up to
+    its data (docs/FORMAT.md: the data part's offset is the u64 at 48), or the fields of
+    Mooncake's tensor header. The data itself never takes part."""
+    if head[:8] == _PARTS_MAGIC:
+        if len(head) >= 64:
+            data_at = int.from_bytes(head[48:56], "little")
+            if data_at <= len(head):
+                return head[:data_at]
+        return None
+    if head[:4] == _MOONCAKE_MAGIC and len(head) >= _MOONCAKE_FIELDS.size:
+        return head[:_MOONCAKE_FIELDS.size]
+    return None
+
+
 class _StaleSize(Exception):
     """A remembered size no longer matches the value: read again, asking the master."""
 
@@ -166,11 +320,14 @@ class ZeroCopyStore:
     through another client stays cached until `remove()`/`forget()` here); the least recently
     used copies are dropped when the pool needs room.
 
-    The size of each value this object put or read is remembered (the last 65,536 keys), so
-    that getting it again needs no size query: one Mooncake call instead of two. A remembered
-    size that no longer matches (the key removed and put again, with another size, by another
-    client) costs one more round: every buffer of the batch is aborted and the batch read again
-    with sizes from the master. `remember_sizes = False` turns this off.
+    The size of each value this object put or read is remembered (up to 65,536 keys, the
+    oldest dropped first), so that getting it again needs no size query: one Mooncake call
+    instead of two. A remembered size is only a guess: Mooncake's `batch_get_into` answers the
+    size it moved, and any answer other than the size asked (the key removed, or put again with
+    another size, by another client) costs one more round: every buffer of the batch is
+    discarded, the stale sizes forgotten, and the batch read again with sizes from the master.
+    A value replaced by one of the same size is read whole, as it is now. `remember_sizes =
+    False` turns this off.
     """
 
     def __init__(self, store, pool, *, cache=False, _owns=False):
@@ -184,12 +341,16 @@ class ZeroCopyStore:
         if rc != 0:
             raise _error("register_buffer(%#x, %d) of the pool's region" % self._region, rc)
         self._registered = True
-        self._names = itertools.count()
-        self._prefix = "\0zcopy.mooncake/%d/%x/" % (os.getpid(), id(self))
+        # Private pool keys: "\0zcm", this object's number, then a counter (see _NAME_LEN).
+        self._prefix = b"\0zcm" + struct.pack("<I", next(_instances) & 0xFFFFFFFF)
+        self._prefix_word = struct.unpack("<Q", self._prefix)[0]
+        self._next = 0
+        self._out = ctypes.c_void_p()  # out-parameter of the one-value creates
+        self._out_at = ctypes.addressof(self._out)
         self._cache_on = bool(cache)
         self._cache = collections.OrderedDict()  # Mooncake key -> private pool key of a sealed copy
-        self._hints = collections.OrderedDict()  # Mooncake key -> its value's size, as last seen
-        self._format = {}  # private pool key -> whether its bytes start with the ZCPARTS magic
+        self._hints = {}  # Mooncake key -> its value's size, as last seen (insertion order: oldest first)
+        self._specs = {}  # Mooncake key -> (decoder, metadata bytes, layout, view maker, size), as last seen
         self.remember_sizes = True
         self._lock = threading.Lock()
 
@@ -275,19 +436,175 @@ class ZeroCopyStore:
         if not self._registered:
             raise InvalidArgumentError("the ZeroCopyStore is closed")
 
-    # --- puts -------------------------------------------------------------------------------
+    # --- private pool objects ---------------------------------------------------------------
 
     def _name(self):
-        return self._prefix + str(next(self._names))
+        n = self._next
+        self._next = n + 1
+        return self._prefix + n.to_bytes(8, "little")
 
-    def _sealed(self, write):
-        """Runs write(private key) (one of the package's in-place encoders), then returns a
-        read reference to what it sealed, its key already deleted."""
+    def _evict_one(self):
+        """Drops the least recently used cached copy; False if nothing is cached."""
+        with self._lock:
+            if not self._cache:
+                return False
+            _, name = self._cache.popitem(last=False)
+        self._drop(name)
+        return True
+
+    def _drop(self, name):
+        try:
+            self.pool.delete(name)
+        except Error:
+            pass  # the pool was closed, or the key already gone
+
+    def _check_fits(self, key, nbytes):
+        capacity = self._region[1]
+        if nbytes is not None and nbytes > capacity:
+            raise OutOfMemoryError(
+                "the value of %r (%d bytes) is larger than the whole pool (%d bytes)" % (key, nbytes, capacity)
+            )
+
+    def _create(self, pool, sizes):
+        """Creates one plain buffer per size under new private keys: (handles, private keys).
+        The keys are one bytes object for one buffer, else an array of 16-byte rows. When the
+        pool is full, cached copies are dropped (least recently used first) until it fits."""
+        n = len(sizes)
+        while True:
+            if n == 1:
+                name = self._name()
+                status = _zc_create(pool, name, _NAME_LEN, sizes[0], self._out_at)
+                if not status:
+                    return [self._out.value], name
+            else:
+                names = np.empty((n, 2), np.uint64)
+                names[:, 0] = self._prefix_word
+                names[:, 1] = np.arange(self._next, self._next + n, dtype=np.uint64)
+                self._next += n
+                at = names.ctypes.data
+                key_ptrs = np.arange(at, at + _NAME_LEN * n, _NAME_LEN, dtype=np.uint64)
+                key_lens = np.full(n, _NAME_LEN, np.uint64)
+                size_arr = np.array(sizes, np.uint64)
+                handles = np.zeros(n, np.uint64)
+                statuses = np.zeros(n, np.uint32)
+                status = _zc_create_batch(pool, key_ptrs.ctypes.data, key_lens.ctypes.data, size_arr.ctypes.data, n,
+                                          handles.ctypes.data, statuses.ctypes.data)
+                ptrs = handles.tolist()
+                if not status:
+                    return ptrs, names
+                for p in ptrs:
+                    if p:
+                        _zc_release(p)  # unsealed: aborted
+            if status != _lib.ERR_OUT_OF_MEMORY or not self._evict_one():
+                _raise(status)
+
+    @staticmethod
+    def _key_at(names, i):
+        """Private key `i` of what `_create` made, as an argument of the C functions."""
+        return names if type(names) is bytes else names.ctypes.data + _NAME_LEN * i
+
+    def _discard(self, pool, ptrs, names):
+        """Undoes `_create` whatever happened since: every handle released (an unsealed buffer
+        is aborted by it), every private key deleted (a sealed object keeps its key until then)."""
+        for i, p in enumerate(ptrs):
+            _zc_release(p)
+            _zc_delete(pool, self._key_at(names, i), _NAME_LEN)  # not found for aborted ones
+
+    # --- puts -------------------------------------------------------------------------------
+
+    def _encode_two(self, pool, head, nbytes, fill):
+        """One sealed two-part object (`head`, then `nbytes` written by fill(address)) under no
+        key: (read reference, address, size); the caller releases the reference."""
         name = self._name()
-        self._create_with_room(lambda: write(name))
-        buf = self.pool.get(name)
-        self.pool.delete(name)
-        return buf
+        sizes = _Sizes2(len(head), nbytes)
+        while True:
+            status = _zc_create_parts(pool, name, _NAME_LEN, ctypes.addressof(sizes), 2, self._out_at)
+            if status != _lib.ERR_OUT_OF_MEMORY or not self._evict_one():
+                break
+        if status:
+            _raise(status)
+        ptr = self._out.value
+        try:
+            address = _zc_data(ptr)
+            fields = _TWO_PARTS.unpack(_string_at(address, _TWO_PARTS.size))
+            head_at, data_at = fields[7], fields[9]
+            ctypes.memmove(address + head_at, head, len(head))
+            if nbytes:
+                fill(address + data_at)
+            status = _zc_seal(ptr)
+            if status:
+                _raise(status)
+        except BaseException:
+            _zc_release(ptr)  # unsealed: aborted
+            raise
+        _zc_delete(pool, name, _NAME_LEN)
+        return ptr, address, _zc_size(ptr)
+
+    def _encode_array(self, pool, arr):
+        if type(arr) is not np.ndarray:
+            arr = np.asarray(arr)
+        dtype, shape = arr.dtype, arr.shape
+        if dtype.hasobject:
+            raise InvalidArgumentError("arrays of Python objects (dtype %s) cannot be stored; use put_object" % dtype)
+
+        def fill(address):
+            np.copyto(_objects._array_at(_Scratch(), address, dtype, shape, False), arr, casting="no")
+
+        return self._encode_two(pool, _objects._array_head(dtype, shape), arr.nbytes, fill)
+
+    _tensor_heads = {}
+
+    def _encode_tensor(self, pool, tensor):
+        torch = _torch()
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidArgumentError("put_tensor takes a torch.Tensor, not %s" % type(tensor).__name__)
+        if getattr(tensor, "is_nested", False):
+            raise InvalidArgumentError("nested (jagged) tensors cannot be stored: store each component")
+        if tensor.layout != torch.strided:
+            raise InvalidArgumentError("only dense (strided) tensors can be stored, not %s" % tensor.layout)
+        if tensor.device.type != "cpu":
+            raise InvalidArgumentError("only CPU tensors can be stored, not %s ones" % tensor.device)
+        tensor = tensor.resolve_conj().resolve_neg()  # the bytes as the values are
+        dtype, shape = tensor.dtype, tuple(tensor.shape)
+        head = self._tensor_heads.get((dtype, shape))
+        if head is None:
+            name = str(dtype).replace("torch.", "").encode("ascii")
+            head = _objects._encode_shape_header(_objects.TENSOR_MAGIC, name, shape)
+            if len(self._tensor_heads) < 4096:
+                self._tensor_heads[(dtype, shape)] = head
+        nbytes = tensor.numel() * tensor.element_size()
+
+        def fill(address):
+            if tensor.is_contiguous():
+                # One memcpy. torch's copy_ splits a copy across its threads, whose wake-ups
+                # cost milliseconds a copy when other work runs between puts.
+                ctypes.memmove(address, tensor.data_ptr(), nbytes)
+                return
+            dst = torch.from_numpy(_bytes_at(_Scratch(), address, nbytes, False))
+            if dtype != torch.uint8:
+                dst = dst.view(dtype)
+            with torch.no_grad():
+                dst.view(shape).copy_(tensor)
+
+        return self._encode_two(pool, head, nbytes, fill)
+
+    def _encode_named(self, pool, write):
+        """write(private key) with one of the package's in-place encoders, then a read reference
+        to what it sealed, its key deleted: (reference, address, size)."""
+        name = self._name()
+        while True:
+            try:
+                write(name)
+                break
+            except OutOfMemoryError:
+                if not self._evict_one():
+                    raise
+        status = _zc_get(pool, name, _NAME_LEN, 0, self._out_at)
+        if status:
+            _raise(status)
+        ptr = self._out.value
+        _zc_delete(pool, name, _NAME_LEN)
+        return ptr, _lib.lib.zc_buffer_const_data(ptr), _zc_size(ptr)
 
     def _encode_parts(self, name, parts):
         views = [memoryview(p).cast("B") for p in parts]
@@ -300,30 +617,29 @@ class ZeroCopyStore:
         finally:
             buf.release()
 
-    _ENCODERS = {
-        "array": lambda self, name, value: self.pool.put_array(name, value),
-        "tensor": lambda self, name, value: self.pool.put_tensor(name, value),
-        "object": lambda self, name, value: self.pool.put_object(name, value),
-        "parts": lambda self, name, value: self._encode_parts(name, value),
-    }
+    def _encode(self, pool, kind, value):
+        if kind == "array":
+            return self._encode_array(pool, value)
+        if kind == "tensor":
+            return self._encode_tensor(pool, value)
+        if kind == "object":
+            return self._encode_named(pool, lambda name: self.pool.put_object(name, value))
+        return self._encode_named(pool, lambda name: self._encode_parts(name, value))
 
-    def _put_sealed(self, keys, bufs, config):
-        """put_from (batch_put_from for several keys) of sealed pool buffers; on a partial
-        failure removes what it put."""
-        for buf in bufs:
-            base, length = self._region
-            if not (buf.sealed and base <= buf.address and buf.address + buf.size <= base + length):
-                raise InvalidArgumentError("buffer for %r is not a sealed buffer of this store's pool" % (buf.key,))
-        args = (keys, [b.address for b in bufs], [b.size for b in bufs])
+    def _put_from(self, keys, spans, config):
+        """put_from (batch_put_from for several keys) of sealed pool bytes, spans being
+        (address, size) pairs; on a partial failure removes what it put."""
+        addrs, sizes = [s[0] for s in spans], [s[1] for s in spans]
         if len(keys) == 1:  # put_from: the same put, with less work around it than a batch of one
-            args = tuple(a[0] for a in args)
+            args = (keys[0], addrs[0], sizes[0])
             results = [self.store.put_from(*args) if config is None else self.store.put_from(*args, config)]
         else:
+            args = (keys, addrs, sizes)
             results = self.store.batch_put_from(*args) if config is None else self.store.batch_put_from(*args, config)
         if len(results) != len(keys):
             raise MooncakeError("batch_put_from answered %d results for %d keys" % (len(results), len(keys)))
-        failed = [(k, rc) for k, rc in zip(keys, results) if rc != 0]
-        if failed:
+        if any(results):
+            failed = [(k, rc) for k, rc in zip(keys, results) if rc != 0]
             done = [k for k, rc in zip(keys, results) if rc == 0]
             note = ""
             if done:
@@ -336,46 +652,78 @@ class ZeroCopyStore:
         if self._cache_on:
             for k in keys:
                 self.forget(k)
-        self._remember(keys, [b.size for b in bufs])
+        self._remember(keys, sizes)
 
     def _put_many(self, kind, keys, values, config):
         self._check_open()
-        keys = [_mooncake_key(k) for k in keys]
+        keys = [k if type(k) is str else _mooncake_key(k) for k in keys]
         values = list(values)
         if len(keys) != len(values):
             raise InvalidArgumentError("%d keys for %d values" % (len(keys), len(values)))
-        encode = self._ENCODERS[kind]
         for k, v in zip(keys, values):
             self._check_fits(k, _data_bytes(kind, v))
-        bufs = []
+        pool = self.pool._p()
+        refs = []
         try:
             for v in values:
-                bufs.append(self._sealed(lambda name, v=v: encode(self, name, v)))
-            self._put_sealed(keys, bufs, config)
+                refs.append(self._encode(pool, kind, v))
+            self._put_from(keys, [(address, size) for _, address, size in refs], config)
         finally:
-            for b in bufs:
-                b.release()
+            for ptr, _, _ in refs:
+                _zc_release(ptr)
+
+    def _put_one(self, kind, key, value, config):
+        """_put_many of one value, in the fewest calls: put_from, its reference released as
+        soon as Mooncake has the bytes."""
+        self._check_open()
+        if type(key) is not str:
+            key = _mooncake_key(key)
+        self._check_fits(key, _data_bytes(kind, value))
+        ptr, address, size = self._encode(self.pool._p(), kind, value)
+        try:
+            args = (key, address, size) if config is None else (key, address, size, config)
+            rc = self.store.put_from(*args)
+        finally:
+            _zc_release(ptr)
+        if rc:
+            raise _error("put of %r (1 of 1 keys failed)" % key, rc)
+        if self._cache_on:
+            self.forget(key)
+        self._remember((key,), (size,))
 
     def put_array(self, key, array, config=None):
         """Stores a numpy array (written once into the pool, then put from there)."""
-        self._put_many("array", [key], [array], config)
+        self._put_one("array", key, array, config)
 
     def put_tensor(self, key, tensor, config=None):
         """Stores a CPU torch tensor (like put_array)."""
-        self._put_many("tensor", [key], [tensor], config)
+        self._put_one("tensor", key, tensor, config)
 
     def put_object(self, key, obj, config=None):
         """Stores any picklable object (pickle 5; out-of-band buffers in their own parts)."""
-        self._put_many("object", [key], [obj], config)
+        self._put_one("object", key, obj, config)
 
     def put_parts(self, key, *parts, config=None):
         """Stores bytes-like parts as one value whose part bounds `get_parts` gives back."""
-        self._put_many("parts", [key], [parts], config)
+        self._put_one("parts", key, parts, config)
+
+    def _put_buffers(self, keys, bufs, config):
+        self._check_open()
+        keys = [k if type(k) is str else _mooncake_key(k) for k in keys]
+        base, length = self._region
+        spans = []
+        for buf in bufs:
+            address, size = (buf.address, buf.size) if buf.sealed else (None, None)
+            if address is None or not (base <= address and address + size <= base + length):
+                raise InvalidArgumentError("buffer for %r is not a sealed buffer of this store's pool" % (buf.key,))
+            spans.append((address, size))
+        if len(keys) != len(spans):
+            raise InvalidArgumentError("%d keys for %d buffers" % (len(keys), len(spans)))
+        self._put_from(keys, spans, config)
 
     def put_buffer(self, key, buf, config=None):
         """Stores a sealed buffer of this store's pool as it is: no copy at all."""
-        self._check_open()
-        self._put_sealed([_mooncake_key(key)], [buf], config)
+        self._put_buffers([key], [buf], config)
 
     def batch_put_arrays(self, keys, arrays, config=None):
         """put_array for many keys, in one Mooncake call."""
@@ -391,8 +739,7 @@ class ZeroCopyStore:
         self._put_many("parts", keys, parts_lists, config)
 
     def batch_put_buffers(self, keys, bufs, config=None):
-        self._check_open()
-        self._put_sealed([_mooncake_key(k) for k in keys], list(bufs), config)
+        self._put_buffers(keys, list(bufs), config)
 
     def remove(self, key, force=False):
         """Removes `key` from Mooncake (and from the local cache)."""
@@ -433,206 +780,371 @@ class ZeroCopyStore:
                 raise MooncakeError("key %r exists but has no replica to read yet" % k, -703)
         return sizes
 
-    def _check_fits(self, key, nbytes):
-        capacity = self._region[1]
-        if nbytes is not None and nbytes > capacity:
-            raise OutOfMemoryError(
-                "the value of %r (%d bytes) is larger than the whole pool (%d bytes)" % (key, nbytes, capacity)
-            )
-
-    def _create_with_room(self, create):
-        """Runs create(); when the pool is full, drops cached copies (least recently used first)
-        and tries again, until it fits or nothing is cached."""
-        while True:
-            try:
-                return create()
-            except OutOfMemoryError:
-                with self._lock:
-                    if not self._cache:
-                        raise
-                    _, name = self._cache.popitem(last=False)
-                self._drop(name)
-
-    def _drop(self, name):
-        self._format.pop(name, None)
-        try:
-            self.pool.delete(name)
-        except Error:
-            pass  # the pool was closed, or the key already gone
-
-    def _fetch(self, keys):
-        """[private pool key] of sealed copies of the values of `keys`, in order: cached ones as
-        they are, the others transferred by one batch_get_into. All or nothing: on any failure
-        every buffer created here is aborted."""
-        self._check_open()
-        keys = [_mooncake_key(k) for k in keys]
-        names = [None] * len(keys)
-        if self._cache_on:
-            with self._lock:
-                for i, k in enumerate(keys):
-                    name = self._cache.get(k)
-                    if name is not None:
-                        self._cache.move_to_end(k)
-                        names[i] = name
-        todo = [i for i, n in enumerate(names) if n is None]
-        if not todo:
-            return keys, names, []
-        try:
-            fresh = self._transfer(keys, names, todo, True)
-        except _StaleSize as stale:
-            with self._lock:
-                for k in stale.keys:
-                    self._hints.pop(k, None)
-            fresh = self._transfer(keys, names, todo, False)
-        return keys, names, fresh
-
-    def _transfer(self, keys, names, todo, use_hints):
-        sizes = {}
-        if use_hints and self.remember_sizes:
-            with self._lock:
-                for i in todo:
-                    size = self._hints.get(keys[i])
-                    if size is not None:
-                        sizes[keys[i]] = size
-        hinted = set(sizes)
-        unknown = [keys[i] for i in todo if keys[i] not in hinted]
-        if unknown:
-            sizes.update(self._sizes(unknown))
-        # Raw handles rather than Buffer objects: a batch creates thousands, and each is sealed
-        # and released here (or aborted), never handed out.
-        created = []  # (index, private key, zc_buffer *, address, size)
-        try:
-            for i in todo:
-                name = self._name()
-                size = sizes[keys[i]]
-                self._check_fits(keys[i], size)
-                ptr = self._create_with_room(lambda name=name, size=size: self._create_raw(name, size))
-                created.append((i, name, ptr, _lib.lib.zc_buffer_data(ptr) or 0, size))
-            moving = [(i, address, size) for i, _, _, address, size in created if size or keys[i] in hinted]
-            if moving:
-                # batch_get_into even for one key: in the tests, get_into read a key replaced
-                # by another client from where its old value had been (reporting the old size),
-                # and answered success after the master had died; batch_get_into did neither.
-                results = self.store.batch_get_into(
-                    [keys[i] for i, _, _ in moving], [a for _, a, _ in moving], [n for _, _, n in moving]
-                )
-                wrong = [(i, n, rc) for (i, _, n), rc in zip(moving, results) if rc != n]
-                if any(keys[i] in hinted for i, _, _ in wrong):
-                    raise _StaleSize([keys[i] for i, _, _ in wrong if keys[i] in hinted])
-                for i, n, rc in wrong:
-                    code = rc if rc < 0 else None
-                    what = "get of %r into a %d-byte buffer" % (keys[i], n)
-                    if code is None:
-                        what += " moved %d bytes" % rc
-                    raise _error(what, code)
-        except BaseException:
-            for _, _, ptr, _, _ in created:
-                _lib.lib.zc_abort(ptr)  # consumes the handle
-            raise
-        fresh = []
-        for i, name, ptr, address, size in created:
-            self._format[name] = size >= 8 and ctypes.string_at(address, 8) == _PARTS_MAGIC
-            status = _lib.lib.zc_seal(ptr)
-            _lib.lib.zc_release(ptr)
-            if status:
-                _raise(status)
-            names[i] = name
-            fresh.append(name)
-        self._remember([keys[i] for i in todo], [sizes[keys[i]] for i in todo])
-        return fresh
-
-    def _create_raw(self, name, size):
-        k = name.encode()
-        out = ctypes.c_void_p()
-        status = _lib.lib.zc_create_buffer(self.pool._p(), k, len(k), size, ctypes.byref(out))
-        if status:
-            _raise(status)
-        return out.value
-
     def _remember(self, keys, sizes):
         if not self.remember_sizes:
             return
-        with self._lock:
-            hints = self._hints
-            for k, size in zip(keys, sizes):
+        hints = self._hints
+        for k, size in zip(keys, sizes):
+            if hints.get(k) != size:
+                hints.pop(k, None)
                 hints[k] = size
-                hints.move_to_end(k)
-            while len(hints) > _MAX_HINTS:
-                hints.popitem(last=False)
+        if len(hints) > _MAX_HINTS:
+            with self._lock:
+                for k in list(itertools.islice(hints, len(hints) - _MAX_HINTS)):
+                    del hints[k]
+
+    def _transfer(self, pool, keys, keep):
+        """Reads the values of `keys` into new sealed buffers of the pool: (read references,
+        addresses, sizes, private keys). The private keys are deleted unless `keep`. All or
+        nothing: on any failure every buffer made here is discarded."""
+        use_hints = self.remember_sizes
+        while True:
+            hinted = None
+            if use_hints:
+                hints = self._hints
+                sizes = [hints.get(k) for k in keys]
+                if None in sizes or 0 in sizes:  # a remembered 0 is not worth checking by a read
+                    hinted = [bool(s) for s in sizes]
+                    asked = self._sizes([k for k, h in zip(keys, hinted) if not h])
+                    sizes = [s if h else asked[k] for k, s, h in zip(keys, sizes, hinted)]
+            else:
+                asked = self._sizes(keys)
+                sizes = [asked[k] for k in keys]
+                hinted = [False] * len(keys)
+            if max(sizes) > self._region[1]:
+                for k, n in zip(keys, sizes):
+                    self._check_fits(k, n)
+            ptrs, names = self._create(pool, sizes)
+            try:
+                addrs = [_zc_data(p) for p in ptrs]
+                if 0 in sizes:  # nothing to move for an empty value
+                    moving = [i for i, n in enumerate(sizes) if n]
+                    asked_keys = [keys[i] for i in moving]
+                    results = self.store.batch_get_into(asked_keys, [addrs[i] for i in moving],
+                                                        [sizes[i] for i in moving]) if moving else []
+                    wanted = [sizes[i] for i in moving]
+                else:
+                    moving = None
+                    results = self.store.batch_get_into(keys, addrs, sizes)
+                    wanted = sizes
+                if results != wanted:
+                    # batch_get_into, not get_into, even for one key: in the tests, get_into read
+                    # a key replaced by another client from where its old value had been
+                    # (reporting the old size), and answered success after the master had died.
+                    index = moving or range(len(keys))
+                    wrong = [(i, n, rc) for i, n, rc in zip(index, wanted, results) if rc != n]
+                    if len(results) != len(wanted):
+                        raise MooncakeError(
+                            "batch_get_into answered %d results for %d keys" % (len(results), len(wanted)))
+                    stale = [keys[i] for i, _, _ in wrong if hinted is None or hinted[i]]
+                    if stale and use_hints:
+                        for k in stale:
+                            self._hints.pop(k, None)
+                        raise _StaleSize(stale)
+                    i, n, rc = wrong[0]
+                    what = "get of %r into a %d-byte buffer" % (keys[i], n)
+                    if rc >= 0:
+                        what += " moved %d bytes" % rc
+                    raise _error(what, rc if rc < 0 else None)
+                for p in ptrs:
+                    status = _zc_seal(p)
+                    if status:
+                        _raise(status)
+            except _StaleSize:
+                self._discard(pool, ptrs, names)
+                use_hints = False
+                continue
+            except BaseException:
+                self._discard(pool, ptrs, names)
+                raise
+            if not keep:
+                if type(names) is bytes:
+                    _zc_delete(pool, names, _NAME_LEN)
+                else:
+                    at = names.ctypes.data
+                    for i in range(len(ptrs)):
+                        _zc_delete(pool, at + _NAME_LEN * i, _NAME_LEN)
+            self._remember(keys, sizes)
+            return ptrs, addrs, sizes, names
+
+    def _fetch(self, keys):
+        """One sealed read reference per key, in order: (keys, references, addresses, sizes),
+        the references owned by the caller. Cached copies are referenced again; the other values
+        are transferred by one batch_get_into. All or nothing."""
+        self._check_open()
+        keys = [k if type(k) is str else _mooncake_key(k) for k in keys]
+        pool = self.pool._p()
+        if not keys:
+            return keys, [], [], []
+        if not self._cache_on:
+            ptrs, addrs, sizes, _ = self._transfer(pool, keys, False)
+            return keys, ptrs, addrs, sizes
+        n = len(keys)
+        ptrs, addrs, sizes = [None] * n, [None] * n, [None] * n
+        with self._lock:
+            hits = [(i, self._cache.get(k)) for i, k in enumerate(keys)]
+            for i, name in hits:
+                if name is not None:
+                    self._cache.move_to_end(keys[i])
+        for i, name in hits:
+            if name is not None and not _zc_get(pool, name, len(name), 0, self._out_at):
+                p = self._out.value
+                ptrs[i], addrs[i], sizes[i] = p, _lib.lib.zc_buffer_const_data(p), _zc_size(p)
+        todo = [i for i in range(n) if ptrs[i] is None]
+        if todo:
+            try:
+                fresh = self._transfer(pool, [keys[i] for i in todo], True)
+            except BaseException:
+                for p in ptrs:
+                    if p is not None:
+                        _zc_release(p)
+                raise
+            names = fresh[3]
+            cached = set()
+            with self._lock:
+                for j, i in enumerate(todo):
+                    ptrs[i], addrs[i], sizes[i] = fresh[0][j], fresh[1][j], fresh[2][j]
+                    name = names if type(names) is bytes else names[j].tobytes()
+                    if keys[i] not in self._cache:
+                        self._cache[keys[i]] = name
+                        cached.add(j)
+            for j in range(len(todo)):
+                if j not in cached:  # the same key twice in one batch: one copy is cached
+                    _zc_delete(pool, self._key_at(names, j), _NAME_LEN)
+        return keys, ptrs, addrs, sizes
 
     def _read(self, keys, decode):
-        """decode(private key) for each value of `keys`; fresh private keys are deleted (or
-        cached) afterwards, so only the returned views hold their buffers."""
-        keys, names, fresh = self._fetch(keys)
+        """decode(key, reference, address, size) for each value of `keys`; each decode owns its
+        reference (also when it raises)."""
+        keys, ptrs, addrs, sizes = self._fetch(keys)
+        out = []
+        i = 0
         try:
-            return [decode(name) for name in names]
-        finally:
-            if self._cache_on:
-                kept = set()
-                with self._lock:
-                    for k, name in zip(keys, names):
-                        if k not in self._cache and name not in kept:
-                            self._cache[k] = name
-                            kept.add(name)
-                fresh = [name for name in fresh if name not in kept]
-            for name in fresh:
-                self._drop(name)
+            for i, key in enumerate(keys):
+                out.append(decode(key, ptrs[i], addrs[i], sizes[i]))
+        except BaseException:
+            for p in ptrs[i + 1:]:
+                _zc_release(p)
+            raise
+        return out
 
-    def _is_parts(self, name):
-        parts = self._format.get(name)
-        if parts is None:
-            with self.pool.get(name) as buf:
-                parts = buf.size >= 8 and ctypes.string_at(buf.address, 8) == _PARTS_MAGIC
-        return parts
+    def _read_one(self, key, decode):
+        """decode(...) of one value: `_read` of one key, with its common case (its size
+        remembered, no cache) in the fewest calls; every other case goes to `_read`.
 
-    def _as_array(self, name):
-        if self._is_parts(name):
-            return self.pool.get_array(name)
-        return self.pool.get(name).array()
+        For a key read before by get_array or get_tensor, the view is made before the transfer
+        from the layout seen last time, and kept only if the header bytes that arrive are those
+        the layout was parsed from (else the value is decoded afresh): made after the transfer,
+        the same Python objects took three times as long, their caches cold."""
+        size = self._hints.get(key) if type(key) is str and not self._cache_on and self.remember_sizes else None
+        pool = self.pool._ptr
+        if not size or pool is None or not self._registered:
+            return self._read([key], decode)[0]
+        n = self._next
+        self._next = n + 1
+        name = self._prefix + n.to_bytes(8, "little")
+        if _zc_create(pool, name, _NAME_LEN, size, self._out_at):
+            return self._read([key], decode)[0]  # raises what the create answers, after any eviction
+        ptr = self._out.value
+        address = _zc_data(ptr)
+        owner = _Ref(ptr)  # from here on, dropping it aborts the unsealed buffer
+        func = getattr(decode, "__func__", decode)
+        spec = self._specs.get(key)
+        early = None
+        if spec is not None and spec[0] is func and spec[4] == size:
+            early = spec[3](owner, address, spec[2])
+        # batch_get_into even for one key: see _transfer.
+        moved = self.store.batch_get_into([key], [address], [size])
+        if moved != [size] or _zc_seal(ptr):
+            if len(moved) == 1 and moved[0] != size:  # not the size remembered: ask the master
+                self._hints.pop(key, None)
+            del early, owner
+            return self._read([key], decode)[0]
+        _zc_delete(pool, name, _NAME_LEN)
+        if early is not None and _string_at(address, len(spec[1])) == spec[1]:
+            return early
+        del early
+        out = decode(key, owner, address, size)
+        learn = self._LEARN.get(func)
+        if learn is not None:
+            learned = learn(type(self), address, size)
+            if learned is not None:
+                if len(self._specs) >= _MAX_HINTS:
+                    self._specs.clear()
+                self._specs[key] = (func,) + learned + (size,)
+        return out
 
-    def _as_parts(self, name):
-        if self._is_parts(name):
-            return self.pool.get_parts(name)
-        return [self.pool.get(name).array()]
+    # Decoders: each takes (key, read reference or _Ref, address, size) and owns the reference.
+
+    _array_layouts = {}
+    _tensor_layouts = {}
+
+    @classmethod
+    def _as_array(cls, key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
+        head = _string_at(address, size if size < _HEAD else _HEAD)
+        if head[:8] != _PARTS_MAGIC:
+            return _bytes_at(owner, address, size)
+        meta = _meta(head)
+        layout = cls._array_layouts.get((meta, size))
+        if layout is None:
+            layout = _objects._array_layout(address, size, head, key)
+            if meta is not None and len(cls._array_layouts) < 4096:
+                cls._array_layouts[(meta, size)] = layout
+        return cls._array_from(owner, address, layout)
+
+    @staticmethod
+    def _array_from(owner, address, layout):
+        data_at, dtype, shape = layout
+        if not dtype.itemsize or 0 in shape:  # no bytes to share
+            empty = np.empty(shape, dtype)
+            empty.flags.writeable = False
+            return empty
+        return _objects._array_at(owner, address + data_at, dtype, shape, True)
+
+    @classmethod
+    def _learn_array(cls, address, size):
+        """(metadata bytes, layout, view maker) of the array value at `address`, if cached."""
+        head = _string_at(address, size if size < _HEAD else _HEAD)
+        meta = _meta(head) if head[:8] == _PARTS_MAGIC else None
+        layout = cls._array_layouts.get((meta, size)) if meta is not None else None
+        return None if layout is None else (meta, layout, cls._array_from)
+
+    @classmethod
+    def _tensor_layout(cls, key, address, size, head):
+        """(data offset, torch dtype, shape, data bytes, numpy typestr) of a tensor value in
+        either format."""
+        torch = _torch()
+        if head[:8] == _PARTS_MAGIC:
+            parts = _objects._layout_in_memory(address, size, "tensor")
+            if len(parts) != 2:
+                raise InvalidArgumentError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
+            (head_at, head_len), (data_at, nbytes) = parts
+            try:
+                name, shape = _objects._decode_shape_header(_string_at(address + head_at, head_len),
+                                                            _objects.TENSOR_MAGIC, "tensor")
+                dtype = getattr(torch, name.decode("ascii"))
+            except (struct.error, UnicodeDecodeError, AttributeError):
+                raise InvalidArgumentError("key %r does not hold a zcopy tensor (its header part is damaged)" % (key,))
+            if not isinstance(dtype, torch.dtype):
+                raise InvalidArgumentError("key %r: %r is not a torch dtype" % (key, name))
+            count = 1
+            for d in shape:
+                count *= d
+            if min(shape, default=0) < 0 or count * dtype.itemsize != nbytes:
+                raise InvalidArgumentError("key %r: a %s tensor of shape %s in %d bytes" % (key, dtype, shape, nbytes))
+        elif head[:4] == _MOONCAKE_MAGIC:
+            data_at, name, shape = mooncake_tensor_layout(head, size)
+            dtype = getattr(torch, name)
+            nbytes = size - data_at
+        else:
+            raise InvalidArgumentError(
+                "key %r holds neither a zcopy tensor nor one put by Mooncake's put_tensor" % (key,))
+        return (data_at, dtype, tuple(shape), nbytes, _NUMPY_TYPESTR.get(str(dtype)))
+
+    @classmethod
+    def _as_tensor(cls, key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
+        head = _string_at(address, size if size < _HEAD else _HEAD)
+        meta = _meta(head)
+        layout = cls._tensor_layouts.get((meta, size))
+        if layout is None:
+            layout = cls._tensor_layout(key, address, size, head)
+            if meta is not None and len(cls._tensor_layouts) < 4096:
+                cls._tensor_layouts[(meta, size)] = layout
+        return cls._tensor_from(owner, address, layout)
+
+    @staticmethod
+    def _tensor_from(owner, address, layout):
+        data_at, dtype, shape, nbytes, typestr = layout
+        torch = _torch()
+        if not nbytes:
+            return torch.empty(shape, dtype=dtype)
+        # A writable numpy view only as the way in: torch has no read-only tensors (and warns
+        # about read-only arrays); the bytes are sealed all the same.
+        if typestr is not None:
+            owner.__array_interface__ = {"data": (address + data_at, False), "shape": shape, "typestr": typestr,
+                                         "version": 3}
+            return torch.from_numpy(_asarray(owner))
+        return torch.from_numpy(_bytes_at(owner, address + data_at, nbytes, False)).view(dtype).view(shape)
+
+    @classmethod
+    def _learn_tensor(cls, address, size):
+        """(metadata bytes, layout, view maker) of the tensor value at `address`, if cached."""
+        head = _string_at(address, size if size < _HEAD else _HEAD)
+        meta = _meta(head)
+        layout = cls._tensor_layouts.get((meta, size)) if meta is not None else None
+        return None if layout is None else (meta, layout, cls._tensor_from)
+
+    @staticmethod
+    def _as_parts(key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
+        if size < 8 or _string_at(address, 8) != _PARTS_MAGIC:
+            return [_bytes_at(owner, address, size)]
+        layout = _objects._layout_in_memory(address, size, "multi-part object")
+        return [_bytes_at(owner, address + at, n) for at, n in layout]
+
+    @staticmethod
+    def _as_object(key, ref, address, size):
+        owner = ref if type(ref) is _Ref else _Ref(ref)
+        if size < 8 or _string_at(address, 8) != _PARTS_MAGIC:
+            raise InvalidArgumentError("key %r does not hold a zcopy pickled object (no ZCPARTS magic)" % (key,))
+        parts = _objects._layout_in_memory(address, size, "pickled object")
+        if len(parts) < 2 or _string_at(address + parts[0][0], parts[0][1]) != _objects.OBJECT_MAGIC:
+            raise InvalidArgumentError("key %r does not hold a zcopy pickled object" % (key,))
+        stream = memoryview(_bytes_at(owner, address + parts[1][0], parts[1][1]))
+        buffers = [memoryview(_bytes_at(owner, address + at, n)) for at, n in parts[2:]]
+        return pickle.loads(stream, buffers=buffers)
+
+    @staticmethod
+    def _as_buffer(key, ref, address, size):
+        if type(ref) is _Ref:  # the Buffer takes the reference over
+            ptr, ref.ptr = ref.ptr, None
+            return Buffer(ptr, key, False)
+        return Buffer(ref, key, False)
+
+    _LEARN = {_as_array.__func__: _learn_array.__func__, _as_tensor.__func__: _learn_tensor.__func__}
 
     def get_array(self, key):
         """The array under `key`, read-only, over the pool's bytes. A value not written in the
         parts format (Mooncake's own put) comes back as its bytes, a 1-D uint8 array."""
-        return self._read([key], self._as_array)[0]
+        return self._read_one(key, self._as_array)
 
     def get_tensor(self, key):
         """The tensor under `key`, over the pool's bytes (torch has no read-only tensors: do not
-        write to it)."""
-        return self._read([key], self.pool.get_tensor)[0]
+        write to it): a value of put_tensor here, or of Mooncake's own put_tensor (its header
+        checked against the value's size first)."""
+        return self._read_one(key, self._as_tensor)
 
     def get_object(self, key):
         """The object stored by put_object; its out-of-band buffers are read-only pool views."""
-        return self._read([key], self.pool.get_object)[0]
+        return self._read_one(key, self._as_object)
 
     def get_parts(self, key):
         """The parts of the value under `key`, read-only uint8 arrays; a value not in the parts
         format is one part."""
-        return self._read([key], self._as_parts)[0]
+        return self._read_one(key, self._as_parts)
 
     def get_buffer(self, key):
         """The value's bytes as a sealed, read-only zcopy Buffer (any format)."""
-        return self._read([key], self.pool.get)[0]
+        return self._read_one(key, self._as_buffer)
 
     def batch_get_arrays(self, keys):
-        """get_array for many keys: one size query and one transfer call for the batch."""
+        """get_array for many keys: one transfer call for the batch (and one size query for
+        the keys whose sizes are not remembered)."""
         return self._read(keys, self._as_array)
 
     def batch_get_tensors(self, keys):
-        return self._read(keys, self.pool.get_tensor)
+        return self._read(keys, self._as_tensor)
 
     def batch_get_objects(self, keys):
-        return self._read(keys, self.pool.get_object)
+        return self._read(keys, self._as_object)
 
     def batch_get_parts(self, keys):
         return self._read(keys, self._as_parts)
 
     def batch_get_buffers(self, keys):
-        return self._read(keys, self.pool.get)
+        return self._read(keys, self._as_buffer)
 
     def forget(self, key):
         """Drops the cached copy of `key`, if any (views of it stay valid), and its remembered
@@ -640,6 +1152,7 @@ class ZeroCopyStore:
         key = _mooncake_key(key)
         with self._lock:
             self._hints.pop(key, None)
+            self._specs.pop(key, None)
             name = self._cache.pop(key, None)
         if name is not None:
             self._drop(name)
@@ -652,7 +1165,6 @@ class ZeroCopyStore:
     def __repr__(self):
         state = "closed" if not self._registered else "%d cached" % len(self._cache)
         return "<zcopy.mooncake.ZeroCopyStore pool %#x+%d, %s>" % (self._region[0], self._region[1], state)
-
 
 def master_binary():
     """Path of the `mooncake_master` the wheel ships (next to its Python package, or on PATH)."""
