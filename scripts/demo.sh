@@ -39,6 +39,9 @@ echo
 "$python" -c "import mooncake.store" 2>/dev/null ||
     zcopy_venv mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
     echo "demo.sh: the Mooncake wheel did not install; its benchmark will say it cannot run"
+# Tensors are what Mooncake's get_tensor returns; without torch the benchmark compares arrays.
+"$python" -c "import torch" 2>/dev/null || zcopy_venv torch ||
+    echo "demo.sh: torch did not install; the benchmark compares arrays instead of tensors"
 PYTHONPATH=python "$python" python/bench_mooncake.py "${quick[@]:1}" || [ $? = 77 ]
 
 echo

@@ -43,6 +43,12 @@ if ! "$python" -c "import mooncake.engine" 2>/dev/null; then
     zcopy_venv mooncake-transfer-engine-non-cuda==0.3.13.post1 ||
         echo "test.sh: the Mooncake Transfer Engine wheel did not install; its interop test will skip"
 fi
+# torch, for the tensor paths (test_torch.py, the tensor cases of test_hostile.py, test_too_large.py
+# and test_mooncake_store.py; they skip without it). The registry's default wheel brings CUDA
+# libraries: about 3 GB to download once (5 to 6 minutes on a fresh machine), 5.3 GB in the venv.
+if ! "$python" -c "import torch" 2>/dev/null; then
+    zcopy_venv torch || echo "test.sh: torch did not install; the tensor tests will skip"
+fi
 # NIXL, for its interop test (which skips, saying why, if it cannot run). --no-deps: the wheel
 # declares torch, which moving host memory does not need.
 if ! "$python" -c "import importlib.metadata as m; assert m.version('nixl-cu12') == '1.5.1'" 2>/dev/null; then

@@ -313,9 +313,12 @@ def test_get_tensor_refuses_lying_shape_and_non_dtype_names(pool, stored):
             pool.get_tensor("t%d" % i)
     tensor_object("ok", b"float32", (4, 4), DATA64)
     assert torch.equal(pool.get_tensor("ok"), torch.frombuffer(bytearray(DATA64), dtype=torch.float32).view(4, 4))
+    # An honest tensor in a plain buffer (as a transfer leaves it) reads back; a lying one does not.
     pool.put("plain", parts_bytes([shape_head(TENSOR_MAGIC, b"float32", (16,)), DATA64]))
+    assert torch.equal(pool.get_tensor("plain"), torch.frombuffer(bytearray(DATA64), dtype=torch.float32))
+    pool.put("plain-lying", parts_bytes([shape_head(TENSOR_MAGIC, b"float32", (1 << 20,)), DATA64]))
     with pytest.raises(zcopy.FormatError):
-        pool.get_tensor("plain")
+        pool.get_tensor("plain-lying")
     stored()
 
 

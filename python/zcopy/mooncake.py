@@ -28,7 +28,7 @@ checked against the value's size (sharded values of `put_tensor_with_tp` are ref
 other getters it is plain bytes. Any other value (Mooncake's own `put`, `put_parts`,
 `put_batch`) is plain bytes: `get_array` returns it as a 1-D uint8 array, `get_parts` as one part
 (Mooncake's `put_parts` concatenates its parts without recording their bounds), `get_buffer` as
-a sealed buffer; `get_object` and `get_tensor` refuse it (InvalidArgumentError). Mooncake's own
+a sealed buffer; `get_object` and `get_tensor` refuse it (FormatError, an InvalidArgumentError). Mooncake's own
 `get_tensor` gives a 0-d tensor back with shape (1,); `get_tensor` here keeps it 0-d.
 
 Errors are exceptions of the `zcopy.Error` family: `MooncakeNotFoundError` (a `NotFoundError`)
@@ -57,7 +57,7 @@ import threading
 import numpy as np
 
 from . import _lib, _objects
-from ._core import Buffer, Error, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise
+from ._core import Buffer, Error, FormatError, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise
 
 try:
     from mooncake.store import MooncakeDistributedStore, ReplicateConfig
@@ -254,10 +254,10 @@ _MOONCAKE_DTYPES = [
 def mooncake_tensor_layout(head, size):
     """(data offset, torch dtype name, shape) of a value of `size` bytes written by Mooncake's
     `put_tensor`, from its first bytes `head` (176 or more), every field checked against `size`.
-    InvalidArgumentError if it is not such a value."""
+    FormatError if it is not such a value."""
 
     def refuse(why):
-        raise InvalidArgumentError("not a Mooncake tensor value of %d bytes: %s" % (size, why))
+        raise FormatError("not a Mooncake tensor value of %d bytes: %s" % (size, why))
 
     if size < _MOONCAKE_HEADER or len(head) < _MOONCAKE_FIELDS.size:
         refuse("shorter than its %d-byte header" % _MOONCAKE_HEADER)
@@ -995,7 +995,7 @@ class ZeroCopyStore:
 
     @staticmethod
     def _array_from(owner, address, layout):
-        data_at, dtype, shape = layout
+        data_at, _data_len, dtype, shape = layout
         if not dtype.itemsize or 0 in shape:  # no bytes to share
             empty = np.empty(shape, dtype)
             empty.flags.writeable = False
@@ -1018,27 +1018,27 @@ class ZeroCopyStore:
         if head[:8] == _PARTS_MAGIC:
             parts = _objects._layout_in_memory(address, size, "tensor")
             if len(parts) != 2:
-                raise InvalidArgumentError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
+                raise FormatError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
             (head_at, head_len), (data_at, nbytes) = parts
             try:
                 name, shape = _objects._decode_shape_header(_string_at(address + head_at, head_len),
                                                             _objects.TENSOR_MAGIC, "tensor")
                 dtype = getattr(torch, name.decode("ascii"))
             except (struct.error, UnicodeDecodeError, AttributeError):
-                raise InvalidArgumentError("key %r does not hold a zcopy tensor (its header part is damaged)" % (key,))
+                raise FormatError("key %r does not hold a zcopy tensor (its header part is damaged)" % (key,))
             if not isinstance(dtype, torch.dtype):
-                raise InvalidArgumentError("key %r: %r is not a torch dtype" % (key, name))
+                raise FormatError("key %r: %r is not a torch dtype" % (key, name))
             count = 1
             for d in shape:
                 count *= d
             if min(shape, default=0) < 0 or count * dtype.itemsize != nbytes:
-                raise InvalidArgumentError("key %r: a %s tensor of shape %s in %d bytes" % (key, dtype, shape, nbytes))
+                raise FormatError("key %r: a %s tensor of shape %s in %d bytes" % (key, dtype, shape, nbytes))
         elif head[:4] == _MOONCAKE_MAGIC:
             data_at, name, shape = mooncake_tensor_layout(head, size)
             dtype = getattr(torch, name)
             nbytes = size - data_at
         else:
-            raise InvalidArgumentError(
+            raise FormatError(
                 "key %r holds neither a zcopy tensor nor one put by Mooncake's put_tensor" % (key,))
         return (data_at, dtype, tuple(shape), nbytes, _NUMPY_TYPESTR.get(str(dtype)))
 
@@ -1088,10 +1088,10 @@ class ZeroCopyStore:
     def _as_object(key, ref, address, size):
         owner = ref if type(ref) is _Ref else _Ref(ref)
         if size < 8 or _string_at(address, 8) != _PARTS_MAGIC:
-            raise InvalidArgumentError("key %r does not hold a zcopy pickled object (no ZCPARTS magic)" % (key,))
+            raise FormatError("key %r does not hold a zcopy pickled object (no ZCPARTS magic)" % (key,))
         parts = _objects._layout_in_memory(address, size, "pickled object")
         if len(parts) < 2 or _string_at(address + parts[0][0], parts[0][1]) != _objects.OBJECT_MAGIC:
-            raise InvalidArgumentError("key %r does not hold a zcopy pickled object" % (key,))
+            raise FormatError("key %r does not hold a zcopy pickled object" % (key,))
         stream = memoryview(_bytes_at(owner, address + parts[1][0], parts[1][1]))
         buffers = [memoryview(_bytes_at(owner, address + at, n)) for at, n in parts[2:]]
         return pickle.loads(stream, buffers=buffers)
