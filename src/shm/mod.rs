@@ -10,6 +10,7 @@
 //! [`name`] validates a pool's name and maps it to a path; [`file`] creates, opens, checks, maps
 //! and unlinks the pool file; [`header`] is the file's first bytes and the checked [`header::Layout`]
 //! of its areas; [`slots`] is the table of process slots with kernel-dropped liveness locks;
+//! [`ledger`] is each slot's record of what its process holds, replayed to clean up after it;
 //! [`lock`] is the robust process-shared mutex and the shared futex; [`offset`] is the one place
 //! where an offset or id read from shared memory becomes a reference; [`pool_file`] composes
 //! them into the create and attach sequences.
@@ -27,6 +28,7 @@
 
 pub(crate) mod file;
 pub(crate) mod header;
+pub(crate) mod ledger;
 pub(crate) mod lock;
 pub(crate) mod name;
 pub(crate) mod offset;
