@@ -27,9 +27,10 @@
 //! reference table, the count held by each slot, and [`Undo::held`] reads it. Replay accepts only
 //! the two values the protocol allows (`count` or `target`; anything else is corruption) and drops
 //! exactly that many. Every intermediate state is one of these: between `count = target` and the
-//! state store, both values are the same. A `HELD` entry is first turned into `RELEASING` to 0,
-//! so a replay killed after dropping but before emptying the entry is settled the same way by the
-//! next one: replay is idempotent. Nobody else can change the dead slot's counts meanwhile (its
+//! state store, both values are the same. Before dropping, replay turns the entry into
+//! `RELEASING` from the record's count to 0, through states that each allow the record's count
+//! as it is, so a replay killed anywhere, even after dropping but before emptying the entry, is
+//! settled the same way by the next one: replay is idempotent. Nobody else can change the dead slot's counts meanwhile (its
 //! slot lock makes the replayer the only cleaner), so the record's answer is stable.
 //!
 //! Writes: a ledger is written by the process owning its slot, one thread at a time (the engine
@@ -320,21 +321,31 @@ impl<'a> Ledger<'a> {
                     done.creates += 1;
                     continue;
                 }
-                HELD => {
-                    entry.target.store(0, Ordering::Relaxed);
-                    entry.state.store(RELEASING, Ordering::Release);
-                }
                 _ => {}
             }
-            let target = entry.target.load(Ordering::Relaxed);
             let held = undo.held(id)?;
-            if held != count && held != target {
+            let other = if state == HELD { count } else { target };
+            if held != count && held != other {
+                let allowed = if other == count { format!("{count}") } else { format!("{count} or {other}") };
                 return Err(corrupt(
                     self.slot,
-                    format!("entry {index} (state {state}) allows {count} or {target} references on {id}, its record says {held}"),
+                    format!(
+                        "entry {index} (state {state}) allows {allowed} references on {id}, its record says {held}"
+                    ),
                 ));
             }
             if held > 0 {
+                // Turn the entry into a release of exactly `held` to 0 before dropping, through
+                // states that each allow the record's unchanged count, so that a replay killed
+                // anywhere here or after the drop is settled by the next one.
+                if held != count {
+                    entry.count.store(held, Ordering::Relaxed);
+                }
+                if state == TAKING {
+                    entry.state.store(HELD, Ordering::Release);
+                }
+                entry.target.store(0, Ordering::Relaxed);
+                entry.state.store(RELEASING, Ordering::Release);
                 undo.drop_refs(id, held)?;
                 done.references += held;
             }
@@ -554,7 +565,7 @@ mod tests {
         let mut records = Records { refs: vec![0; 4], unsealed: vec![false; 4], dropped: 0 };
         records.refs[3] = 5;
         let e = ledger.replay(&mut records).unwrap_err();
-        assert!(e.to_string().contains("allows 2 or 0 references on 3, its record says 5"), "{e}");
+        assert!(e.to_string().contains("allows 2 references on 3, its record says 5"), "{e}");
         assert_eq!(records.dropped, 0);
     }
 
