@@ -13,7 +13,8 @@
 //! [`ledger`] is each slot's record of what its process holds, replayed to clean up after it;
 //! [`lock`] is the robust process-shared mutex and the shared futex; [`offset`] is the one place
 //! where an offset or id read from shared memory becomes a reference; [`pool_file`] composes
-//! them into the create and attach sequences.
+//! them into the create and attach sequences, and removes a file whose creator died before
+//! publishing it.
 //!
 //! Rules every block follows: a structure placed in shared memory is `#[repr(C)]`, holds no
 //! pointer, and has compile-time size and offset assertions; fields other than atomics are written
