@@ -60,15 +60,14 @@ pub(crate) const RELEASING: u32 = 4;
 
 /// The most references one entry may count; more is corruption.
 pub(crate) const MAX_COUNT: u64 = 1 << 40;
-/// Marks the end of the free list.
-const NONE: u64 = u64::MAX;
 
 /// The head of one slot's ledger.
 #[repr(C, align(64))]
 pub(crate) struct LedgerHeader {
     /// Entries at or past this index have never been used since the last reset (so are empty).
     high_water: AtomicU64,
-    /// The first empty entry below the high-water mark, or `NONE`.
+    /// One more than the first entry of the free list (empty entries below the high-water mark),
+    /// or 0 when it is empty: all zeros is an empty ledger.
     free_head: AtomicU64,
 }
 
@@ -85,7 +84,7 @@ pub(crate) struct Entry {
     state: AtomicU32,
     /// Zero.
     reserved: AtomicU32,
-    /// The object's id while in use; the next free entry (or `NONE`) while on the free list.
+    /// The object's id while in use; while on the free list, the next one as `free_head` says it.
     id: AtomicU64,
     count: AtomicU64,
     /// The count after the change in flight (`TAKING`, `RELEASING`).
@@ -188,16 +187,17 @@ impl<'a> Ledger<'a> {
     /// An empty entry, taken off the free list or past the high-water mark (raised first, so
     /// replay scans the entry from before it is written).
     fn allocate(&self) -> Result<(u64, &'a Entry)> {
-        let head = self.header.free_head.load(Ordering::Relaxed);
-        if head != NONE {
-            let entry = self.entry(head)?;
-            if entry.state.load(Ordering::Relaxed) != EMPTY {
-                return Err(corrupt(self.slot, format!("entry {head} on the free list is in use")));
+        let high = self.high_water()?;
+        let next = self.header.free_head.load(Ordering::Relaxed);
+        if next != 0 {
+            let index = next - 1;
+            let entry = self.entry(index)?;
+            if index >= high || entry.state.load(Ordering::Relaxed) != EMPTY {
+                return Err(corrupt(self.slot, format!("entry {index} on the free list is in use or past {high}")));
             }
             self.header.free_head.store(entry.id.load(Ordering::Relaxed), Ordering::Relaxed);
-            return Ok((head, entry));
+            return Ok((index, entry));
         }
-        let high = self.high_water()?;
         if high == self.capacity() {
             return Err(Error::system(
                 format!("the reference ledger of process slot {} is full ({high} entries)", self.slot),
@@ -211,7 +211,7 @@ impl<'a> Ledger<'a> {
     fn free(&self, index: u64, entry: &Entry) {
         entry.state.store(EMPTY, Ordering::Release);
         entry.id.store(self.header.free_head.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.header.free_head.store(index, Ordering::Relaxed);
+        self.header.free_head.store(index + 1, Ordering::Relaxed);
     }
 
     /// The entry of `handle` in `state`.
@@ -355,9 +355,10 @@ impl<'a> Ledger<'a> {
         Ok(done)
     }
 
-    /// Empties a ledger whose entries are all empty (after a replay), or a new one.
+    /// Empties a ledger whose entries are all empty (after a replay); a new one, all zeros, is
+    /// empty already.
     pub(crate) fn reset(&self) {
-        self.header.free_head.store(NONE, Ordering::Relaxed);
+        self.header.free_head.store(0, Ordering::Relaxed);
         self.header.high_water.store(0, Ordering::Release);
     }
 
@@ -450,7 +451,8 @@ mod tests {
         assert!(Ledger::new(&area, 5, 0).is_err(), "not five equal ledgers");
         let ledger = Ledger::new(&area, 1, 0).unwrap();
         assert_eq!(ledger.capacity(), 3 * 64 + 4);
-        ledger.reset();
+        ledger.check(0).unwrap();
+        assert_eq!(ledger.live().unwrap(), 0, "all zeros is an empty ledger");
         let c = ledger.begin_create(7).unwrap();
         let r = ledger.begin_take(9, 2).unwrap();
         assert_ne!(c, r);
