@@ -61,20 +61,24 @@ pub(crate) const RELEASING: u32 = 4;
 /// The most references one entry may count; more is corruption.
 pub(crate) const MAX_COUNT: u64 = 1 << 40;
 
-/// The head of one slot's ledger.
-#[repr(C, align(64))]
+/// The head of one slot's ledger. Aligned to 8 only, like [`Entry`], so that the ledgers of any
+/// capacity follow each other without gaps.
+#[repr(C)]
 pub(crate) struct LedgerHeader {
     /// Entries at or past this index have never been used since the last reset (so are empty).
     high_water: AtomicU64,
     /// One more than the first entry of the free list (empty entries below the high-water mark),
     /// or 0 when it is empty: all zeros is an empty ledger.
     free_head: AtomicU64,
+    /// Zero.
+    reserved: [AtomicU64; 6],
 }
 
 const _: () = {
     assert!(size_of::<LedgerHeader>() == 64);
     assert!(offset_of!(LedgerHeader, high_water) == 0);
     assert!(offset_of!(LedgerHeader, free_head) == 8);
+    assert!(std::mem::align_of::<LedgerHeader>() == 8 && std::mem::align_of::<Entry>() == 8);
 };
 
 /// One thing a process holds.
@@ -100,7 +104,7 @@ const _: () = {
     assert!(offset_of!(Entry, target) == 24);
 };
 
-// SAFETY: `#[repr(C)]`, atomics only (and tail padding for the header), valid for every bit pattern.
+// SAFETY: `#[repr(C)]`, atomics only, no padding, valid for every bit pattern.
 unsafe impl Shared for LedgerHeader {}
 // SAFETY: as above.
 unsafe impl Shared for Entry {}
@@ -490,6 +494,19 @@ mod tests {
         ledger.end_create(handles[10]).unwrap();
         assert_eq!(ledger.begin_take(99, 1).unwrap(), handles[10]);
         ledger.check(100).unwrap();
+
+        // Ledgers of an odd capacity: each one's header is still aligned for its atomics.
+        let mut fresh = mem();
+        let whole = Area::from_mut(&mut fresh.0, "file");
+        let odd = whole.sub(0, area_len(3, 63).unwrap(), "ledgers area").unwrap();
+        for slot in 0..3 {
+            let ledger = Ledger::new(&odd, 3, slot).unwrap();
+            assert_eq!(ledger.capacity(), 63);
+            ledger.reset();
+            let h = ledger.begin_take(5, 1).unwrap();
+            assert!(ledger.settle(h).unwrap());
+            ledger.check(6).unwrap();
+        }
         assert!(area_len(64, 100_000).unwrap() > 64 * 100_000 * 32);
         assert!(area_len(u64::MAX, 2).is_none());
     }
