@@ -319,7 +319,9 @@ impl Drop for DeadSlot<'_> {
 mod tests {
     use super::*;
     use crate::shm::pool_file::PoolFile;
-    use crate::shm::testutil::{attach, child_role, create_pool, park, say, ChildProcess, TempDir, TEST_SLOTS};
+    use crate::shm::testutil::{
+        attach, child_role, create_pool, fork_lock, park, say, ChildProcess, TempDir, TEST_SLOTS,
+    };
     use std::sync::{Arc, Barrier};
 
     const CHILD_TEST: &str = "shm::slots::tests::child_process_role";
@@ -438,6 +440,9 @@ mod tests {
         let _pool = create_pool(&path);
         const SURVIVORS: usize = 4;
         for round in 0..200 {
+            // No child may be between fork and exec while the doomed file is closed, or its copy
+            // of the descriptor would keep the slot locked (as another test may be starting one).
+            let _no_fork = fork_lock();
             let index = die_holding_a_slot(&path);
             let barrier = Arc::new(Barrier::new(SURVIVORS));
             let reclaimed: usize = std::thread::scope(|scope| {
