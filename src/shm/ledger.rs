@@ -391,12 +391,19 @@ impl<'a> Ledger<'a> {
         }
     }
 
-    /// The invariants: high-water mark within capacity; each entry's state known and its counts
-    /// in range; ids of entries in use below `id_limit`; entries past the high-water mark empty.
+    /// The invariants: high-water mark within capacity; reserved fields zero; each entry's state
+    /// known and its counts in range; ids of entries in use below `id_limit`; entries past the
+    /// high-water mark empty.
     pub(crate) fn check(&self, id_limit: u64) -> Result<()> {
         let high = self.high_water()?;
+        if self.header.reserved.iter().any(|r| r.load(Ordering::Relaxed) != 0) {
+            return Err(corrupt(self.slot, "reserved header fields are not zero".into()));
+        }
         for (index, entry) in self.entries.iter().enumerate() {
             let index = index as u64;
+            if entry.reserved.load(Ordering::Relaxed) != 0 {
+                return Err(corrupt(self.slot, format!("entry {index}: reserved field is not zero")));
+            }
             let state = entry.state.load(Ordering::Acquire);
             let id = entry.id.load(Ordering::Relaxed);
             let (count, target) = (entry.count.load(Ordering::Relaxed), entry.target.load(Ordering::Relaxed));
@@ -621,6 +628,12 @@ mod tests {
         ledger.entry(5).unwrap().state.store(CREATING, Ordering::Relaxed);
         expect("entry 5 past the high-water mark 1 is in use");
         ledger.entry(5).unwrap().state.store(EMPTY, Ordering::Relaxed);
+        ledger.entry(7).unwrap().reserved.store(1, Ordering::Relaxed);
+        expect("entry 7: reserved field is not zero");
+        ledger.entry(7).unwrap().reserved.store(0, Ordering::Relaxed);
+        ledger.header.reserved[2].store(9, Ordering::Relaxed);
+        expect("reserved header fields are not zero");
+        ledger.header.reserved[2].store(0, Ordering::Relaxed);
         ledger.header.high_water.store(ledger.capacity() + 1, Ordering::Relaxed);
         expect("high-water mark");
         assert!(ledger.replay(&mut Records::default()).is_err(), "replay refuses what check refuses");
