@@ -4,10 +4,10 @@
 //! The Ledgers area holds one ledger per process slot, all the same size: a [`LedgerHeader`] and
 //! an array of [`Entry`]. An entry is empty, a create in progress (`CREATING`, an object id), or
 //! references on one object (`HELD`, an id and a count) with possibly one change in flight
-//! (`TAKING` or `RELEASING`, with the count it will have after the change in `target`). Entries are found in O(1): a
-//! new one comes off a free list threaded through the empty entries, or past the high-water mark;
-//! the caller keeps the entry's index (a [`Handle`]) for the later calls on that object, and
-//! keeps at most one reference entry per object (more references go through
+//! (`TAKING` or `RELEASING`, with the count it will have after the change in `target`). Entries
+//! are found in O(1): a new one comes off a free list threaded through the empty entries, or past
+//! the high-water mark; the caller keeps the entry's index (a [`Handle`]) for the later calls on
+//! that object, and keeps at most one reference entry per object (more references go through
 //! [`Ledger::begin_take_more`]), because replay checks an entry against the record's count for
 //! the whole slot.
 //!
@@ -30,8 +30,9 @@
 //! state store, both values are the same. Before dropping, replay turns the entry into
 //! `RELEASING` from the record's count to 0, through states that each allow the record's count
 //! as it is, so a replay killed anywhere, even after dropping but before emptying the entry, is
-//! settled the same way by the next one: replay is idempotent. Nobody else can change the dead slot's counts meanwhile (its
-//! slot lock makes the replayer the only cleaner), so the record's answer is stable.
+//! settled the same way by the next one: replay is idempotent. Nobody else can change the dead
+//! slot's counts meanwhile (its slot lock makes the replayer the only cleaner), so the record's
+//! answer is stable.
 //!
 //! Writes: a ledger is written by the process owning its slot, one thread at a time (the engine
 //! serialises its calls), and by the cleaner holding a dead owner's slot lock (replay and
