@@ -10,9 +10,11 @@
 //! [`name`] validates a pool's name and maps it to a path; [`file`] creates, opens, checks, maps
 //! and unlinks the pool file; [`header`] is the file's first bytes and the checked [`header::Layout`]
 //! of its areas; [`slots`] is the table of process slots with kernel-dropped liveness locks;
+//! [`ledger`] is each slot's record of what its process holds, replayed to clean up after it;
 //! [`lock`] is the robust process-shared mutex and the shared futex; [`offset`] is the one place
 //! where an offset or id read from shared memory becomes a reference; [`pool_file`] composes
-//! them into the create and attach sequences.
+//! them into the create and attach sequences, and removes a file whose creator died before
+//! publishing it.
 //!
 //! Rules every block follows: a structure placed in shared memory is `#[repr(C)]`, holds no
 //! pointer, and has compile-time size and offset assertions; fields other than atomics are written
@@ -27,6 +29,7 @@
 
 pub(crate) mod file;
 pub(crate) mod header;
+pub(crate) mod ledger;
 pub(crate) mod lock;
 pub(crate) mod name;
 pub(crate) mod offset;

@@ -199,16 +199,34 @@ impl<'a> Slots<'a> {
 }
 
 /// Takes (`F_WRLCK`) or drops (`F_UNLCK`) the lock on one byte without waiting; `Ok(false)` when
-/// another open file description holds it.
-fn ofd_lock(file: &File, byte: u64, kind: libc::c_int) -> io::Result<bool> {
+/// another open file description holds it. Also used on the pool file's creation byte
+/// ([`crate::shm::pool_file`]), which is not a slot's.
+pub(crate) fn ofd_lock(file: &File, byte: u64, kind: libc::c_int) -> io::Result<bool> {
+    ofd_lock_cmd(file, byte, kind, libc::F_OFD_SETLK)
+}
+
+/// Takes the lock on one byte, waiting while another open file description holds it.
+pub(crate) fn ofd_lock_wait(file: &File, byte: u64) -> io::Result<()> {
+    loop {
+        match ofd_lock_cmd(file, byte, libc::F_WRLCK, libc::F_OFD_SETLKW) {
+            Ok(true) => return Ok(()),
+            Ok(false) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn ofd_lock_cmd(file: &File, byte: u64, kind: libc::c_int, cmd: libc::c_int) -> io::Result<bool> {
     // SAFETY: `flock` is plain integers; all zeros is a valid value (and `l_pid` must be 0).
     let mut request: libc::flock = unsafe { std::mem::zeroed() };
     request.l_type = kind as libc::c_short;
     request.l_whence = libc::SEEK_SET as libc::c_short;
     request.l_start = byte as libc::off_t;
     request.l_len = 1;
-    // SAFETY: F_OFD_SETLK reads the `flock` passed by pointer, which lives across the call.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    // SAFETY: F_OFD_SETLK and F_OFD_SETLKW read the `flock` passed by pointer, which lives across
+    // the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &request) };
     if rc == 0 {
         return Ok(true);
     }
@@ -301,7 +319,9 @@ impl Drop for DeadSlot<'_> {
 mod tests {
     use super::*;
     use crate::shm::pool_file::PoolFile;
-    use crate::shm::testutil::{attach, child_role, create_pool, park, say, ChildProcess, TempDir, TEST_SLOTS};
+    use crate::shm::testutil::{
+        attach, child_role, create_pool, fork_lock, park, say, ChildProcess, TempDir, TEST_SLOTS,
+    };
     use std::sync::{Arc, Barrier};
 
     const CHILD_TEST: &str = "shm::slots::tests::child_process_role";
@@ -420,6 +440,9 @@ mod tests {
         let _pool = create_pool(&path);
         const SURVIVORS: usize = 4;
         for round in 0..200 {
+            // No child may be between fork and exec while the doomed file is closed, or its copy
+            // of the descriptor would keep the slot locked (as another test may be starting one).
+            let _no_fork = fork_lock();
             let index = die_holding_a_slot(&path);
             let barrier = Arc::new(Barrier::new(SURVIVORS));
             let reclaimed: usize = std::thread::scope(|scope| {

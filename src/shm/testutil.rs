@@ -47,6 +47,14 @@ pub(crate) fn umask_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Held while this process starts a child, and by tests that release an OFD lock by closing its
+/// file: between fork and exec a child holds copies of every descriptor, so a lock released by
+/// closing one stays held until that child has exec'd (`Command::spawn` returns after the exec).
+pub(crate) fn fork_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The environment variable that turns a run of this test binary into a child with a role.
 const CHILD_ENV: &str = "ZCOPY_SHM_TEST_CHILD";
 
@@ -59,6 +67,7 @@ pub(crate) struct ChildProcess {
 
 impl ChildProcess {
     pub(crate) fn spawn(test: &str, role: &str, pool: &Path) -> ChildProcess {
+        let forking = fork_lock();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([test, "--exact", "--nocapture", "--test-threads=1", "--quiet"])
             .env(CHILD_ENV, format!("{role}:{}", pool.display()))
@@ -66,6 +75,7 @@ impl ChildProcess {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        drop(forking);
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         ChildProcess { child, lines }
     }
