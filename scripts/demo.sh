@@ -7,8 +7,9 @@
 # $PYTHON chooses the interpreter it is made from, by default the distribution's /usr/bin/python3),
 # then Mooncake Store through a zcopy pool against Mooncake's own calls (python/bench_mooncake.py)
 # and NIXL transfers with the pool registered once against per-buffer registration
-# (python/bench_nixl.py); their wheels are installed into the venv, and each says why where it
-# cannot run.
+# (python/bench_nixl.py), then TransferQueue on zcopy's Mooncake backend against its own backends
+# (examples/python/transferqueue_backend.py, python/bench_transferqueue.py); their packages are
+# installed into the venv, and each says why where it cannot run.
 #
 #   bash scripts/demo.sh [--quick]
 set -euo pipefail
@@ -51,3 +52,12 @@ echo
     zcopy_venv --no-deps nixl-cu12==1.5.1 ||
     echo "demo.sh: the NIXL wheel did not install; its benchmark will say it cannot run"
 PYTHONPATH=python "$python" python/bench_nixl.py "${quick[@]:1}" || [ $? = 77 ]
+
+echo
+echo "TransferQueue: KV put/get on zcopy's Mooncake backend against its MooncakeStore and SimpleStorage backends"
+echo
+"$python" -c "import importlib.metadata as m; assert m.version('transferqueue') == '0.1.11'" 2>/dev/null ||
+    zcopy_venv transferqueue==0.1.11 ||
+    echo "demo.sh: transferqueue did not install; its example and benchmark will say they cannot run"
+PYTHONPATH=python "$python" examples/python/transferqueue_backend.py || [ $? = 77 ]
+PYTHONPATH=python "$python" python/bench_transferqueue.py "${quick[@]:1}" || [ $? = 77 ]

@@ -49,6 +49,11 @@ fi
 if ! "$python" -c "import torch" 2>/dev/null; then
     zcopy_venv torch || echo "test.sh: torch did not install; the tensor tests will skip"
 fi
+# TransferQueue, for test_transferqueue.py (it skips, saying why, without it). Brings Ray and its
+# dependencies: about 70 s and 420 MB in the venv.
+if ! "$python" -c "import importlib.metadata as m; assert m.version('transferqueue') == '0.1.11'" 2>/dev/null; then
+    zcopy_venv transferqueue==0.1.11 || echo "test.sh: transferqueue did not install; its tests will skip"
+fi
 # NIXL, for its interop test (which skips, saying why, if it cannot run). --no-deps: the wheel
 # declares torch, which moving host memory does not need.
 if ! "$python" -c "import importlib.metadata as m; assert m.version('nixl-cu12') == '1.5.1'" 2>/dev/null; then
