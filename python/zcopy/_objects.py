@@ -311,10 +311,9 @@ def _torch():
     return torch
 
 
-def put_tensor(pool, key, tensor):
-    """Stores a CPU tensor like `put_array` (dtype name and shape in the header part, the data in
-    its own part, copied once). Nested, sparse and non-CPU tensors are refused."""
-    torch = _torch()
+def _check_storable_tensor(torch, tensor):
+    """Refuses what put_tensor cannot store as dtype, shape and bytes: non-tensors, nested,
+    sparse and non-CPU tensors."""
     if not isinstance(tensor, torch.Tensor):
         raise InvalidArgumentError("put_tensor takes a torch.Tensor, not %s" % type(tensor).__name__)
     if getattr(tensor, "is_nested", False):
@@ -323,6 +322,13 @@ def put_tensor(pool, key, tensor):
         raise InvalidArgumentError("only dense (strided) tensors can be stored, not %s" % tensor.layout)
     if tensor.device.type != "cpu":
         raise InvalidArgumentError("only CPU tensors can be stored, not %s ones" % tensor.device)
+
+
+def put_tensor(pool, key, tensor):
+    """Stores a CPU tensor like `put_array` (dtype name and shape in the header part, the data in
+    its own part, copied once). Nested, sparse and non-CPU tensors are refused."""
+    torch = _torch()
+    _check_storable_tensor(torch, tensor)
     tensor = tensor.detach()
     name = str(tensor.dtype).replace("torch.", "").encode("ascii")
     head = _encode_shape_header(TENSOR_MAGIC, name, tuple(tensor.shape))

@@ -556,14 +556,7 @@ class ZeroCopyStore:
 
     def _encode_tensor(self, pool, tensor):
         torch = _torch()
-        if not isinstance(tensor, torch.Tensor):
-            raise InvalidArgumentError("put_tensor takes a torch.Tensor, not %s" % type(tensor).__name__)
-        if getattr(tensor, "is_nested", False):
-            raise InvalidArgumentError("nested (jagged) tensors cannot be stored: store each component")
-        if tensor.layout != torch.strided:
-            raise InvalidArgumentError("only dense (strided) tensors can be stored, not %s" % tensor.layout)
-        if tensor.device.type != "cpu":
-            raise InvalidArgumentError("only CPU tensors can be stored, not %s ones" % tensor.device)
+        _objects._check_storable_tensor(torch, tensor)
         tensor = tensor.resolve_conj().resolve_neg()  # the bytes as the values are
         dtype, shape = tensor.dtype, tuple(tensor.shape)
         head = self._tensor_heads.get((dtype, shape))
@@ -1020,19 +1013,10 @@ class ZeroCopyStore:
             if len(parts) != 2:
                 raise FormatError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
             (head_at, head_len), (data_at, nbytes) = parts
-            try:
-                name, shape = _objects._decode_shape_header(_string_at(address + head_at, head_len),
-                                                            _objects.TENSOR_MAGIC, "tensor")
-                dtype = getattr(torch, name.decode("ascii"))
-            except (struct.error, UnicodeDecodeError, AttributeError):
-                raise FormatError("key %r does not hold a zcopy tensor (its header part is damaged)" % (key,))
-            if not isinstance(dtype, torch.dtype):
-                raise FormatError("key %r: %r is not a torch dtype" % (key, name))
-            count = 1
-            for d in shape:
-                count *= d
-            if min(shape, default=0) < 0 or count * dtype.itemsize != nbytes:
-                raise FormatError("key %r: a %s tensor of shape %s in %d bytes" % (key, dtype, shape, nbytes))
+            raw = _string_at(address + head_at, head_len)
+            name, shape = _objects._decode_shape_header(raw, _objects.TENSOR_MAGIC, "tensor")
+            dtype = _objects._torch_dtype(torch, name)
+            _objects._check_shape(shape, dtype.itemsize, nbytes, "tensor", key)
         elif head[:4] == _MOONCAKE_MAGIC:
             data_at, name, shape = mooncake_tensor_layout(head, size)
             dtype = getattr(torch, name)

@@ -47,7 +47,7 @@ import inspect
 import numpy as np
 
 from . import _objects
-from ._core import FormatError, InvalidArgumentError, OutOfMemoryError
+from ._core import FormatError, OutOfMemoryError
 from .mooncake import MooncakeError, ReplicateConfig, ZeroCopyStore, _error, _zc_release
 
 try:
