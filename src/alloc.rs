@@ -7,13 +7,17 @@
 //!
 //! The allocator keeps one 24-byte node per live block and per free range between blocks, in a
 //! vector that grows with use: a pool sized for millions of objects pays for the nodes it uses,
-//! not for the ones it could use.
+//! not for the ones it could use. Its state is atomics only, without pointers, so the same
+//! allocator also runs over state kept in shared memory ([`Tlsf::from_parts`] over a [`TlsfCore`]
+//! and a slice of [`NodeCell`]s), with its callers serialised by one process-shared mutex.
 //!
 //! [`SharedArena`] makes it thread-safe: one lock around the arena, plus small per-thread caches
 //! of recently freed small blocks, so that threads that create and free objects of the same size
 //! do not bounce the allocator's cache lines between cores on every operation.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::mem::{offset_of, size_of};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Allocation granularity and alignment, in bytes.
@@ -27,9 +31,13 @@ const NIL: u32 = u32::MAX;
 const USED: u32 = u32::MAX - 1;
 /// Size classes: 8 exact classes below 8 units, then 8 per power of two up to 2^32.
 const BINS: usize = 256;
+/// The allocator's state is all atomics, so that it can live in memory shared by processes; every
+/// access is relaxed, as the caller serialises all operations (a mutex orders them).
+const R: Ordering = Ordering::Relaxed;
 
-#[derive(Clone, Copy)]
-struct Node {
+/// One range of units, live block or free range, as a plain value: a copy of a [`NodeCell`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
     /// First unit of the range, from the start of the segment.
     offset: u32,
     /// Units in the range.
@@ -40,6 +48,169 @@ struct Node {
     /// Links in the free list of the node's size class; `prev_free == USED` when allocated.
     prev_free: u32,
     next_free: u32,
+}
+
+impl Node {
+    fn load(cell: &NodeCell) -> Node {
+        Node {
+            offset: cell.offset.load(R),
+            size: cell.size.load(R),
+            prev: cell.prev.load(R),
+            next: cell.next.load(R),
+            prev_free: cell.prev_free.load(R),
+            next_free: cell.next_free.load(R),
+        }
+    }
+
+    fn store(cell: &NodeCell, node: Node) {
+        cell.offset.store(node.offset, R);
+        cell.size.store(node.size, R);
+        cell.prev.store(node.prev, R);
+        cell.next.store(node.next, R);
+        cell.prev_free.store(node.prev_free, R);
+        cell.next_free.store(node.next_free, R);
+    }
+}
+
+/// Where a [`Node`] is kept: the same fields, as atomics, so that nodes can live in shared memory.
+/// All zeros is a valid (meaningless) cell.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct NodeCell {
+    offset: AtomicU32,
+    size: AtomicU32,
+    prev: AtomicU32,
+    next: AtomicU32,
+    prev_free: AtomicU32,
+    next_free: AtomicU32,
+}
+
+const _: () = {
+    assert!(size_of::<NodeCell>() == 24);
+    assert!(offset_of!(NodeCell, offset) == 0);
+    assert!(offset_of!(NodeCell, size) == 4);
+    assert!(offset_of!(NodeCell, prev) == 8);
+    assert!(offset_of!(NodeCell, next) == 12);
+    assert!(offset_of!(NodeCell, prev_free) == 16);
+    assert!(offset_of!(NodeCell, next_free) == 20);
+};
+
+impl NodeCell {
+    fn new(node: Node) -> NodeCell {
+        let cell = NodeCell::default();
+        Node::store(&cell, node);
+        cell
+    }
+}
+
+/// The allocator's state apart from its nodes, as atomics, so that it can live in shared memory.
+/// All zeros is a valid core that is not initialised yet: [`Tlsf::init`] or [`Tlsf::rebuild`]
+/// makes it an allocator.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TlsfCore {
+    /// Recycled node ids, chained through `next_free`.
+    spare: AtomicU32,
+    units: AtomicU32,
+    free_units: AtomicU64,
+    /// Nodes in use or recycled: the ids below it (the high-water mark).
+    len: AtomicU32,
+    /// The node at offset 0, `NIL` when there are no units. Set by `init` and `rebuild` only: the
+    /// first range is never merged into one before it, so its node lives until the next `init`.
+    first: AtomicU32,
+    heads: [AtomicU32; BINS],
+    /// Bit `c` set when class `c` has a free range.
+    nonempty: [AtomicU64; BINS / 64],
+}
+
+const _: () = {
+    assert!(size_of::<TlsfCore>() == 1080);
+    assert!(offset_of!(TlsfCore, spare) == 0);
+    assert!(offset_of!(TlsfCore, units) == 4);
+    assert!(offset_of!(TlsfCore, free_units) == 8);
+    assert!(offset_of!(TlsfCore, len) == 16);
+    assert!(offset_of!(TlsfCore, first) == 20);
+    assert!(offset_of!(TlsfCore, heads) == 24);
+    assert!(offset_of!(TlsfCore, nonempty) == 1048);
+};
+
+impl TlsfCore {
+    /// The core of an allocator over no units, with no nodes.
+    pub fn new() -> TlsfCore {
+        TlsfCore {
+            spare: AtomicU32::new(NIL),
+            units: AtomicU32::new(0),
+            free_units: AtomicU64::new(0),
+            len: AtomicU32::new(0),
+            first: AtomicU32::new(NIL),
+            heads: [const { AtomicU32::new(NIL) }; BINS],
+            nonempty: [const { AtomicU64::new(0) }; BINS / 64],
+        }
+    }
+}
+
+impl Default for TlsfCore {
+    fn default() -> TlsfCore {
+        TlsfCore::new()
+    }
+}
+
+/// Where an allocator's nodes live: a growing vector in process memory, or a fixed slice in shared
+/// memory. The number of nodes in use is `core.len` in both.
+pub trait Nodes {
+    /// Node `id`. Panics when `id` is past the nodes.
+    fn cell(&self, id: u32) -> &NodeCell;
+    /// Stores `node` as node `core.len` and counts it; `None` when there is no room.
+    fn push(&mut self, core: &TlsfCore, node: Node) -> Option<u32>;
+    /// Nodes in use or recycled (`core.len`, never more than there are cells): the valid ids are
+    /// below it.
+    fn count(&self, core: &TlsfCore) -> usize;
+}
+
+/// Nodes in process memory; the vector grows with use and keeps its cells across `init`.
+impl Nodes for Vec<NodeCell> {
+    #[inline]
+    fn cell(&self, id: u32) -> &NodeCell {
+        &self[id as usize]
+    }
+
+    fn push(&mut self, core: &TlsfCore, node: Node) -> Option<u32> {
+        let id = (core.len.load(R) as usize).min(self.len());
+        if id < self.len() {
+            Node::store(&self[id], node);
+        } else {
+            Vec::push(self, NodeCell::new(node));
+        }
+        // Node ids stay below USED: a segment holds at most 2^31 units, so at most 2^31 ranges.
+        core.len.store(id as u32 + 1, R);
+        Some(id as u32)
+    }
+
+    fn count(&self, core: &TlsfCore) -> usize {
+        (core.len.load(R) as usize).min(self.len())
+    }
+}
+
+/// Nodes in a fixed slice (in shared memory): full when `core.len` reaches its length.
+impl Nodes for &[NodeCell] {
+    #[inline]
+    fn cell(&self, id: u32) -> &NodeCell {
+        &self[id as usize]
+    }
+
+    fn push(&mut self, core: &TlsfCore, node: Node) -> Option<u32> {
+        let id = core.len.load(R);
+        if (id as usize) >= self.len() || id >= USED {
+            return None;
+        }
+        Node::store(&self[id as usize], node);
+        core.len.store(id + 1, R);
+        Some(id)
+    }
+
+    fn count(&self, core: &TlsfCore) -> usize {
+        (core.len.load(R) as usize).min(self.len())
+    }
 }
 
 /// The size class a free range of `size` units (≥ 1) is filed under: exact below 8, then 3
@@ -65,96 +236,181 @@ fn class_floor(class: usize) -> u64 {
 /// merged at once. A request is first served from a size class whose every range fits it; when
 /// there is none, the class holding ranges both larger and smaller than the request is searched
 /// first-fit, so a request no larger than [`Tlsf::largest_free`] always succeeds.
-pub struct Tlsf {
-    nodes: Vec<Node>,
-    /// Recycled node ids, chained through `next_free`.
-    spare: u32,
-    heads: [u32; BINS],
-    /// Bit `c` set when class `c` has a free range.
-    nonempty: [u64; BINS / 64],
-    free_units: u64,
-    units: u32,
+///
+/// The state is a [`TlsfCore`] and the [`Nodes`], both behind whatever holds them: by default a
+/// box and a vector in process memory ([`Tlsf::new`]), or references into shared memory
+/// ([`Tlsf::from_parts`]), where the caller serialises every call under one mutex.
+pub struct Tlsf<C: Deref<Target = TlsfCore> = Box<TlsfCore>, N: Nodes = Vec<NodeCell>> {
+    core: C,
+    nodes: N,
 }
 
 impl Tlsf {
     /// An allocator over `units` units (at most 2^31), all free.
     pub fn new(units: u32) -> Tlsf {
-        assert!(units as u64 <= 1 << 31, "segment of {units} units is too long");
-        let mut t =
-            Tlsf { nodes: Vec::new(), spare: NIL, heads: [NIL; BINS], nonempty: [0; BINS / 64], free_units: 0, units };
-        if units > 0 {
-            let id = t.new_node(Node { offset: 0, size: units, prev: NIL, next: NIL, prev_free: USED, next_free: NIL });
-            t.link(id);
-            t.free_units = units as u64;
-        }
+        let mut t = Tlsf::from_parts(Box::new(TlsfCore::new()), Vec::new());
+        t.init(units);
         t
     }
+}
 
-    fn new_node(&mut self, node: Node) -> u32 {
-        if self.spare != NIL {
-            let id = self.spare;
-            self.spare = self.nodes[id as usize].next_free;
-            self.nodes[id as usize] = node;
-            return id;
+impl<C: Deref<Target = TlsfCore>, N: Nodes> Tlsf<C, N> {
+    /// An allocator over existing state (e.g. in shared memory), used as it is.
+    pub fn from_parts(core: C, nodes: N) -> Self {
+        Tlsf { core, nodes }
+    }
+
+    /// (Re)initialises the state: `units` units (at most 2^31), all free, no nodes but the one
+    /// free range. Panics when `units` is too large or there is no room for that node.
+    pub fn init(&mut self, units: u32) {
+        if let Err(e) = self.rebuild(units, &[]) {
+            panic!("{e}");
         }
-        // Node ids stay below USED: a segment holds at most 2^31 units, so at most 2^31 ranges.
-        self.nodes.push(node);
-        (self.nodes.len() - 1) as u32
+    }
+
+    /// (Re)initialises the state with the given blocks in use: `used` holds `(first unit, units)`
+    /// pairs sorted by offset, non-overlapping, each of at least one unit and all within `units`
+    /// (at most 2^31); every gap between them becomes a free range. Answers, for each block in
+    /// order, the node to free it with.
+    ///
+    /// Refuses bad input before changing anything. When the nodes cannot hold every range, the
+    /// state is left as an allocator over no units.
+    pub fn rebuild(&mut self, units: u32, used: &[(u32, u32)]) -> Result<Vec<u32>, String> {
+        if units as u64 > 1 << 31 {
+            return Err(format!("segment of {units} units is too long"));
+        }
+        let mut end = 0u64;
+        for (i, &(first, size)) in used.iter().enumerate() {
+            if size == 0 {
+                return Err(format!("used block {i} at unit {first} is empty"));
+            }
+            if (first as u64) < end {
+                return Err(format!("used block {i} at unit {first} starts before the block before it ends ({end})"));
+            }
+            end = first as u64 + size as u64;
+            if end > units as u64 {
+                return Err(format!("used block {i} at unit {first} ends at unit {end}, past the {units} units"));
+            }
+        }
+        self.reset(units);
+        let mut ids = Vec::with_capacity(used.len());
+        let (mut at, mut last) = (0, NIL);
+        for &(first, size) in used {
+            if first > at {
+                last = self.append(at, first - at, last, true)?;
+            }
+            last = self.append(first, size, last, false)?;
+            ids.push(last);
+            at = first + size;
+        }
+        if at < units {
+            self.append(at, units - at, last, true)?;
+        }
+        Ok(ids)
+    }
+
+    /// Empties the state: `units` units, no nodes, no free ranges.
+    fn reset(&mut self, units: u32) {
+        let core = &*self.core;
+        core.spare.store(NIL, R);
+        core.units.store(units, R);
+        core.free_units.store(0, R);
+        core.len.store(0, R);
+        core.first.store(NIL, R);
+        core.heads.iter().for_each(|h| h.store(NIL, R));
+        core.nonempty.iter().for_each(|w| w.store(0, R));
+    }
+
+    /// Adds the range after node `last` (`NIL` for the first range), free or used; answers its node.
+    fn append(&mut self, offset: u32, size: u32, last: u32, free: bool) -> Result<u32, String> {
+        let node = Node { offset, size, prev: last, next: NIL, prev_free: USED, next_free: NIL };
+        let Some(id) = self.new_node(node) else {
+            let have = self.nodes.count(&self.core);
+            self.reset(0);
+            return Err(format!("no room for more than {have} nodes"));
+        };
+        if last == NIL {
+            self.core.first.store(id, R);
+        } else {
+            self.nodes.cell(last).next.store(id, R);
+        }
+        if free {
+            self.link(id);
+            let free_units = &self.core.free_units;
+            free_units.store(free_units.load(R) + size as u64, R);
+        }
+        Ok(id)
+    }
+
+    /// A recycled node, else a new one; `None` when the nodes are full.
+    fn new_node(&mut self, node: Node) -> Option<u32> {
+        let spare = self.core.spare.load(R);
+        if spare != NIL {
+            let cell = self.nodes.cell(spare);
+            self.core.spare.store(cell.next_free.load(R), R);
+            Node::store(cell, node);
+            return Some(spare);
+        }
+        self.nodes.push(&self.core, node)
     }
 
     fn recycle(&mut self, id: u32) {
-        let n = &mut self.nodes[id as usize];
-        n.prev_free = USED;
-        n.next_free = self.spare;
-        self.spare = id;
+        let n = self.nodes.cell(id);
+        n.prev_free.store(USED, R);
+        n.next_free.store(self.core.spare.load(R), R);
+        self.core.spare.store(id, R);
     }
 
     fn is_free(&self, id: u32) -> bool {
-        self.nodes[id as usize].prev_free != USED
+        self.nodes.cell(id).prev_free.load(R) != USED
     }
 
     /// Files free node `id` under its size class.
     fn link(&mut self, id: u32) {
-        let class = class_of(self.nodes[id as usize].size);
-        let head = self.heads[class];
+        let n = self.nodes.cell(id);
+        let class = class_of(n.size.load(R));
+        let head = self.core.heads[class].load(R);
         if head != NIL {
-            self.nodes[head as usize].prev_free = id;
+            self.nodes.cell(head).prev_free.store(id, R);
         }
-        let n = &mut self.nodes[id as usize];
-        n.prev_free = NIL;
-        n.next_free = head;
-        self.heads[class] = id;
-        self.nonempty[class / 64] |= 1 << (class % 64);
+        n.prev_free.store(NIL, R);
+        n.next_free.store(head, R);
+        self.core.heads[class].store(id, R);
+        let word = &self.core.nonempty[class / 64];
+        word.store(word.load(R) | 1 << (class % 64), R);
     }
 
     /// Takes free node `id` out of its class's list and marks it used.
     fn unlink(&mut self, id: u32) {
-        let Node { size, prev_free, next_free, .. } = self.nodes[id as usize];
+        let n = self.nodes.cell(id);
+        let (prev_free, next_free) = (n.prev_free.load(R), n.next_free.load(R));
         if prev_free != NIL {
-            self.nodes[prev_free as usize].next_free = next_free;
+            self.nodes.cell(prev_free).next_free.store(next_free, R);
         } else {
-            let class = class_of(size);
-            self.heads[class] = next_free;
+            let class = class_of(n.size.load(R));
+            self.core.heads[class].store(next_free, R);
             if next_free == NIL {
-                self.nonempty[class / 64] &= !(1 << (class % 64));
+                let word = &self.core.nonempty[class / 64];
+                word.store(word.load(R) & !(1 << (class % 64)), R);
             }
         }
         if next_free != NIL {
-            self.nodes[next_free as usize].prev_free = prev_free;
+            self.nodes.cell(next_free).prev_free.store(prev_free, R);
         }
-        self.nodes[id as usize].prev_free = USED;
+        n.prev_free.store(USED, R);
     }
 
     /// The first non-empty class at or above `class`.
     fn class_from(&self, class: usize) -> Option<usize> {
+        let nonempty = &self.core.nonempty;
         let mut word = class / 64;
-        let mut bits = self.nonempty.get(word)? & (!0u64 << (class % 64));
+        let mut bits = nonempty.get(word)?.load(R) & (!0u64 << (class % 64));
         loop {
             if bits != 0 {
                 return Some(word * 64 + bits.trailing_zeros() as usize);
             }
             word += 1;
-            bits = *self.nonempty.get(word)?;
+            bits = nonempty.get(word)?.load(R);
         }
     }
 
@@ -164,59 +420,69 @@ impl Tlsf {
         let own = class_of(units);
         let sure = if class_floor(own) == units as u64 { own } else { own + 1 };
         if let Some(class) = self.class_from(sure) {
-            return Some(self.heads[class]);
+            return Some(self.core.heads[class].load(R));
         }
-        let mut id = self.heads[own];
+        let mut id = self.core.heads[own].load(R);
         while id != NIL {
-            let n = &self.nodes[id as usize];
-            if n.size >= units {
+            let n = self.nodes.cell(id);
+            if n.size.load(R) >= units {
                 return Some(id);
             }
-            id = n.next_free;
+            id = n.next_free.load(R);
         }
         None
     }
 
-    /// Reserves `units` (≥ 1) units; answers the node to free it with and its first unit.
+    /// Reserves `units` (≥ 1) units; answers the node to free it with and its first unit. `None`
+    /// when no free range fits, or when a new node is needed and the nodes are full.
     pub fn allocate(&mut self, units: u32) -> Option<(u32, u32)> {
-        if units == 0 || units as u64 > self.free_units {
+        let free_units = self.core.free_units.load(R);
+        if units == 0 || units as u64 > free_units {
             return None;
         }
         let id = self.find(units)?;
-        self.unlink(id);
-        let n = self.nodes[id as usize];
-        if n.size > units {
-            let rest = self.new_node(Node {
+        let n = Node::load(self.nodes.cell(id));
+        // The node for the rest comes first, so that running out of nodes changes nothing.
+        let rest = if n.size > units {
+            let rest = Node {
                 offset: n.offset + units,
                 size: n.size - units,
                 prev: id,
                 next: n.next,
                 prev_free: USED,
                 next_free: NIL,
-            });
+            };
+            Some(self.new_node(rest)?)
+        } else {
+            None
+        };
+        self.unlink(id);
+        if let Some(rest) = rest {
             if n.next != NIL {
-                self.nodes[n.next as usize].prev = rest;
+                self.nodes.cell(n.next).prev.store(rest, R);
             }
-            let n = &mut self.nodes[id as usize];
-            n.next = rest;
-            n.size = units;
+            let cell = self.nodes.cell(id);
+            cell.next.store(rest, R);
+            cell.size.store(units, R);
             self.link(rest);
         }
-        self.free_units -= units as u64;
+        self.core.free_units.store(free_units - units as u64, R);
         Some((id, n.offset))
     }
 
-    /// Frees the range of node `id` (from [`Tlsf::allocate`], freed once) and merges it with free
-    /// neighbours.
+    /// Frees the range of node `id` (from [`Tlsf::allocate`] or [`Tlsf::rebuild`], freed once)
+    /// and merges it with free neighbours.
     pub fn free(&mut self, id: u32) {
         debug_assert!(!self.is_free(id), "node {id} freed twice");
-        self.free_units += self.nodes[id as usize].size as u64;
-        let next = self.nodes[id as usize].next;
+        let n = self.nodes.cell(id);
+        let free_units = &self.core.free_units;
+        free_units.store(free_units.load(R) + n.size.load(R) as u64, R);
+        let next = n.next.load(R);
         if next != NIL && self.is_free(next) {
             self.unlink(next);
             self.absorb_next(id);
         }
-        let prev = self.nodes[id as usize].prev;
+        let prev = self.nodes.cell(id).prev.load(R);
         if prev != NIL && self.is_free(prev) {
             self.unlink(prev);
             self.absorb_next(prev);
@@ -229,41 +495,161 @@ impl Tlsf {
     /// Extends node `id` over the node after it, which must be out of every free list, and
     /// recycles that node.
     fn absorb_next(&mut self, id: u32) {
-        let next = self.nodes[id as usize].next;
-        let Node { size, next: after, .. } = self.nodes[next as usize];
-        let n = &mut self.nodes[id as usize];
-        n.size += size;
-        n.next = after;
+        let n = self.nodes.cell(id);
+        let next = n.next.load(R);
+        let after = self.nodes.cell(next);
+        let (size, after) = (after.size.load(R), after.next.load(R));
+        n.size.store(n.size.load(R) + size, R);
+        n.next.store(after, R);
         if after != NIL {
-            self.nodes[after as usize].prev = id;
+            self.nodes.cell(after).prev.store(id, R);
         }
         self.recycle(next);
     }
 
     /// Units of the longest free range (exact: the top class is searched).
     pub fn largest_free(&self) -> u32 {
-        let Some(top) = (0..self.nonempty.len()).rev().find(|&w| self.nonempty[w] != 0) else { return 0 };
-        let class = top * 64 + 63 - self.nonempty[top].leading_zeros() as usize;
+        let nonempty = &self.core.nonempty;
+        let Some((top, bits)) = (0..nonempty.len()).rev().find_map(|w| {
+            let bits = nonempty[w].load(R);
+            (bits != 0).then_some((w, bits))
+        }) else {
+            return 0;
+        };
+        let class = top * 64 + 63 - bits.leading_zeros() as usize;
         let mut best = 0;
-        let mut id = self.heads[class];
+        let mut id = self.core.heads[class].load(R);
         while id != NIL {
-            best = best.max(self.nodes[id as usize].size);
-            id = self.nodes[id as usize].next_free;
+            let n = self.nodes.cell(id);
+            best = best.max(n.size.load(R));
+            id = n.next_free.load(R);
         }
         best
     }
 
     pub fn free_units(&self) -> u64 {
-        self.free_units
+        self.core.free_units.load(R)
     }
 
     pub fn units(&self) -> u32 {
-        self.units
+        self.core.units.load(R)
     }
 
-    /// Nodes ever needed at once (the vector's length), for tests of memory use.
+    /// Nodes ever needed at once since the last `init` (the high-water mark), for tests of memory use.
     pub fn nodes_allocated(&self) -> usize {
-        self.nodes.len()
+        self.nodes.count(&self.core)
+    }
+
+    /// Verifies every invariant of the state: the ranges chained from the first node tile all the
+    /// units with consistent links; the free ranges are exactly those in the free lists, each in
+    /// the list of its class, doubly linked, with the class's non-empty bit set; no two free
+    /// ranges are adjacent; `free_units` is their sum; every other node is recycled. Answers the
+    /// first violation found. Never panics, however the state is corrupted: every id is checked
+    /// and every walk visits each node at most once.
+    pub fn check(&self) -> Result<(), String> {
+        const RANGE: u8 = 1;
+        const LISTED: u8 = 2;
+        const SPARE: u8 = 4;
+        let core = &*self.core;
+        let count = self.nodes.count(core);
+        let units = core.units.load(R);
+        if units as u64 > 1 << 31 {
+            return Err(format!("segment of {units} units is too long"));
+        }
+        let node = |id: u32, what: &dyn Fn() -> String| {
+            if id >= USED || id as usize >= count {
+                return Err(format!("{}: node {id} is not one of the {count} nodes", what()));
+            }
+            Ok(Node::load(self.nodes.cell(id)))
+        };
+        let mut seen = vec![0u8; count];
+
+        // The ranges, in address order from the first node.
+        let (mut at, mut before, mut before_free) = (0u64, NIL, false);
+        let (mut ranges, mut free_ranges, mut free_sum) = (0usize, 0usize, 0u64);
+        let mut id = core.first.load(R);
+        while id != NIL {
+            let n = node(id, &|| format!("range at unit {at}"))?;
+            if seen[id as usize] != 0 {
+                return Err(format!("range at unit {at}: node {id} is already a range before it"));
+            }
+            seen[id as usize] = RANGE;
+            if n.offset as u64 != at || n.prev != before {
+                return Err(format!(
+                    "range at unit {at}: node {id} has offset {} and prev {}, expected prev {before}",
+                    n.offset, n.prev
+                ));
+            }
+            if n.size == 0 || at + n.size as u64 > units as u64 {
+                return Err(format!("range at unit {at}: node {id} has size {} in {units} units", n.size));
+            }
+            let free = n.prev_free != USED;
+            if free {
+                if before_free {
+                    return Err(format!("free ranges at unit {at} and before it are not merged"));
+                }
+                free_ranges += 1;
+                free_sum += n.size as u64;
+            }
+            ranges += 1;
+            (at, before, before_free) = (at + n.size as u64, id, free);
+            id = n.next;
+        }
+        if at != units as u64 {
+            return Err(format!("the ranges end at unit {at}, not at {units}"));
+        }
+
+        // The free lists.
+        let mut listed = 0;
+        for class in 0..BINS {
+            let head = core.heads[class].load(R);
+            let bit = core.nonempty[class / 64].load(R) >> (class % 64) & 1 != 0;
+            if bit != (head != NIL) {
+                return Err(format!("class {class}: non-empty bit is {bit} but the list head is {head}"));
+            }
+            let (mut id, mut before) = (head, NIL);
+            while id != NIL {
+                let n = node(id, &|| format!("free list of class {class} after node {before}"))?;
+                let marks = seen[id as usize];
+                if marks & RANGE == 0 || marks & LISTED != 0 {
+                    return Err(format!("class {class}: node {id} is not a range or is listed twice"));
+                }
+                seen[id as usize] |= LISTED;
+                if n.prev_free != before || class_of(n.size) != class {
+                    return Err(format!(
+                        "class {class}: node {id} of size {} (class {}) has prev_free {}, expected {before}",
+                        n.size,
+                        class_of(n.size),
+                        n.prev_free
+                    ));
+                }
+                listed += 1;
+                (before, id) = (id, n.next_free);
+            }
+        }
+        if listed != free_ranges {
+            return Err(format!("{free_ranges} free ranges but {listed} nodes in the free lists"));
+        }
+        let free_units = core.free_units.load(R);
+        if free_units != free_sum {
+            return Err(format!("free_units is {free_units} but the free ranges hold {free_sum}"));
+        }
+
+        // The recycled nodes.
+        let (mut spare, mut id) = (0, core.spare.load(R));
+        while id != NIL {
+            let n = node(id, &|| format!("spare node {spare}"))?;
+            if seen[id as usize] != 0 || n.prev_free != USED {
+                return Err(format!("spare node {id} is also a range, listed twice, or not marked used"));
+            }
+            seen[id as usize] = SPARE;
+            spare += 1;
+            id = n.next_free;
+        }
+        if ranges + spare != count {
+            return Err(format!("{ranges} ranges and {spare} spare nodes, but {count} nodes"));
+        }
+        Ok(())
     }
 }
 
@@ -695,6 +1081,205 @@ mod tlsf_tests {
         let again: Vec<u32> = (0..1000).map(|_| t.allocate(1).unwrap().0).collect();
         assert_eq!(t.nodes_allocated(), 1001, "freed nodes are reused");
         assert_eq!(again.len(), 1000);
+    }
+
+    /// An all-zero core and cells, as a fresh shared mapping holds them.
+    fn zeroed_state(cells: usize) -> (Box<TlsfCore>, Vec<NodeCell>) {
+        // SAFETY: TlsfCore is only atomic integers, for which all-zero bytes are valid values.
+        let core: Box<TlsfCore> = Box::new(unsafe { std::mem::zeroed() });
+        (core, (0..cells).map(|_| NodeCell::default()).collect())
+    }
+
+    #[test]
+    fn an_all_zero_core_is_reported_uninitialised_until_init() {
+        let (core, cells) = zeroed_state(4);
+        core.units.store(10, R);
+        let mut t = Tlsf::from_parts(&*core, &cells[..]);
+        assert!(t.check().is_err(), "ten units but no ranges");
+        t.init(10);
+        assert_eq!(t.check(), Ok(()));
+        assert_eq!((t.units(), t.free_units(), t.largest_free(), t.nodes_allocated()), (10, 10, 10, 1));
+        assert_eq!(Tlsf::new(0).check(), Ok(()), "no units, no nodes");
+        assert_eq!(Tlsf::from_parts(&TlsfCore::new(), &[][..]).check(), Ok(()), "a new core is zero units");
+    }
+
+    #[test]
+    fn shared_style_allocator_gives_the_same_nodes_and_offsets_as_the_in_process_one() {
+        const UNITS: u32 = 4096;
+        let mut own = Tlsf::new(UNITS);
+        let (core, cells) = zeroed_state(UNITS as usize);
+        let mut shared = Tlsf::from_parts(&*core, &cells[..]);
+        shared.init(UNITS);
+        let mut live = Vec::new();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for step in 0..5000 {
+            if live.is_empty() || rng.below(100) < 55 {
+                let span = if rng.below(4) == 0 { 600 } else { 40 };
+                let units = 1 + rng.below(span) as u32;
+                let got = own.allocate(units);
+                assert_eq!(shared.allocate(units), got, "step {step}: allocate {units}");
+                live.extend(got.map(|(node, _)| node));
+            } else {
+                let node = live.swap_remove(rng.below(live.len() as u64) as usize);
+                own.free(node);
+                shared.free(node);
+            }
+            assert_eq!(shared.check(), Ok(()), "step {step}");
+            assert_eq!(own.check(), Ok(()), "step {step}");
+            assert_eq!(
+                (shared.largest_free(), shared.free_units(), shared.nodes_allocated()),
+                (own.largest_free(), own.free_units(), own.nodes_allocated()),
+                "step {step}"
+            );
+        }
+        for node in live {
+            shared.free(node);
+        }
+        assert_eq!((shared.largest_free(), shared.free_units()), (UNITS, UNITS as u64));
+        assert_eq!(shared.check(), Ok(()));
+    }
+
+    #[test]
+    fn allocate_answers_none_when_the_fixed_nodes_are_full_and_changes_nothing() {
+        let (core, cells) = zeroed_state(3);
+        let mut t = Tlsf::from_parts(&*core, &cells[..]);
+        t.init(100);
+        assert_eq!(t.allocate(10), Some((0, 0)));
+        assert_eq!(t.allocate(10), Some((1, 10)));
+        assert_eq!(t.nodes_allocated(), 3, "two blocks and the free rest");
+        assert_eq!(t.allocate(10), None, "splitting the rest needs a fourth node");
+        assert_eq!(t.check(), Ok(()));
+        assert_eq!((t.free_units(), t.largest_free(), t.nodes_allocated()), (80, 80, 3));
+        // The whole rest needs no new node.
+        let (rest, first) = t.allocate(80).expect("an exact fit needs no node");
+        assert_eq!((rest, first, t.free_units()), (2, 20, 0));
+        t.free(1);
+        assert_eq!(t.check(), Ok(()));
+        assert_eq!(t.allocate(4), None, "a split of the freed block needs a node again");
+        assert_eq!(t.allocate(10), Some((1, 10)));
+        for node in [0, 1, 2] {
+            t.free(node);
+            assert_eq!(t.check(), Ok(()));
+        }
+        assert_eq!((t.free_units(), t.largest_free()), (100, 100));
+        // Merging recycled two nodes: splits work again.
+        assert_eq!(t.allocate(5), Some((0, 0)));
+        assert_eq!(t.allocate(5), Some((2, 5)));
+        assert_eq!(t.check(), Ok(()));
+    }
+
+    #[test]
+    fn rebuild_marks_the_given_blocks_used_and_freeing_them_merges_back_to_one_range() {
+        const UNITS: u32 = 1000;
+        let used = [(0, 10), (20, 5), (25, 100), (500, 1), (999, 1)];
+        let mut t = Tlsf::new(UNITS);
+        t.allocate(300).unwrap(); // state from before the rebuild is dropped
+        let nodes = t.rebuild(UNITS, &used).unwrap();
+        assert_eq!(t.check(), Ok(()));
+        assert_eq!(nodes.len(), used.len());
+        // Ranges: 0+10 used, 10+10 free, 20+5, 25+100 used, 125+375 free, 500+1 used, 501+498
+        // free, 999+1 used.
+        assert_eq!(t.nodes_allocated(), 8);
+        assert_eq!((t.free_units(), t.largest_free()), (10 + 375 + 498, 498));
+        let (gap, first) = t.allocate(498).unwrap();
+        assert_eq!(first, 501, "only a gap is handed out");
+        t.free(gap);
+        let mut rng = Rng(7);
+        let mut order = nodes.clone();
+        while !order.is_empty() {
+            t.free(order.swap_remove(rng.below(order.len() as u64) as usize));
+            assert_eq!(t.check(), Ok(()));
+        }
+        assert_eq!((t.free_units(), t.largest_free()), (UNITS as u64, UNITS));
+        assert_eq!(t.allocate(UNITS), Some((t.core.first.load(R), 0)), "one range of all units");
+
+        // The same in a fixed slice holding exactly the ranges, and with no gaps at all.
+        let (core, cells) = zeroed_state(8);
+        let mut s = Tlsf::from_parts(&*core, &cells[..]);
+        assert_eq!(s.rebuild(UNITS, &used), Ok(nodes));
+        assert_eq!(s.check(), Ok(()));
+        assert_eq!(s.rebuild(UNITS, &[(0, 600), (600, 400)]), Ok(vec![0, 1]));
+        assert_eq!((s.check(), s.free_units(), s.largest_free()), (Ok(()), 0, 0));
+        s.free(1);
+        s.free(0);
+        assert_eq!((s.check(), s.free_units(), s.largest_free()), (Ok(()), 1000, 1000));
+    }
+
+    #[test]
+    fn rebuild_refuses_unsorted_overlapping_empty_or_out_of_range_blocks_and_changes_nothing() {
+        let mut t = Tlsf::new(1000);
+        let (node, _) = t.allocate(10).unwrap();
+        for bad in [
+            &[(20, 5), (0, 10)][..],
+            &[(0, 10), (5, 3)],
+            &[(0, 10), (9, 1)],
+            &[(995, 10)],
+            &[(1000, 1)],
+            &[(u32::MAX, 2)],
+            &[(5, 0)],
+        ] {
+            assert!(t.rebuild(1000, bad).is_err(), "{bad:?}");
+            assert_eq!(t.check(), Ok(()));
+            assert_eq!((t.free_units(), t.nodes_allocated()), (990, 2), "{bad:?}");
+        }
+        assert!(t.rebuild((1 << 31) + 1, &[]).is_err());
+        t.free(node);
+        assert_eq!(t.largest_free(), 1000);
+
+        // Too few nodes: refused, and the state is left an allocator over no units.
+        let (core, cells) = zeroed_state(2);
+        let mut s = Tlsf::from_parts(&*core, &cells[..]);
+        assert!(s.rebuild(100, &[(10, 5)]).is_err(), "three ranges in two nodes");
+        assert_eq!((s.check(), s.units(), s.free_units(), s.allocate(1)), (Ok(()), 0, 0, None));
+        assert_eq!(s.rebuild(100, &[(0, 5)]), Ok(vec![0]));
+        assert_eq!(s.check(), Ok(()));
+    }
+
+    #[test]
+    fn check_reports_corrupted_state_without_panicking() {
+        let (core, cells) = zeroed_state(64);
+        let mut t = Tlsf::from_parts(&*core, &cells[..]);
+        t.init(1000);
+        let nodes: Vec<u32> = (0..20).map(|i| t.allocate(1 + i).unwrap().0).collect();
+        for &node in nodes.iter().step_by(3) {
+            t.free(node);
+        }
+        assert_eq!(t.check(), Ok(()));
+        let class = (0..BINS).find(|&c| core.heads[c].load(R) != NIL).unwrap();
+        let free = &cells[core.heads[class].load(R) as usize];
+        let used = &cells[nodes[1] as usize];
+        let corruptions: [(&AtomicU32, u32); 9] = [
+            (&free.size, free.size.load(R) + 1),
+            (&free.next_free, 1_000_000),
+            (&free.prev_free, 3),
+            (&used.prev_free, NIL),
+            (&used.next, 1_000_000),
+            (&used.next, nodes[1]),
+            (&used.prev, NIL),
+            (&core.first, 63),
+            (&core.spare, nodes[2]),
+        ];
+        for (i, (field, bad)) in corruptions.into_iter().enumerate() {
+            let good = field.swap(bad, R);
+            assert!(t.check().is_err(), "corruption {i} not found");
+            field.store(good, R);
+            assert_eq!(t.check(), Ok(()));
+        }
+        let word = &core.nonempty[class / 64];
+        word.store(word.load(R) & !(1 << (class % 64)), R);
+        assert!(t.check().unwrap_err().contains(&format!("class {class}")));
+        word.store(word.load(R) | 1 << (class % 64), R);
+        core.free_units.store(core.free_units.load(R) - 1, R);
+        assert!(t.check().unwrap_err().contains("free_units"));
+        core.free_units.store(core.free_units.load(R) + 1, R);
+        let len = core.len.swap(u32::MAX, R);
+        assert!(t.check().unwrap_err().contains("but 64 nodes"), "the count stops at the cells");
+        core.len.store(len, R);
+        assert_eq!(t.check(), Ok(()));
+        core.len.store(3, R);
+        assert!(t.check().is_err(), "ranges past the count");
+        core.units.store(u32::MAX, R);
+        assert!(t.check().is_err());
     }
 }
 
