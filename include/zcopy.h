@@ -183,13 +183,22 @@ typedef struct zc_pool_options {
      */
     uint32_t eviction;
     /**
-     * Must be zero.
+     * File mode of a shared pool's file: 0 (the default) is 0600, only this user may attach;
+     * 0660 lets the file's group attach too. Nothing else is accepted.
      */
-    uint32_t reserved32;
+    uint32_t shared_mode;
+    /**
+     * NULL (the default): a pool private to this process. A name (ASCII letters, digits, '_',
+     * '-', '.'; at most 128 bytes; no "..") creates a pool other processes attach with
+     * `zc_pool_attach`, backed by the file `/dev/shm/zcopy.<name>` (or `zcopy.<name>` in
+     * `hugetlbfs_dir` with `ZC_PAGES_HUGETLB`). Creating a name that exists fails with
+     * `ZC_ERR_SYSTEM` (`EEXIST`). Borrowed for the duration of the call only.
+     */
+    const char *name;
     /**
      * Must be zero.
      */
-    uint64_t reserved[5];
+    uint64_t reserved[4];
 } zc_pool_options;
 
 /**
@@ -246,9 +255,18 @@ typedef struct zc_pool_stats {
      */
     uint64_t creates_refused;
     /**
+     * Processes attached to a shared pool now, this one included; 0 for a private pool.
+     */
+    uint64_t processes_attached;
+    /**
+     * Dead processes whose references, creates and slots were reclaimed, over the shared pool's
+     * life; 0 for a private pool.
+     */
+    uint64_t processes_reclaimed;
+    /**
      * Zero in this version; later versions fill them.
      */
-    uint64_t reserved[4];
+    uint64_t reserved[2];
 } zc_pool_stats;
 
 /**
@@ -475,6 +493,59 @@ void zc_pool_options_init(struct zc_pool_options *opts);
  * `opts` is NULL or a valid `zc_pool_options`; `out` is NULL or writable.
  */
 zc_status zc_pool_open(const struct zc_pool_options *opts, struct zc_pool **out);
+
+/**
+ * Attaches the shared pool `name` (made by `zc_pool_open` with that `name`, in this process
+ * or another) and writes it to `*out`: the same objects, at this process's own address, with no
+ * copy and no server. Of `opts` (NULL: defaults) only `prefault`, `lock_memory`, `rdma`,
+ * `rdma_devices`, `shared_mode` (0660: accept a group-shared file of another user) and, with
+ * `ZC_PAGES_HUGETLB`, `hugetlbfs_dir` apply; size and limits are the creator's, and
+ * `opts->name` must be NULL or equal to `name`. Every call works on an attached pool as on the
+ * one that made it. `ZC_ERR_SYSTEM` (`ENOENT`) when no such pool exists, `ZC_ERR_INVALID_ARGUMENT`
+ * for a bad name or a file that is not a pool of this version (truncated, another layout, not
+ * a pool), `ZC_ERR_SYSTEM` (`EACCES`) for a file of another user.
+ *
+ * The caller owns `*out` and must free it with `zc_pool_close`.
+ *
+ * # Safety
+ * `name` is NULL or a NUL-terminated string; `opts` is NULL or a valid `zc_pool_options`; `out`
+ * is NULL or writable.
+ */
+zc_status zc_pool_attach(const char *name,
+                         const struct zc_pool_options *opts,
+                         struct zc_pool **out);
+
+/**
+ * Removes the shared pool `name`'s file from `/dev/shm`. Processes attached keep working on it
+ * until they close; the name can be created again at once. `ZC_ERR_SYSTEM` (`ENOENT`) when there
+ * is no such pool.
+ *
+ * # Safety
+ * `name` is NULL or a NUL-terminated string.
+ */
+zc_status zc_pool_unlink(const char *name);
+
+/**
+ * Reclaims what processes that died attached to this shared pool held: their unsealed creates
+ * are aborted (the keys can be created again), their references dropped and their slots freed.
+ * This also happens at every open, attach and close, and when a create runs out of room. Writes
+ * how many processes were reclaimed to `*out_processes` (may be NULL). A private pool has
+ * nothing to reclaim (0).
+ *
+ * # Safety
+ * `pool` is NULL or live; `out_processes` is NULL or writable.
+ */
+zc_status zc_pool_reclaim(struct zc_pool *pool, uint64_t *out_processes);
+
+/**
+ * Verifies every invariant of a shared pool's state (records, index, allocators, reference
+ * ledgers, counters): `ZC_OK`, or `ZC_ERR_INTERNAL` with a message naming the first violation.
+ * A private pool answers `ZC_OK`.
+ *
+ * # Safety
+ * `pool` is NULL or live.
+ */
+zc_status zc_pool_check(const struct zc_pool *pool);
 
 /**
  * Closes the pool: later calls on its buffers' keys fail with `ZC_ERR_POOL_CLOSED`, blocked

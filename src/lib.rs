@@ -7,8 +7,9 @@
 //! Layers, each one module with one job (see `README.md`):
 //! [`region`] maps memory, [`rdma`] registers it with the NICs, [`alloc`] hands out offsets in
 //! it and object ids, [`record`] keeps one 64-byte record per object, [`index`] maps keys to
-//! records and their states, [`pool`] composes them, [`ffi`] exports them to C. `shm` holds the
-//! building blocks of pools shared by several processes (not used by the pool yet).
+//! records and their states, [`pool`] composes them, [`ffi`] exports them to C. A pool opened
+//! with a name is shared by several processes: [`shared`] is one process's side of it, `shm`
+//! the state in the pool file and its building blocks.
 
 pub mod alloc;
 pub mod error;
@@ -19,8 +20,7 @@ pub mod pool;
 pub mod rdma;
 pub mod record;
 pub mod region;
-// The shared-pool engine's building blocks; the engine that uses them outside tests comes next.
-#[allow(dead_code)]
+pub mod shared;
 pub(crate) mod shm;
 
 pub use error::{Error, Result};

@@ -22,6 +22,7 @@ use crate::parts::Layout;
 use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
 use crate::record::{PartTable, Record, Records};
 use crate::region::{PageMode, Region, RegionOptions};
+use crate::shared::{Opening, SharedBuffer, SharedInner, SharedPool};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 4096;
@@ -51,6 +52,14 @@ pub struct PoolOptions {
     /// first, until it fits or nothing evictable is left (also under concurrent creates). Off by
     /// default: a store that must not lose data never evicts silently.
     pub evict_lru: bool,
+    /// A name makes the pool shared: backed by the file `zcopy.<name>` in `shared_dir`
+    /// (`/dev/shm` when `None`), which other processes attach with [`Pool::attach`]. `None` is
+    /// a pool private to this process.
+    pub name: Option<String>,
+    /// Directory of a shared pool's file (a hugetlbfs mount for huge pages).
+    pub shared_dir: Option<std::path::PathBuf>,
+    /// A shared pool's file is mode 0660 (the owner's group may attach) instead of 0600.
+    pub group_shared: bool,
 }
 
 impl Default for PoolOptions {
@@ -64,11 +73,25 @@ impl Default for PoolOptions {
             rdma: RdmaMode::Auto,
             rdma_devices: None,
             evict_lru: false,
+            name: None,
+            shared_dir: None,
+            group_shared: false,
         }
     }
 }
 
 impl PoolOptions {
+    fn shared_options(&self) -> crate::shared::SharedOptions {
+        crate::shared::SharedOptions {
+            dir: self.shared_dir.clone(),
+            group: self.group_shared,
+            prefault: self.prefault,
+            lock_memory: self.lock_memory,
+            rdma: self.rdma,
+            rdma_devices: self.rdma_devices.clone(),
+        }
+    }
+
     fn effective_max_objects(&self, capacity: usize) -> usize {
         match self.max_objects {
             0 => (capacity / 4096).clamp(1024, 1 << 24),
@@ -134,6 +157,12 @@ pub struct PoolStats {
     pub evictions: u64,
     /// Creates that failed for lack of space or of object slots.
     pub creates_refused: u64,
+    /// Processes attached to a shared pool now, this one included (alive, holding a slot); 0
+    /// for a private pool.
+    pub processes_attached: u64,
+    /// Dead processes whose references, creates and slots were reclaimed, over the shared
+    /// pool's life; 0 for a private pool.
+    pub processes_reclaimed: u64,
 }
 
 /// The shared state. Aligned so that the `Arc` counts (bumped by every create and free) and the
@@ -216,18 +245,49 @@ fn release_record(pool: NonNull<Inner>, rec: &Record, id: u32) {
 /// `stats` is all zero, dropping the pool or a buffer does nothing (its state is the parent's,
 /// copied), and a buffer's bytes must not be read. Open a pool in the child instead.
 pub struct Pool {
-    inner: Arc<Inner>,
+    backend: Backend,
+}
+
+/// Where a pool's state lives: in this process, or in a file several processes map.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Local(Arc<Inner>),
+    Shared(SharedPool),
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("region", &self.inner.region).finish()
+        match &self.backend {
+            Backend::Local(inner) => f.debug_struct("Pool").field("region", &inner.region).finish(),
+            Backend::Shared(shared) => f.debug_struct("Pool").field("shared", &shared.name()).finish(),
+        }
+    }
+}
+
+impl Backend {
+    /// `Pool::get` on a clone of the pool's state, for a caller that must not borrow the `Pool`
+    /// while it waits (a concurrent close may free it).
+    pub(crate) fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
+        match self {
+            Backend::Local(inner) => inner.get(key, wait),
+            Backend::Shared(shared) => shared.get(key, wait).map(Buffer::shared),
+        }
     }
 }
 
 /// One reference to one object. Writable while its creator has not sealed it; read-only after.
 /// Dropping it releases the reference; dropping an unsealed one aborts the object.
 pub struct Buffer {
+    kind: Kind,
+}
+
+enum Kind {
+    Local(LocalBuffer),
+    Shared(SharedBuffer),
+}
+
+/// A buffer of a private pool.
+struct LocalBuffer {
     /// The pool; kept alive by the record's count of it while this buffer's reference lives.
     pool: NonNull<Inner>,
     /// The object's record (records never move while the pool lives), and its id.
@@ -238,9 +298,9 @@ pub struct Buffer {
 
 // SAFETY: a buffer is a reference to an immutable (sealed) or exclusively owned (unsealed, only
 // writable through `&mut Buffer`) record and block, and the pool it points to is `Sync`.
-unsafe impl Send for Buffer {}
+unsafe impl Send for LocalBuffer {}
 // SAFETY: as above; `&Buffer` gives only reads.
-unsafe impl Sync for Buffer {}
+unsafe impl Sync for LocalBuffer {}
 
 fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
@@ -318,7 +378,7 @@ impl Inner {
         let id = found.map_err(|e| index_error(e, key, wait))?;
         let rec = self.records.get(id);
         self.touch(rec);
-        Ok(Buffer { pool: self.ptr(), rec: NonNull::from(rec), id, writer: false })
+        Ok(Buffer { kind: Kind::Local(LocalBuffer { pool: self.ptr(), rec: NonNull::from(rec), id, writer: false }) })
     }
 
     /// The pool's address with the provenance of its `Arc`, for buffers and `release`.
@@ -329,8 +389,22 @@ impl Inner {
 
 impl Pool {
     /// Maps and prepares the region. Fails with `InvalidArgument` for a bad size, `System` when
-    /// the memory cannot be mapped, prefaulted or locked.
+    /// the memory cannot be mapped, prefaulted or locked. With a `name`, creates a shared pool
+    /// (see [`Pool::attach`]); a pool of that name must not exist.
     pub fn open(opts: &PoolOptions) -> Result<Pool> {
+        if let Some(name) = &opts.name {
+            if opts.size == 0 {
+                return Err(Error::InvalidArgument("pool size 0: give at least 1 byte".into()));
+            }
+            let capacity = opts.size.div_ceil(ALIGNMENT) * ALIGNMENT;
+            let how = Opening::Create {
+                size: capacity as u64,
+                max_objects: opts.effective_max_objects(capacity) as u64,
+                evict_lru: opts.evict_lru,
+            };
+            let shared = SharedInner::open(name, how, &opts.shared_options())?;
+            return Ok(Pool { backend: Backend::Shared(shared) });
+        }
         let region = Region::map(&RegionOptions {
             len: opts.size,
             pages: opts.pages.clone(),
@@ -352,7 +426,7 @@ impl Pool {
         let arena = Arena::new(capacity, max_objects, rdma.chunk_len());
         let records = Records::new(arena.max_objects())?;
         Ok(Pool {
-            inner: Arc::new(Inner {
+            backend: Backend::Local(Arc::new(Inner {
                 rdma,
                 region,
                 capacity,
@@ -363,13 +437,87 @@ impl Pool {
                 epoch: Instant::now(),
                 evictions: AtomicU64::new(0),
                 creates_refused: AtomicU64::new(0),
-            }),
+            })),
         })
     }
 
-    /// The shared state, for a caller that must not borrow this `Pool` while it waits.
-    pub(crate) fn share(&self) -> Arc<Inner> {
-        self.inner.clone()
+    /// Attaches the shared pool `name`, created by another process (or by this one): the same
+    /// objects, mapped at this process's own address. Of `opts` only the directory, the group
+    /// sharing, prefault, memory locking and RDMA fields apply; the size and limits are the
+    /// creator's. Refuses a file that is not a pool of this layout version, a truncated one,
+    /// and one owned by another user unless it is group-shared and `group_shared` is set.
+    pub fn attach(name: &str, opts: &PoolOptions) -> Result<Pool> {
+        let shared = SharedInner::open(name, Opening::Attach, &opts.shared_options())?;
+        Ok(Pool { backend: Backend::Shared(shared) })
+    }
+
+    /// Removes the shared pool `name`'s file (in `dir`, `/dev/shm` when `None`). Processes
+    /// attached keep using it; a new pool of that name can be created at once.
+    pub fn unlink(name: &str, dir: Option<&std::path::Path>) -> Result<()> {
+        crate::shared::unlink(name, dir)
+    }
+
+    /// Opens the shared pool `name` for inspection only, as an operator's tool does: no process
+    /// slot, no RDMA, no objects (create and get answer `InvalidArgument`); stats, check,
+    /// reclaim and the process list work.
+    pub fn inspect(name: &str, dir: Option<&std::path::Path>) -> Result<Pool> {
+        let opts = crate::shared::SharedOptions {
+            dir: dir.map(Into::into),
+            group: true,
+            prefault: false,
+            lock_memory: false,
+            rdma: RdmaMode::Off,
+            rdma_devices: None,
+        };
+        let shared = SharedInner::open(name, Opening::Inspect, &opts)?;
+        Ok(Pool { backend: Backend::Shared(shared) })
+    }
+
+    /// The processes holding slots of a shared pool, alive or dead (not reclaimed yet); empty
+    /// for a private pool.
+    pub fn processes(&self) -> Result<Vec<crate::shared::ProcessInfo>> {
+        match &self.backend {
+            Backend::Local(inner) => inner.check_mapped().map(|()| Vec::new()),
+            Backend::Shared(shared) => shared.processes(),
+        }
+    }
+
+    /// The path of a shared pool's file; `None` for a private pool.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Shared(shared) => Some(shared.path()),
+        }
+    }
+
+    /// A shared pool's name; `None` for a private one.
+    pub fn name(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Shared(shared) => Some(shared.name()),
+        }
+    }
+
+    /// Reclaims what dead processes attached to a shared pool held (their unsealed creates,
+    /// read references and slots); answers how many processes. 0 for a private pool.
+    pub fn reclaim(&self) -> Result<u64> {
+        match &self.backend {
+            Backend::Local(inner) => inner.check_mapped().map(|()| 0),
+            Backend::Shared(shared) => shared.reclaim(),
+        }
+    }
+
+    /// Verifies every invariant of a shared pool's state (`zcopy check`); `Ok` for a private pool.
+    pub fn check(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Local(inner) => inner.check_mapped(),
+            Backend::Shared(shared) => shared.check(),
+        }
+    }
+
+    /// The pool's state, for a caller that must not borrow this `Pool` while it waits.
+    pub(crate) fn share(&self) -> Backend {
+        self.backend.clone()
     }
 
     /// Reserves `size` bytes for `key` and returns the writable buffer. The key stays invisible to
@@ -392,7 +540,22 @@ impl Pool {
     }
 
     fn create_object(&self, key: &[u8], size: usize, parts: Option<&[(usize, usize)]>) -> Result<Buffer> {
-        let inner = &self.inner;
+        let inner = match &self.backend {
+            Backend::Local(inner) => inner,
+            Backend::Shared(shared) => {
+                shared.check_mapped()?;
+                check_key(key)?;
+                let capacity = shared.store.cfg.capacity;
+                if size as u64 > capacity {
+                    return Err(Error::InvalidArgument(format!(
+                        "size {} is larger than the whole pool ({})",
+                        Bytes(size as u64),
+                        Bytes(capacity)
+                    )));
+                }
+                return shared.create(key, size, parts).map(Buffer::shared);
+            }
+        };
         inner.check_mapped()?;
         check_key(key)?;
         let capacity = inner.capacity;
@@ -407,7 +570,7 @@ impl Pool {
         let mut retried = false;
         loop {
             let made = inner.index.insert_with(&inner.records, key, || {
-                let (block, id, cached) = inner.arena.allocate(size).map_err(|e| self.alloc_error(e, size))?;
+                let (block, id, cached) = inner.arena.allocate(size).map_err(|e| alloc_error(inner, e, size))?;
                 // The record keeps one count of the pool: the one cached with it, or a new one.
                 let pool = Arc::into_raw(cached.unwrap_or_else(|| inner.clone()));
                 let parts: Option<PartTable> = parts.map(Into::into);
@@ -420,7 +583,7 @@ impl Pool {
             let e = match made {
                 Ok(Ok(id)) => {
                     let rec = NonNull::from(inner.records.get(id));
-                    return Ok(Buffer { pool: inner.ptr(), rec, id, writer: true });
+                    return Ok(Buffer { kind: Kind::Local(LocalBuffer { pool: inner.ptr(), rec, id, writer: true }) });
                 }
                 Ok(Err(e)) => e,
                 Err(e) => return Err(index_error(e, key, Wait::Now)),
@@ -448,10 +611,44 @@ impl Pool {
         }
     }
 
-    fn alloc_error(&self, e: AllocError, size: usize) -> Error {
+    /// A read reference to the sealed object under `key`: the same bytes its creator wrote.
+    pub fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
+        self.backend.get(key, wait)
+    }
+
+    /// Removes `key` at once. Readers holding it keep valid, unchanged bytes until they release;
+    /// the memory is freed at the last release. Only sealed keys can be deleted (an unsealed one
+    /// belongs to its creator, who aborts it).
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        let inner = match &self.backend {
+            Backend::Local(inner) => inner,
+            Backend::Shared(shared) => return shared.delete(key),
+        };
+        inner.check_mapped()?;
+        check_key(key)?;
+        let id = inner.index.remove_sealed(&inner.records, key).map_err(|e| index_error(e, key, Wait::Now))?;
+        release(inner.ptr(), id);
+        Ok(())
+    }
+
+    /// Whether `key` is sealed (and so visible to `get`). False for bad keys, after close and in a
+    /// forked child.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.backend {
+            Backend::Local(inner) => {
+                inner.check_mapped().is_ok()
+                    && check_key(key).is_ok()
+                    && inner.index.contains_sealed(&inner.records, key)
+            }
+            Backend::Shared(shared) => shared.contains(key),
+        }
+    }
+}
+
+fn alloc_error(inner: &Inner, e: AllocError, size: usize) -> Error {
         match e {
             AllocError::NoSpace { largest_free } => {
-                let usage = self.inner.arena.usage();
+                let usage = inner.arena.usage();
                 Error::PoolFull {
                     requested: size as u64,
                     largest_free: largest_free as u64,
@@ -461,33 +658,9 @@ impl Pool {
             }
             AllocError::TooManyObjects { limit } => Error::ObjectLimit { limit: limit as u64 },
         }
-    }
+}
 
-    /// A read reference to the sealed object under `key`: the same bytes its creator wrote.
-    pub fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
-        self.inner.get(key, wait)
-    }
-
-    /// Removes `key` at once. Readers holding it keep valid, unchanged bytes until they release;
-    /// the memory is freed at the last release. Only sealed keys can be deleted (an unsealed one
-    /// belongs to its creator, who aborts it).
-    pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.inner.check_mapped()?;
-        check_key(key)?;
-        let id =
-            self.inner.index.remove_sealed(&self.inner.records, key).map_err(|e| index_error(e, key, Wait::Now))?;
-        release(self.inner.ptr(), id);
-        Ok(())
-    }
-
-    /// Whether `key` is sealed (and so visible to `get`). False for bad keys, after close and in a
-    /// forked child.
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.inner.check_mapped().is_ok()
-            && check_key(key).is_ok()
-            && self.inner.index.contains_sealed(&self.inner.records, key)
-    }
-
+impl Pool {
     /// Creates, copies `data` in and seals: the one-copy put.
     pub fn put(&self, key: &[u8], data: &[u8]) -> Result<()> {
         let mut buf = self.create(key, data.len())?;
@@ -503,7 +676,10 @@ impl Pool {
     /// A snapshot of the counters. Returns the per-thread caches' free blocks to the allocator
     /// first, so `largest_free_block` sees them coalesced. All zero in a forked child.
     pub fn stats(&self) -> PoolStats {
-        let inner = &self.inner;
+        let inner = match &self.backend {
+            Backend::Local(inner) => inner,
+            Backend::Shared(shared) => return shared_stats(shared),
+        };
         if inner.check_mapped().is_err() {
             return PoolStats::default();
         }
@@ -522,67 +698,106 @@ impl Pool {
             rdma_register_nanos: inner.rdma.open_time().as_nanos() as u64,
             evictions: inner.evictions.load(Ordering::Relaxed),
             creates_refused: inner.creates_refused.load(Ordering::Relaxed),
+            processes_attached: 0,
+            processes_reclaimed: 0,
         }
     }
 
-    /// First byte of the region and its length.
+    /// First byte of the object memory and its length.
     pub fn region(&self) -> (*mut u8, usize) {
-        (self.inner.region.base(), self.inner.region.len())
+        match &self.backend {
+            Backend::Local(inner) => (inner.region.base(), inner.region.len()),
+            Backend::Shared(shared) => shared.data_region(),
+        }
     }
 
     /// Refuses all new work (`PoolClosed`), wakes every waiting `get`, and drops the pool's own
     /// references. Buffers still held keep their memory mapped until they are released.
-    /// Idempotent.
+    /// Idempotent. A shared pool keeps its objects for the other processes (and for a later
+    /// attach): closing detaches this process, once its last buffer is released.
     pub fn close(&self) {
-        if self.inner.check_mapped().is_err() {
+        let inner = match &self.backend {
+            Backend::Local(inner) => inner,
+            Backend::Shared(shared) => return shared.close(),
+        };
+        if inner.check_mapped().is_err() {
             return;
         }
-        for id in self.inner.index.close() {
-            release(self.inner.ptr(), id);
+        for id in inner.index.close() {
+            release(inner.ptr(), id);
         }
-        let cached = self.inner.arena.close();
+        let cached = inner.arena.close();
         drop(cached);
-        self.inner.rdma.close_caller_pds();
+        inner.rdma.close_caller_pds();
+    }
+
+    fn rdma(&self) -> Result<&Registrations> {
+        self.check_mapped()?;
+        Ok(match &self.backend {
+            Backend::Local(inner) => &inner.rdma,
+            Backend::Shared(shared) => shared.rdma(),
+        })
     }
 
     /// RDMA registrations: one per device registered at open, plus one per `register_pd`.
     pub fn rdma_count(&self) -> u32 {
-        if self.inner.check_mapped().is_err() {
-            return 0;
-        }
-        self.inner.rdma.count()
+        self.rdma().map_or(0, |r| r.count())
     }
 
     /// The `struct ibv_pd *` of registration `index`; NULL past the end.
     pub fn rdma_pd(&self, index: u32) -> *mut std::ffi::c_void {
-        if self.inner.check_mapped().is_err() {
-            return std::ptr::null_mut();
-        }
-        self.inner.rdma.pd(index).cast()
+        self.rdma().map_or(std::ptr::null_mut(), |r| r.pd(index).cast())
     }
 
-    /// Registers the whole region on a protection domain the caller owns (`struct ibv_pd *`) and
-    /// answers its registration index. The pool deregisters it at `close`; the PD must live
+    /// Registers the whole object memory on a protection domain the caller owns (`struct ibv_pd *`)
+    /// and answers its registration index. The pool deregisters it at `close`; the PD must live
     /// until then.
     ///
     /// # Safety
     /// `pd` is NULL or a live `struct ibv_pd *`.
     pub unsafe fn register_pd(&self, pd: *mut std::ffi::c_void) -> Result<u32> {
-        self.inner.check_mapped()?;
+        let rdma = self.rdma()?;
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
         // SAFETY: per the contract above.
-        unsafe { self.inner.rdma.register_pd(pd.cast()) }
+        unsafe { rdma.register_pd(pd.cast()) }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.inner.index.is_closed()
+        match &self.backend {
+            Backend::Local(inner) => inner.index.is_closed(),
+            Backend::Shared(shared) => shared.is_closed(),
+        }
     }
 
     /// `ForkedChild` in a child forked after the pool was opened, which has no mapping of it.
     pub fn check_mapped(&self) -> Result<()> {
-        self.inner.check_mapped()
+        match &self.backend {
+            Backend::Local(inner) => inner.check_mapped(),
+            Backend::Shared(shared) => shared.check_mapped(),
+        }
+    }
+}
+
+fn shared_stats(shared: &SharedInner) -> PoolStats {
+    let Ok(counts) = shared.counts() else { return PoolStats::default() };
+    let attached = shared.processes().map_or(0, |p| p.iter().filter(|p| p.alive).count() as u64);
+    PoolStats {
+        capacity_bytes: counts.capacity,
+        used_bytes: counts.used,
+        largest_free_block: counts.largest_free,
+        object_count: counts.live,
+        key_count: counts.keys,
+        max_objects: counts.max_objects,
+        page_size: 4096,
+        open_nanos: shared.open_time().as_nanos() as u64,
+        rdma_registrations: shared.rdma().count() as u64,
+        rdma_register_nanos: shared.rdma().open_time().as_nanos() as u64,
+        evictions: counts.evictions,
+        creates_refused: counts.creates_refused,
+        processes_attached: attached,
+        processes_reclaimed: counts.reclaimed,
     }
 }
 
@@ -590,23 +805,28 @@ impl Pool {
 /// freed there: that would unmap an address range the child may have reused, and release the
 /// parent's RDMA registrations through the inherited device handles. Kept here, reachable, so
 /// leak checkers do not count them.
-static FORK_ORPHANS: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
+static FORK_ORPHANS: Mutex<Vec<Backend>> = Mutex::new(Vec::new());
+
+/// Keeps a forked child's copy of a pool's state from ever being freed (see [`FORK_ORPHANS`]).
+fn orphan(backend: Backend) {
+    // `try_lock`: a thread of this process may have held the lock when it forked us.
+    match FORK_ORPHANS.try_lock() {
+        Ok(mut orphans) => orphans.push(backend),
+        Err(_) => std::mem::forget(backend),
+    }
+}
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if self.inner.check_mapped().is_err() {
-            // `try_lock`: a thread of this process may have held the lock when it forked us.
-            match FORK_ORPHANS.try_lock() {
-                Ok(mut orphans) => orphans.push(self.inner.clone()),
-                Err(_) => std::mem::forget(self.inner.clone()),
-            }
+        if self.check_mapped().is_err() {
+            orphan(self.backend.clone());
             return;
         }
         self.close();
     }
 }
 
-impl Buffer {
+impl LocalBuffer {
     fn pool(&self) -> &Inner {
         // SAFETY: this buffer's reference keeps its record's count of the pool.
         unsafe { self.pool.as_ref() }
@@ -616,19 +836,51 @@ impl Buffer {
         // SAFETY: records live as long as the pool, which this buffer keeps alive.
         unsafe { self.rec.as_ref() }
     }
+}
+
+impl Drop for LocalBuffer {
+    fn drop(&mut self) {
+        // In a forked child the record and the pool are the parent's, copied: leave them be.
+        if !self.pool().region.is_mapped_here() {
+            return;
+        }
+        if self.writer && !self.rec().is_sealed() {
+            let pool = self.pool();
+            if pool.index.remove_unsealed(&pool.records, self.id) {
+                // The index's reference; the buffer's own is still held below.
+                release_record(self.pool, self.rec(), self.id);
+            }
+        }
+        release_record(self.pool, self.rec(), self.id);
+    }
+}
+
+impl Buffer {
+    fn shared(buf: SharedBuffer) -> Buffer {
+        Buffer { kind: Kind::Shared(buf) }
+    }
 
     /// `ForkedChild` in a child forked after the buffer's pool was opened: its bytes are not
     /// mapped there.
     pub fn check_mapped(&self) -> Result<()> {
-        self.pool().check_mapped()
+        match &self.kind {
+            Kind::Local(b) => b.pool().check_mapped(),
+            Kind::Shared(b) => b.check_mapped(),
+        }
     }
 
     pub fn key(&self) -> &[u8] {
-        self.rec().key()
+        match &self.kind {
+            Kind::Local(b) => b.rec().key(),
+            Kind::Shared(b) => b.key(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.rec().size()
+        match &self.kind {
+            Kind::Local(b) => b.rec().size(),
+            Kind::Shared(b) => b.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -636,7 +888,17 @@ impl Buffer {
     }
 
     pub fn is_sealed(&self) -> bool {
-        self.rec().is_sealed()
+        match &self.kind {
+            Kind::Local(b) => b.rec().is_sealed(),
+            Kind::Shared(b) => !b.is_writer(),
+        }
+    }
+
+    fn is_writer(&self) -> bool {
+        match &self.kind {
+            Kind::Local(b) => b.writer,
+            Kind::Shared(b) => b.is_writer(),
+        }
     }
 
     /// Copies the bytes into `dst` and answers how many; `InvalidArgument` if `dst` is too small
@@ -656,20 +918,30 @@ impl Buffer {
         Ok(src.len())
     }
 
-    /// Offset of the first byte from the start of the pool's region.
+    /// Offset of the first byte from the start of the pool's object memory.
     pub fn offset(&self) -> usize {
-        self.rec().offset()
+        match &self.kind {
+            Kind::Local(b) => b.rec().offset(),
+            Kind::Shared(b) => b.offset(),
+        }
+    }
+
+    fn parts(&self) -> Option<&[(usize, usize)]> {
+        match &self.kind {
+            Kind::Local(b) => b.rec().parts(),
+            Kind::Shared(b) => b.parts(),
+        }
     }
 
     /// Parts of an object made by `create_parts`; 0 for a plain object.
     pub fn part_count(&self) -> usize {
-        self.rec().parts().map_or(0, |p| p.len())
+        self.parts().map_or(0, |p| p.len())
     }
 
     /// Offset (from the object's first byte) and length of part `index`.
     pub fn part_range(&self, index: usize) -> Result<(usize, usize)> {
         self.check_mapped()?;
-        match self.rec().parts() {
+        match self.parts() {
             None => Err(Error::InvalidArgument(format!(
                 "key {} is a plain object, not one made of parts",
                 Key::new(self.key())
@@ -700,27 +972,32 @@ impl Buffer {
     /// a peer's RDMA WRITE while unsealed, a source for RDMA READ once sealed.
     pub fn rdma_desc(&self, index: u32) -> Result<RdmaDesc> {
         self.check_mapped()?;
-        self.pool().rdma.desc(index, self.offset(), self.len())
+        match &self.kind {
+            Kind::Local(b) => b.pool().rdma.desc(index, self.offset(), self.len()),
+            Kind::Shared(b) => b.rdma_desc(index),
+        }
     }
 
-    /// Address of the first byte, inside the pool's region. Valid while this buffer lives, in the
-    /// process that opened the pool (see [`Buffer::check_mapped`]).
+    /// Address of the first byte, inside the pool's memory. Valid while this buffer lives, in the
+    /// process that opened or attached the pool (see [`Buffer::check_mapped`]).
     pub fn as_ptr(&self) -> *const u8 {
-        self.pool().region.ptr_at(self.offset())
+        match &self.kind {
+            Kind::Local(b) => b.pool().region.ptr_at(self.offset()),
+            Kind::Shared(b) => b.as_ptr(),
+        }
     }
 
     /// Writable address: only for the creator's buffer, only until it is sealed, and not in a
     /// forked child.
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
-        (self.writer && !self.is_sealed() && self.check_mapped().is_ok())
-            .then(|| self.pool().region.ptr_at(self.offset()))
+        (self.is_writer() && !self.is_sealed() && self.check_mapped().is_ok()).then(|| self.as_ptr().cast_mut())
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the block [offset, offset + size) lies inside the region, which stays mapped while
-        // this buffer's reference (and so its record's count of the pool) lives. Sealed bytes are
-        // never written again; unsealed bytes are written only through `as_mut_slice`, which needs
-        // `&mut self`.
+        // SAFETY: the block [offset, offset + size) lies inside the pool's memory (checked when a
+        // shared pool's object was copied out), which stays mapped while this buffer's reference
+        // lives. Sealed bytes are never written again through the library; unsealed bytes are
+        // written only through `as_mut_slice`, which needs `&mut self`.
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
     }
 
@@ -731,16 +1008,20 @@ impl Buffer {
         self.as_mut_ptr().map(|p| unsafe { std::slice::from_raw_parts_mut(p, size) })
     }
 
-    /// Makes the object immutable and visible to `get`, and wakes its waiters. The buffer stays a
-    /// read reference that must still be released.
+    /// Makes the object immutable and visible to `get`, and wakes its waiters (in every process,
+    /// for a shared pool). The buffer stays a read reference that must still be released.
     pub fn seal(&mut self) -> Result<()> {
         self.check_mapped()?;
-        if !self.writer {
-            return Err(Error::AlreadySealed(Key::new(self.key())));
+        let b = match &mut self.kind {
+            Kind::Local(b) => b,
+            Kind::Shared(b) => return b.seal(),
+        };
+        if !b.writer {
+            return Err(Error::AlreadySealed(Key::new(b.rec().key())));
         }
-        let pool = self.pool();
-        pool.index.seal(&pool.records, self.id).map_err(|e| index_error(e, self.key(), Wait::Now))?;
-        pool.touch(self.rec());
+        let pool = b.pool();
+        pool.index.seal(&pool.records, b.id).map_err(|e| index_error(e, b.rec().key(), Wait::Now))?;
+        pool.touch(b.rec());
         Ok(())
     }
 
@@ -759,27 +1040,10 @@ impl Buffer {
     /// Whether `abort` would succeed: only the creator's buffer, before it is sealed.
     pub fn check_abortable(&self) -> Result<()> {
         self.check_mapped()?;
-        if self.is_sealed() || !self.writer {
+        if self.is_sealed() || !self.is_writer() {
             return Err(Error::AlreadySealed(Key::new(self.key())));
         }
         Ok(())
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // In a forked child the record and the pool are the parent's, copied: leave them be.
-        if !self.pool().region.is_mapped_here() {
-            return;
-        }
-        if self.writer && !self.is_sealed() {
-            let pool = self.pool();
-            if pool.index.remove_unsealed(&pool.records, self.id) {
-                // The index's reference; the buffer's own is still held below.
-                release_record(self.pool, self.rec(), self.id);
-            }
-        }
-        release_record(self.pool, self.rec(), self.id);
     }
 }
 

@@ -49,6 +49,19 @@ fn watch_forks() -> Result<()> {
     Ok(())
 }
 
+/// The current fork generation, with the fork handler installed: a mapping made now is this
+/// process's while [`fork_generation_now`] still answers the same.
+pub(crate) fn fork_generation() -> Result<u64> {
+    watch_forks()?;
+    Ok(FORK_GENERATION.0.load(Ordering::Relaxed))
+}
+
+/// The fork generation now, one relaxed load.
+#[inline]
+pub(crate) fn fork_generation_now() -> u64 {
+    FORK_GENERATION.0.load(Ordering::Relaxed)
+}
+
 /// How the region's pages are backed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PageMode {

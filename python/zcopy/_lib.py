@@ -21,8 +21,9 @@ class PoolOptions(ctypes.Structure):
         ("rdma", c_uint32),
         ("rdma_devices", c_char_p),
         ("eviction", c_uint32),
-        ("reserved32", c_uint32),
-        ("reserved", c_uint64 * 5),
+        ("shared_mode", c_uint32),
+        ("name", c_char_p),
+        ("reserved", c_uint64 * 4),
     ]
 
 
@@ -40,7 +41,9 @@ class PoolStats(ctypes.Structure):
         ("rdma_register_nanos", c_uint64),
         ("evictions", c_uint64),
         ("creates_refused", c_uint64),
-        ("reserved", c_uint64 * 4),
+        ("processes_attached", c_uint64),
+        ("processes_reclaimed", c_uint64),
+        ("reserved", c_uint64 * 2),
     ]
 
 
@@ -89,6 +92,10 @@ _SIGNATURES = {
     "zc_pool_options_init": (None, [_P(PoolOptions)]),
     "zc_pool_open": (zc_status, [_P(PoolOptions), _P(_pool)]),
     "zc_pool_close": (None, [_pool]),
+    "zc_pool_attach": (zc_status, [c_char_p, _P(PoolOptions), _P(_pool)]),
+    "zc_pool_unlink": (zc_status, [c_char_p]),
+    "zc_pool_reclaim": (zc_status, [_pool, _P(c_uint64)]),
+    "zc_pool_check": (zc_status, [_pool]),
     "zc_pool_get_stats": (zc_status, [_pool, _P(PoolStats)]),
     "zc_create_buffer": (zc_status, [_pool, c_char_p, c_size_t, c_size_t, _P(_buf)]),
     "zc_create_parts": (zc_status, [_pool, c_char_p, c_size_t, _P(c_size_t), c_size_t, _P(_buf)]),

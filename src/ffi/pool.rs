@@ -89,10 +89,17 @@ pub struct zc_pool_options {
     pub rdma_devices: *const c_char,
     /// One of `ZC_EVICT_*`. Default `ZC_EVICT_NONE`: a full pool refuses creates.
     pub eviction: u32,
+    /// File mode of a shared pool's file: 0 (the default) is 0600, only this user may attach;
+    /// 0660 lets the file's group attach too. Nothing else is accepted.
+    pub shared_mode: u32,
+    /// NULL (the default): a pool private to this process. A name (ASCII letters, digits, '_',
+    /// '-', '.'; at most 128 bytes; no "..") creates a pool other processes attach with
+    /// `zc_pool_attach`, backed by the file `/dev/shm/zcopy.<name>` (or `zcopy.<name>` in
+    /// `hugetlbfs_dir` with `ZC_PAGES_HUGETLB`). Creating a name that exists fails with
+    /// `ZC_ERR_SYSTEM` (`EEXIST`). Borrowed for the duration of the call only.
+    pub name: *const c_char,
     /// Must be zero.
-    pub reserved32: u32,
-    /// Must be zero.
-    pub reserved: [u64; 5],
+    pub reserved: [u64; 4],
 }
 
 /// Counters of a pool, filled by `zc_pool_get_stats`.
@@ -124,8 +131,13 @@ pub struct zc_pool_stats {
     pub evictions: u64,
     /// Creates refused with `ZC_ERR_OUT_OF_MEMORY`.
     pub creates_refused: u64,
+    /// Processes attached to a shared pool now, this one included; 0 for a private pool.
+    pub processes_attached: u64,
+    /// Dead processes whose references, creates and slots were reclaimed, over the shared pool's
+    /// life; 0 for a private pool.
+    pub processes_reclaimed: u64,
     /// Zero in this version; later versions fill them.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 2],
 }
 
 /// Where a buffer's bytes are for RDMA: post `addr`/`length` with `lkey` locally, or hand
@@ -153,8 +165,9 @@ fn defaults() -> zc_pool_options {
         rdma: ZC_RDMA_AUTO,
         rdma_devices: std::ptr::null(),
         eviction: ZC_EVICT_NONE,
-        reserved32: 0,
-        reserved: [0; 5],
+        shared_mode: 0,
+        name: std::ptr::null(),
+        reserved: [0; 4],
     }
 }
 
@@ -218,11 +231,20 @@ unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
         ZC_EVICT_LRU => true,
         other => return Err(invalid(format!("eviction {other} is not one of ZC_EVICT_*"))),
     };
-    if o.reserved32 != 0 {
-        return Err(invalid(
-            "options.reserved32 is not zero: call zc_pool_options_init, or use the header matching this library",
-        ));
-    }
+    let group_shared = match o.shared_mode {
+        0 | 0o600 => false,
+        0o660 => true,
+        other => return Err(invalid(format!("shared_mode {other:o} (octal) is not 0, 0600 or 0660"))),
+    };
+    // SAFETY: NULL or a C string per the contract.
+    let name = unsafe { c_str_arg(o.name, "name") }?.map(String::from);
+    let shared_dir = match (&name, &pages) {
+        (Some(_), PageMode::HugeTlb { dir: Some(dir) }) => Some(dir.clone()),
+        (Some(_), PageMode::HugeTlb { dir: None }) => {
+            return Err(invalid("a shared pool with ZC_PAGES_HUGETLB needs hugetlbfs_dir, where its file lives"))
+        }
+        _ => None,
+    };
     Ok(PoolOptions {
         size,
         pages,
@@ -232,6 +254,9 @@ unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
         rdma,
         rdma_devices,
         evict_lru,
+        name,
+        shared_dir,
+        group_shared,
     })
 }
 
@@ -269,6 +294,99 @@ pub unsafe extern "C" fn zc_pool_open(opts: *const zc_pool_options, out: *mut *m
         // SAFETY: `out` is non-NULL and writable.
         unsafe { out.write(Box::into_raw(Box::new(zc_pool { pool }))) };
         Ok(())
+    })
+}
+
+/// Attaches the shared pool `name` (made by `zc_pool_open` with that `name`, in this process
+/// or another) and writes it to `*out`: the same objects, at this process's own address, with no
+/// copy and no server. Of `opts` (NULL: defaults) only `prefault`, `lock_memory`, `rdma`,
+/// `rdma_devices`, `shared_mode` (0660: accept a group-shared file of another user) and, with
+/// `ZC_PAGES_HUGETLB`, `hugetlbfs_dir` apply; size and limits are the creator's, and
+/// `opts->name` must be NULL or equal to `name`. Every call works on an attached pool as on the
+/// one that made it. `ZC_ERR_SYSTEM` (`ENOENT`) when no such pool exists, `ZC_ERR_INVALID_ARGUMENT`
+/// for a bad name or a file that is not a pool of this version (truncated, another layout, not
+/// a pool), `ZC_ERR_SYSTEM` (`EACCES`) for a file of another user.
+///
+/// The caller owns `*out` and must free it with `zc_pool_close`.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `opts` is NULL or a valid `zc_pool_options`; `out`
+/// is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_attach(
+    name: *const c_char,
+    opts: *const zc_pool_options,
+    out: *mut *mut zc_pool,
+) -> zc_status {
+    guard("zc_pool_attach", || {
+        let out = out_arg(out, "out")?;
+        // SAFETY: NULL or a C string per the contract.
+        let name = unsafe { c_str_arg(name, "name") }?.ok_or_else(|| invalid("name is NULL"))?;
+        let mut defaults = defaults();
+        defaults.prefault = false;
+        // SAFETY: `opts` is NULL or valid per the contract.
+        let opts = unsafe { opts.as_ref() }.unwrap_or(&defaults);
+        // SAFETY: the strings in `opts` are NULL or C strings per the contract.
+        let opts = unsafe { options_from_c(opts) }?;
+        if opts.name.as_deref().is_some_and(|n| n != name) {
+            return Err(invalid(format!("opts->name {:?} differs from name {name:?}", opts.name)));
+        }
+        let pool = Pool::attach(name, &opts)?;
+        // SAFETY: `out` is non-NULL and writable.
+        unsafe { out.write(Box::into_raw(Box::new(zc_pool { pool }))) };
+        Ok(())
+    })
+}
+
+/// Removes the shared pool `name`'s file from `/dev/shm`. Processes attached keep working on it
+/// until they close; the name can be created again at once. `ZC_ERR_SYSTEM` (`ENOENT`) when there
+/// is no such pool.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_unlink(name: *const c_char) -> zc_status {
+    guard("zc_pool_unlink", || {
+        // SAFETY: NULL or a C string per the contract.
+        let name = unsafe { c_str_arg(name, "name") }?.ok_or_else(|| invalid("name is NULL"))?;
+        Pool::unlink(name, None)
+    })
+}
+
+/// Reclaims what processes that died attached to this shared pool held: their unsealed creates
+/// are aborted (the keys can be created again), their references dropped and their slots freed.
+/// This also happens at every open, attach and close, and when a create runs out of room. Writes
+/// how many processes were reclaimed to `*out_processes` (may be NULL). A private pool has
+/// nothing to reclaim (0).
+///
+/// # Safety
+/// `pool` is NULL or live; `out_processes` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_reclaim(pool: *mut zc_pool, out_processes: *mut u64) -> zc_status {
+    guard("zc_pool_reclaim", || {
+        // SAFETY: NULL or live per the contract.
+        let pool = unsafe { arg(pool, "pool") }?;
+        let n = pool.pool.reclaim()?;
+        if !out_processes.is_null() {
+            // SAFETY: non-NULL and writable per the contract.
+            unsafe { out_processes.write(n) };
+        }
+        Ok(())
+    })
+}
+
+/// Verifies every invariant of a shared pool's state (records, index, allocators, reference
+/// ledgers, counters): `ZC_OK`, or `ZC_ERR_INTERNAL` with a message naming the first violation.
+/// A private pool answers `ZC_OK`.
+///
+/// # Safety
+/// `pool` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn zc_pool_check(pool: *const zc_pool) -> zc_status {
+    guard("zc_pool_check", || {
+        // SAFETY: NULL or live per the contract.
+        let pool = unsafe { arg(pool, "pool") }?;
+        pool.pool.check()
     })
 }
 
@@ -316,7 +434,9 @@ pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_po
             rdma_register_nanos: s.rdma_register_nanos,
             evictions: s.evictions,
             creates_refused: s.creates_refused,
-            reserved: [0; 4],
+            processes_attached: s.processes_attached,
+            processes_reclaimed: s.processes_reclaimed,
+            reserved: [0; 2],
         };
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(stats) };

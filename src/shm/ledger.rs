@@ -360,6 +360,32 @@ impl<'a> Ledger<'a> {
         Ok(done)
     }
 
+    /// Every entry in use, checked, as (state, id, count, target): for an engine that changes
+    /// ledgers and records under one lock and rebuilds the records' counts from the ledgers.
+    pub(crate) fn entries(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
+        let mut found = Vec::new();
+        for index in 0..self.high_water()? {
+            let entry = self.entry(index)?;
+            let state = entry.state.load(Ordering::Acquire);
+            let id = entry.id.load(Ordering::Relaxed);
+            let (count, target) = (entry.count.load(Ordering::Relaxed), entry.target.load(Ordering::Relaxed));
+            self.check_entry(index, state, id, count, target)?;
+            if state != EMPTY {
+                found.push((state, id, count, target));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Empties every entry and the ledger, after the engine undid what they recorded.
+    pub(crate) fn clear(&self) -> Result<()> {
+        for index in 0..self.high_water()? {
+            self.entry(index)?.state.store(EMPTY, Ordering::Release);
+        }
+        self.reset();
+        Ok(())
+    }
+
     /// Empties a ledger whose entries are all empty (after a replay); a new one, all zeros, is
     /// empty already.
     pub(crate) fn reset(&self) {

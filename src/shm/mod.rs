@@ -35,6 +35,7 @@ pub(crate) mod name;
 pub(crate) mod offset;
 pub(crate) mod pool_file;
 pub(crate) mod slots;
+pub(crate) mod store;
 
 #[cfg(test)]
 pub(crate) mod testutil;

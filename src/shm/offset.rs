@@ -150,6 +150,35 @@ impl<'a> Area<'a> {
         Ok(())
     }
 
+    /// Copies the `dst.len()` bytes at `offset` out (volatile: they may change under us, and the
+    /// copy is what gets used).
+    pub(crate) fn read_bytes(&self, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let addr = self.locate(offset, dst.len() as u64, 1)?;
+        for (i, byte) in dst.iter_mut().enumerate() {
+            // SAFETY: `locate` checked that all `dst.len()` bytes lie inside this mapped area.
+            *byte = unsafe { addr.add(i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Writes `src` at `offset`.
+    ///
+    /// # Safety
+    /// As for [`Area::write`]: nobody reads or writes these bytes concurrently (they are not
+    /// published yet).
+    pub(crate) unsafe fn write_bytes(&self, offset: u64, src: &[u8]) -> Result<()> {
+        let addr = self.locate(offset, src.len() as u64, 1)?;
+        // SAFETY: in bounds (checked above); exclusive per the caller's promise; `src` is this
+        // process's memory, so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr, src.len()) };
+        Ok(())
+    }
+
+    /// The address of byte `offset` (at most the area's length), for data handed to callers.
+    pub(crate) fn ptr_at(&self, offset: u64, len: u64) -> Result<*mut u8> {
+        self.locate(offset, len, 1)
+    }
+
     /// The sub-area of `len` bytes at `offset`, for the areas a validated layout names.
     pub(crate) fn sub(&self, offset: u64, len: u64, what: &'static str) -> Result<Area<'a>> {
         let base = self.locate(offset, len, 1)?;

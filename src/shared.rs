@@ -1,0 +1,646 @@
+//! A pool several processes share by name: this process's side of it.
+//!
+//! The pool's state lives in its file ([`crate::shm::store`]); this module maps the file, takes a
+//! process slot, keeps this process's reference ledger, registers the data area for RDMA, and
+//! turns the store's operations into buffers. Every operation runs under the pool's one robust
+//! mutex. A process that finds the mutex's last holder dead rebuilds the derived state from the
+//! records ([`Store::rebuild`]); dead processes' slots are reclaimed at open, attach and close,
+//! when a create runs out of room, and on request ([`SharedPool::reclaim`]).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard as StdGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Bytes, Error, Key, Result};
+use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
+use crate::shm::file::Sharing;
+use crate::shm::header::{self, AreaKind, Layout};
+use crate::shm::ledger::{self, Handle, Ledger};
+use crate::shm::lock::{self, Acquired};
+use crate::shm::name::{PoolName, DEFAULT_DIR, PREFIX};
+use crate::shm::offset::Area;
+use crate::shm::pool_file::PoolFile;
+use crate::shm::slots::{SlotGuard, Slots, LIVE};
+use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, Store};
+
+/// How to create or attach a shared pool.
+#[derive(Debug, Clone)]
+pub struct SharedOptions {
+    /// Directory of the pool file: `/dev/shm` when `None`, or a hugetlbfs mount.
+    pub dir: Option<PathBuf>,
+    /// Group members may attach too (mode 0660) instead of only the owner (0600).
+    pub group: bool,
+    /// Touch every data page at open or attach.
+    pub prefault: bool,
+    pub lock_memory: bool,
+    pub rdma: RdmaMode,
+    pub rdma_devices: Option<Vec<String>>,
+}
+
+/// What a process attached to a pool is doing, as seen from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub slot: usize,
+    pub pid: u32,
+    /// False for a process that died without closing, whose slot waits to be reclaimed.
+    pub alive: bool,
+}
+
+/// One process's handle on a shared pool. Views into the mapping are declared before the mapping
+/// (`file`), so they drop first.
+pub(crate) struct SharedInner {
+    /// Declared first: registrations go before the memory is unmapped.
+    rdma: Registrations,
+    pub(crate) store: Store<'static>,
+    /// This process's ledger; `None` for an inspector, which holds no slot.
+    ledger: Option<Ledger<'static>>,
+    slot: Option<SlotGuard<'static>>,
+    slots: Box<Slots<'static>>,
+    /// This process's ledger entries for objects it holds references on, by ledger id. Taken
+    /// only under the pool's mutex.
+    handles: Mutex<HashMap<u64, Handle>>,
+    closed: AtomicBool,
+    data: Area<'static>,
+    fork_generation: u64,
+    pid: u32,
+    name: String,
+    path: PathBuf,
+    open_time: Duration,
+    /// Declared last: the mapping every view above borrows.
+    file: Box<PoolFile>,
+}
+
+// SAFETY: the views point into a shared mapping that lives as long as `self` and is only changed
+// through atomics or under the pool's mutex; the rest is `Sync` already.
+unsafe impl Send for SharedInner {}
+// SAFETY: as above.
+unsafe impl Sync for SharedInner {}
+
+/// A process's handle on a shared pool.
+pub(crate) type SharedPool = Arc<SharedInner>;
+
+/// One reference to one object of a shared pool.
+pub(crate) struct SharedBuffer {
+    pool: Arc<SharedInner>,
+    obj: Object,
+    /// The creator's `CREATING` ledger entry, until it seals or aborts.
+    creating: Option<Handle>,
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key is empty".into()));
+    }
+    if key.len() > crate::pool::MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes is longer than {}",
+            key.len(),
+            crate::pool::MAX_KEY_LEN
+        )));
+    }
+    Ok(())
+}
+
+/// The path of pool `name` in `dir`.
+pub(crate) fn pool_path(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
+    PoolName::parse(name.as_bytes())?.path(dir)
+}
+
+/// Removes pool `name`'s file. Processes attached keep their mappings; the name is free at once.
+pub fn unlink(name: &str, dir: Option<&Path>) -> Result<()> {
+    let path = pool_path(name, dir)?;
+    crate::shm::file::unlink(&path)
+}
+
+/// The names of the pool files in `dir` (`/dev/shm` by default), sorted.
+pub fn list(dir: Option<&Path>) -> Result<Vec<String>> {
+    let dir = dir.unwrap_or(Path::new(DEFAULT_DIR));
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::system(format!("list {}", dir.display()), e))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(PREFIX)).map(str::to_owned))
+        .filter(|n| PoolName::parse(n.as_bytes()).is_ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `posix_fallocate` of `[offset, offset + len)`, so that no later touch of it can fail with
+/// `SIGBUS` on a full file system.
+fn reserve(file: &File, offset: u64, len: u64, path: &Path) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain system call on a descriptor this process owns.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
+    if rc != 0 {
+        return Err(Error::system(
+            format!("reserve {} for {} (is the file system full?)", Bytes(len), path.display()),
+            std::io::Error::from_raw_os_error(rc),
+        ));
+    }
+    Ok(())
+}
+
+/// What opening makes: a new pool, an attach, or an inspector (no slot, no RDMA).
+pub(crate) enum Opening {
+    Create { size: u64, max_objects: u64, evict_lru: bool },
+    Attach,
+    Inspect,
+}
+
+impl SharedInner {
+    /// Creates (`Opening::Create`) or attaches pool `name`.
+    pub(crate) fn open(name: &str, how: Opening, opts: &SharedOptions) -> Result<SharedPool> {
+        let started = Instant::now();
+        let fork_generation = crate::region::fork_generation()?;
+        let path = pool_path(name, opts.dir.as_deref())?;
+        let sharing = if opts.group { Sharing::Group } else { Sharing::Owner };
+        let inspect = matches!(how, Opening::Inspect);
+        let pf = match how {
+            Opening::Create { size, max_objects, evict_lru } => {
+                let cfg = Config::new(size, max_objects, evict_lru, header::fresh_generation())?;
+                let layout = Layout::plan(cfg.metadata()?, cfg.capacity, 4096, header::fresh_generation())?;
+                let pf = PoolFile::create(&path, &layout, sharing, false, |file, layout| {
+                    let store = Store::new(file, layout, cfg)?;
+                    // SAFETY: `create` runs this before publishing the file, which nobody uses yet.
+                    unsafe { store.init() }
+                })?;
+                let ledgers = layout.span(AreaKind::Ledgers);
+                let reserved = reserve(pf.file(), 0, ledgers.offset, &path).and_then(|()| {
+                    let after = ledgers.offset + ledgers.len;
+                    reserve(pf.file(), after, layout.file_len - after, &path)
+                });
+                if let Err(e) = reserved {
+                    drop(pf);
+                    let _ = crate::shm::file::unlink(&path);
+                    return Err(e);
+                }
+                pf
+            }
+            Opening::Attach | Opening::Inspect => PoolFile::attach(&path, sharing)?,
+        };
+        let file = Box::new(pf);
+        // SAFETY: `file` is boxed, so the mapping and the `File` keep their addresses when the box
+        // moves into the struct below, where it is the last field: every view made here drops
+        // before it. Nothing hands these `'static` borrows out of `SharedInner` except tied to
+        // a borrow of it or an `Arc` of it.
+        let (area, fd): (Area<'static>, &'static File) =
+            unsafe { (std::mem::transmute::<Area<'_>, Area<'static>>(file.area()), &*(file.file() as *const File)) };
+        let layout = *file.layout();
+        let cfg = Store::read_config(&area, &layout)?;
+        let store = Store::new(&area, &layout, cfg)?;
+        let data = layout.area(&area, AreaKind::Data)?.sub(0, cfg.capacity, "data area")?;
+        let slots = Box::new(Slots::new(&area, &layout, fd)?);
+        // SAFETY: as above: the box keeps `Slots` at one address and drops after the slot guard.
+        let slots_ref: &'static Slots<'static> = unsafe { &*(&*slots as *const Slots<'static>) };
+        let base = area.ptr_at(0, 0)?;
+        // Not inherited by fork children, like an unnamed pool (RDMA needs it, and a child must
+        // attach on its own: it has no slot).
+        // SAFETY: the range is this process's mapping of the file, alive while `file` lives.
+        unsafe { libc::madvise(base.cast(), area.len(), libc::MADV_DONTFORK) };
+        let data_base = data.ptr_at(0, cfg.capacity)?;
+        if opts.prefault && !inspect {
+            for page in (0..cfg.capacity as usize).step_by(4096) {
+                // SAFETY: inside the data area of the mapping; reading maps the file's page.
+                unsafe { data_base.add(page).read_volatile() };
+            }
+        }
+        if opts.lock_memory && !inspect {
+            // SAFETY: the range is the mapped data area.
+            if unsafe { libc::mlock(data_base.cast(), cfg.capacity as usize) } != 0 {
+                return Err(Error::system(
+                    format!("mlock of {} (RLIMIT_MEMLOCK or CAP_IPC_LOCK)", Bytes(cfg.capacity)),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        let (slot, ledger) = if inspect {
+            (None, None)
+        } else {
+            let slot = slots_ref.claim()?;
+            let ledger = store.ledger(slot.index())?;
+            (Some(slot), Some(ledger))
+        };
+        let rdma_mode = if inspect { RdmaMode::Off } else { opts.rdma };
+        let rdma = Registrations::open(data_base, cfg.capacity as usize, 4096, rdma_mode, opts.rdma_devices.as_deref())?;
+        if rdma.count() > 0 && rdma.chunk_len() < cfg.capacity as usize {
+            return Err(Error::Rdma(format!(
+                "the devices register at most {} at once; a shared pool of {} needs one registration",
+                Bytes(rdma.chunk_len() as u64),
+                Bytes(cfg.capacity)
+            )));
+        }
+        let inner = Arc::new(SharedInner {
+            rdma,
+            store,
+            ledger,
+            slot,
+            slots,
+            handles: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            data,
+            fork_generation,
+            pid: std::process::id(),
+            name: name.to_owned(),
+            path,
+            open_time: Duration::ZERO,
+            file,
+        });
+        if !inspect {
+            // Leftovers in this slot's ledger (none, unless its last owner leaked buffers and
+            // exited) are undone before this process uses it, then dead processes are reclaimed.
+            let g = inner.lock()?;
+            if let Some(ledger) = &inner.ledger {
+                inner.undo_ledger(&g, ledger)?;
+            }
+            inner.reclaim_locked(&g)?;
+        }
+        let mut inner = inner;
+        if let Some(me) = Arc::get_mut(&mut inner) {
+            me.open_time = started.elapsed();
+        }
+        Ok(inner)
+    }
+
+    #[inline]
+    pub(crate) fn check_mapped(&self) -> Result<()> {
+        if crate::region::fork_generation_now() == self.fork_generation {
+            return Ok(());
+        }
+        Err(Error::ForkedChild { pid: self.pid })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.check_mapped()?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolClosed);
+        }
+        Ok(())
+    }
+
+    fn ledger(&self) -> Result<&Ledger<'static>> {
+        self.ledger.as_ref().ok_or_else(|| Error::InvalidArgument("an inspector handle holds no objects".into()))
+    }
+
+    /// Takes the pool's mutex. When its last holder died holding it, the state behind it may be
+    /// half-changed: everything derived is rebuilt from the records and the ledgers first, and
+    /// the dead are reclaimed.
+    fn lock(&self) -> Result<Locked<'static>> {
+        match self.store.mutex().lock()? {
+            Acquired::Locked(g) => Ok(g),
+            Acquired::OwnerDied(repair) => {
+                // A process that dies during the rebuild leaves the mutex owner-dead again for
+                // the next one, so marking it consistent first loses nothing.
+                let g = repair.consistent()?;
+                self.store.rebuild(&g)?;
+                self.reclaim_locked(&g)?;
+                Ok(g)
+            }
+        }
+    }
+
+    fn handles(&self) -> StdGuard<'_, HashMap<u64, Handle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Undoes what `ledger` records and empties it: aborts its creates, drops its references.
+    fn undo_ledger(&self, g: &Locked<'_>, ledger: &Ledger<'_>) -> Result<()> {
+        for (state, lid, count, target) in ledger.entries()? {
+            let (id, generation) = (lid as u32, (lid >> 32) as u32);
+            match state {
+                ledger::CREATING => {
+                    self.store.abort(g, id, generation)?;
+                }
+                ledger::HELD => self.store.drop_refs(g, id, generation, count)?,
+                _ => self.store.drop_refs(g, id, generation, target)?,
+            }
+        }
+        ledger.clear()
+    }
+
+    /// Reclaims every dead process's slot; answers how many.
+    fn reclaim_locked(&self, g: &Locked<'_>) -> Result<u64> {
+        let mut reclaimed = 0;
+        for index in 0..self.slots.len() {
+            if self.slot.as_ref().is_some_and(|s| s.index() == index) {
+                continue;
+            }
+            if self.slots.slot(index)?.state() != LIVE {
+                continue;
+            }
+            let Some(dead) = self.slots.take_if_dead(index)? else { continue };
+            let ledger = self.store.ledger(index)?;
+            self.undo_ledger(g, &ledger)?;
+            self.store.note_reclaimed(g);
+            dead.finish();
+            reclaimed += 1;
+        }
+        Ok(reclaimed)
+    }
+
+    /// Reclaims the slots of processes that died attached; answers how many.
+    pub(crate) fn reclaim(&self) -> Result<u64> {
+        self.check_mapped()?;
+        let g = self.lock()?;
+        self.reclaim_locked(&g)
+    }
+
+    /// Verifies every invariant of the pool's shared state.
+    pub(crate) fn check(&self) -> Result<()> {
+        self.check_mapped()?;
+        let g = self.lock()?;
+        self.slots.check()?;
+        self.store.check(&g)
+    }
+
+    /// The processes holding slots.
+    pub(crate) fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.check_mapped()?;
+        let mut found = Vec::new();
+        for index in 0..self.slots.len() {
+            let slot = self.slots.slot(index)?;
+            if slot.state() != LIVE {
+                continue;
+            }
+            let mine = self.slot.as_ref().is_some_and(|s| s.index() == index);
+            // Probing takes the slot's lock for a moment when its owner is dead; dropping the
+            // probe leaves the slot for a reclaim.
+            let alive = mine || self.slots.take_if_dead(index)?.is_none();
+            found.push(ProcessInfo { slot: index, pid: slot.pid(), alive });
+        }
+        Ok(found)
+    }
+
+    pub(crate) fn counts(&self) -> Result<Counts> {
+        self.check_mapped()?;
+        let g = self.lock()?;
+        Ok(self.store.counts(&g))
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn open_time(&self) -> Duration {
+        self.open_time
+    }
+
+    pub(crate) fn rdma(&self) -> &Registrations {
+        &self.rdma
+    }
+
+    pub(crate) fn data_region(&self) -> (*mut u8, usize) {
+        (self.data.ptr_at(0, 0).unwrap_or(std::ptr::null_mut()), self.data.len())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Refuses new work in this process, wakes its waiting gets and reclaims the dead. Objects
+    /// stay in the pool; buffers this process holds stay valid until released. Idempotent.
+    pub(crate) fn close(&self) {
+        if self.check_mapped().is_err() || self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for word in self.store.seal_words() {
+            word.fetch_add(1, Ordering::Release);
+            let _ = lock::wake_all(word);
+        }
+        if self.ledger.is_some() {
+            if let Ok(g) = self.lock() {
+                let _ = self.reclaim_locked(&g);
+            }
+        }
+        self.rdma.close_caller_pds();
+    }
+
+    /// Records `n` more references on `obj` in this process's ledger (under the mutex).
+    fn record_take(&self, ledger: &Ledger<'_>, lid: u64) -> Result<()> {
+        let mut handles = self.handles();
+        match handles.get(&lid) {
+            Some(&h) => {
+                ledger.begin_take_more(h, 1)?;
+                ledger.settle(h)?;
+            }
+            None => {
+                let h = ledger.begin_take(lid, 1)?;
+                ledger.settle(h)?;
+                handles.insert(lid, h);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn create(
+        self: &Arc<Self>,
+        key: &[u8],
+        size: usize,
+        parts: Option<&[(usize, usize)]>,
+    ) -> Result<SharedBuffer> {
+        self.check_open()?;
+        check_key(key)?;
+        let ledger = self.ledger()?;
+        let mut reclaimed = false;
+        loop {
+            let g = self.lock()?;
+            let e = match self.store.create(&g, ledger, key, size as u64, parts) {
+                Ok((obj, h)) => return Ok(SharedBuffer { pool: self.clone(), obj, creating: Some(h) }),
+                Err(CreateError::AlreadyExists) => return Err(Error::AlreadyExists(Key::new(key))),
+                Err(CreateError::Other(e)) => return Err(e),
+                Err(e) => e,
+            };
+            // Out of room: give back what dead processes held, then evict, then refuse.
+            if !reclaimed {
+                reclaimed = true;
+                if self.reclaim_locked(&g)? > 0 {
+                    continue;
+                }
+            }
+            if self.store.cfg.evict_lru && self.store.evict_one(&g)? {
+                continue;
+            }
+            self.store.note_refused();
+            let counts = self.store.counts(&g);
+            return Err(match e {
+                CreateError::NoSpace { largest_free } => Error::PoolFull {
+                    requested: size as u64,
+                    largest_free,
+                    used: counts.used,
+                    capacity: counts.capacity,
+                },
+                CreateError::KeyHeapFull => self.store.key_heap_full(),
+                _ => Error::ObjectLimit { limit: counts.max_objects },
+            });
+        }
+    }
+
+    pub(crate) fn get(self: &Arc<Self>, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
+        use crate::pool::Wait;
+        self.check_open()?;
+        check_key(key)?;
+        let ledger = self.ledger()?;
+        let hash = self.store.hash(key);
+        let deadline = match wait {
+            Wait::For(d) => Instant::now().checked_add(d),
+            _ => None,
+        };
+        loop {
+            let g = self.lock()?;
+            if self.is_closed() {
+                return Err(Error::PoolClosed);
+            }
+            let word: &AtomicU32 = self.store.seal_word(hash);
+            let seen = word.load(Ordering::Acquire);
+            match self.store.lookup(&g, key, hash)? {
+                Lookup::Sealed(obj) => {
+                    if let Err(e) = self.record_take(ledger, obj.ledger_id()) {
+                        self.store.drop_refs(&g, obj.id, obj.generation, 1)?;
+                        return Err(e);
+                    }
+                    return Ok(SharedBuffer { pool: self.clone(), obj, creating: None });
+                }
+                Lookup::Unsealed if wait == Wait::Now => return Err(Error::NotSealed(Key::new(key))),
+                Lookup::Absent if wait == Wait::Now => return Err(Error::NotFound(Key::new(key))),
+                _ => {}
+            }
+            drop(g);
+            let timeout = match (wait, deadline) {
+                (Wait::Forever, _) | (_, None) => None,
+                (_, Some(d)) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(Error::Timeout { key: Key::new(key), ms: millis(wait) }),
+                },
+            };
+            lock::wait(word, seen, timeout)?;
+        }
+    }
+
+    pub(crate) fn delete(&self, key: &[u8]) -> Result<()> {
+        self.check_open()?;
+        check_key(key)?;
+        let g = self.lock()?;
+        self.store.delete(&g, key)
+    }
+
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        if self.check_open().is_err() || check_key(key).is_err() {
+            return false;
+        }
+        match self.lock() {
+            Ok(g) => self.store.contains_sealed(&g, key).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+}
+
+fn millis(wait: crate::pool::Wait) -> i64 {
+    match wait {
+        crate::pool::Wait::Now => 0,
+        crate::pool::Wait::For(d) => d.as_millis().min(i64::MAX as u128) as i64,
+        crate::pool::Wait::Forever => -1,
+    }
+}
+
+impl SharedBuffer {
+    pub(crate) fn check_mapped(&self) -> Result<()> {
+        self.pool.check_mapped()
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        self.obj.key.as_bytes()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.obj.size as usize
+    }
+
+    pub(crate) fn offset(&self) -> usize {
+        self.obj.offset as usize
+    }
+
+    pub(crate) fn is_writer(&self) -> bool {
+        self.creating.is_some()
+    }
+
+    pub(crate) fn parts(&self) -> Option<&[(usize, usize)]> {
+        self.obj.parts.as_deref()
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        // In bounds: the store checked offset + size against the data area when it copied the
+        // object out.
+        self.pool.data.ptr_at(self.obj.offset, self.obj.size).unwrap_or(std::ptr::null_mut())
+    }
+
+    pub(crate) fn rdma_desc(&self, index: u32) -> Result<RdmaDesc> {
+        self.check_mapped()?;
+        self.pool.rdma.desc(index, self.offset(), self.len())
+    }
+
+    /// Seals the object: the creator's reference becomes a read reference of this buffer.
+    pub(crate) fn seal(&mut self) -> Result<()> {
+        self.check_mapped()?;
+        let Some(h) = self.creating else {
+            return Err(Error::AlreadySealed(Key::new(self.key())));
+        };
+        let pool = &self.pool;
+        let ledger = pool.ledger()?;
+        let g = pool.lock()?;
+        let Some(word) = pool.store.seal(&g, self.obj.id, self.obj.generation)? else {
+            // Only a reclaim that took this process for dead aborts its creates.
+            return Err(Error::Internal(format!("the unsealed object {} was aborted", Key::new(self.key()))));
+        };
+        pool.record_take(ledger, self.obj.ledger_id())?;
+        ledger.end_create(h)?;
+        self.creating = None;
+        drop(g);
+        lock::wake_all(word)?;
+        Ok(())
+    }
+
+    /// Releases this reference (aborting the object if it is the creator's, unsealed).
+    fn release(&mut self) -> Result<()> {
+        let pool = &self.pool;
+        let ledger = pool.ledger()?;
+        let g = pool.lock()?;
+        if let Some(h) = self.creating.take() {
+            pool.store.abort(&g, self.obj.id, self.obj.generation)?;
+            return ledger.end_create(h);
+        }
+        let lid = self.obj.ledger_id();
+        let mut handles = pool.handles();
+        let h = *handles
+            .get(&lid)
+            .ok_or_else(|| Error::Internal(format!("no ledger entry for {}", Key::new(self.key()))))?;
+        ledger.begin_release(h, 1)?;
+        pool.store.drop_refs(&g, self.obj.id, self.obj.generation, 1)?;
+        if !ledger.settle(h)? {
+            handles.remove(&lid);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedBuffer {
+    fn drop(&mut self) {
+        // In a forked child the pool is the parent's: leave it be, and keep the child's copy of
+        // its state from ever being dropped (that would unmap and unlock the parent's).
+        if self.pool.check_mapped().is_err() {
+            std::mem::forget(self.pool.clone());
+            return;
+        }
+        // A failure here means the shared state is corrupt; `zcopy check` reports it, and there is
+        // no caller to tell.
+        let _ = self.release();
+    }
+}

@@ -1,0 +1,1082 @@
+//! The state of a shared pool that lives in the pool file: object records, the key index, the
+//! allocators of object memory and of long keys and part tables, counters and the futex words
+//! `get` waits on. Everything is addressed by ids and offsets.
+//!
+//! Writes: the creator writes the configuration ([`Control`]'s `config`) and initialises the rest
+//! before the pool is published. After that every field is written only by a thread that holds
+//! the pool's one robust mutex (each operation takes the guard as its proof), except the seal
+//! words, which are bumped under the mutex and read without it. Readers of an object's fields
+//! outside the mutex (its key, offset, size and part table, copied into a process's buffer at
+//! `get`) rely on those fields never changing while the record has references.
+//!
+//! Records are the truth. A record's reference count is derived: one for the index while its key
+//! is present (`UNSEALED` or `SEALED`), one for its creator while `UNSEALED` (a `CREATING` entry
+//! in the creator's ledger), plus every count the process ledgers hold on it. The index, both
+//! allocators, the list of free ids and the counters are derived from the records. So when a
+//! process dies holding the mutex, half-way through any change, the next holder runs
+//! [`Store::rebuild`], which recomputes all of it from the records and the ledgers; the dead
+//! process's slot is then reclaimed like any other. [`Store::check`] verifies that everything
+//! stored equals what would be derived.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::io;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use crate::alloc::{NodeCell, Tlsf, TlsfCore, GRANULE};
+use crate::error::{Error, Result};
+use crate::shm::header::{AreaKind, Layout, AREAS};
+use crate::shm::ledger::{self, Ledger, CREATING};
+use crate::shm::lock::{MutexGuard, SharedMutex};
+use crate::shm::offset::{Area, Shared};
+use crate::shm::slots::Slot;
+
+/// A record no object uses.
+pub(crate) const FREE: u32 = 0;
+/// Created, writable by its creator, not visible to `get`.
+pub(crate) const UNSEALED: u32 = 1;
+/// Sealed: immutable and visible.
+pub(crate) const SEALED: u32 = 2;
+/// Deleted or evicted: its key is gone, readers still hold it.
+pub(crate) const DELETED: u32 = 3;
+
+/// No node, no record.
+const NIL: u32 = u32::MAX;
+/// Keys up to this long live in the record.
+pub(crate) const INLINE_KEY: usize = 16;
+/// Futex words `get` waits on, chosen by key hash.
+pub(crate) const SEAL_WORDS: usize = 64;
+/// Process slots of a shared pool.
+pub(crate) const DEFAULT_SLOTS: u64 = 64;
+/// The largest data area one allocator describes (2^31 units of 64 bytes).
+pub(crate) const MAX_DATA: u64 = (1 << 31) * GRANULE as u64;
+
+fn corrupt(why: String) -> Error {
+    Error::Internal(format!("shared pool metadata is corrupt: {why}"))
+}
+
+/// The creator's choices, fixed for the pool's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Config {
+    /// Bytes of object memory (a multiple of 64).
+    pub capacity: u64,
+    pub max_objects: u64,
+    /// Index buckets (a power of two).
+    pub buckets: u64,
+    /// Bytes of long-key and part-table storage (a multiple of 64).
+    pub key_heap: u64,
+    pub slots: u64,
+    /// Entries of each process's reference ledger.
+    pub ledger_capacity: u64,
+    /// Hash seed of the index, the same in every process.
+    pub seed: u64,
+    pub evict_lru: bool,
+}
+
+const CONFIG_WORDS: usize = 8;
+
+impl Config {
+    /// The configuration for `capacity` bytes (rounded up to 64) and `max_objects` objects.
+    pub(crate) fn new(capacity: u64, max_objects: u64, evict_lru: bool, seed: u64) -> Result<Config> {
+        let capacity = capacity.div_ceil(GRANULE as u64) * GRANULE as u64;
+        if capacity == 0 || capacity > MAX_DATA {
+            return Err(Error::InvalidArgument(format!(
+                "a shared pool holds 64 B to {} of object memory, not {capacity} bytes",
+                crate::error::Bytes(MAX_DATA)
+            )));
+        }
+        if max_objects == 0 || max_objects > 1 << 28 {
+            return Err(Error::InvalidArgument(format!(
+                "a shared pool holds 1 to {} objects, not {max_objects}",
+                1u64 << 28
+            )));
+        }
+        let key_heap = (max_objects * 32 + (1 << 20)).div_ceil(GRANULE as u64) * GRANULE as u64;
+        Ok(Config {
+            capacity,
+            max_objects,
+            buckets: max_objects.next_power_of_two(),
+            key_heap,
+            slots: DEFAULT_SLOTS,
+            ledger_capacity: max_objects.max(1024),
+            seed,
+            evict_lru,
+        })
+    }
+
+    fn words(&self) -> [u64; CONFIG_WORDS] {
+        [
+            self.capacity,
+            self.max_objects,
+            self.buckets,
+            self.key_heap,
+            self.slots,
+            self.ledger_capacity,
+            self.seed,
+            self.evict_lru as u64,
+        ]
+    }
+
+    fn from_words(w: [u64; CONFIG_WORDS]) -> Result<Config> {
+        let cfg = Config {
+            capacity: w[0],
+            max_objects: w[1],
+            buckets: w[2],
+            key_heap: w[3],
+            slots: w[4],
+            ledger_capacity: w[5],
+            seed: w[6],
+            evict_lru: w[7] == 1,
+        };
+        let bad = |why: &str| Err(corrupt(format!("configuration: {why} ({cfg:?})")));
+        if cfg.capacity == 0 || cfg.capacity > MAX_DATA || cfg.capacity % GRANULE as u64 != 0 {
+            return bad("object memory size");
+        }
+        if cfg.max_objects == 0 || cfg.max_objects > 1 << 28 || cfg.ledger_capacity < cfg.max_objects.min(1024) {
+            return bad("object limit");
+        }
+        if !cfg.buckets.is_power_of_two() || cfg.buckets < cfg.max_objects || cfg.buckets > 1 << 29 {
+            return bad("index size");
+        }
+        if cfg.key_heap == 0 || cfg.key_heap > MAX_DATA || cfg.key_heap % GRANULE as u64 != 0 {
+            return bad("key storage size");
+        }
+        if cfg.slots == 0 || cfg.slots > crate::shm::slots::MAX_SLOTS || w[7] > 1 {
+            return bad("slots or eviction");
+        }
+        Ok(cfg)
+    }
+
+    /// Nodes each allocator may need: one per live block and per free range between them.
+    fn nodes(&self) -> u64 {
+        2 * self.max_objects + 2
+    }
+
+    fn alloc_header(&self) -> u64 {
+        (size_of::<TlsfCore>() as u64).next_multiple_of(64)
+    }
+
+    /// The metadata areas' lengths for [`Layout::plan`].
+    pub(crate) fn metadata(&self) -> Result<[u64; AREAS]> {
+        let too_big = || Error::InvalidArgument(format!("a shared pool of {} objects is too large", self.max_objects));
+        let mut m = [0; AREAS];
+        m[AreaKind::Slots as usize] = self.slots * size_of::<Slot>() as u64;
+        m[AreaKind::Ledgers as usize] = ledger::area_len(self.slots, self.ledger_capacity).ok_or_else(too_big)?;
+        m[AreaKind::Locks as usize] = size_of::<Control>() as u64;
+        m[AreaKind::Records as usize] = self.max_objects * size_of::<Rec>() as u64;
+        m[AreaKind::Index as usize] = self.buckets * 4;
+        m[AreaKind::Alloc as usize] = 2 * self.alloc_header() + 2 * self.nodes() * size_of::<NodeCell>() as u64;
+        m[AreaKind::Keys as usize] = self.key_heap;
+        Ok(m)
+    }
+}
+
+/// The pool's control block (the Locks area): the mutex, the configuration, counters, and the
+/// seal words.
+#[repr(C, align(64))]
+pub(crate) struct Control {
+    mutex: SharedMutex,
+    config: [AtomicU64; CONFIG_WORDS],
+    /// Dead processes whose slots were reclaimed.
+    reclaimed: AtomicU64,
+    evictions: AtomicU64,
+    creates_refused: AtomicU64,
+    /// The recency clock of LRU eviction: bumped at every seal and get.
+    clock: AtomicU64,
+    /// Derived counters (see the module's documentation).
+    live: AtomicU64,
+    used: AtomicU64,
+    keys: AtomicU64,
+    /// Record ids at or past this were never used.
+    high_water: AtomicU64,
+    /// One more than the first free record below the high-water mark (chained through `next`),
+    /// or 0.
+    free_head: AtomicU64,
+    /// Repairs after a process died holding the mutex.
+    repairs: AtomicU64,
+    reserved: [AtomicU64; 6],
+    seal: [AtomicU32; SEAL_WORDS],
+}
+
+const _: () = {
+    assert!(size_of::<Control>() == 64 + 64 + 128 + 256);
+    assert!(std::mem::offset_of!(Control, config) == 64);
+    assert!(std::mem::offset_of!(Control, reclaimed) == 128);
+    assert!(std::mem::offset_of!(Control, seal) == 256);
+};
+
+// SAFETY: `#[repr(C)]`, atomics and a `SharedMutex` (itself `Shared`), valid for any bytes.
+unsafe impl Shared for Control {}
+
+/// One object's record: 80 bytes.
+#[repr(C)]
+pub(crate) struct Rec {
+    state: AtomicU32,
+    /// Bumped at every create that uses the record, so (id, generation) names one object.
+    generation: AtomicU32,
+    refs: AtomicU32,
+    key_len: AtomicU32,
+    /// The next record in the bucket's chain, or in the free list: id + 1, or 0 at the end.
+    next: AtomicU32,
+    parts: AtomicU32,
+    /// The object memory allocator's node of the block, or NIL for an empty object.
+    node: AtomicU32,
+    /// The key heap allocator's node of the long key and part table, or NIL.
+    key_node: AtomicU32,
+    offset: AtomicU64,
+    size: AtomicU64,
+    /// Offset in the key heap: the long key's bytes, then the part table (8-aligned).
+    extra: AtomicU64,
+    last_used: AtomicU64,
+    inline: [AtomicU64; 2],
+}
+
+const _: () = {
+    assert!(size_of::<Rec>() == 80);
+    assert!(std::mem::offset_of!(Rec, offset) == 32);
+    assert!(std::mem::offset_of!(Rec, inline) == 64);
+};
+
+// SAFETY: `#[repr(C)]`, atomics only, no padding, valid for every bit pattern.
+unsafe impl Shared for Rec {}
+
+/// A key, copied out of the pool.
+#[derive(Clone)]
+pub(crate) enum KeyCopy {
+    Inline([u8; INLINE_KEY], u8),
+    Long(Box<[u8]>),
+}
+
+impl KeyCopy {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyCopy::Inline(bytes, len) => &bytes[..*len as usize],
+            KeyCopy::Long(bytes) => bytes,
+        }
+    }
+}
+
+/// What a process keeps of an object it holds: copied out under the mutex, never changing.
+#[derive(Clone)]
+pub(crate) struct Object {
+    pub id: u32,
+    pub generation: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub key: KeyCopy,
+    pub parts: Option<Box<[(usize, usize)]>>,
+}
+
+impl Object {
+    /// The id a ledger records: generation and record id.
+    pub(crate) fn ledger_id(&self) -> u64 {
+        ledger_id(self.id, self.generation)
+    }
+}
+
+pub(crate) fn ledger_id(id: u32, generation: u32) -> u64 {
+    (generation as u64) << 32 | id as u64
+}
+
+fn split_ledger_id(id: u64) -> (u32, u32) {
+    (id as u32, (id >> 32) as u32)
+}
+
+/// Why a create failed.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    AlreadyExists,
+    NoSpace { largest_free: u64 },
+    ObjectLimit,
+    KeyHeapFull,
+    Other(Error),
+}
+
+impl From<Error> for CreateError {
+    fn from(e: Error) -> Self {
+        CreateError::Other(e)
+    }
+}
+
+/// The state of a key at one moment.
+pub(crate) enum Lookup {
+    /// Sealed; a reference was taken for the caller.
+    Sealed(Object),
+    Unsealed,
+    Absent,
+}
+
+/// Counters, read under the mutex.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub capacity: u64,
+    pub used: u64,
+    pub largest_free: u64,
+    pub live: u64,
+    pub keys: u64,
+    pub max_objects: u64,
+    pub reclaimed: u64,
+    pub evictions: u64,
+    pub creates_refused: u64,
+    pub repairs: u64,
+}
+
+/// A pool file's shared state, viewed through one process's mapping.
+pub(crate) struct Store<'a> {
+    pub cfg: Config,
+    ctl: &'a Control,
+    recs: &'a [Rec],
+    buckets: &'a [AtomicU32],
+    data_core: &'a TlsfCore,
+    data_nodes: &'a [NodeCell],
+    key_core: &'a TlsfCore,
+    key_nodes: &'a [NodeCell],
+    keys: Area<'a>,
+    ledgers: Area<'a>,
+    hasher: foldhash::fast::FixedState,
+}
+
+/// Proof that the caller holds the pool's mutex.
+pub(crate) type Locked<'g> = MutexGuard<'g>;
+
+impl<'a> Store<'a> {
+    /// The views of a mapped pool file's areas, checked against `cfg` (the creator's, or the
+    /// configuration read back by [`Store::read_config`]).
+    pub(crate) fn new(file: &Area<'a>, layout: &Layout, cfg: Config) -> Result<Store<'a>> {
+        let expect = cfg.metadata()?;
+        for kind in AreaKind::ALL {
+            if kind != AreaKind::Data && layout.span(kind).len != expect[kind as usize] {
+                return Err(Error::InvalidArgument(format!(
+                    "not a usable zcopy pool file: its {} is {} bytes, its configuration needs {}",
+                    kind.name(),
+                    layout.span(kind).len,
+                    expect[kind as usize]
+                )));
+            }
+        }
+        if layout.span(AreaKind::Data).len < cfg.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "not a usable zcopy pool file: a data area of {} bytes is smaller than its capacity {}",
+                layout.span(AreaKind::Data).len,
+                cfg.capacity
+            )));
+        }
+        let area = |kind| layout.area(file, kind);
+        let ctl = area(AreaKind::Locks)?.get::<Control>(0)?;
+        let recs = area(AreaKind::Records)?.slice::<Rec>(0, cfg.max_objects)?;
+        let buckets = area(AreaKind::Index)?.slice::<AtomicU32>(0, cfg.buckets)?;
+        let alloc = area(AreaKind::Alloc)?;
+        let head = cfg.alloc_header();
+        let data_core = alloc.get::<TlsfCore>(0)?;
+        let key_core = alloc.get::<TlsfCore>(head)?;
+        let nodes_len = cfg.nodes() * size_of::<NodeCell>() as u64;
+        let data_nodes = alloc.slice::<NodeCell>(2 * head, cfg.nodes())?;
+        let key_nodes = alloc.slice::<NodeCell>(2 * head + nodes_len, cfg.nodes())?;
+        Ok(Store {
+            cfg,
+            ctl,
+            recs,
+            buckets,
+            data_core,
+            data_nodes,
+            key_core,
+            key_nodes,
+            keys: area(AreaKind::Keys)?,
+            ledgers: area(AreaKind::Ledgers)?,
+            hasher: foldhash::fast::FixedState::with_seed(cfg.seed),
+        })
+    }
+
+    /// The configuration the creator stored in a published pool file, checked.
+    pub(crate) fn read_config(file: &Area<'_>, layout: &Layout) -> Result<Config> {
+        let ctl = layout.area(file, AreaKind::Locks)?.get::<Control>(0)?;
+        Config::from_words(std::array::from_fn(|i| ctl.config[i].load(Relaxed)))
+    }
+
+    /// Initialises a new pool file's state.
+    ///
+    /// # Safety
+    /// Only the creator calls this, before publishing the file (see [`SharedMutex::init`]).
+    pub(crate) unsafe fn init(&self) -> Result<()> {
+        // SAFETY: per this function's contract.
+        unsafe { self.ctl.mutex.init()? };
+        for (word, value) in self.ctl.config.iter().zip(self.cfg.words()) {
+            word.store(value, Relaxed);
+        }
+        self.data_tlsf().init((self.cfg.capacity / GRANULE as u64) as u32);
+        self.key_tlsf().init((self.cfg.key_heap / GRANULE as u64) as u32);
+        Ok(())
+    }
+
+    pub(crate) fn mutex(&self) -> &'a SharedMutex {
+        &self.ctl.mutex
+    }
+
+    pub(crate) fn ledger(&self, slot: usize) -> Result<Ledger<'a>> {
+        Ledger::new(&self.ledgers, self.cfg.slots as usize, slot)
+    }
+
+    fn data_tlsf(&self) -> Tlsf<&'a TlsfCore, &'a [NodeCell]> {
+        Tlsf::from_parts(self.data_core, self.data_nodes)
+    }
+
+    fn key_tlsf(&self) -> Tlsf<&'a TlsfCore, &'a [NodeCell]> {
+        Tlsf::from_parts(self.key_core, self.key_nodes)
+    }
+
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The futex word a `get` of a key with this hash waits on.
+    pub(crate) fn seal_word(&self, hash: u64) -> &'a AtomicU32 {
+        &self.ctl.seal[(hash % SEAL_WORDS as u64) as usize]
+    }
+
+    pub(crate) fn seal_words(&self) -> &'a [AtomicU32] {
+        &self.ctl.seal
+    }
+
+    /// Record `id`, checked (an id read from shared memory is a claim).
+    fn rec(&self, id: u32) -> Result<&'a Rec> {
+        self.recs.get(id as usize).ok_or_else(|| corrupt(format!("record {id} of {}", self.recs.len())))
+    }
+
+    fn bucket(&self, hash: u64) -> &'a AtomicU32 {
+        &self.buckets[(hash & (self.cfg.buckets - 1)) as usize]
+    }
+
+    /// The key of `rec`, copied out and checked.
+    fn key_of(&self, rec: &Rec) -> Result<KeyCopy> {
+        let len = rec.key_len.load(Relaxed) as usize;
+        if len == 0 || len > crate::pool::MAX_KEY_LEN {
+            return Err(corrupt(format!("a record's key is {len} bytes long")));
+        }
+        if len <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..8].copy_from_slice(&rec.inline[0].load(Relaxed).to_ne_bytes());
+            bytes[8..].copy_from_slice(&rec.inline[1].load(Relaxed).to_ne_bytes());
+            return Ok(KeyCopy::Inline(bytes, len as u8));
+        }
+        let mut bytes = vec![0u8; len].into_boxed_slice();
+        self.keys.read_bytes(rec.extra.load(Relaxed), &mut bytes)?;
+        Ok(KeyCopy::Long(bytes))
+    }
+
+    fn key_is(&self, rec: &Rec, key: &[u8]) -> Result<bool> {
+        if rec.key_len.load(Relaxed) as usize != key.len() {
+            return Ok(false);
+        }
+        Ok(self.key_of(rec)?.as_bytes() == key)
+    }
+
+    /// Where the part table of `rec` starts in the key heap.
+    fn parts_at(rec: &Rec) -> u64 {
+        let len = rec.key_len.load(Relaxed) as u64;
+        let long = if len as usize > INLINE_KEY { len.next_multiple_of(8) } else { 0 };
+        rec.extra.load(Relaxed) + long
+    }
+
+    fn parts_of(&self, rec: &Rec) -> Result<Option<Box<[(usize, usize)]>>> {
+        let count = rec.parts.load(Relaxed) as u64;
+        if count == 0 {
+            return Ok(None);
+        }
+        let size = rec.size.load(Relaxed);
+        let table = self.keys.slice::<AtomicU64>(Self::parts_at(rec), 2 * count)?;
+        let mut parts = Vec::with_capacity(count as usize);
+        for pair in table.chunks_exact(2) {
+            let (offset, len) = (pair[0].load(Relaxed), pair[1].load(Relaxed));
+            if offset.checked_add(len).is_none_or(|end| end > size) {
+                return Err(corrupt(format!("a part of {len} bytes at {offset} lies outside its object of {size}")));
+            }
+            parts.push((offset as usize, len as usize));
+        }
+        Ok(Some(parts.into_boxed_slice()))
+    }
+
+    /// The object of record `id`, copied out and checked against the pool's bounds.
+    fn object(&self, id: u32) -> Result<Object> {
+        let rec = self.rec(id)?;
+        let (offset, size) = (rec.offset.load(Relaxed), rec.size.load(Relaxed));
+        if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
+            return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
+        }
+        Ok(Object {
+            id,
+            generation: rec.generation.load(Relaxed),
+            offset,
+            size,
+            key: self.key_of(rec)?,
+            parts: self.parts_of(rec)?,
+        })
+    }
+
+    /// The record holding `key` in the index, if any.
+    fn find(&self, _: &Locked<'_>, key: &[u8], hash: u64) -> Result<Option<u32>> {
+        let mut link = self.bucket(hash).load(Relaxed);
+        for _ in 0..=self.cfg.max_objects {
+            if link == 0 {
+                return Ok(None);
+            }
+            let id = link - 1;
+            let rec = self.rec(id)?;
+            if self.key_is(rec, key)? {
+                return Ok(Some(id));
+            }
+            link = rec.next.load(Relaxed);
+        }
+        Err(corrupt("an index chain loops".into()))
+    }
+
+    /// Takes record `id` out of its bucket's chain.
+    fn unlink(&self, _: &Locked<'_>, id: u32) -> Result<()> {
+        let rec = self.rec(id)?;
+        let hash = self.hash(self.key_of(rec)?.as_bytes());
+        let mut at = self.bucket(hash);
+        for _ in 0..=self.cfg.max_objects {
+            let link = at.load(Relaxed);
+            if link == 0 {
+                return Err(corrupt(format!("record {id} is not in its index chain")));
+            }
+            if link == id + 1 {
+                at.store(rec.next.load(Relaxed), Relaxed);
+                rec.next.store(0, Relaxed);
+                return Ok(());
+            }
+            at = &self.rec(link - 1)?.next;
+        }
+        Err(corrupt("an index chain loops".into()))
+    }
+
+    fn tick(&self) -> u64 {
+        self.ctl.clock.fetch_add(1, Relaxed) + 1
+    }
+
+    /// A free record id: off the free list, else past the high-water mark.
+    fn take_id(&self, _: &Locked<'_>) -> Result<Option<u32>> {
+        let head = self.ctl.free_head.load(Relaxed);
+        if head != 0 {
+            let id = u32::try_from(head - 1).map_err(|_| corrupt(format!("free record {head}")))?;
+            let rec = self.rec(id)?;
+            if rec.state.load(Relaxed) != FREE {
+                return Err(corrupt(format!("record {id} on the free list is in use")));
+            }
+            self.ctl.free_head.store(rec.next.load(Relaxed) as u64, Relaxed);
+            return Ok(Some(id));
+        }
+        let high = self.ctl.high_water.load(Relaxed);
+        if high >= self.cfg.max_objects {
+            return Ok(None);
+        }
+        self.ctl.high_water.store(high + 1, Relaxed);
+        Ok(Some(high as u32))
+    }
+
+    fn give_id(&self, _: &Locked<'_>, id: u32) -> Result<()> {
+        let rec = self.rec(id)?;
+        rec.next.store(self.ctl.free_head.load(Relaxed) as u32, Relaxed);
+        self.ctl.free_head.store(id as u64 + 1, Relaxed);
+        Ok(())
+    }
+
+    /// Creates an unsealed object for `key` with the index's and the creator's references,
+    /// recorded as `CREATING` in `ledger` before the record is claimed. Answers it and the ledger
+    /// handle to end the create with.
+    pub(crate) fn create(
+        &self,
+        g: &Locked<'_>,
+        ledger: &Ledger<'_>,
+        key: &[u8],
+        size: u64,
+        parts: Option<&[(usize, usize)]>,
+    ) -> std::result::Result<(Object, ledger::Handle), CreateError> {
+        let hash = self.hash(key);
+        if self.find(g, key, hash)?.is_some() {
+            return Err(CreateError::AlreadyExists);
+        }
+        let Some(id) = self.take_id(g)? else {
+            return Err(CreateError::ObjectLimit);
+        };
+        let units = size.div_ceil(GRANULE as u64);
+        let (node, offset) = if units == 0 {
+            (NIL, 0)
+        } else {
+            let got = u32::try_from(units).ok().and_then(|u| self.data_tlsf().allocate(u));
+            match got {
+                Some((node, first)) => (node, first as u64 * GRANULE as u64),
+                None => {
+                    self.give_id(g, id)?;
+                    let largest_free = self.data_tlsf().largest_free() as u64 * GRANULE as u64;
+                    return Err(CreateError::NoSpace { largest_free });
+                }
+            }
+        };
+        let long = if key.len() > INLINE_KEY { key.len().next_multiple_of(8) } else { 0 };
+        let extra_len = long + parts.map_or(0, |p| p.len() * 16);
+        let (key_node, extra) = if extra_len == 0 {
+            (NIL, 0)
+        } else {
+            match self.key_tlsf().allocate(extra_len.div_ceil(GRANULE) as u32) {
+                Some((n, first)) => (n, first as u64 * GRANULE as u64),
+                None => {
+                    if node != NIL {
+                        self.data_tlsf().free(node);
+                    }
+                    self.give_id(g, id)?;
+                    return Err(CreateError::KeyHeapFull);
+                }
+            }
+        };
+        let rec = self.rec(id)?;
+        let mut generation = rec.generation.load(Relaxed).wrapping_add(1);
+        if generation == 0 {
+            generation = 1;
+        }
+        let handle = match ledger.begin_create(ledger_id(id, generation)) {
+            Ok(h) => h,
+            Err(e) => {
+                if node != NIL {
+                    self.data_tlsf().free(node);
+                }
+                if key_node != NIL {
+                    self.key_tlsf().free(key_node);
+                }
+                self.give_id(g, id)?;
+                return Err(e.into());
+            }
+        };
+        if key.len() > INLINE_KEY {
+            // SAFETY: the range was just allocated under the mutex and no record names it yet.
+            unsafe { self.keys.write_bytes(extra, key)? };
+        }
+        if let Some(parts) = parts {
+            let at = extra + long as u64;
+            let table = self.keys.slice::<AtomicU64>(at, 2 * parts.len() as u64)?;
+            for (pair, &(o, l)) in table.chunks_exact(2).zip(parts) {
+                pair[0].store(o as u64, Relaxed);
+                pair[1].store(l as u64, Relaxed);
+            }
+        }
+        let mut inline = [0u8; INLINE_KEY];
+        if key.len() <= INLINE_KEY {
+            inline[..key.len()].copy_from_slice(key);
+        }
+        rec.generation.store(generation, Relaxed);
+        rec.key_len.store(key.len() as u32, Relaxed);
+        rec.parts.store(parts.map_or(0, |p| p.len() as u32), Relaxed);
+        rec.node.store(node, Relaxed);
+        rec.key_node.store(key_node, Relaxed);
+        rec.offset.store(offset, Relaxed);
+        rec.size.store(size, Relaxed);
+        rec.extra.store(extra, Relaxed);
+        rec.last_used.store(0, Relaxed);
+        rec.inline[0].store(u64::from_ne_bytes(inline[..8].try_into().expect("8 bytes")), Relaxed);
+        rec.inline[1].store(u64::from_ne_bytes(inline[8..].try_into().expect("8 bytes")), Relaxed);
+        rec.refs.store(2, Relaxed);
+        let bucket = self.bucket(hash);
+        rec.next.store(bucket.load(Relaxed), Relaxed);
+        rec.state.store(UNSEALED, Relaxed);
+        bucket.store(id + 1, Relaxed);
+        self.ctl.live.fetch_add(1, Relaxed);
+        self.ctl.used.fetch_add(units * GRANULE as u64, Relaxed);
+        self.ctl.keys.fetch_add(1, Relaxed);
+        Ok((self.object(id)?, handle))
+    }
+
+    /// Whether record `id` still holds the object of `generation` in `state`.
+    fn is(&self, id: u32, generation: u32, state: u32) -> Result<bool> {
+        let rec = self.rec(id)?;
+        Ok(rec.generation.load(Relaxed) == generation && rec.state.load(Relaxed) == state)
+    }
+
+    /// Seals the unsealed object (`id`, `generation`): the creator's reference becomes a read
+    /// reference, which the caller records in its ledger. Answers the seal word to wake, or
+    /// `Ok(None)` when the object is no longer unsealed.
+    pub(crate) fn seal(&self, _: &Locked<'_>, id: u32, generation: u32) -> Result<Option<&'a AtomicU32>> {
+        if !self.is(id, generation, UNSEALED)? {
+            return Ok(None);
+        }
+        let rec = self.rec(id)?;
+        rec.last_used.store(self.tick(), Relaxed);
+        rec.state.store(SEALED, Relaxed);
+        let word = self.seal_word(self.hash(self.key_of(rec)?.as_bytes()));
+        word.fetch_add(1, Relaxed);
+        Ok(Some(word))
+    }
+
+    /// Drops `n` references on (`id`, `generation`); the last one frees the object.
+    pub(crate) fn drop_refs(&self, g: &Locked<'_>, id: u32, generation: u32, n: u64) -> Result<()> {
+        let rec = self.rec(id)?;
+        if rec.generation.load(Relaxed) != generation || rec.state.load(Relaxed) == FREE {
+            return Err(corrupt(format!("dropping references on object {id}:{generation}, which is gone")));
+        }
+        let refs = rec.refs.load(Relaxed) as u64;
+        if n > refs {
+            return Err(corrupt(format!("dropping {n} of {refs} references on object {id}")));
+        }
+        rec.refs.store((refs - n) as u32, Relaxed);
+        if refs == n {
+            self.free_record(g, id)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a reference to a live object (the caller holds one, or the index does).
+    pub(crate) fn add_ref(&self, _: &Locked<'_>, id: u32) -> Result<()> {
+        let rec = self.rec(id)?;
+        rec.refs.fetch_add(1, Relaxed);
+        if self.cfg.evict_lru {
+            rec.last_used.store(self.tick(), Relaxed);
+        }
+        Ok(())
+    }
+
+    fn free_record(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+        let rec = self.rec(id)?;
+        let node = rec.node.load(Relaxed);
+        let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
+        if node != NIL {
+            self.check_node(self.data_nodes, node)?;
+            self.data_tlsf().free(node);
+        }
+        let key_node = rec.key_node.load(Relaxed);
+        if key_node != NIL {
+            self.check_node(self.key_nodes, key_node)?;
+            self.key_tlsf().free(key_node);
+        }
+        rec.node.store(NIL, Relaxed);
+        rec.key_node.store(NIL, Relaxed);
+        rec.refs.store(0, Relaxed);
+        rec.state.store(FREE, Relaxed);
+        self.ctl.live.fetch_sub(1, Relaxed);
+        self.ctl.used.fetch_sub(units * GRANULE as u64, Relaxed);
+        self.give_id(g, id)
+    }
+
+    fn check_node(&self, nodes: &[NodeCell], node: u32) -> Result<()> {
+        if node as usize >= nodes.len() {
+            return Err(corrupt(format!("allocator node {node} of {}", nodes.len())));
+        }
+        Ok(())
+    }
+
+    /// Aborts the unsealed object (`id`, `generation`): its key goes, and the index's and the
+    /// creator's references with it. A no-op (`false`) when it is no longer unsealed.
+    pub(crate) fn abort(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
+        if !self.is(id, generation, UNSEALED)? {
+            return Ok(false);
+        }
+        self.unlink(g, id)?;
+        self.rec(id)?.state.store(DELETED, Relaxed);
+        self.ctl.keys.fetch_sub(1, Relaxed);
+        self.drop_refs(g, id, generation, 2)?;
+        Ok(true)
+    }
+
+    /// The key's state; for a sealed key, a reference is taken for the caller (who records it in
+    /// its ledger).
+    pub(crate) fn lookup(&self, g: &Locked<'_>, key: &[u8], hash: u64) -> Result<Lookup> {
+        let Some(id) = self.find(g, key, hash)? else {
+            return Ok(Lookup::Absent);
+        };
+        if self.rec(id)?.state.load(Relaxed) != SEALED {
+            return Ok(Lookup::Unsealed);
+        }
+        let object = self.object(id)?;
+        self.add_ref(g, id)?;
+        Ok(Lookup::Sealed(object))
+    }
+
+    /// Removes a sealed key and drops the index's reference.
+    pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8]) -> Result<()> {
+        let id = self.find(g, key, self.hash(key))?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
+        let rec = self.rec(id)?;
+        if rec.state.load(Relaxed) != SEALED {
+            return Err(Error::NotSealed(crate::error::Key::new(key)));
+        }
+        self.unlink(g, id)?;
+        rec.state.store(DELETED, Relaxed);
+        self.ctl.keys.fetch_sub(1, Relaxed);
+        self.drop_refs(g, id, rec.generation.load(Relaxed), 1)
+    }
+
+    /// Whether `key` is sealed.
+    pub(crate) fn contains_sealed(&self, g: &Locked<'_>, key: &[u8]) -> Result<bool> {
+        Ok(match self.find(g, key, self.hash(key))? {
+            Some(id) => self.rec(id)?.state.load(Relaxed) == SEALED,
+            None => false,
+        })
+    }
+
+    /// Evicts the least recently used sealed object nobody but the index holds; false when
+    /// there is none.
+    pub(crate) fn evict_one(&self, g: &Locked<'_>) -> Result<bool> {
+        let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
+        let victim = self.recs[..high]
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state.load(Relaxed) == SEALED && r.refs.load(Relaxed) == 1)
+            .min_by_key(|(_, r)| r.last_used.load(Relaxed))
+            .map(|(id, _)| id as u32);
+        let Some(id) = victim else { return Ok(false) };
+        let rec = self.rec(id)?;
+        self.unlink(g, id)?;
+        rec.state.store(DELETED, Relaxed);
+        self.ctl.keys.fetch_sub(1, Relaxed);
+        self.drop_refs(g, id, rec.generation.load(Relaxed), 1)?;
+        self.ctl.evictions.fetch_add(1, Relaxed);
+        Ok(true)
+    }
+
+    pub(crate) fn note_refused(&self) {
+        self.ctl.creates_refused.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn note_reclaimed(&self, _: &Locked<'_>) {
+        self.ctl.reclaimed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn counts(&self, _: &Locked<'_>) -> Counts {
+        Counts {
+            capacity: self.cfg.capacity,
+            used: self.ctl.used.load(Relaxed),
+            largest_free: self.data_tlsf().largest_free() as u64 * GRANULE as u64,
+            live: self.ctl.live.load(Relaxed),
+            keys: self.ctl.keys.load(Relaxed),
+            max_objects: self.cfg.max_objects,
+            reclaimed: self.ctl.reclaimed.load(Relaxed),
+            evictions: self.ctl.evictions.load(Relaxed),
+            creates_refused: self.ctl.creates_refused.load(Relaxed),
+            repairs: self.ctl.repairs.load(Relaxed),
+        }
+    }
+
+    /// The references every ledger holds, per record id (for the generation it names), and the
+    /// creates in progress: what the records' counts are derived from. In-flight changes count
+    /// at their target (only a dead process leaves one, and its slot is reclaimed next).
+    fn ledger_holds(&self) -> Result<(HashMap<u32, u64>, HashMap<u32, u32>)> {
+        let mut holds: HashMap<u32, u64> = HashMap::new();
+        let mut creating: HashMap<u32, u32> = HashMap::new();
+        for slot in 0..self.cfg.slots as usize {
+            for (state, lid, count, target) in self.ledger(slot)?.entries()? {
+                let (id, generation) = split_ledger_id(lid);
+                let rec = self.rec(id)?;
+                if rec.generation.load(Relaxed) != generation {
+                    continue;
+                }
+                match state {
+                    CREATING => {
+                        creating.insert(id, generation);
+                    }
+                    ledger::HELD => *holds.entry(id).or_default() += count,
+                    _ => *holds.entry(id).or_default() += target,
+                }
+            }
+        }
+        Ok((holds, creating))
+    }
+
+    /// Recomputes everything derived from the records and the ledgers (see the module's
+    /// documentation): after a process died holding the mutex. Answers how many records were
+    /// found half-made or unreachable and freed.
+    pub(crate) fn rebuild(&self, g: &Locked<'_>) -> Result<u64> {
+        let (holds, creating) = self.ledger_holds()?;
+        let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
+        for bucket in self.buckets {
+            bucket.store(0, Relaxed);
+        }
+        let mut freed = 0;
+        let mut used_blocks = Vec::new();
+        let mut key_blocks = Vec::new();
+        let (mut live, mut used, mut keys) = (0u64, 0u64, 0u64);
+        let mut free_ids = Vec::new();
+        for id in 0..high as u32 {
+            let rec = self.rec(id)?;
+            let state = rec.state.load(Relaxed);
+            if state == FREE {
+                free_ids.push(id);
+                continue;
+            }
+            let valid = state <= DELETED && self.object(id).is_ok();
+            let mut refs = holds.get(&id).copied().unwrap_or(0);
+            let mut keep = valid;
+            if valid && state == UNSEALED {
+                if creating.contains_key(&id) {
+                    refs += 2;
+                } else {
+                    keep = false;
+                }
+            } else if valid && state == SEALED {
+                refs += 1;
+            }
+            if !keep || refs == 0 {
+                rec.state.store(FREE, Relaxed);
+                rec.refs.store(0, Relaxed);
+                rec.node.store(NIL, Relaxed);
+                rec.key_node.store(NIL, Relaxed);
+                free_ids.push(id);
+                freed += 1;
+                continue;
+            }
+            rec.refs.store(refs.min(u32::MAX as u64) as u32, Relaxed);
+            let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
+            if units > 0 {
+                used_blocks.push(((rec.offset.load(Relaxed) / GRANULE as u64) as u32, units as u32, id));
+            } else {
+                rec.node.store(NIL, Relaxed);
+            }
+            let long = rec.key_len.load(Relaxed) as usize;
+            let extra_len = if long > INLINE_KEY { long.next_multiple_of(8) } else { 0 }
+                + rec.parts.load(Relaxed) as usize * 16;
+            if extra_len > 0 {
+                let first = rec.extra.load(Relaxed) / GRANULE as u64;
+                key_blocks.push((first as u32, extra_len.div_ceil(GRANULE) as u32, id));
+            } else {
+                rec.key_node.store(NIL, Relaxed);
+            }
+            live += 1;
+            used += units * GRANULE as u64;
+            if state != DELETED {
+                let hash = self.hash(self.key_of(rec)?.as_bytes());
+                if self.find(g, self.key_of(rec)?.as_bytes(), hash)?.is_some() {
+                    // Two records of one key: only corruption makes them; the later one goes.
+                    rec.state.store(DELETED, Relaxed);
+                    rec.refs.store((refs - 1).max(1) as u32, Relaxed);
+                } else {
+                    let bucket = self.bucket(hash);
+                    rec.next.store(bucket.load(Relaxed), Relaxed);
+                    bucket.store(id + 1, Relaxed);
+                    keys += 1;
+                }
+            }
+        }
+        self.rebuild_allocator(true, &mut used_blocks)?;
+        self.rebuild_allocator(false, &mut key_blocks)?;
+        self.ctl.free_head.store(0, Relaxed);
+        for &id in free_ids.iter().rev() {
+            self.give_id(g, id)?;
+        }
+        self.ctl.live.store(live, Relaxed);
+        self.ctl.used.store(used, Relaxed);
+        self.ctl.keys.store(keys, Relaxed);
+        self.ctl.repairs.fetch_add(1, Relaxed);
+        Ok(freed)
+    }
+
+    /// Rebuilds one allocator from the blocks live records hold, sorted here; overlapping
+    /// blocks (corruption) are refused.
+    fn rebuild_allocator(&self, data: bool, blocks: &mut [(u32, u32, u32)]) -> Result<()> {
+        blocks.sort_unstable();
+        let ranges: Vec<(u32, u32)> = blocks.iter().map(|&(first, units, _)| (first, units)).collect();
+        let (mut tlsf, units) = if data {
+            (self.data_tlsf(), self.cfg.capacity / GRANULE as u64)
+        } else {
+            (self.key_tlsf(), self.cfg.key_heap / GRANULE as u64)
+        };
+        let nodes = tlsf.rebuild(units as u32, &ranges).map_err(|why| corrupt(format!("rebuilding an allocator: {why}")))?;
+        for (&(_, _, id), node) in blocks.iter().zip(nodes) {
+            let rec = self.rec(id)?;
+            if data {
+                rec.node.store(node, Relaxed);
+            } else {
+                rec.key_node.store(node, Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies every invariant: the allocators', each record's fields and bounds, each record's
+    /// count against the ledgers, each key reachable in the index and only once, the chains
+    /// holding only present keys, the counters against the records, and the ledgers' own.
+    pub(crate) fn check(&self, g: &Locked<'_>) -> Result<()> {
+        self.data_tlsf().check().map_err(|why| corrupt(format!("object memory allocator: {why}")))?;
+        self.key_tlsf().check().map_err(|why| corrupt(format!("key storage allocator: {why}")))?;
+        for slot in 0..self.cfg.slots as usize {
+            self.ledger(slot)?.check(u64::MAX)?;
+        }
+        let (holds, creating) = self.ledger_holds()?;
+        let high = self.ctl.high_water.load(Relaxed);
+        if high > self.cfg.max_objects {
+            return Err(corrupt(format!("record high-water mark {high} past {}", self.cfg.max_objects)));
+        }
+        let (mut live, mut used, mut keys) = (0u64, 0u64, 0u64);
+        for id in 0..high as u32 {
+            let rec = self.rec(id)?;
+            let state = rec.state.load(Relaxed);
+            if state == FREE {
+                continue;
+            }
+            if state > DELETED {
+                return Err(corrupt(format!("record {id} in state {state}")));
+            }
+            let object = self.object(id)?;
+            let mut refs = holds.get(&id).copied().unwrap_or(0);
+            match state {
+                UNSEALED if !creating.contains_key(&id) => {
+                    return Err(corrupt(format!("unsealed record {id} has no creator")));
+                }
+                UNSEALED => refs += 2,
+                SEALED => refs += 1,
+                _ => {}
+            }
+            let stored = rec.refs.load(Relaxed) as u64;
+            if stored != refs || refs == 0 {
+                return Err(corrupt(format!("record {id} counts {stored} references, its holders {refs}")));
+            }
+            live += 1;
+            used += object.size.div_ceil(GRANULE as u64) * GRANULE as u64;
+            let present = self.find(g, object.key.as_bytes(), self.hash(object.key.as_bytes()))?;
+            if state == DELETED && present == Some(id) {
+                return Err(corrupt(format!("deleted record {id} is still in the index")));
+            }
+            if state != DELETED {
+                if present != Some(id) {
+                    return Err(corrupt(format!("record {id} cannot be found by its key")));
+                }
+                keys += 1;
+            }
+        }
+        let mut chained = 0u64;
+        for bucket in self.buckets {
+            let mut link = bucket.load(Relaxed);
+            while link != 0 {
+                chained += 1;
+                if chained > keys {
+                    return Err(corrupt("the index holds more entries than there are keys".into()));
+                }
+                link = self.rec(link - 1)?.next.load(Relaxed);
+            }
+        }
+        let stored = (self.ctl.live.load(Relaxed), self.ctl.used.load(Relaxed), self.ctl.keys.load(Relaxed));
+        if stored != (live, used, keys) {
+            return Err(corrupt(format!(
+                "counters say {stored:?} (objects, bytes, keys), the records {:?}",
+                (live, used, keys)
+            )));
+        }
+        let free = self.data_tlsf().free_units() * GRANULE as u64;
+        if free + used != self.cfg.capacity {
+            return Err(corrupt(format!("{free} bytes free and {used} used do not add up to {}", self.cfg.capacity)));
+        }
+        Ok(())
+    }
+
+    /// ENOSPC for a full key heap, as the caller's error.
+    pub(crate) fn key_heap_full(&self) -> Error {
+        Error::system(
+            format!(
+                "the pool's storage for long keys and part tables ({}) is full",
+                crate::error::Bytes(self.cfg.key_heap)
+            ),
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        )
+    }
+}
+
+// SAFETY: `#[repr(C)]`, atomics only, valid for every bit pattern (an allocator's state is
+// checked before it is trusted: `Tlsf::check`, and bounds-checked ids throughout).
+unsafe impl Shared for TlsfCore {}
+// SAFETY: as above.
+unsafe impl Shared for NodeCell {}
