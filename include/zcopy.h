@@ -264,9 +264,14 @@ typedef struct zc_pool_stats {
      */
     uint64_t processes_reclaimed;
     /**
+     * Times a process found a shared pool's lock abandoned by a process that died holding it
+     * and rebuilt the pool's state from its records; 0 for a private pool.
+     */
+    uint64_t lock_repairs;
+    /**
      * Zero in this version; later versions fill them.
      */
-    uint64_t reserved[2];
+    uint64_t reserved[1];
 } zc_pool_stats;
 
 /**

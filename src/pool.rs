@@ -163,6 +163,9 @@ pub struct PoolStats {
     /// Dead processes whose references, creates and slots were reclaimed, over the shared
     /// pool's life; 0 for a private pool.
     pub processes_reclaimed: u64,
+    /// Times a process found the shared pool's lock abandoned by a process that died holding it
+    /// and rebuilt the state behind it; 0 for a private pool.
+    pub lock_repairs: u64,
 }
 
 /// The shared state. Aligned so that the `Arc` counts (bumped by every create and free) and the
@@ -283,7 +286,8 @@ pub struct Buffer {
 
 enum Kind {
     Local(LocalBuffer),
-    Shared(SharedBuffer),
+    /// Boxed: a shared buffer carries a copy of its key and part table.
+    Shared(Box<SharedBuffer>),
 }
 
 /// A buffer of a private pool.
@@ -646,18 +650,18 @@ impl Pool {
 }
 
 fn alloc_error(inner: &Inner, e: AllocError, size: usize) -> Error {
-        match e {
-            AllocError::NoSpace { largest_free } => {
-                let usage = inner.arena.usage();
-                Error::PoolFull {
-                    requested: size as u64,
-                    largest_free: largest_free as u64,
-                    used: usage.used as u64,
-                    capacity: usage.capacity as u64,
-                }
+    match e {
+        AllocError::NoSpace { largest_free } => {
+            let usage = inner.arena.usage();
+            Error::PoolFull {
+                requested: size as u64,
+                largest_free: largest_free as u64,
+                used: usage.used as u64,
+                capacity: usage.capacity as u64,
             }
-            AllocError::TooManyObjects { limit } => Error::ObjectLimit { limit: limit as u64 },
         }
+        AllocError::TooManyObjects { limit } => Error::ObjectLimit { limit: limit as u64 },
+    }
 }
 
 impl Pool {
@@ -700,6 +704,7 @@ impl Pool {
             creates_refused: inner.creates_refused.load(Ordering::Relaxed),
             processes_attached: 0,
             processes_reclaimed: 0,
+            lock_repairs: 0,
         }
     }
 
@@ -798,6 +803,7 @@ fn shared_stats(shared: &SharedInner) -> PoolStats {
         creates_refused: counts.creates_refused,
         processes_attached: attached,
         processes_reclaimed: counts.reclaimed,
+        lock_repairs: counts.repairs,
     }
 }
 
@@ -857,7 +863,7 @@ impl Drop for LocalBuffer {
 
 impl Buffer {
     fn shared(buf: SharedBuffer) -> Buffer {
-        Buffer { kind: Kind::Shared(buf) }
+        Buffer { kind: Kind::Shared(Box::new(buf)) }
     }
 
     /// `ForkedChild` in a child forked after the buffer's pool was opened: its bytes are not

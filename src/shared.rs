@@ -70,8 +70,8 @@ pub(crate) struct SharedInner {
     name: String,
     path: PathBuf,
     open_time: Duration,
-    /// Declared last: the mapping every view above borrows.
-    file: Box<PoolFile>,
+    /// Declared last: the mapping every view above borrows (kept for its `Drop`).
+    _file: Box<PoolFile>,
 }
 
 // SAFETY: the views point into a shared mapping that lives as long as `self` and is only changed
@@ -165,11 +165,25 @@ impl SharedInner {
             Opening::Create { size, max_objects, evict_lru } => {
                 let cfg = Config::new(size, max_objects, evict_lru, header::fresh_generation())?;
                 let layout = Layout::plan(cfg.metadata()?, cfg.capacity, 4096, header::fresh_generation())?;
-                let pf = PoolFile::create(&path, &layout, sharing, false, |file, layout| {
-                    let store = Store::new(file, layout, cfg)?;
-                    // SAFETY: `create` runs this before publishing the file, which nobody uses yet.
-                    unsafe { store.init() }
-                })?;
+                let make = || {
+                    PoolFile::create(&path, &layout, sharing, false, |file, layout| {
+                        let store = Store::new(file, layout, cfg)?;
+                        // SAFETY: `create` runs this before publishing the file, which nobody uses
+                        // yet.
+                        unsafe { store.init() }
+                    })
+                };
+                let pf = match make() {
+                    // A file its creator died making (never published) is not a pool: it goes,
+                    // under its creation lock, and the name is taken again.
+                    Err(Error::System { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists
+                            && PoolFile::remove_if_abandoned(&path, sharing).unwrap_or(false) =>
+                    {
+                        make()?
+                    }
+                    made => made?,
+                };
                 let ledgers = layout.span(AreaKind::Ledgers);
                 let reserved = reserve(pf.file(), 0, ledgers.offset, &path).and_then(|()| {
                     let after = ledgers.offset + ledgers.len;
@@ -227,7 +241,8 @@ impl SharedInner {
             (Some(slot), Some(ledger))
         };
         let rdma_mode = if inspect { RdmaMode::Off } else { opts.rdma };
-        let rdma = Registrations::open(data_base, cfg.capacity as usize, 4096, rdma_mode, opts.rdma_devices.as_deref())?;
+        let rdma =
+            Registrations::open(data_base, cfg.capacity as usize, 4096, rdma_mode, opts.rdma_devices.as_deref())?;
         if rdma.count() > 0 && rdma.chunk_len() < cfg.capacity as usize {
             return Err(Error::Rdma(format!(
                 "the devices register at most {} at once; a shared pool of {} needs one registration",
@@ -249,7 +264,7 @@ impl SharedInner {
             name: name.to_owned(),
             path,
             open_time: Duration::ZERO,
-            file,
+            _file: file,
         });
         if !inspect {
             // Leftovers in this slot's ledger (none, unless its last owner leaked buffers and
@@ -642,5 +657,75 @@ impl Drop for SharedBuffer {
         // A failure here means the shared state is corrupt; `zcopy check` reports it, and there is
         // no caller to tell.
         let _ = self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{Pool, PoolOptions, Wait};
+    use crate::shm::testutil::{child_role, park, say, ChildProcess};
+
+    const CHILD_TEST: &str = "shared::tests::child_process_role";
+
+    fn options() -> PoolOptions {
+        PoolOptions { rdma: RdmaMode::Off, prefault: false, ..Default::default() }
+    }
+
+    /// The child: attaches the pool, holds a reference and an unsealed create, then takes the
+    /// pool's mutex, scrambles everything derived (as a process killed half-way through a change
+    /// would leave it) and waits to be killed holding the mutex.
+    #[test]
+    fn child_process_role() {
+        let Some(path) = child_role("die-holding-the-lock") else { return };
+        let name = path.to_str().unwrap().to_owned();
+        let pool = Pool::attach(&name, &options()).unwrap();
+        let held = pool.get(b"sealed", Wait::Now).unwrap();
+        let half = pool.create(b"half", 100).unwrap();
+        let crate::pool::Backend::Shared(shared) = pool.share() else { panic!("not shared") };
+        let Acquired::Locked(g) = shared.store.mutex().lock().unwrap() else { panic!("owner died") };
+        shared.store.scramble_derived(&g);
+        say("locked");
+        let _keep = (held, half, g);
+        park();
+    }
+
+    #[test]
+    fn a_process_killed_holding_the_lock_mid_change_is_repaired_from_the_records_by_the_next_locker() {
+        let name = format!("t{}-lockdeath", std::process::id());
+        let _ = Pool::unlink(&name, None);
+        let opts = PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() };
+        let pool = Pool::open(&opts).unwrap();
+        for (key, len) in [(&b"sealed"[..], 1000), (b"other", 64), (b"empty", 0)] {
+            let mut b = pool.create(key, len).unwrap();
+            b.as_mut_slice().unwrap().fill(len as u8);
+            b.seal().unwrap();
+        }
+        let mine = pool.get(b"other", Wait::Now).unwrap();
+        let before = pool.stats();
+        let mut child = ChildProcess::spawn(CHILD_TEST, "die-holding-the-lock", std::path::Path::new(&name));
+        child.expect("locked");
+        child.kill();
+        // The next call finds the mutex abandoned: it rebuilds, then reclaims the dead holder.
+        let got = pool.get(b"sealed", Wait::Now).unwrap();
+        assert_eq!(got.as_slice(), &[1000u16 as u8; 1000][..]);
+        let after = pool.stats();
+        assert_eq!((after.lock_repairs, after.processes_reclaimed), (1, 1));
+        assert_eq!(
+            (after.object_count, after.key_count, after.used_bytes),
+            (before.object_count, before.key_count, before.used_bytes)
+        );
+        pool.check().unwrap();
+        pool.create(b"half", 10).unwrap().seal().unwrap();
+        drop((got, mine));
+        for key in [&b"sealed"[..], b"other", b"empty", b"half"] {
+            pool.delete(key).unwrap();
+        }
+        let empty = pool.stats();
+        assert_eq!((empty.object_count, empty.key_count, empty.used_bytes), (0, 0, 0));
+        assert_eq!(empty.largest_free_block, empty.capacity_bytes, "every block merged back");
+        pool.check().unwrap();
+        drop(pool);
+        Pool::unlink(&name, None).unwrap();
     }
 }

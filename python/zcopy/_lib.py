@@ -43,7 +43,8 @@ class PoolStats(ctypes.Structure):
         ("creates_refused", c_uint64),
         ("processes_attached", c_uint64),
         ("processes_reclaimed", c_uint64),
-        ("reserved", c_uint64 * 2),
+        ("lock_repairs", c_uint64),
+        ("reserved", c_uint64 * 1),
     ]
 
 

@@ -136,8 +136,11 @@ pub struct zc_pool_stats {
     /// Dead processes whose references, creates and slots were reclaimed, over the shared pool's
     /// life; 0 for a private pool.
     pub processes_reclaimed: u64,
+    /// Times a process found a shared pool's lock abandoned by a process that died holding it
+    /// and rebuilt the pool's state from its records; 0 for a private pool.
+    pub lock_repairs: u64,
     /// Zero in this version; later versions fill them.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
 
 /// Where a buffer's bytes are for RDMA: post `addr`/`length` with `lkey` locally, or hand
@@ -436,7 +439,8 @@ pub unsafe extern "C" fn zc_pool_get_stats(pool: *const zc_pool, out: *mut zc_po
             creates_refused: s.creates_refused,
             processes_attached: s.processes_attached,
             processes_reclaimed: s.processes_reclaimed,
-            reserved: [0; 2],
+            lock_repairs: s.lock_repairs,
+            reserved: [0; 1],
         };
         // SAFETY: non-NULL and writable per the contract.
         unsafe { out.write(stats) };

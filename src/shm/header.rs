@@ -30,6 +30,7 @@ pub(crate) const READY: u32 = u32::from_le_bytes(*b"RDY1");
 /// Every metadata area starts on a page of its own.
 pub(crate) const METADATA_ALIGN: u64 = 4096;
 /// The data area's alignment unless asked otherwise: the x86-64 huge page.
+#[cfg(test)]
 pub(crate) const DEFAULT_DATA_ALIGN: u64 = 2 << 20;
 /// The largest data alignment accepted (a 1 GiB huge page).
 pub(crate) const MAX_DATA_ALIGN: u64 = 1 << 30;

@@ -61,6 +61,7 @@ impl PoolName {
         Ok(PoolName(String::from_utf8_lossy(name).into_owned()))
     }
 
+    #[cfg(test)]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }

@@ -80,6 +80,7 @@ impl<'a> Area<'a> {
     }
 
     /// A view of memory this process owns, borrowed exclusively for `'a` (tests, scratch copies).
+    #[cfg(test)]
     pub(crate) fn from_mut(bytes: &'a mut [u8], what: &'static str) -> Area<'a> {
         Area { base: bytes.as_mut_ptr(), len: bytes.len(), what, _bytes: PhantomData }
     }
@@ -88,6 +89,7 @@ impl<'a> Area<'a> {
         self.len
     }
 
+    #[cfg(test)]
     pub(crate) fn what(&self) -> &'static str {
         self.what
     }

@@ -22,7 +22,9 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::shm::file::{self, Mapping, Sharing};
-use crate::shm::header::{self, AreaKind, Layout, HEADER_SIZE, INITIALISING, MAGIC, READY, STATE_OFFSET};
+#[cfg(test)]
+use crate::shm::header::AreaKind;
+use crate::shm::header::{self, Layout, HEADER_SIZE, INITIALISING, MAGIC, READY, STATE_OFFSET};
 use crate::shm::offset::Area;
 use crate::shm::slots::{ofd_lock, ofd_lock_wait};
 
@@ -204,6 +206,7 @@ impl PoolFile {
     }
 
     /// One area of the file, as the validated layout places it.
+    #[cfg(test)]
     pub(crate) fn area_of(&self, kind: AreaKind) -> Result<Area<'_>> {
         self.layout.area(&self.map.area(), kind)
     }

@@ -255,6 +255,7 @@ impl SlotGuard<'_> {
         self.index
     }
 
+    #[cfg(test)]
     pub(crate) fn incarnation(&self) -> u64 {
         self.incarnation
     }
@@ -288,6 +289,7 @@ impl std::fmt::Debug for DeadSlot<'_> {
     }
 }
 
+#[cfg(test)]
 impl DeadSlot<'_> {
     pub(crate) fn index(&self) -> usize {
         self.index
@@ -302,7 +304,9 @@ impl DeadSlot<'_> {
     pub(crate) fn incarnation(&self) -> u64 {
         self.incarnation
     }
+}
 
+impl DeadSlot<'_> {
     /// Marks the slot free, after its ledger was replayed and emptied.
     pub(crate) fn finish(self) {
         self.slots.table[self.index].state.store(FREE, Ordering::Release);

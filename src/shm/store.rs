@@ -257,6 +257,9 @@ impl KeyCopy {
     }
 }
 
+/// Offset (from the object's first byte) and length of each part, copied out.
+pub(crate) type PartTable = Box<[(usize, usize)]>;
+
 /// What a process keeps of an object it holds: copied out under the mutex, never changing.
 #[derive(Clone)]
 pub(crate) struct Object {
@@ -265,7 +268,7 @@ pub(crate) struct Object {
     pub offset: u64,
     pub size: u64,
     pub key: KeyCopy,
-    pub parts: Option<Box<[(usize, usize)]>>,
+    pub parts: Option<PartTable>,
 }
 
 impl Object {
@@ -319,6 +322,7 @@ pub(crate) struct Counts {
     pub reclaimed: u64,
     pub evictions: u64,
     pub creates_refused: u64,
+    /// Rebuilds after a process died holding the pool's mutex.
     pub repairs: u64,
 }
 
@@ -478,7 +482,7 @@ impl<'a> Store<'a> {
         rec.extra.load(Relaxed) + long
     }
 
-    fn parts_of(&self, rec: &Rec) -> Result<Option<Box<[(usize, usize)]>>> {
+    fn parts_of(&self, rec: &Rec) -> Result<Option<PartTable>> {
         let count = rec.parts.load(Relaxed) as u64;
         if count == 0 {
             return Ok(None);
@@ -928,8 +932,8 @@ impl<'a> Store<'a> {
                 rec.node.store(NIL, Relaxed);
             }
             let long = rec.key_len.load(Relaxed) as usize;
-            let extra_len = if long > INLINE_KEY { long.next_multiple_of(8) } else { 0 }
-                + rec.parts.load(Relaxed) as usize * 16;
+            let extra_len =
+                if long > INLINE_KEY { long.next_multiple_of(8) } else { 0 } + rec.parts.load(Relaxed) as usize * 16;
             if extra_len > 0 {
                 let first = rec.extra.load(Relaxed) / GRANULE as u64;
                 key_blocks.push((first as u32, extra_len.div_ceil(GRANULE) as u32, id));
@@ -975,7 +979,8 @@ impl<'a> Store<'a> {
         } else {
             (self.key_tlsf(), self.cfg.key_heap / GRANULE as u64)
         };
-        let nodes = tlsf.rebuild(units as u32, &ranges).map_err(|why| corrupt(format!("rebuilding an allocator: {why}")))?;
+        let nodes =
+            tlsf.rebuild(units as u32, &ranges).map_err(|why| corrupt(format!("rebuilding an allocator: {why}")))?;
         for (&(_, _, id), node) in blocks.iter().zip(nodes) {
             let rec = self.rec(id)?;
             if data {
@@ -1080,3 +1085,25 @@ impl<'a> Store<'a> {
 unsafe impl Shared for TlsfCore {}
 // SAFETY: as above.
 unsafe impl Shared for NodeCell {}
+
+#[cfg(test)]
+impl Store<'_> {
+    /// Leaves every derived structure wrong, as a process dying half-way through a change could:
+    /// an empty index, an allocator with every block free, no free ids, wrong counters and
+    /// reference counts.
+    pub(crate) fn scramble_derived(&self, _: &Locked<'_>) {
+        for bucket in self.buckets {
+            bucket.store(0, Relaxed);
+        }
+        self.data_tlsf().init((self.cfg.capacity / GRANULE as u64) as u32);
+        self.ctl.free_head.store(0, Relaxed);
+        self.ctl.live.store(12345, Relaxed);
+        self.ctl.used.store(1, Relaxed);
+        self.ctl.keys.store(0, Relaxed);
+        for rec in self.recs {
+            if rec.state.load(Relaxed) != FREE {
+                rec.refs.store(99, Relaxed);
+            }
+        }
+    }
+}

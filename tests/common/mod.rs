@@ -5,6 +5,8 @@
 //! these tests build it themselves, in a target folder of their own (a nested cargo in the same
 //! folder would wait forever on the lock the outer one holds).
 
+pub mod children;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

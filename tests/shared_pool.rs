@@ -1,0 +1,336 @@
+//! Shared pools through the Rust API: several processes (real ones, started by the test) on one
+//! pool, by name; crashes; files that are not pools; the state's invariants after each.
+
+mod common;
+
+use std::time::Duration;
+
+use common::children::{park, role, say, Child};
+use zcopy::pool::Wait;
+use zcopy::{Error, Pool, PoolOptions, RdmaMode};
+
+/// A pool name unique to this process and test; the file is removed when the guard drops.
+struct Name(String);
+
+impl Name {
+    fn new(test: &str) -> Name {
+        let name = format!("t{}-{test}", std::process::id());
+        let _ = Pool::unlink(&name, None);
+        Name(name)
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let _ = Pool::unlink(&self.0, None);
+    }
+}
+
+fn local() -> PoolOptions {
+    PoolOptions { rdma: RdmaMode::Off, prefault: false, ..Default::default() }
+}
+
+fn create(name: &Name, size: usize) -> Pool {
+    Pool::open(&PoolOptions { size, name: Some(name.0.clone()), ..local() }).expect("create a shared pool")
+}
+
+fn attach(name: &str) -> Pool {
+    Pool::attach(name, &local()).expect("attach")
+}
+
+/// The bytes every object in these tests holds: a function of its key and length.
+fn pattern(key: &[u8], len: usize) -> Vec<u8> {
+    let seed = key.iter().fold(7u8, |a, &b| a.wrapping_mul(31).wrapping_add(b));
+    (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+}
+
+fn put(pool: &Pool, key: &[u8], len: usize) {
+    let mut b = pool.create(key, len).unwrap();
+    b.as_mut_slice().unwrap().copy_from_slice(&pattern(key, len));
+    b.seal().unwrap();
+}
+
+/// The roles children play, each attaching the pool named by its argument.
+#[test]
+fn child_roles() {
+    if let Some(name) = role("reader") {
+        // Reads "a", says where its bytes are in this process, holds them until killed.
+        let pool = attach(&name);
+        let buf = pool.get(b"a", Wait::For(Duration::from_secs(10))).unwrap();
+        let (base, len) = pool.region();
+        let at = buf.as_ptr() as usize;
+        let inside = at >= base as usize && at + buf.len() <= base as usize + len;
+        say(&format!("read {} {} {inside}", buf.len(), buf.as_slice() == pattern(b"a", buf.len())));
+        park();
+    }
+    if let Some(name) = role("holder") {
+        // Holds a read reference on "sealed", an unsealed create of "half", and 100 more read
+        // references; killed holding them.
+        let pool = attach(&name);
+        let held = pool.get(b"sealed", Wait::Now).unwrap();
+        let mut half = pool.create(b"half", 4096).unwrap();
+        half.as_mut_slice().unwrap()[0] = 1;
+        let many: Vec<_> = (0..100).map(|_| pool.get(b"sealed", Wait::Now).unwrap()).collect();
+        say(&format!("holding {}", many.len() + 1));
+        let _keep = (held, half, many);
+        park();
+    }
+    if let Some(name) = role("sealer") {
+        // Creates "late" after the parent says go (on stdin's end), seals it, exits cleanly.
+        let pool = attach(&name);
+        std::thread::sleep(Duration::from_millis(200));
+        put(&pool, b"late", 1000);
+        say("sealed");
+    }
+    if let Some(name) = role("racer") {
+        // Creates keys race-0..race-199 as fast as it can; says how many it won.
+        let pool = attach(&name);
+        say("ready");
+        let mut won = 0;
+        for i in 0..200 {
+            match pool.create(format!("race-{i}").as_bytes(), 64) {
+                Ok(mut b) => {
+                    b.seal().unwrap();
+                    won += 1;
+                }
+                Err(Error::AlreadyExists(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        say(&format!("won {won}"));
+    }
+}
+
+#[test]
+fn a_process_that_attaches_reads_the_creators_bytes_in_place_in_its_own_mapping() {
+    let name = Name::new("read");
+    let pool = create(&name, 1 << 20);
+    put(&pool, b"a", 5000);
+    let mut child = Child::spawn("child_roles", "reader", &name.0);
+    assert_eq!(child.expect("read"), "5000 true true");
+    assert_eq!(pool.stats().processes_attached, 2);
+    child.kill();
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_process_killed_holding_references_and_an_unsealed_create_is_reclaimed_and_nothing_sealed_is_lost() {
+    let name = Name::new("reclaim");
+    let pool = create(&name, 1 << 20);
+    put(&pool, b"sealed", 3000);
+    let before = pool.stats();
+    let mut child = Child::spawn("child_roles", "holder", &name.0);
+    assert_eq!(child.expect("holding"), "101");
+    let during = pool.stats();
+    assert_eq!((during.object_count, during.key_count, during.processes_attached), (2, 2, 2));
+    assert!(matches!(pool.create(b"half", 10), Err(Error::AlreadyExists(_))));
+    pool.delete(b"sealed").unwrap();
+    assert!(!pool.contains(b"sealed"));
+    child.kill();
+    assert_eq!(pool.reclaim().unwrap(), 1);
+    assert_eq!(pool.reclaim().unwrap(), 0, "reclaimed once");
+    let after = pool.stats();
+    assert_eq!((after.object_count, after.key_count, after.used_bytes), (0, 0, 0));
+    assert_eq!((after.processes_attached, after.processes_reclaimed), (1, 1));
+    assert_eq!(before.capacity_bytes, after.capacity_bytes);
+    pool.check().unwrap();
+    put(&pool, b"half", 100);
+    assert_eq!(pool.get(b"half", Wait::Now).unwrap().as_slice(), pattern(b"half", 100));
+}
+
+#[test]
+fn a_dead_process_is_reclaimed_when_another_attaches_or_a_create_runs_out_of_room() {
+    let name = Name::new("implicit");
+    let pool = create(&name, 64 << 10);
+    put(&pool, b"sealed", 1000);
+    let mut child = Child::spawn("child_roles", "holder", &name.0);
+    child.expect("holding");
+    child.kill();
+    // The holder's unsealed 4 KiB create is still counted; a create that needs all the room
+    // left reclaims it first.
+    let need = (64 << 10) - 1024 - 64;
+    let big = pool.create(b"big", need).expect("a create out of room reclaims the dead first");
+    assert_eq!(pool.stats().processes_reclaimed, 1);
+    drop(big);
+    let mut child = Child::spawn("child_roles", "holder", &name.0);
+    child.expect("holding");
+    child.kill();
+    let other = attach(&name.0);
+    assert_eq!(other.stats().processes_reclaimed, 2, "attach reclaims the dead");
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_get_waiting_in_one_process_is_woken_by_a_seal_in_another() {
+    let name = Name::new("wake");
+    let pool = create(&name, 1 << 20);
+    let mut child = Child::spawn("child_roles", "sealer", &name.0);
+    let got = pool.get(b"late", Wait::For(Duration::from_secs(10))).unwrap();
+    assert_eq!(got.as_slice(), pattern(b"late", 1000));
+    assert_eq!(child.expect("sealed"), "");
+    child.wait_success(Duration::from_secs(10));
+}
+
+#[test]
+fn two_processes_creating_the_same_keys_at_once_each_key_has_exactly_one_winner() {
+    let name = Name::new("race");
+    let pool = create(&name, 1 << 20);
+    let mut a = Child::spawn("child_roles", "racer", &name.0);
+    let mut b = Child::spawn("child_roles", "racer", &name.0);
+    a.expect("ready");
+    b.expect("ready");
+    let won_a: u64 = a.expect("won").parse().unwrap();
+    let won_b: u64 = b.expect("won").parse().unwrap();
+    assert_eq!(won_a + won_b, 200);
+    assert_eq!(pool.stats().key_count, 200);
+    pool.check().unwrap();
+}
+
+#[test]
+fn delete_in_one_process_while_another_holds_the_object_keeps_its_bytes_until_released() {
+    let name = Name::new("delete");
+    let a = create(&name, 1 << 20);
+    let b = attach(&name.0);
+    put(&a, b"k", 777);
+    let held = b.get(b"k", Wait::Now).unwrap();
+    a.delete(b"k").unwrap();
+    assert!(!b.contains(b"k"));
+    put(&a, b"other", 777);
+    assert_eq!(held.as_slice(), pattern(b"k", 777));
+    assert_eq!(a.stats().object_count, 2);
+    drop(held);
+    assert_eq!(a.stats().object_count, 1);
+    a.check().unwrap();
+}
+
+#[test]
+fn closing_one_process_keeps_the_objects_for_the_others_and_for_a_later_attach() {
+    let name = Name::new("close");
+    let a = create(&name, 1 << 20);
+    let b = attach(&name.0);
+    put(&a, b"kept", 100);
+    let mut unsealed = a.create(b"unsealed", 10).unwrap();
+    unsealed.as_mut_slice().unwrap()[0] = 9;
+    let held = b.get(b"kept", Wait::Now).unwrap();
+    a.close();
+    assert!(matches!(a.get(b"kept", Wait::Now), Err(Error::PoolClosed)));
+    unsealed.seal().expect("a buffer outlives its pool's close");
+    drop((unsealed, a));
+    assert_eq!(held.as_slice(), pattern(b"kept", 100));
+    assert_eq!(b.get(b"unsealed", Wait::Now).unwrap().as_slice()[0], 9);
+    drop((held, b));
+    let later = attach(&name.0);
+    assert_eq!(later.get(b"kept", Wait::Now).unwrap().as_slice(), pattern(b"kept", 100));
+    assert_eq!(later.stats().processes_attached, 1);
+    later.check().unwrap();
+    drop(later);
+    Pool::unlink(&name.0, None).unwrap();
+    match Pool::attach(&name.0, &local()) {
+        Err(Error::System { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::NotFound),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn creating_a_name_that_exists_fails_and_leaves_the_pool_untouched() {
+    let name = Name::new("exists");
+    let a = create(&name, 1 << 20);
+    put(&a, b"k", 10);
+    let e = Pool::open(&PoolOptions { size: 1 << 20, name: Some(name.0.clone()), ..local() }).unwrap_err();
+    assert!(e.to_string().contains(&name.0), "{e}");
+    assert!(matches!(e, Error::System { ref source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists));
+    assert!(a.contains(b"k"));
+}
+
+#[test]
+fn bad_names_are_refused_before_any_file_is_touched() {
+    for bad in ["", "a/b", "..", "a..b", "-x", &"n".repeat(129), "sp ace"] {
+        let e = Pool::attach(bad, &local()).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+        let e = Pool::open(&PoolOptions { name: Some(bad.into()), ..local() }).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn files_that_are_not_pools_truncated_or_of_another_version_are_refused_with_a_status() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = Name::new("garbage");
+    let path = format!("/dev/shm/zcopy.{}", name.0);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+    f.write_all(&[0xabu8; 8192]).unwrap();
+    drop(f);
+    let e = Pool::attach(&name.0, &local()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("not a usable zcopy pool file"), "{e}");
+    std::fs::remove_file(&path).unwrap();
+
+    let pool = create(&name, 1 << 20);
+    put(&pool, b"k", 10);
+    drop(pool);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let bytes = std::fs::read(&path).unwrap();
+    // Another layout version.
+    let mut other = bytes.clone();
+    other[8] = other[8].wrapping_add(1);
+    std::fs::write(&path, &other).unwrap();
+    let e = Pool::attach(&name.0, &local()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    // Truncated, at several lengths.
+    for cut in [0, 100, 4096, len / 2, len - 4096] {
+        std::fs::write(&path, &bytes[..cut as usize]).unwrap();
+        let e = Pool::attach(&name.0, &local()).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "cut at {cut}: {e}");
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let again = attach(&name.0);
+    assert_eq!(again.get(b"k", Wait::Now).unwrap().as_slice(), pattern(b"k", 10));
+}
+
+#[test]
+fn a_corrupted_record_or_index_answers_a_status_never_a_crash() {
+    use std::os::unix::fs::FileExt;
+    let name = Name::new("corrupt");
+    let pool = create(&name, 1 << 20);
+    for i in 0..50 {
+        put(&pool, format!("key-{i}").as_bytes(), 100 + i);
+    }
+    pool.check().unwrap();
+    let path = pool.path().unwrap().to_owned();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let header = {
+        let mut h = vec![0u8; 192];
+        file.read_exact_at(&mut h, 0).unwrap();
+        h
+    };
+    // The areas' spans follow 64 bytes of fixed fields: (offset, len) per area, Records 4th,
+    // Index 5th.
+    let span = |i: usize| {
+        let at = 64 + 16 * i;
+        let word = |o: usize| u64::from_ne_bytes(header[o..o + 8].try_into().unwrap());
+        (word(at), word(at + 8))
+    };
+    let (records, _) = span(3);
+    let (index, index_len) = span(4);
+    // Record 3's offset field (at 32 in each 80-byte record) pointed far outside the data.
+    file.write_all_at(&u64::MAX.to_ne_bytes(), records + 3 * 80 + 32).unwrap();
+    assert!(matches!(pool.check(), Err(Error::Internal(_))));
+    for i in 0..50 {
+        // Every get answers: the bytes, or a status for the corrupted one.
+        match pool.get(format!("key-{i}").as_bytes(), Wait::Now) {
+            Ok(b) => assert_eq!(b.len(), 100 + i),
+            Err(e) => assert!(matches!(e, Error::Internal(_)), "{e}"),
+        }
+    }
+    // Every bucket of the index pointing at ids far past the records.
+    let junk: Vec<u8> = (0..index_len / 4).flat_map(|_| 0x7fff_fff0u32.to_ne_bytes()).collect();
+    file.write_all_at(&junk, index).unwrap();
+    for i in 0..50 {
+        let e = pool.get(format!("key-{i}").as_bytes(), Wait::Now).unwrap_err();
+        assert!(matches!(e, Error::Internal(_)), "{e}");
+        assert!(e.to_string().contains("corrupt"), "{e}");
+    }
+    assert!(pool.create(b"new", 10).is_err());
+    assert!(!pool.contains(b"key-1"));
+}
