@@ -7,12 +7,11 @@
 //! records ([`Store::rebuild`]); dead processes' slots are reclaimed at open, attach and close,
 //! when a create runs out of room, and on request ([`SharedPool::reclaim`]).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard as StdGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Bytes, Error, Key, Result};
@@ -60,9 +59,6 @@ pub(crate) struct SharedInner {
     ledger: Option<Ledger<'static>>,
     slot: Option<SlotGuard<'static>>,
     slots: Box<Slots<'static>>,
-    /// This process's ledger entries for objects it holds references on, by ledger id. Taken
-    /// only under the pool's mutex.
-    handles: Mutex<HashMap<u64, Handle>>,
     closed: AtomicBool,
     data: Area<'static>,
     fork_generation: u64,
@@ -89,6 +85,8 @@ pub(crate) struct SharedBuffer {
     obj: Object,
     /// The creator's `CREATING` ledger entry, until it seals or aborts.
     creating: Option<Handle>,
+    /// The ledger entry recording this buffer's read reference (after a get, or a seal).
+    entry: Option<Handle>,
 }
 
 fn check_key(key: &[u8]) -> Result<()> {
@@ -256,7 +254,6 @@ impl SharedInner {
             ledger,
             slot,
             slots,
-            handles: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             data,
             fork_generation,
@@ -317,10 +314,6 @@ impl SharedInner {
                 Ok(g)
             }
         }
-    }
-
-    fn handles(&self) -> StdGuard<'_, HashMap<u64, Handle>> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Undoes what `ledger` records and empties it: aborts its creates, drops its references.
@@ -439,21 +432,12 @@ impl SharedInner {
         self.rdma.close_caller_pds();
     }
 
-    /// Records `n` more references on `obj` in this process's ledger (under the mutex).
-    fn record_take(&self, ledger: &Ledger<'_>, lid: u64) -> Result<()> {
-        let mut handles = self.handles();
-        match handles.get(&lid) {
-            Some(&h) => {
-                ledger.begin_take_more(h, 1)?;
-                ledger.settle(h)?;
-            }
-            None => {
-                let h = ledger.begin_take(lid, 1)?;
-                ledger.settle(h)?;
-                handles.insert(lid, h);
-            }
-        }
-        Ok(())
+    /// Records one reference on the object `lid` names in this process's ledger (under the
+    /// mutex): an entry of its own, which the buffer keeps and releases.
+    fn record_take(&self, ledger: &Ledger<'_>, lid: u64) -> Result<Handle> {
+        let h = ledger.begin_take(lid, 1)?;
+        ledger.settle(h)?;
+        Ok(h)
     }
 
     pub(crate) fn create(
@@ -469,7 +453,7 @@ impl SharedInner {
         loop {
             let g = self.lock()?;
             let e = match self.store.create(&g, ledger, key, size as u64, parts) {
-                Ok((obj, h)) => return Ok(SharedBuffer { pool: self.clone(), obj, creating: Some(h) }),
+                Ok((obj, h)) => return Ok(SharedBuffer { pool: self.clone(), obj, creating: Some(h), entry: None }),
                 Err(CreateError::AlreadyExists) => return Err(Error::AlreadyExists(Key::new(key))),
                 Err(CreateError::Other(e)) => return Err(e),
                 Err(e) => e,
@@ -518,17 +502,19 @@ impl SharedInner {
             let seen = word.load(Ordering::Acquire);
             match self.store.lookup(&g, key, hash)? {
                 Lookup::Sealed(obj) => {
-                    if let Err(e) = self.record_take(ledger, obj.ledger_id()) {
-                        self.store.drop_refs(&g, obj.id, obj.generation, 1)?;
-                        return Err(e);
-                    }
-                    return Ok(SharedBuffer { pool: self.clone(), obj, creating: None });
+                    let entry = match self.record_take(ledger, obj.ledger_id()) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            self.store.drop_refs(&g, obj.id, obj.generation, 1)?;
+                            return Err(e);
+                        }
+                    };
+                    return Ok(SharedBuffer { pool: self.clone(), obj, creating: None, entry: Some(entry) });
                 }
                 Lookup::Unsealed if wait == Wait::Now => return Err(Error::NotSealed(Key::new(key))),
                 Lookup::Absent if wait == Wait::Now => return Err(Error::NotFound(Key::new(key))),
                 _ => {}
             }
-            drop(g);
             let timeout = match (wait, deadline) {
                 (Wait::Forever, _) | (_, None) => None,
                 (_, Some(d)) => match d.checked_duration_since(Instant::now()) {
@@ -536,7 +522,13 @@ impl SharedInner {
                     _ => return Err(Error::Timeout { key: Key::new(key), ms: millis(wait) }),
                 },
             };
-            lock::wait(word, seen, timeout)?;
+            // Counted under the mutex, so a seal after it (which takes the mutex) sees the count.
+            let waiters = self.store.waiters(hash);
+            waiters.fetch_add(1, Ordering::Relaxed);
+            drop(g);
+            let waited = lock::wait(word, seen, timeout);
+            waiters.fetch_sub(1, Ordering::Relaxed);
+            waited?;
         }
     }
 
@@ -615,11 +607,13 @@ impl SharedBuffer {
             // Only a reclaim that took this process for dead aborts its creates.
             return Err(Error::Internal(format!("the unsealed object {} was aborted", Key::new(self.key()))));
         };
-        pool.record_take(ledger, self.obj.ledger_id())?;
+        self.entry = Some(pool.record_take(ledger, self.obj.ledger_id())?);
         ledger.end_create(h)?;
         self.creating = None;
         drop(g);
-        lock::wake_all(word)?;
+        if let Some(word) = word {
+            lock::wake_all(word)?;
+        }
         Ok(())
     }
 
@@ -632,16 +626,13 @@ impl SharedBuffer {
             pool.store.abort(&g, self.obj.id, self.obj.generation)?;
             return ledger.end_create(h);
         }
-        let lid = self.obj.ledger_id();
-        let mut handles = pool.handles();
-        let h = *handles
-            .get(&lid)
+        let h = self
+            .entry
+            .take()
             .ok_or_else(|| Error::Internal(format!("no ledger entry for {}", Key::new(self.key()))))?;
         ledger.begin_release(h, 1)?;
         pool.store.drop_refs(&g, self.obj.id, self.obj.generation, 1)?;
-        if !ledger.settle(h)? {
-            handles.remove(&lid);
-        }
+        ledger.settle(h)?;
         Ok(())
     }
 }
@@ -677,6 +668,25 @@ mod tests {
     /// would leave it) and waits to be killed holding the mutex.
     #[test]
     fn child_process_role() {
+        if let Some(path) = child_role("die-releasing-the-last-reference") {
+            // Holds the only reference on the deleted "gone", releases it up to the point where
+            // the object is freed but the ledger entry not yet settled, and dies there.
+            let name = path.to_str().unwrap().to_owned();
+            let pool = Pool::attach(&name, &options()).unwrap();
+            let crate::pool::Backend::Shared(shared) = pool.share() else { panic!("not shared") };
+            let mut held = shared.get(b"gone", Wait::Now).unwrap();
+            say("holding");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            let ledger = shared.ledger().unwrap();
+            let Acquired::Locked(g) = shared.store.mutex().lock().unwrap() else { panic!("owner died") };
+            let h = held.entry.take().unwrap();
+            ledger.begin_release(h, 1).unwrap();
+            shared.store.drop_refs(&g, held.obj.id, held.obj.generation, 1).unwrap();
+            say("freed");
+            let _keep = (held, g);
+            park();
+        }
         let Some(path) = child_role("die-holding-the-lock") else { return };
         let name = path.to_str().unwrap().to_owned();
         let pool = Pool::attach(&name, &options()).unwrap();
@@ -688,6 +698,29 @@ mod tests {
         say("locked");
         let _keep = (held, half, g);
         park();
+    }
+
+    #[test]
+    fn a_process_killed_after_its_release_freed_the_object_but_before_its_ledger_settled_is_reclaimed() {
+        let name = format!("t{}-halfrelease", std::process::id());
+        let _ = Pool::unlink(&name, None);
+        let pool = Pool::open(&PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() }).unwrap();
+        pool.put(b"gone", &[5; 300]).unwrap();
+        pool.put(b"kept", &[6; 300]).unwrap();
+        let mut child =
+            ChildProcess::spawn_with_stdin(CHILD_TEST, "die-releasing-the-last-reference", std::path::Path::new(&name));
+        child.expect("holding");
+        pool.delete(b"gone").unwrap();
+        child.send("go");
+        child.expect("freed");
+        child.kill();
+        assert_eq!(pool.get(b"kept", Wait::Now).unwrap().as_slice(), &[6; 300][..]);
+        let s = pool.stats();
+        assert_eq!((s.lock_repairs, s.processes_reclaimed), (1, 1));
+        assert_eq!((s.object_count, s.key_count, s.used_bytes), (1, 1, 320));
+        pool.check().unwrap();
+        drop(pool);
+        Pool::unlink(&name, None).unwrap();
     }
 
     #[test]

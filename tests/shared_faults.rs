@@ -59,7 +59,11 @@ fn verify(buf: &Buffer) {
         buf.as_slice() == pattern(buf.key(), buf.len()).as_slice()
     };
     if !ok {
-        eprintln!("object {:?} of {} bytes does not hold its creator's bytes", String::from_utf8_lossy(buf.key()), buf.len());
+        eprintln!(
+            "object {:?} of {} bytes does not hold its creator's bytes",
+            String::from_utf8_lossy(buf.key()),
+            buf.len()
+        );
         std::process::exit(CORRUPT);
     }
 }
@@ -114,7 +118,8 @@ fn work(name: &str) -> ! {
                 }
             }
             3..=5 => {
-                let wait = if rng.below(3) == 0 { Wait::For(Duration::from_micros(rng.below(2000))) } else { Wait::Now };
+                let wait =
+                    if rng.below(3) == 0 { Wait::For(Duration::from_micros(rng.below(2000))) } else { Wait::Now };
                 match pool.get(key, wait) {
                     Ok(b) => {
                         verify(&b);
@@ -187,7 +192,8 @@ fn workers_sigkilled_at_random_moments_lose_no_sealed_bytes_and_leak_nothing() {
     };
 
     let spawn = || {
-        let mut w = Child::spawn("workers_sigkilled_at_random_moments_lose_no_sealed_bytes_and_leak_nothing", "worker", &name);
+        let mut w =
+            Child::spawn("workers_sigkilled_at_random_moments_lose_no_sealed_bytes_and_leak_nothing", "worker", &name);
         w.expect("ready");
         w
     };

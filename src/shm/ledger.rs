@@ -7,9 +7,9 @@
 //! (`TAKING` or `RELEASING`, with the count it will have after the change in `target`). Entries
 //! are found in O(1): a new one comes off a free list threaded through the empty entries, or past
 //! the high-water mark; the caller keeps the entry's index (a [`Handle`]) for the later calls on
-//! that object, and keeps at most one reference entry per object (more references go through
-//! [`Ledger::begin_take_more`]). Ids carry the record's generation, so an entry never names a
-//! later object that reuses the record.
+//! that object. Several entries may name one object (the engine gives each buffer its own).
+//! Ids carry the record's generation, so an entry never names a later object that reuses the
+//! record.
 //!
 //! How the engine uses them (`crate::shm::store`): every ledger change and the record change it
 //! goes with happen under the pool's one mutex, ledger first. A record's reference count is
@@ -228,6 +228,7 @@ impl<'a> Ledger<'a> {
     }
 
     /// Records `n` more references on the object of `handle`; then [`Ledger::settle`].
+    #[cfg(test)]
     pub(crate) fn begin_take_more(&self, handle: Handle, n: u64) -> Result<()> {
         let entry = self.in_state(handle, HELD)?;
         let target = entry.count.load(Ordering::Relaxed).saturating_add(n);

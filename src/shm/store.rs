@@ -99,7 +99,8 @@ impl Config {
             buckets: max_objects.next_power_of_two(),
             key_heap,
             slots: DEFAULT_SLOTS,
-            ledger_capacity: max_objects.max(1024),
+            // An entry per buffer a process holds; the area is sparse and not reserved up front.
+            ledger_capacity: (2 * max_objects).max(16384),
             seed,
             evict_lru,
         })
@@ -197,13 +198,18 @@ pub(crate) struct Control {
     repairs: AtomicU64,
     reserved: [AtomicU64; 6],
     seal: [AtomicU32; SEAL_WORDS],
+    /// Gets waiting on each seal word, so a seal makes the wake system call only when someone
+    /// waits. A waiter killed while waiting leaves its count behind: later seals of that word
+    /// then wake nobody, at the cost of a system call.
+    waiters: [AtomicU32; SEAL_WORDS],
 }
 
 const _: () = {
-    assert!(size_of::<Control>() == 64 + 64 + 128 + 256);
+    assert!(size_of::<Control>() == 64 + 64 + 128 + 256 + 256);
     assert!(std::mem::offset_of!(Control, config) == 64);
     assert!(std::mem::offset_of!(Control, reclaimed) == 128);
     assert!(std::mem::offset_of!(Control, seal) == 256);
+    assert!(std::mem::offset_of!(Control, waiters) == 512);
 };
 
 // SAFETY: `#[repr(C)]`, atomics and a `SharedMutex` (itself `Shared`), valid for any bytes.
@@ -440,6 +446,11 @@ impl<'a> Store<'a> {
 
     pub(crate) fn seal_words(&self) -> &'a [AtomicU32] {
         &self.ctl.seal
+    }
+
+    /// The count of gets waiting on the seal word of `hash`.
+    pub(crate) fn waiters(&self, hash: u64) -> &'a AtomicU32 {
+        &self.ctl.waiters[(hash % SEAL_WORDS as u64) as usize]
     }
 
     /// Record `id`, checked (an id read from shared memory is a claim).
@@ -696,22 +707,28 @@ impl<'a> Store<'a> {
     }
 
     /// Seals the unsealed object (`id`, `generation`): the creator's reference becomes a read
-    /// reference, which the caller records in its ledger. Answers the seal word to wake, or
-    /// `Ok(None)` when the object is no longer unsealed.
-    pub(crate) fn seal(&self, _: &Locked<'_>, id: u32, generation: u32) -> Result<Option<&'a AtomicU32>> {
+    /// reference, which the caller records in its ledger. Answers the seal word to wake when gets
+    /// wait on it (`Some(None)` when none does), or `None` when the object is no longer unsealed.
+    pub(crate) fn seal(&self, _: &Locked<'_>, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
         if !self.is(id, generation, UNSEALED)? {
             return Ok(None);
         }
         let rec = self.rec(id)?;
         rec.last_used.store(self.tick(), Relaxed);
         rec.state.store(SEALED, Relaxed);
-        let word = self.seal_word(self.hash(self.key_of(rec)?.as_bytes()));
+        let hash = self.hash(self.key_of(rec)?.as_bytes());
+        let word = self.seal_word(hash);
         word.fetch_add(1, Relaxed);
-        Ok(Some(word))
+        Ok(Some((self.waiters(hash).load(Relaxed) > 0).then_some(word)))
     }
 
-    /// Drops `n` references on (`id`, `generation`); the last one frees the object.
+    /// Drops `n` references on (`id`, `generation`); the last one frees the object. Dropping
+    /// none is a no-op even on an object that is gone: a process that died releasing its last
+    /// reference, after the object was freed and before its ledger entry was, leaves such an entry.
     pub(crate) fn drop_refs(&self, g: &Locked<'_>, id: u32, generation: u32, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
         let rec = self.rec(id)?;
         if rec.generation.load(Relaxed) != generation || rec.state.load(Relaxed) == FREE {
             return Err(corrupt(format!("dropping references on object {id}:{generation}, which is gone")));

@@ -63,21 +63,39 @@ const CHILD_ENV: &str = "ZCOPY_SHM_TEST_CHILD";
 pub(crate) struct ChildProcess {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl ChildProcess {
     pub(crate) fn spawn(test: &str, role: &str, pool: &Path) -> ChildProcess {
+        Self::start(test, role, pool, false)
+    }
+
+    /// As [`ChildProcess::spawn`], with a pipe to the child's stdin ([`ChildProcess::send`]).
+    pub(crate) fn spawn_with_stdin(test: &str, role: &str, pool: &Path) -> ChildProcess {
+        Self::start(test, role, pool, true)
+    }
+
+    fn start(test: &str, role: &str, pool: &Path, stdin: bool) -> ChildProcess {
         let forking = fork_lock();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([test, "--exact", "--nocapture", "--test-threads=1", "--quiet"])
             .env(CHILD_ENV, format!("{role}:{}", pool.display()))
-            .stdin(Stdio::null())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         drop(forking);
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        ChildProcess { child, lines }
+        let stdin = child.stdin.take();
+        ChildProcess { child, lines, stdin }
+    }
+
+    /// Writes `line` to the child's stdin.
+    pub(crate) fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("started with spawn_with_stdin");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
     }
 
     pub(crate) fn pid(&self) -> u32 {
