@@ -34,6 +34,16 @@ def test_walkthrough():
     assert "FAILED" not in out
 
 
+def test_shared_pool_example_consumers_read_views_of_the_producers_bytes_and_the_file_is_removed():
+    out = run(os.path.join(EXAMPLES, "shared_pool.py"), "--consumers", "2", timeout=180)
+    assert "ok: 2 consumers read 3 arrays each as views of the producer's bytes" in out
+    assert out.count("ok:     same file offset as the producer's array") == 6
+    assert out.count("ok:     checksum equals the producer's") == 6
+    assert "FAILED" not in out
+    name = out.split("unlinked /dev/shm/zcopy.")[1].split()[0]
+    assert not os.path.exists("/dev/shm/zcopy." + name)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cffi") is None, reason="cffi is not installed (pip install cffi)")
 def test_cffi_numpy():
     out = run(os.path.join(EXAMPLES, "cffi_numpy.py"))

@@ -4,6 +4,12 @@
     pool = zcopy.Pool(1 << 30)
     pool.put_array("weights", np.arange(10, dtype=np.float32))   # one copy, in place
     a = pool.get_array("weights")                                  # no copy, read-only
+
+Shared between processes, by name (the file /dev/shm/zcopy.kv):
+
+    pool = zcopy.Pool(1 << 30, name="kv")          # creates it
+    other = zcopy.Pool.attach("kv")                 # in any process: the same objects, no copy
+    zcopy.unlink("kv")                              # removes the file
 """
 
 from ._core import (
@@ -14,16 +20,19 @@ from ._core import (
     FormatError,
     InternalError,
     InvalidArgumentError,
+    NoSuchPoolError,
     NotFoundError,
     NotSealedError,
     OutOfMemoryError,
     Pool,
     PoolClosedError,
+    PoolExistsError,
     PoolForkedError,
     RdmaError,
     SystemCallError,
     TimeoutError,
     TooLargeError,
+    unlink,
 )
 from ._lib import path as library_path
 from ._objects import get_array, get_object, get_tensor, parse_parts, put_array, put_object, put_tensor
@@ -38,11 +47,13 @@ __all__ = [
     "FormatError",
     "InternalError",
     "InvalidArgumentError",
+    "NoSuchPoolError",
     "NotFoundError",
     "NotSealedError",
     "OutOfMemoryError",
     "Pool",
     "PoolClosedError",
+    "PoolExistsError",
     "PoolForkedError",
     "RdmaError",
     "SystemCallError",
@@ -56,4 +67,5 @@ __all__ = [
     "put_array",
     "put_object",
     "put_tensor",
+    "unlink",
 ]

@@ -14,15 +14,23 @@ from before the fork raises PoolForkedError, and the hook detaches their finaliz
 still owns what they point to), so neither a collection nor the child's exit calls the library
 for them; close() and release() are harmless no-ops there. Arrays and memoryviews taken before
 the fork cannot be guarded: their memory is absent in the child, and touching them there is a
-segmentation fault.
+segmentation fault. A shared pool (see Pool) is attached again by name in the child, which gets
+its own mapping and process slot.
+
+Shared pools: `Pool(size, name=...)` and `Pool.attach(name)` wrap the same `zc_pool *` as a private
+pool, so every method, view and lifetime rule above holds for them unchanged; only `name`,
+`reclaim()`, `check()`, the two process counters in `stats()` and the errors about the pool file
+(NoSuchPoolError, PoolExistsError) are theirs.
 """
 
 import builtins
 import ctypes
+import errno
 import math
 import numbers
 import operator
 import os
+import re
 import weakref
 
 import numpy as np
@@ -106,7 +114,22 @@ class RdmaError(Error):
 
 
 class SystemCallError(Error, OSError):
+    """A system call failed (ZC_ERR_SYSTEM). `errno` is its error number when the message
+    names one ("... (os error 2)"), else None; `filename` is the pool file for shared-pool
+    calls."""
+
     status = _lib.ERR_SYSTEM
+
+
+class NoSuchPoolError(SystemCallError, FileNotFoundError):
+    """`Pool.attach` or `zcopy.unlink` of a name that has no pool file (ENOENT): also a
+    FileNotFoundError. Create it with `zcopy.Pool(size, name=...)` first."""
+
+
+class PoolExistsError(SystemCallError, FileExistsError):
+    """`zcopy.Pool(size, name=...)` of a name whose pool file exists (EEXIST): also a
+    FileExistsError. Attach it with `zcopy.Pool.attach(name)`, or remove it with
+    `zcopy.unlink(name)` first."""
 
 
 class InternalError(Error):
@@ -131,9 +154,80 @@ _BY_STATUS = {
 }
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)$")
+
+
 def _raise(status):
     message = lib.zc_last_error_message().decode("utf-8", "replace")
-    raise _BY_STATUS.get(status, Error)(message, status)
+    error = _BY_STATUS.get(status, Error)(message, status)
+    if status == _lib.ERR_SYSTEM:
+        error.errno = _errno_of(message)
+    raise error
+
+
+def _errno_of(message):
+    """The error number at the end of a system error's message, as the library words it."""
+    found = _OS_ERROR.search(message)
+    return int(found.group(1)) if found else None
+
+
+def _raise_pool_file(status, name, path, creating):
+    """Raises for a call on the file of shared pool `name`: when `creating`, an existing file is
+    PoolExistsError; otherwise a missing one is NoSuchPoolError. Both name the file."""
+    message = lib.zc_last_error_message().decode("utf-8", "replace")
+    if status != _lib.ERR_SYSTEM:
+        raise _BY_STATUS.get(status, Error)(message, status)
+    number = _errno_of(message)
+    cls = SystemCallError
+    if number == errno.EEXIST and creating:
+        cls = PoolExistsError
+        message = "a shared pool named %r exists: %s. Attach it with zcopy.Pool.attach(%r), or remove it with zcopy.unlink(%r)" % (
+            name,
+            message,
+            name,
+            name,
+        )
+    elif number == errno.ENOENT and not creating:
+        cls = NoSuchPoolError
+        message = "no shared pool named %r: %s. Create it with zcopy.Pool(size, name=%r)" % (name, message, name)
+    error = cls(message, status)
+    error.errno = number
+    error.strerror = os.strerror(number) if number is not None else None
+    error.filename = path
+    raise error
+
+
+_SHM_DIR = "/dev/shm"
+
+
+def _pool_name(name):
+    """A shared pool's name as str and as the C string the library reads. The library checks
+    what it may contain."""
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidArgumentError("pool name %r: not ASCII" % (name,)) from None
+    if not isinstance(name, str):
+        raise builtins.TypeError("a pool name is a str, not %s" % type(name).__name__)
+    return name, name.encode("utf-8")
+
+
+def _pool_path(name, hugetlbfs_dir=None):
+    """Where the library keeps shared pool `name`: zcopy.<name> in /dev/shm or the hugetlbfs
+    directory."""
+    return os.path.join(_SHM_DIR if hugetlbfs_dir is None else str(hugetlbfs_dir), "zcopy." + name)
+
+
+def unlink(name):
+    """Removes shared pool `name`'s file, /dev/shm/zcopy.<name>. Its objects are gone for later
+    attaches; processes attached keep using the pool (and their views stay valid) until they
+    close it, and a new pool of that name can be created at once. NoSuchPoolError (a
+    FileNotFoundError) when there is no such pool, InvalidArgumentError for a bad name."""
+    name, c_name = _pool_name(name)
+    status = lib.zc_pool_unlink(c_name)
+    if status:
+        _raise_pool_file(status, name, _pool_path(name), creating=False)
 
 
 def _key(key):
@@ -206,7 +300,8 @@ def _not_copyable(what):
     def refuse(self, *args):
         raise TypeError(
             "%s cannot be pickled or copied: it refers to pool memory mapped by this process. "
-            "Send the key instead and read it through a Pool opened in the other process, or copy "
+            "Send the key instead and read it through a Pool in the other process (for a shared "
+            "pool, send its name: zcopy.Pool.attach(name) there maps the same objects), or copy "
             "the values (an array from get_array pickles and deep-copies as a plain array)" % what
         )
 
@@ -492,16 +587,38 @@ class Buffer:
         return d.addr, d.length, d.lkey, d.rkey
 
 
+def _options(prefault, lock_memory, rdma, rdma_devices, shared_mode):
+    """Pool options with the library's defaults and the fields open and attach share."""
+    if rdma not in _lib.RDMA:
+        raise InvalidArgumentError("rdma must be one of %s" % sorted(_lib.RDMA))
+    opts = _lib.PoolOptions()
+    lib.zc_pool_options_init(ctypes.byref(opts))
+    opts.prefault = bool(prefault)
+    opts.lock_memory = bool(lock_memory)
+    opts.rdma = _lib.RDMA[rdma]
+    if rdma_devices is not None and not isinstance(rdma_devices, str):
+        rdma_devices = ",".join(rdma_devices)
+    opts.rdma_devices = None if rdma_devices is None else rdma_devices.encode()
+    opts.shared_mode = _c_index(shared_mode, _U32_MAX, "shared_mode")
+    return opts
+
+
 class Pool:
     """A zcopy pool: one mapped (and, where devices exist, RDMA-registered) memory region.
     `eviction="lru"` lets a create that does not fit evict sealed objects nobody holds, least
     recently used first (off by default: nothing is ever dropped silently).
 
+    Shared pools: `Pool(size, name="kv")` creates a pool backed by the file /dev/shm/zcopy.kv,
+    and `Pool.attach("kv")` maps it in another process (or this one): the same objects, at that
+    process's own address, with no copy and no server. Every method works the same on either.
+    Objects stay in the file after every process has closed it, until `zcopy.unlink("kv")`.
+
     Every method may be called from several threads at once; `close()` must not race with them.
     Buffers and views may outlive the pool: their memory stays mapped until they are gone.
-    Pools and buffers cannot be pickled or copied (TypeError): each process opens its own.
+    Pools and buffers cannot be pickled or copied (TypeError): each process opens its own, or
+    attaches a shared pool by name.
     In a child forked after the pool was opened, every method of the pool and of its buffers
-    raises PoolForkedError: open a new Pool in the child.
+    raises PoolForkedError: open a new Pool in the child, or attach a shared pool there by name.
     """
 
     __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy.Pool")
@@ -510,6 +627,8 @@ class Pool:
         self,
         size=DEFAULT_POOL_SIZE,
         *,
+        name=None,
+        shared_mode=0o600,
         pages="thp",
         prefault=True,
         lock_memory=False,
@@ -519,30 +638,60 @@ class Pool:
         rdma_devices=None,
         eviction="none",
     ):
-        opts = _lib.PoolOptions()
-        lib.zc_pool_options_init(ctypes.byref(opts))
+        """Opens a pool of `size` bytes. Without `name`, the pool is private to this process.
+        With `name` (ASCII letters, digits, '_', '-', '.'; at most 128 bytes), it creates the
+        shared pool of that name, /dev/shm/zcopy.<name> (or zcopy.<name> in `hugetlbfs_dir`
+        with pages="hugetlb"), whose file mode is `shared_mode`: 0o600, only this user may
+        attach, or 0o660, the file's group too. A name that exists is PoolExistsError (a
+        FileExistsError)."""
         if pages not in _lib.PAGES:
             raise InvalidArgumentError("pages must be one of %s" % sorted(_lib.PAGES))
-        if rdma not in _lib.RDMA:
-            raise InvalidArgumentError("rdma must be one of %s" % sorted(_lib.RDMA))
         if eviction not in _lib.EVICTION:
             raise InvalidArgumentError("eviction must be one of %s" % sorted(_lib.EVICTION))
+        opts = _options(prefault, lock_memory, rdma, rdma_devices, shared_mode)
         opts.eviction = _lib.EVICTION[eviction]
         opts.size = _c_index(size, _U64_MAX, "pool size")
         opts.page_mode = _lib.PAGES[pages]
-        opts.prefault = bool(prefault)
-        opts.lock_memory = bool(lock_memory)
         opts.max_objects = _c_index(max_objects, _U64_MAX, "max_objects")
         opts.hugetlbfs_dir = None if hugetlbfs_dir is None else str(hugetlbfs_dir).encode()
-        opts.rdma = _lib.RDMA[rdma]
-        if rdma_devices is not None and not isinstance(rdma_devices, str):
-            rdma_devices = ",".join(rdma_devices)
-        opts.rdma_devices = None if rdma_devices is None else rdma_devices.encode()
+        if name is not None:
+            name, opts.name = _pool_name(name)
         ptr = ctypes.c_void_p()
         status = lib.zc_pool_open(ctypes.byref(opts), ctypes.byref(ptr))
         if status:
-            _raise(status)
-        self._ptr = ptr.value
+            if name is None:
+                _raise(status)
+            _raise_pool_file(status, name, _pool_path(name, hugetlbfs_dir if pages == "hugetlb" else None), creating=True)
+        self._adopt(ptr.value, name)
+
+    @classmethod
+    def attach(cls, name, *, prefault=False, lock_memory=False, rdma="auto", rdma_devices=None, shared_mode=0o600, hugetlbfs_dir=None):
+        """Attaches the shared pool `name`, created by `zcopy.Pool(size, name=name)` in this
+        process or another: a Pool over the same objects, mapped at this process's own address.
+        Its size and limits are the creator's; `prefault`, `lock_memory`, `rdma` and
+        `rdma_devices` apply to this process's mapping, and `shared_mode=0o660` accepts a
+        group-shared file of another user. A pool made with pages="hugetlb" is found in its
+        `hugetlbfs_dir`. No such pool: NoSuchPoolError (a FileNotFoundError and a
+        SystemCallError) naming the file; a bad name or a file that is not a pool of this
+        version: InvalidArgumentError."""
+        name, c_name = _pool_name(name)
+        opts = _options(prefault, lock_memory, rdma, rdma_devices, shared_mode)
+        if hugetlbfs_dir is not None:
+            opts.page_mode = _lib.PAGES["hugetlb"]
+            opts.hugetlbfs_dir = str(hugetlbfs_dir).encode()
+            opts.name = c_name
+        ptr = ctypes.c_void_p()
+        status = lib.zc_pool_attach(c_name, ctypes.byref(opts), ctypes.byref(ptr))
+        if status:
+            _raise_pool_file(status, name, _pool_path(name, hugetlbfs_dir), creating=False)
+        pool = cls.__new__(cls)
+        pool._adopt(ptr.value, name)
+        return pool
+
+    def _adopt(self, ptr, name):
+        """Takes ownership of the `zc_pool *` just opened or attached."""
+        self._ptr = ptr
+        self._name = name
         self._pid = os.getpid()
         self._fork_child = False
         self._finalizer = weakref.finalize(self, _close_pool, self._ptr, _generation)
@@ -559,11 +708,12 @@ class Pool:
     def _p(self):
         if self._ptr is None:
             if self._fork_child:
+                shared = "" if self._name is None else " (or attach this shared pool there: zcopy.Pool.attach(%r))" % self._name
                 raise PoolForkedError(
                     "this zcopy.Pool was opened in process %d, which then forked: the pool's memory is "
                     "not mapped in a forked child (pid %d), so the pool cannot be used here. Open a new "
-                    "zcopy.Pool in the child; arrays and buffers taken from the parent's pool before the "
-                    "fork must not be touched in the child either" % (self._pid, os.getpid())
+                    "zcopy.Pool in the child%s; arrays and buffers taken from the parent's pool before the "
+                    "fork must not be touched in the child either" % (self._pid, os.getpid(), shared)
                 )
             raise PoolClosedError("the pool is closed")
         return self._ptr
@@ -583,13 +733,40 @@ class Pool:
 
     def close(self):
         """Closes the pool (idempotent). Buffers and views keep their memory until they go. In a
-        forked child, closing a pool of the parent does nothing (it is the parent's to close)."""
+        forked child, closing a pool of the parent does nothing (it is the parent's to close).
+        A shared pool is only detached from this process: its objects stay in the file for the
+        other processes and for later attaches, until `zcopy.unlink(name)`."""
         self._ptr = None
         self._finalizer()
 
     @property
     def closed(self):
         return self._ptr is None
+
+    @property
+    def name(self):
+        """The shared pool's name (what `Pool.attach` takes); None for a private pool."""
+        return self._name
+
+    def reclaim(self):
+        """Reclaims what processes that died while attached to this shared pool held: their
+        unsealed creates are aborted (the keys can be created again), their references dropped
+        and their slots freed. Returns how many processes were reclaimed (0 for a private pool).
+        The library also does this at every open, attach and close, and when a create runs out
+        of room."""
+        count = ctypes.c_uint64()
+        status = lib.zc_pool_reclaim(self._p(), ctypes.byref(count))
+        if status:
+            _raise(status)
+        return count.value
+
+    def check(self):
+        """Verifies every invariant of a shared pool's state (records, index, allocators,
+        reference ledgers, counters). Returns None when all hold; raises InternalError naming
+        the first broken one. A private pool always passes."""
+        status = lib.zc_pool_check(self._p())
+        if status:
+            _raise(status)
 
     def __enter__(self):
         return self
@@ -674,7 +851,12 @@ class Pool:
             return buf.tobytes()
 
     def stats(self):
-        """The pool's counters as a dict."""
+        """The pool's counters as a dict: capacity_bytes, used_bytes, largest_free_block,
+        object_count, key_count, max_objects, page_size, open_nanos, rdma_registrations,
+        rdma_register_nanos, evictions, creates_refused, and for a shared pool
+        processes_attached (the live attachments now, this one included: each open or attach
+        counts once, a dead process not at all) and processes_reclaimed (dead processes
+        reclaimed over the pool's life); both 0 for a private pool."""
         s = _lib.PoolStats()
         status = lib.zc_pool_get_stats(self._p(), ctypes.byref(s))
         if status:
@@ -700,4 +882,5 @@ class Pool:
         if self._ptr is None:
             return "<zcopy.Pool closed>"
         s = self.stats()
-        return "<zcopy.Pool %d of %d bytes used, %d objects>" % (s["used_bytes"], s["capacity_bytes"], s["object_count"])
+        shared = "" if self._name is None else "shared %r, %d processes, " % (self._name, s["processes_attached"])
+        return "<zcopy.Pool %s%d of %d bytes used, %d objects>" % (shared, s["used_bytes"], s["capacity_bytes"], s["object_count"])
