@@ -1,9 +1,10 @@
 //! `scripts/install.sh` lays out a prefix that C and C++ programs build against through
-//! pkg-config, and the installed library resolves through its SONAME link; the README's linking
-//! recipes work as written; the library exports only `zc_*`.
+//! pkg-config, and the installed library resolves through its SONAME link; it installs the `zcopy`
+//! tool, which runs; the README's linking recipes work as written; the library exports only `zc_*`.
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,8 +33,23 @@ fn installed_prefix_builds_and_runs_a_c_program_through_pkg_config() {
     let prefix = profile_dir().join("install-test-prefix");
     let _ = std::fs::remove_dir_all(&prefix);
     let lib = common::lib_path();
-    let said = run(Command::new("bash").arg(root.join("scripts/install.sh")).arg("--lib").arg(&lib).arg(&prefix));
+    let said = run(Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .arg("--lib")
+        .arg(&lib)
+        .args(["--bin", env!("CARGO_BIN_EXE_zcopy")])
+        .arg(&prefix));
     assert!(said.contains(&format!("link programs with -Wl,-rpath,{}/lib", prefix.display())), "{said}");
+
+    // The operator's tool, installed as built and runnable from the prefix alone.
+    let tool = prefix.join("bin/zcopy");
+    assert_eq!(std::fs::read(&tool).unwrap(), std::fs::read(env!("CARGO_BIN_EXE_zcopy")).unwrap());
+    assert_eq!(std::fs::metadata(&tool).unwrap().permissions().mode() & 0o777, 0o755);
+    let help = run(Command::new(&tool).arg("--help").env_remove("LD_LIBRARY_PATH"));
+    assert!(help.contains("usage: zcopy COMMAND"), "{help}");
+    for command in ["list", "stat NAME", "check NAME", "reclaim NAME", "rm NAME"] {
+        assert!(help.contains(&format!("\n  {command} ")), "{command} in:\n{help}");
+    }
 
     let version = env!("CARGO_PKG_VERSION");
     assert!(prefix.join(format!("lib/libzcopy.so.{version}")).is_file());
@@ -77,7 +93,12 @@ fn installed_prefix_builds_and_runs_a_cpp_program_through_pkg_config() {
     let root = manifest_dir();
     let prefix = profile_dir().join("install-test-prefix-cpp");
     let _ = std::fs::remove_dir_all(&prefix);
-    run(Command::new("bash").arg(root.join("scripts/install.sh")).arg("--lib").arg(common::lib_path()).arg(&prefix));
+    run(Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .arg("--lib")
+        .arg(common::lib_path())
+        .args(["--bin", env!("CARGO_BIN_EXE_zcopy")])
+        .arg(&prefix));
 
     let flags = run(Command::new("pkg-config")
         .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
