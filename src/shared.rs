@@ -663,6 +663,24 @@ mod tests {
         PoolOptions { rdma: RdmaMode::Off, prefault: false, ..Default::default() }
     }
 
+    /// A pool name unique to this process; its file is removed when the guard drops, even when
+    /// the test fails.
+    struct Name(String);
+
+    impl Name {
+        fn new(test: &str) -> Name {
+            let name = format!("t{}-{test}", std::process::id());
+            let _ = Pool::unlink(&name, None);
+            Name(name)
+        }
+    }
+
+    impl Drop for Name {
+        fn drop(&mut self) {
+            let _ = Pool::unlink(&self.0, None);
+        }
+    }
+
     /// The child: attaches the pool, holds a reference and an unsealed create, then takes the
     /// pool's mutex, scrambles everything derived (as a process killed half-way through a change
     /// would leave it) and waits to be killed holding the mutex.
@@ -702,8 +720,8 @@ mod tests {
 
     #[test]
     fn a_process_killed_after_its_release_freed_the_object_but_before_its_ledger_settled_is_reclaimed() {
-        let name = format!("t{}-halfrelease", std::process::id());
-        let _ = Pool::unlink(&name, None);
+        let guard = Name::new("halfrelease");
+        let name = guard.0.clone();
         let pool = Pool::open(&PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() }).unwrap();
         pool.put(b"gone", &[5; 300]).unwrap();
         pool.put(b"kept", &[6; 300]).unwrap();
@@ -719,14 +737,12 @@ mod tests {
         assert_eq!((s.lock_repairs, s.processes_reclaimed), (1, 1));
         assert_eq!((s.object_count, s.key_count, s.used_bytes), (1, 1, 320));
         pool.check().unwrap();
-        drop(pool);
-        Pool::unlink(&name, None).unwrap();
     }
 
     #[test]
     fn a_process_killed_holding_the_lock_mid_change_is_repaired_from_the_records_by_the_next_locker() {
-        let name = format!("t{}-lockdeath", std::process::id());
-        let _ = Pool::unlink(&name, None);
+        let guard = Name::new("lockdeath");
+        let name = guard.0.clone();
         let opts = PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() };
         let pool = Pool::open(&opts).unwrap();
         for (key, len) in [(&b"sealed"[..], 1000), (b"other", 64), (b"empty", 0)] {
@@ -758,7 +774,5 @@ mod tests {
         assert_eq!((empty.object_count, empty.key_count, empty.used_bytes), (0, 0, 0));
         assert_eq!(empty.largest_free_block, empty.capacity_bytes, "every block merged back");
         pool.check().unwrap();
-        drop(pool);
-        Pool::unlink(&name, None).unwrap();
     }
 }

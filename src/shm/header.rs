@@ -22,7 +22,7 @@ use crate::shm::offset::{Area, Plain};
 /// The first eight bytes of every pool file.
 pub(crate) const MAGIC: [u8; 8] = *b"ZCOPYSHM";
 /// Changes whenever the layout of any structure in the file changes.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// `state` of a file whose creator has not published it (yet, or ever: it may have died).
 pub(crate) const INITIALISING: u32 = 0;
 /// `state` of a published pool.
@@ -446,9 +446,10 @@ mod tests {
         assert!(e.to_string().contains("not published"), "{e}");
 
         let (mut page, _) = published();
-        page.0[8..12].copy_from_slice(&2u32.to_ne_bytes());
+        page.0[8..12].copy_from_slice(&(LAYOUT_VERSION + 1).to_ne_bytes());
         let e = validate_bytes(&mut page.0, FILE as u64).unwrap_err();
-        assert!(e.to_string().contains("layout version 2, this library reads version 1"), "{e}");
+        let want = format!("layout version {}, this library reads version {LAYOUT_VERSION}", LAYOUT_VERSION + 1);
+        assert!(e.to_string().contains(&want), "{e}");
 
         let (mut page, _) = published();
         let e = validate_bytes(&mut page.0, layout.file_len - 1).unwrap_err();

@@ -336,8 +336,13 @@ mod tests {
         patch(&unpublished, header::STATE_OFFSET, &0u32.to_ne_bytes());
         assert!(refusal(&unpublished).contains("not published"));
         let newer = make("newer");
-        patch(&newer, 8, &2u32.to_ne_bytes());
-        assert!(refusal(&newer).contains("layout version 2, this library reads version 1"));
+        patch(&newer, 8, &(header::LAYOUT_VERSION + 1).to_ne_bytes());
+        let want = format!(
+            "layout version {}, this library reads version {}",
+            header::LAYOUT_VERSION + 1,
+            header::LAYOUT_VERSION
+        );
+        assert!(refusal(&newer).contains(&want));
 
         let good = make("good");
         PoolFile::attach(&good, Sharing::Owner).unwrap();
