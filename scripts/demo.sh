@@ -5,11 +5,13 @@
 # (examples/store/demo.sh), then the Python package's numpy paths against pickle and copies
 # (python/bench.py, run in the project venv .venv/ with numpy installed into it: scripts/venv.sh;
 # $PYTHON chooses the interpreter it is made from, by default the distribution's /usr/bin/python3),
-# then Mooncake Store through a zcopy pool against Mooncake's own calls (python/bench_mooncake.py)
-# and NIXL transfers with the pool registered once against per-buffer registration
-# (python/bench_nixl.py), then TransferQueue on zcopy's Mooncake backend against its own backends
-# (examples/python/transferqueue_backend.py, python/bench_transferqueue.py); their packages are
-# installed into the venv, and each says why where it cannot run.
+# then shared pools read by other processes against private pools, a hash map and plain shared
+# memory (benches/shared.rs, python/bench_shared.py), then Mooncake Store through a zcopy pool
+# against Mooncake's own calls (python/bench_mooncake.py) and NIXL transfers with the pool
+# registered once against per-buffer registration (python/bench_nixl.py), then TransferQueue on
+# zcopy's Mooncake backend against its own backends (examples/python/transferqueue_backend.py,
+# python/bench_transferqueue.py); their packages are installed into the venv, and each says why
+# where it cannot run.
 #
 #   bash scripts/demo.sh [--quick]
 set -euo pipefail
@@ -32,6 +34,14 @@ echo
 zcopy_venv numpy
 cargo build --release --lib --quiet
 PYTHONPATH=python "$python" python/bench.py "${quick[@]:1}"
+
+echo
+echo "Shared pools: objects read by other processes, against private pools, a hash map and plain shared memory"
+echo
+cargo bench --quiet --bench shared "${quick[@]}"
+echo
+# Exit 77: this build of the Python package has no shared pools (the reason is printed).
+PYTHONPATH=python "$python" python/bench_shared.py "${quick[@]:1}" || [ $? = 77 ]
 
 echo
 echo "Mooncake Store: values got into and put from a zcopy pool registered once, against Mooncake's own calls"
