@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include "zcopy.hpp"
 
 static int failures = 0, passes = 0;
@@ -101,10 +103,71 @@ static void test_parts_put_get_into_and_abort() {
     passes++;
 }
 
+/// Unlinks a shared pool when the test ends, passed or failed (it may be gone already).
+struct Unlinked {
+    std::string name;
+    ~Unlinked() { (void)zc_pool_unlink(name.c_str()); }
+};
+
+static void test_shared_pool_attached_twice_in_one_process() {
+    Unlinked guard{"zc-hpptest-" + std::to_string(static_cast<long>(getpid()))};
+    const std::string &name = guard.name;
+    zc::Options options = zc::Options().with_size(4 << 20).with_prefault(false).with_rdma(ZC_RDMA_OFF);
+    {
+        // A copy and a move keep a name of their own after the original is gone.
+        zc::Options named = zc::Options(options).with_name("zc-hpptest-other");
+        zc::Options copied = named;
+        named.with_name(name);
+        zc::Options moved = std::move(named);
+        EXPECT(std::string(copied.name) == "zc-hpptest-other" && std::string(moved.name) == name);
+        options = moved;
+    }
+    EXPECT(std::string(options.name) == name);
+    EXPECT(status_of([&] { zc::Pool::attach(name); }) == ZC_ERR_SYSTEM);  // not created yet
+    zc::Pool creator(options);
+    EXPECT(status_of([&] { zc::Pool again(options); }) == ZC_ERR_SYSTEM);  // the name exists
+    zc::Pool attached = zc::Pool::attach(name, zc::Options().with_prefault(false).with_rdma(ZC_RDMA_OFF));
+    EXPECT(creator.stats().processes_attached == 2 && attached.stats().processes_attached == 2);
+
+    const char msg[] = "through the creator";
+    creator.put("k", msg, sizeof msg);
+    zc::Buffer seen = attached.get("k");
+    EXPECT(seen.size() == sizeof msg && std::memcmp(seen.cdata(), msg, sizeof msg) == 0);
+    // Two handles, two mappings of one file: the same bytes at different addresses.
+    zc::Buffer own = creator.get("k");
+    EXPECT(own.cdata() != seen.cdata());
+    auto region = attached.region();
+    auto at = reinterpret_cast<uintptr_t>(seen.cdata()), base = reinterpret_cast<uintptr_t>(region.first);
+    EXPECT(at >= base && at + seen.size() <= base + region.second);
+
+    zc::Buffer w = attached.create("back", 64);
+    std::memset(w.data(), 5, w.size());
+    w.seal();
+    EXPECT(creator.get("back").bytes().data[63] == 5);
+    EXPECT(creator.reclaim() == 0 && creator.stats().processes_reclaimed == 0);
+    creator.check();
+    attached.check();
+
+    EXPECT(status_of([] { zc::Pool::attach("a/b"); }) == ZC_ERR_INVALID_ARGUMENT);
+    EXPECT(status_of([] { zc::Pool::attach(std::string("ok\0name", 7)); }) == ZC_ERR_INVALID_ARGUMENT);
+    {
+        zc::Pool third = zc::Pool::attach(name);
+        EXPECT(third.stats().processes_attached == 3 && third.contains("back"));
+    }
+    EXPECT(creator.stats().processes_attached == 2);
+    zc::Pool::unlink(name);
+    EXPECT(status_of([&] { zc::Pool::unlink(name); }) == ZC_ERR_SYSTEM);
+    EXPECT(status_of([&] { zc::Pool::attach(name); }) == ZC_ERR_SYSTEM);
+    // Unlinked, still attached: both handles keep working on the objects.
+    EXPECT(attached.contains("k") && creator.stats().key_count == 2);
+    passes++;
+}
+
 int main() {
     test_destructors_release_and_moves_transfer_ownership();
     test_errors_carry_status_and_message();
     test_parts_put_get_into_and_abort();
+    test_shared_pool_attached_twice_in_one_process();
     std::printf("%d passed, %d failed\n", passes, failures);
     return failures == 0 ? 0 : 1;
 }

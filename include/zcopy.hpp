@@ -38,6 +38,13 @@ inline void check(zc_status status) {
         throw Error(status, std::string(zc_status_str(status)) + ": " + zc_last_error_message());
     }
 }
+/// `name` as a C string, refusing an embedded NUL (which would cut it to another name).
+inline const char *pool_name(const std::string &name) {
+    if (name.find('\0') != std::string::npos) {
+        throw Error(ZC_ERR_INVALID_ARGUMENT, "invalid argument: pool name contains a NUL byte");
+    }
+    return name.c_str();
+}
 }  // namespace detail
 
 /// A read-only byte range.
@@ -56,15 +63,65 @@ struct MutableBytes {
     uint8_t *end() const noexcept { return data + size; }
 };
 
-/// zc_pool_options, filled with the defaults by its constructor.
+/// zc_pool_options, filled with the defaults by its constructor. A name set with with_name is
+/// owned by the Options: a copy owns a copy of it, a move takes it along.
 struct Options : zc_pool_options {
     Options() noexcept : zc_pool_options() { zc_pool_options_init(this); }
+    Options(const Options &other) : zc_pool_options(other) { take_name(other, other.name_); }
+    Options(Options &&other) noexcept : zc_pool_options(other) {
+        if (take_name(other, std::move(other.name_))) {
+            other.name = nullptr;  // its string moved here
+        }
+    }
+    Options &operator=(const Options &other) {
+        if (this != &other) {
+            static_cast<zc_pool_options &>(*this) = other;
+            take_name(other, other.name_);
+        }
+        return *this;
+    }
+    Options &operator=(Options &&other) noexcept {
+        if (this != &other) {
+            static_cast<zc_pool_options &>(*this) = other;
+            if (take_name(other, std::move(other.name_))) {
+                other.name = nullptr;
+            }
+        }
+        return *this;
+    }
+    ~Options() = default;
+
     Options &with_size(uint64_t bytes) noexcept { size = bytes; return *this; }
     Options &with_pages(uint32_t mode) noexcept { page_mode = mode; return *this; }
     Options &with_prefault(bool on) noexcept { prefault = on; return *this; }
     Options &with_rdma(uint32_t mode) noexcept { rdma = mode; return *this; }
     Options &with_eviction(uint32_t mode) noexcept { eviction = mode; return *this; }
     Options &with_max_objects(uint64_t n) noexcept { max_objects = n; return *this; }
+    /// A shared pool named `shared_name`, in the file /dev/shm/zcopy.<shared_name>, that other
+    /// processes attach with Pool::attach. Opening a name that exists throws ZC_ERR_SYSTEM.
+    Options &with_name(std::string shared_name) {
+        detail::pool_name(shared_name);
+        name_ = std::move(shared_name);
+        name = name_.c_str();
+        return *this;
+    }
+    /// File mode of a shared pool's file: 0 (the default) is 0600; 0660 lets its group attach.
+    Options &with_shared_mode(uint32_t mode) noexcept { shared_mode = mode; return *this; }
+
+private:
+    /// After the C fields were copied from `from`: keeps `name` pointing at a string this object
+    /// owns when `from.name` pointed at the one `from` owned (`owned` is that string, copied or
+    /// moved); says whether it did. A name set directly in the C field stays the caller's pointer.
+    template <class S>
+    bool take_name(const Options &from, S &&owned) {
+        bool from_owned = from.name != nullptr && from.name == from.name_.c_str();
+        name_ = std::forward<S>(owned);
+        if (from_owned) {
+            name = name_.c_str();
+        }
+        return from_owned;
+    }
+    std::string name_;
 };
 
 /// One reference to one object: from Pool::create (writable until sealed) or Pool::get
@@ -138,10 +195,23 @@ private:
     zc_buffer *h_ = nullptr;
 };
 
-/// An open pool. The destructor closes it; buffers may outlive it.
+/// An open pool. The destructor closes it (a shared pool: detaches this process; its objects
+/// stay); buffers may outlive it.
 class Pool {
 public:
+    /// A private pool, or with Options::with_name a new shared pool.
     explicit Pool(const Options &options = Options()) { detail::check(zc_pool_open(&options, &p_)); }
+    /// Attaches the shared pool `name` (made by a Pool with that name, in this process or another):
+    /// the same objects, at this process's own address. A second attach in one process is a
+    /// second handle of its own. Throws ZC_ERR_SYSTEM when there is no such pool (or it is
+    /// another user's), ZC_ERR_INVALID_ARGUMENT for a bad name or a file that is not a pool.
+    static Pool attach(const std::string &name) { return attach_with(name, nullptr); }
+    /// The same with options: only prefault, lock_memory, rdma, rdma_devices, shared_mode (and
+    /// hugetlbfs_dir with ZC_PAGES_HUGETLB) apply; their name must be unset or equal `name`.
+    static Pool attach(const std::string &name, const Options &options) { return attach_with(name, &options); }
+    /// Removes the shared pool `name`'s file. Attached processes keep working on it until they
+    /// close; the name can be created again at once. Throws ZC_ERR_SYSTEM when there is none.
+    static void unlink(const std::string &name) { detail::check(zc_pool_unlink(detail::pool_name(name))); }
     Pool(const Pool &) = delete;
     Pool &operator=(const Pool &) = delete;
     Pool(Pool &&other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
@@ -215,7 +285,24 @@ public:
         return index;
     }
 
+    /// Reclaims what dead processes attached to this shared pool held (their creates aborted,
+    /// references dropped, slots freed); returns how many processes. 0 for a private pool.
+    uint64_t reclaim() {
+        uint64_t n = 0;
+        detail::check(zc_pool_reclaim(p_, &n));
+        return n;
+    }
+    /// Throws ZC_ERR_INTERNAL naming the first broken invariant of a shared pool's state.
+    void check() const { detail::check(zc_pool_check(p_)); }
+
 private:
+    explicit Pool(zc_pool *handle) noexcept : p_(handle) {}
+    static Pool attach_with(const std::string &name, const zc_pool_options *options) {
+        zc_pool *p = nullptr;
+        detail::check(zc_pool_attach(detail::pool_name(name), options, &p));
+        return Pool(p);
+    }
+
     zc_pool *p_ = nullptr;
 };
 

@@ -7,6 +7,10 @@
 #   - built with gcc -g -O1 and run under valgrind memcheck, where any error or definitely lost
 #     block fails the run.
 # test_rdma_local also runs a second time as on a host without rdma-core (as tests/c_api.rs does).
+# test_shared forks children that attach its shared pools by name; its pool files in /dev/shm
+# (zcopy.zc-ctest-<pid>-*) must all be unlinked when it ends: any such file made during this run
+# whose process is gone (a test that leaked it, a run killed by its timeout) fails the run and is
+# removed.
 # Prints one ok/FAIL line per program and tool, then `sanitizers: N passed, M failed`; exits
 # non-zero if anything failed. Logs: target/sanitize/logs/. Installs clang, its sanitizer runtime
 # and valgrind with apt-get when they are missing and this runs as root.
@@ -57,6 +61,7 @@ out=target/sanitize
 lib=$root/$out/lib
 rm -rf "$out"
 mkdir -p "$lib" "$out/asan" "$out/valgrind" "$out/logs"
+touch "$out/logs/started" # pool files older than this run are not its own
 echo "== sanitize: building libzcopy.so (debug)"
 cargo build --lib --quiet
 # A copy, so that a concurrent cargo build cannot swap the library in the middle of the runs.
@@ -202,6 +207,23 @@ collect
 for n in "${!pending[@]}"; do
     report FAIL "${runs[$n]%%|*} (the run left no result)"
 done
+
+# Shared pool files of C tests that ended (the pid in the name is gone) since this run started.
+left=()
+while IFS= read -r f; do
+    pid=${f#/dev/shm/zcopy.zc-ctest-}
+    pid=${pid%%-*}
+    if [[ $pid =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null; then
+        left+=("$f")
+    fi
+done < <(find /dev/shm -maxdepth 1 -name 'zcopy.zc-ctest-*' -newer "$out/logs/started" 2>/dev/null)
+if [ ${#left[@]} -eq 0 ]; then
+    report ok "no shared pool files left in /dev/shm"
+else
+    printf '%s\n' "${left[@]}" >"$out/logs/left-pool-files.log"
+    rm -f -- "${left[@]}"
+    report FAIL "shared pool files left in /dev/shm (removed): ${left[*]}" "$out/logs/left-pool-files.log"
+fi
 
 echo "== sanitize: done in $((SECONDS - start))s"
 echo "sanitizers: $passed passed, $failed failed"

@@ -105,6 +105,14 @@ fn c_fork() {
     c_test("c_tests/test_fork.c");
 }
 
+/// Shared pools between a process and its forked children, which attach by name: what they
+/// see, racing creates, wake-ups, delete and close while held, the file outliving its processes,
+/// refused names and files, a killed child reclaimed.
+#[test]
+fn c_shared() {
+    c_test("c_tests/test_shared.c");
+}
+
 /// Local mode on a host with no verbs device: as the host is, and as a host without rdma-core
 /// (`ZCOPY_IBVERBS` names a library that does not exist).
 #[test]
@@ -164,7 +172,7 @@ fn library_has_no_link_time_dependency_on_libibverbs() {
 #[test]
 fn cpp_wrapper_owns_handles_and_throws_statuses() {
     let program = build_cpp("test_hpp", &["c_tests/test_hpp.cpp"]);
-    assert!(run(&program, &[]).contains("3 passed, 0 failed"));
+    assert!(run(&program, &[]).contains("4 passed, 0 failed"));
 }
 
 #[test]
