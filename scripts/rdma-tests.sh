@@ -36,6 +36,7 @@ build() {
         "$1" -o "$out/$2" -L"$out/lib" -lzcopy -libverbs -Wl,-rpath,"$root/$out/lib"
 }
 build c_tests/rdma/test_rdma_device.c test_rdma_device
+build c_tests/rdma/test_rdma_shared.c test_rdma_shared
 build benches/rdma_registration.c bench_rdma_registration
 # The key-value store's RDMA path (examples/store/): server, client and its end-to-end test, which
 # finds the other two next to itself.
@@ -46,7 +47,7 @@ buildxx() {
 buildxx examples/store/server.cpp zcopy-store-server
 buildxx examples/store/client.cpp zcopy-store-client
 buildxx examples/store/rdma_test.cpp store-rdma-test
-programs="$out/test_rdma_device && $out/bench_rdma_registration && $out/store-rdma-test"
+programs="$out/test_rdma_device && $out/test_rdma_shared && $out/bench_rdma_registration && $out/store-rdma-test"
 
 host_has_device() {
     compgen -G "/sys/class/infiniband/*" >/dev/null

@@ -75,12 +75,28 @@ static inline bool rdma_end_init(rdma_end *e, struct ibv_pd *pd) {
     return true;
 }
 
-/* Moves `e` to ready-to-send, connected to `peer`. */
-static inline bool rdma_end_connect(rdma_end *e, const rdma_end *peer) {
+/* What a peer needs to connect to an end, plain bytes that can cross a pipe to another process. */
+typedef struct rdma_end_addr {
+    union ibv_gid gid;
+    uint32_t qp_num;
+    uint16_t lid;
+} rdma_end_addr;
+
+static inline rdma_end_addr rdma_end_address(const rdma_end *e) {
+    rdma_end_addr a;
+    memset(&a, 0, sizeof a);
+    a.gid = e->gid;
+    a.qp_num = e->qp->qp_num;
+    a.lid = e->lid;
+    return a;
+}
+
+/* Moves `e` to ready-to-send, connected to the end at `peer` (in this process or another). */
+static inline bool rdma_end_connect_to(rdma_end *e, const rdma_end_addr *peer) {
     struct ibv_qp_attr a = {
         .qp_state = IBV_QPS_RTR,
         .path_mtu = IBV_MTU_1024,
-        .dest_qp_num = peer->qp->qp_num,
+        .dest_qp_num = peer->qp_num,
         .rq_psn = 0,
         .max_dest_rd_atomic = 1,
         .min_rnr_timer = 12,
@@ -113,6 +129,12 @@ static inline bool rdma_end_connect(rdma_end *e, const rdma_end *peer) {
     return true;
 }
 
+/* Moves `e` to ready-to-send, connected to `peer`. */
+static inline bool rdma_end_connect(rdma_end *e, const rdma_end *peer) {
+    rdma_end_addr a = rdma_end_address(peer);
+    return rdma_end_connect_to(e, &a);
+}
+
 static inline void rdma_end_destroy(rdma_end *e) {
     if (e->qp != NULL) ibv_destroy_qp(e->qp);
     if (e->cq != NULL) ibv_destroy_cq(e->cq);
@@ -125,10 +147,10 @@ static inline double rdma_now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Posts one RDMA READ (remote -> local) or WRITE (local -> remote) on `e` from descriptors only,
- * waits (at most 30 s) for its completion and answers whether it succeeded. */
-static inline bool rdma_transfer(rdma_end *e, enum ibv_wr_opcode op, const zc_rdma_desc *local,
-                                 const zc_rdma_desc *remote) {
+/* Posts one RDMA READ (remote -> local) or WRITE (local -> remote) on `e` from descriptors only
+ * and waits (at most 30 s) for its completion; answers whether one came, its status in `*status`. */
+static inline bool rdma_post_and_wait(rdma_end *e, enum ibv_wr_opcode op, const zc_rdma_desc *local,
+                                      const zc_rdma_desc *remote, enum ibv_wc_status *status) {
     struct ibv_sge sge = { .addr = local->addr, .length = (uint32_t)local->length, .lkey = local->lkey };
     struct ibv_send_wr wr = {
         .wr_id = 42,
@@ -157,9 +179,21 @@ static inline bool rdma_transfer(rdma_end *e, enum ibv_wr_opcode op, const zc_rd
             return false;
         }
     }
-    if (wc.status != IBV_WC_SUCCESS || wc.wr_id != 42) {
-        fprintf(stderr, "work completion: %s (wr_id %llu)\n", ibv_wc_status_str(wc.status),
-                (unsigned long long)wc.wr_id);
+    if (wc.wr_id != 42) {
+        fprintf(stderr, "work completion of another request (wr_id %llu)\n", (unsigned long long)wc.wr_id);
+        return false;
+    }
+    *status = wc.status;
+    return true;
+}
+
+/* rdma_post_and_wait, answering whether the transfer succeeded. */
+static inline bool rdma_transfer(rdma_end *e, enum ibv_wr_opcode op, const zc_rdma_desc *local,
+                                 const zc_rdma_desc *remote) {
+    enum ibv_wc_status status;
+    if (!rdma_post_and_wait(e, op, local, remote, &status)) return false;
+    if (status != IBV_WC_SUCCESS) {
+        fprintf(stderr, "work completion: %s\n", ibv_wc_status_str(status));
         return false;
     }
     return true;
