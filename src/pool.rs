@@ -795,7 +795,7 @@ fn shared_stats(shared: &SharedInner) -> PoolStats {
         object_count: counts.live,
         key_count: counts.keys,
         max_objects: counts.max_objects,
-        page_size: 4096,
+        page_size: shared.page_size() as u64,
         open_nanos: shared.open_time().as_nanos() as u64,
         rdma_registrations: shared.rdma().count() as u64,
         rdma_register_nanos: shared.rdma().open_time().as_nanos() as u64,

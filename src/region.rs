@@ -320,7 +320,7 @@ fn thp_size() -> usize {
         .unwrap_or(DEFAULT_HUGE_PAGE)
 }
 
-fn hugetlbfs_page_size(dir: &Path) -> Result<usize> {
+pub(crate) fn hugetlbfs_page_size(dir: &Path) -> Result<usize> {
     let cpath = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::InvalidArgument(format!("hugetlbfs path {} contains a NUL byte", dir.display())))?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();

@@ -162,7 +162,13 @@ impl SharedInner {
         let pf = match how {
             Opening::Create { size, max_objects, evict_lru } => {
                 let cfg = Config::new(size, max_objects, evict_lru, header::fresh_generation())?;
-                let layout = Layout::plan(cfg.metadata()?, cfg.capacity, 4096, header::fresh_generation())?;
+                // In a hugetlbfs directory the file is made of huge pages: the data area starts
+                // on one and the file's length is a multiple of one, as hugetlbfs requires.
+                let page = match &opts.dir {
+                    Some(dir) => crate::region::hugetlbfs_page_size(dir).unwrap_or(4096) as u64,
+                    None => 4096,
+                };
+                let layout = Layout::plan(cfg.metadata()?, cfg.capacity, page, header::fresh_generation())?;
                 let make = || {
                     PoolFile::create(&path, &layout, sharing, false, |file, layout| {
                         let store = Store::new(file, layout, cfg)?;
@@ -216,8 +222,9 @@ impl SharedInner {
         // SAFETY: the range is this process's mapping of the file, alive while `file` lives.
         unsafe { libc::madvise(base.cast(), area.len(), libc::MADV_DONTFORK) };
         let data_base = data.ptr_at(0, cfg.capacity)?;
+        let page = layout.data_align as usize;
         if opts.prefault && !inspect {
-            for page in (0..cfg.capacity as usize).step_by(4096) {
+            for page in (0..cfg.capacity as usize).step_by(page) {
                 // SAFETY: inside the data area of the mapping; reading maps the file's page.
                 unsafe { data_base.add(page).read_volatile() };
             }
@@ -240,7 +247,7 @@ impl SharedInner {
         };
         let rdma_mode = if inspect { RdmaMode::Off } else { opts.rdma };
         let rdma =
-            Registrations::open(data_base, cfg.capacity as usize, 4096, rdma_mode, opts.rdma_devices.as_deref())?;
+            Registrations::open(data_base, cfg.capacity as usize, page, rdma_mode, opts.rdma_devices.as_deref())?;
         if rdma.count() > 0 && rdma.chunk_len() < cfg.capacity as usize {
             return Err(Error::Rdma(format!(
                 "the devices register at most {} at once; a shared pool of {} needs one registration",
@@ -396,6 +403,11 @@ impl SharedInner {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The page size the data area is laid out for: 4 KiB, or the huge page of a hugetlbfs file.
+    pub(crate) fn page_size(&self) -> usize {
+        self._file.layout().data_align as usize
     }
 
     pub(crate) fn open_time(&self) -> Duration {

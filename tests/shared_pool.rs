@@ -334,3 +334,77 @@ fn a_corrupted_record_or_index_answers_a_status_never_a_crash() {
     assert!(pool.create(b"new", 10).is_err());
     assert!(!pool.contains(b"key-1"));
 }
+
+/// Huge pages reserved for a test (root only), given back when dropped.
+struct HugePages {
+    before: String,
+}
+
+impl HugePages {
+    fn reserve(pages: u64) -> Option<HugePages> {
+        const KNOB: &str = "/proc/sys/vm/nr_hugepages";
+        let before = std::fs::read_to_string(KNOB).ok()?.trim().to_owned();
+        let want = before.parse::<u64>().ok()? + pages;
+        std::fs::write(KNOB, want.to_string()).ok()?;
+        let now: u64 = std::fs::read_to_string(KNOB).ok()?.trim().parse().ok()?;
+        let guard = HugePages { before };
+        (now >= want).then_some(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/vm/nr_hugepages", &self.before);
+    }
+}
+
+#[test]
+fn a_shared_pool_in_a_hugetlbfs_directory_is_made_of_huge_pages_and_attached_by_name() {
+    let Some(_reserved) = HugePages::reserve(16) else {
+        eprintln!("skipped: cannot reserve huge pages here (needs root and free memory)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("zcopy-shared-hugetlbfs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "hugetlbfs", "none"]).arg(&dir).status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        let _ = std::fs::remove_dir(&dir);
+        eprintln!("skipped: cannot mount hugetlbfs here");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let name = format!("t{}-huge", std::process::id());
+        let opts = PoolOptions { size: 2 << 20, max_objects: 256, shared_dir: Some(dir.clone()), ..local() };
+        let pool = Pool::open(&PoolOptions { name: Some(name.clone()), ..opts.clone() }).unwrap();
+        put(&pool, b"k", 100_000);
+        let other = Pool::attach(&name, &opts).unwrap();
+        let got = other.get(b"k", Wait::Now).unwrap();
+        assert_eq!(got.as_slice(), pattern(b"k", 100_000));
+        assert_eq!(other.stats().page_size, 2 << 20);
+        let maps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let at = got.as_ptr() as usize;
+        let entry = maps
+            .split("\n")
+            .collect::<Vec<_>>()
+            .windows(12)
+            .find(|w| {
+                let mut range = w[0].split(' ').next().unwrap_or("").split('-');
+                let lo = usize::from_str_radix(range.next().unwrap_or("z"), 16).unwrap_or(usize::MAX);
+                let hi = usize::from_str_radix(range.next().unwrap_or("0"), 16).unwrap_or(0);
+                lo <= at && at < hi
+            })
+            .map(|w| w.join("\n"))
+            .expect("the object's mapping in smaps");
+        assert!(entry.contains(&format!("zcopy.{name}")), "{entry}");
+        assert!(entry.contains("KernelPageSize:     2048 kB"), "{entry}");
+        other.check().unwrap();
+        drop((got, other, pool));
+        Pool::unlink(&name, Some(&dir)).unwrap();
+    });
+    let unmounted = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(matches!(unmounted, Ok(s) if s.success()), "the mount stays busy after the pool is gone");
+}

@@ -100,7 +100,7 @@ impl Config {
             key_heap,
             slots: DEFAULT_SLOTS,
             // An entry per buffer a process holds; the area is sparse and not reserved up front.
-            ledger_capacity: (2 * max_objects).max(16384),
+            ledger_capacity: (4 * max_objects).max(4096),
             seed,
             evict_lru,
         })
