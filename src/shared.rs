@@ -8,7 +8,6 @@
 //! when a create runs out of room, and on request ([`SharedPool::reclaim`]).
 
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use crate::shm::ledger::{self, Handle, Ledger};
 use crate::shm::lock::{self, Acquired};
 use crate::shm::name::{PoolName, DEFAULT_DIR, PREFIX};
 use crate::shm::offset::Area;
-use crate::shm::pool_file::PoolFile;
+use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
 use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, Store};
 
@@ -127,23 +126,6 @@ pub fn list(dir: Option<&Path>) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// `posix_fallocate` of `[offset, offset + len)`, so that no later touch of it can fail with
-/// `SIGBUS` on a full file system.
-fn reserve(file: &File, offset: u64, len: u64, path: &Path) -> Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: plain system call on a descriptor this process owns.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
-    if rc != 0 {
-        return Err(Error::system(
-            format!("reserve {} for {} (is the file system full?)", Bytes(len), path.display()),
-            std::io::Error::from_raw_os_error(rc),
-        ));
-    }
-    Ok(())
-}
-
 /// What opening makes: a new pool, an attach, or an inspector (no slot, no RDMA).
 pub(crate) enum Opening {
     Create { size: u64, max_objects: u64, evict_lru: bool },
@@ -169,15 +151,16 @@ impl SharedInner {
                     None => 4096,
                 };
                 let layout = Layout::plan(cfg.metadata()?, cfg.capacity, page, header::fresh_generation())?;
+                let ranges = Store::creation_ranges(&layout, &cfg);
                 let make = || {
-                    PoolFile::create(&path, &layout, sharing, false, |file, layout| {
-                        let store = Store::new(file, layout, cfg)?;
+                    PoolFile::create(&path, &layout, sharing, Reserve::Ranges(&ranges), |file, layout| {
+                        let store = Store::new(file, layout, cfg, None)?;
                         // SAFETY: `create` runs this before publishing the file, which nobody uses
                         // yet.
                         unsafe { store.init() }
                     })
                 };
-                let pf = match make() {
+                match make() {
                     // A file its creator died making (never published) is not a pool: it goes,
                     // under its creation lock, and the name is taken again.
                     Err(Error::System { source, .. })
@@ -187,18 +170,7 @@ impl SharedInner {
                         make()?
                     }
                     made => made?,
-                };
-                let ledgers = layout.span(AreaKind::Ledgers);
-                let reserved = reserve(pf.file(), 0, ledgers.offset, &path).and_then(|()| {
-                    let after = ledgers.offset + ledgers.len;
-                    reserve(pf.file(), after, layout.file_len - after, &path)
-                });
-                if let Err(e) = reserved {
-                    drop(pf);
-                    let _ = crate::shm::file::unlink(&path);
-                    return Err(e);
                 }
-                pf
             }
             Opening::Attach | Opening::Inspect => PoolFile::attach(&path, sharing)?,
         };
@@ -211,7 +183,7 @@ impl SharedInner {
             unsafe { (std::mem::transmute::<Area<'_>, Area<'static>>(file.area()), &*(file.file() as *const File)) };
         let layout = *file.layout();
         let cfg = Store::read_config(&area, &layout)?;
-        let store = Store::new(&area, &layout, cfg)?;
+        let store = Store::new(&area, &layout, cfg, Some(fd))?;
         let data = layout.area(&area, AreaKind::Data)?.sub(0, cfg.capacity, "data area")?;
         let slots = Box::new(Slots::new(&area, &layout, fd)?);
         // SAFETY: as above: the box keeps `Slots` at one address and drops after the slot guard.
@@ -447,6 +419,7 @@ impl SharedInner {
     /// Records one reference on the object `lid` names in this process's ledger (under the
     /// mutex): an entry of its own, which the buffer keeps and releases.
     fn record_take(&self, ledger: &Ledger<'_>, lid: u64) -> Result<Handle> {
+        self.store.back_ledger(ledger)?;
         let h = ledger.begin_take(lid, 1)?;
         ledger.settle(h)?;
         Ok(h)

@@ -408,3 +408,70 @@ fn a_shared_pool_in_a_hugetlbfs_directory_is_made_of_huge_pages_and_attached_by_
     }
     assert!(matches!(unmounted, Ok(s) if s.success()), "the mount stays busy after the pool is gone");
 }
+
+#[test]
+fn metadata_that_grows_on_a_full_file_system_fails_creates_with_a_status_never_sigbus() {
+    let dir = std::env::temp_dir().join(format!("zcopy-small-tmpfs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "none"]).arg(&dir).status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        let _ = std::fs::remove_dir(&dir);
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let name = format!("t{}-fullfs", std::process::id());
+        let opts = PoolOptions { size: 1 << 20, max_objects: 100_000, shared_dir: Some(dir.clone()), ..local() };
+        let pool = Pool::open(&PoolOptions { name: Some(name.clone()), ..opts.clone() }).unwrap();
+        let blocks = |p: &Pool| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p.path().unwrap()).unwrap().blocks() * 512
+        };
+        let start = blocks(&pool);
+        // 2000-byte keys fill the key heap, whose blocks are reserved as it grows, until the
+        // 16 MiB file system is full: then creates answer a status.
+        let mut refused = None;
+        for i in 0..4000 {
+            let key = format!("{i:02000}");
+            match pool.create(key.as_bytes(), 0) {
+                Ok(mut b) => b.seal().unwrap(),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (made, e) = refused.expect("the file system filled up");
+        assert!(made > 100, "{made} creates before the file system was full");
+        assert!(matches!(e, Error::System { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC)), "{e}");
+        assert!(blocks(&pool) > start, "the key heap's blocks were reserved as it grew");
+        // Everything made before is intact and the pool consistent.
+        for i in (0..made).step_by(97) {
+            assert!(pool.contains(format!("{i:02000}").as_bytes()));
+        }
+        pool.check().unwrap();
+        drop(pool);
+        Pool::unlink(&name, Some(&dir)).unwrap();
+    });
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn a_shared_pools_metadata_takes_memory_as_objects_use_it_not_for_its_limits() {
+    use std::os::unix::fs::MetadataExt;
+    let name = Name::new("sparse");
+    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 1 << 20, name: Some(name.0.clone()), ..local() })
+        .unwrap();
+    let meta = std::fs::metadata(pool.path().unwrap()).unwrap();
+    let resident = meta.blocks() * 512 - (1 << 20);
+    // Records (80 bytes) and the index are reserved for every possible object; allocator nodes,
+    // long keys and part tables, and ledgers only as they are used.
+    let per_object = resident as f64 / (1 << 20) as f64;
+    assert!(per_object < 100.0, "{per_object:.1} bytes of metadata per possible object");
+    assert!(meta.len() > 10 * resident, "the file lays out far more than it holds: {} of {}", resident, meta.len());
+}

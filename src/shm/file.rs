@@ -87,6 +87,27 @@ fn size(file: &File, path: &Path, len: u64, sharing: Sharing, preallocate: bool)
     Ok(())
 }
 
+/// Reserves the file's blocks for `[offset, offset + len)` (`posix_fallocate`), so that no
+/// later touch of that range can fail with `SIGBUS` on a full file system; a full file system
+/// fails here instead, with a status.
+pub(crate) fn reserve(file: &File, offset: u64, len: u64, path: &Path) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(at), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(Error::InvalidArgument(format!("reserve {len} bytes at {offset}: out of range")));
+    };
+    // SAFETY: plain system call on a descriptor the caller owns.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), at, n) };
+    if rc != 0 {
+        return Err(Error::system(
+            format!("reserve {} of {} (is the file system full?)", Bytes(len), path.display()),
+            io::Error::from_raw_os_error(rc),
+        ));
+    }
+    Ok(())
+}
+
 /// An attached pool file and what `fstat` said of it.
 #[derive(Debug)]
 pub(crate) struct Opened {

@@ -56,13 +56,17 @@ pub(crate) struct LedgerHeader {
     /// or 0 when it is empty: all zeros is an empty ledger.
     free_head: AtomicU64,
     /// Zero.
-    reserved: [AtomicU64; 6],
+    reserved: [AtomicU64; 5],
+    /// Entries whose file blocks the engine reserved ([`Ledger::back`]); 0 for a ledger it
+    /// never used. Entries past it may be holes of the file: nobody touches them.
+    backed: AtomicU64,
 }
 
 const _: () = {
     assert!(size_of::<LedgerHeader>() == 64);
     assert!(offset_of!(LedgerHeader, high_water) == 0);
     assert!(offset_of!(LedgerHeader, free_head) == 8);
+    assert!(offset_of!(LedgerHeader, backed) == 56);
     assert!(std::mem::align_of::<LedgerHeader>() == 8 && std::mem::align_of::<Entry>() == 8);
 };
 
@@ -106,9 +110,14 @@ pub(crate) struct Handle(u64);
 /// One slot's ledger.
 pub(crate) struct Ledger<'a> {
     slot: usize,
+    /// Where this ledger starts in the Ledgers area.
+    base: u64,
     header: &'a LedgerHeader,
     entries: &'a [Entry],
 }
+
+/// Entries reserved at a time (64 KiB of them).
+const BACKING_CHUNK: u64 = 2048;
 
 fn corrupt(slot: usize, why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: ledger of slot {slot}: {why}"))
@@ -131,11 +140,35 @@ impl<'a> Ledger<'a> {
         let base = (per_slot * slot) as u64;
         let header = area.get::<LedgerHeader>(base)?;
         let entries = area.slice::<Entry>(base + head as u64, ((per_slot - head) / size_of::<Entry>()) as u64)?;
-        Ok(Ledger { slot, header, entries })
+        Ok(Ledger { slot, base, header, entries })
     }
 
     pub(crate) fn capacity(&self) -> u64 {
         self.entries.len() as u64
+    }
+
+    /// Makes sure the next entry [`Ledger::begin_create`] or [`Ledger::begin_take`] can take has
+    /// file blocks behind it: when the free list is empty and the high-water mark has reached the
+    /// reserved entries, `reserve(offset in the Ledgers area, length)` reserves the next chunk.
+    /// The header's own page is the creator's to reserve. Called by the owner, before each take.
+    pub(crate) fn back(&self, reserve: impl FnOnce(u64, u64) -> Result<()>) -> Result<()> {
+        let backed = self.header.backed.load(Ordering::Relaxed).min(self.capacity());
+        if self.header.free_head.load(Ordering::Relaxed) != 0 || self.high_water()? < backed {
+            return Ok(());
+        }
+        let upto = (backed + BACKING_CHUNK).min(self.capacity());
+        if upto == backed {
+            return Ok(());
+        }
+        let entry = size_of::<Entry>() as u64;
+        reserve(self.base + size_of::<LedgerHeader>() as u64 + backed * entry, (upto - backed) * entry)?;
+        self.header.backed.store(upto, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The entries [`Ledger::check_within`] may read in a ledger the engine reserves lazily.
+    pub(crate) fn backed(&self) -> u64 {
+        self.header.backed.load(Ordering::Relaxed).min(self.capacity())
     }
 
     /// Entry `index`, checked (an index read from shared memory is a claim).
@@ -336,12 +369,22 @@ impl<'a> Ledger<'a> {
     /// The invariants: high-water mark within capacity; reserved fields zero; each entry's state
     /// known and its counts in range; ids of entries in use below `id_limit`; entries past the
     /// high-water mark empty.
+    #[cfg(test)]
     pub(crate) fn check(&self, id_limit: u64) -> Result<()> {
+        self.check_within(id_limit, self.capacity())
+    }
+
+    /// [`Ledger::check`] of the first `scan` entries only (those whose blocks are there), and
+    /// the high-water mark within them.
+    pub(crate) fn check_within(&self, id_limit: u64, scan: u64) -> Result<()> {
         let high = self.high_water()?;
         if self.header.reserved.iter().any(|r| r.load(Ordering::Relaxed) != 0) {
             return Err(corrupt(self.slot, "reserved header fields are not zero".into()));
         }
-        for (index, entry) in self.entries.iter().enumerate() {
+        if high > scan {
+            return Err(corrupt(self.slot, format!("high-water mark {high} past the {scan} entries reserved")));
+        }
+        for (index, entry) in self.entries.iter().take(scan as usize).enumerate() {
             let index = index as u64;
             if entry.reserved.load(Ordering::Relaxed) != 0 {
                 return Err(corrupt(self.slot, format!("entry {index}: reserved field is not zero")));

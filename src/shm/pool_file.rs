@@ -36,6 +36,18 @@ const _: () = {
     assert!(STATE_OFFSET + 4 <= 16, "the probe reads the magic and the state word");
 };
 
+/// Which of a new pool file's blocks to reserve before its areas are initialised (the rest are
+/// allocated by the file system when first touched).
+#[derive(Debug, Clone, Copy)]
+// The engine reserves ranges; the tests use the other two.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Reserve<'r> {
+    Nothing,
+    All,
+    /// These (offset, length) ranges.
+    Ranges(&'r [(u64, u64)]),
+}
+
 /// An open, mapped pool file and its validated layout. The mapping lives as long as this value;
 /// closing the file (dropping it) releases every `fcntl` lock taken through it.
 pub(crate) struct PoolFile {
@@ -100,11 +112,18 @@ impl PoolFile {
         path: &Path,
         layout: &Layout,
         sharing: Sharing,
-        preallocate: bool,
+        reserve: Reserve<'_>,
         init: impl FnOnce(&Area<'_>, &Layout) -> Result<()>,
     ) -> Result<PoolFile> {
         layout.check()?;
-        let file = create_locked(path, layout.file_len, sharing, preallocate)?;
+        let file = create_locked(path, layout.file_len, sharing, matches!(reserve, Reserve::All))?;
+        if let Reserve::Ranges(ranges) = reserve {
+            if let Err(e) = ranges.iter().try_for_each(|&(at, len)| file::reserve(&file, at, len, path)) {
+                // Ours, made with O_EXCL, still named and not published (see below).
+                let _ = file::unlink(path);
+                return Err(e);
+            }
+        }
         let made = Mapping::new(&file, layout.file_len).and_then(|map| {
             let area = map.area();
             init(&area, layout)?;
@@ -267,7 +286,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path("pool");
         let layout = layout();
-        let created = PoolFile::create(&path, &layout, Sharing::Owner, true, |file, layout| {
+        let created = PoolFile::create(&path, &layout, Sharing::Owner, Reserve::All, |file, layout| {
             let records = layout.area(file, AreaKind::Records)?;
             records.get::<AtomicU64>(0)?.store(77, Ordering::Relaxed);
             Ok(())
@@ -287,7 +306,8 @@ mod tests {
     fn a_failed_initialisation_leaves_no_file_behind() {
         let dir = TempDir::new();
         let path = dir.path("pool");
-        let e = PoolFile::create(&path, &layout(), Sharing::Owner, true, |_, _| Err(Error::Internal("no".into())));
+        let e =
+            PoolFile::create(&path, &layout(), Sharing::Owner, Reserve::All, |_, _| Err(Error::Internal("no".into())));
         assert!(e.is_err());
         assert!(!path.exists());
     }
@@ -319,7 +339,7 @@ mod tests {
         let layout = layout();
         let make = |name: &str| {
             let path = dir.path(name);
-            drop(PoolFile::create(&path, &layout, Sharing::Owner, false, |_, _| Ok(())).unwrap());
+            drop(PoolFile::create(&path, &layout, Sharing::Owner, Reserve::Nothing, |_, _| Ok(())).unwrap());
             path
         };
         let truncated = make("truncated");
@@ -355,7 +375,7 @@ mod tests {
     #[test]
     fn child_process_role() {
         if let Some(path) = child_role("create-and-stop") {
-            let _ = PoolFile::create(&path, &layout(), Sharing::Owner, true, |_, _| {
+            let _ = PoolFile::create(&path, &layout(), Sharing::Owner, Reserve::All, |_, _| {
                 say("INITIALISING");
                 park()
             });
@@ -366,7 +386,7 @@ mod tests {
             metadata[AreaKind::Records as usize] = 1 << 20;
             let layout = Layout::plan(metadata, 32 << 20, 4096, fresh_generation()).unwrap();
             say("READY");
-            let pool = PoolFile::create(&path, &layout, Sharing::Owner, true, |file, layout| {
+            let pool = PoolFile::create(&path, &layout, Sharing::Owner, Reserve::All, |file, layout| {
                 let records = layout.area(file, AreaKind::Records)?;
                 for at in (0..1 << 20).step_by(8) {
                     records.get::<AtomicU64>(at)?.store(at, Ordering::Relaxed);

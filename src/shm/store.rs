@@ -49,6 +49,11 @@ pub(crate) const INLINE_KEY: usize = 16;
 pub(crate) const SEAL_WORDS: usize = 64;
 /// Process slots of a shared pool.
 pub(crate) const DEFAULT_SLOTS: u64 = 64;
+/// Words of the key heap's reservation bitmap: at most 4096 chunks.
+const KEY_CHUNK_WORDS: usize = 64;
+/// Allocator nodes reserved at a time (about 1 MiB of them).
+const NODE_CHUNK: u64 = (1 << 20) / size_of::<NodeCell>() as u64;
+
 /// The largest data area one allocator describes (2^31 units of 64 bytes).
 pub(crate) const MAX_DATA: u64 = (1 << 31) * GRANULE as u64;
 
@@ -196,20 +201,28 @@ pub(crate) struct Control {
     free_head: AtomicU64,
     /// Repairs after a process died holding the mutex.
     repairs: AtomicU64,
-    reserved: [AtomicU64; 6],
+    /// Nodes of each allocator whose file blocks are reserved (the node arrays are reserved as
+    /// they grow, so that memory follows the objects in use, and no touch of them can fail).
+    data_nodes_backed: AtomicU64,
+    key_nodes_backed: AtomicU64,
+    reserved: [AtomicU64; 4],
     seal: [AtomicU32; SEAL_WORDS],
     /// Gets waiting on each seal word, so a seal makes the wake system call only when someone
     /// waits. A waiter killed while waiting leaves its count behind: later seals of that word
     /// then wake nobody, at the cost of a system call.
     waiters: [AtomicU32; SEAL_WORDS],
+    /// One bit per chunk of the key heap whose file blocks are reserved.
+    key_chunks: [AtomicU64; KEY_CHUNK_WORDS],
 }
 
 const _: () = {
-    assert!(size_of::<Control>() == 64 + 64 + 128 + 256 + 256);
+    assert!(size_of::<Control>() == 64 + 64 + 128 + 256 + 256 + 8 * KEY_CHUNK_WORDS);
     assert!(std::mem::offset_of!(Control, config) == 64);
     assert!(std::mem::offset_of!(Control, reclaimed) == 128);
     assert!(std::mem::offset_of!(Control, seal) == 256);
     assert!(std::mem::offset_of!(Control, waiters) == 512);
+    assert!(std::mem::offset_of!(Control, key_chunks) == 768);
+    assert!(std::mem::offset_of!(Control, data_nodes_backed) == 208);
 };
 
 // SAFETY: `#[repr(C)]`, atomics and a `SharedMutex` (itself `Shared`), valid for any bytes.
@@ -345,6 +358,14 @@ pub(crate) struct Store<'a> {
     keys: Area<'a>,
     ledgers: Area<'a>,
     hasher: foldhash::fast::FixedState,
+    /// The pool file, to reserve the blocks of metadata that grows with use; `None` while the
+    /// creator initialises the file (whose first chunks it reserved when making it).
+    file: Option<&'a std::fs::File>,
+    /// Where the node arrays and the key heap start in the file.
+    data_nodes_at: u64,
+    key_nodes_at: u64,
+    keys_at: u64,
+    ledgers_at: u64,
 }
 
 /// Proof that the caller holds the pool's mutex.
@@ -353,7 +374,12 @@ pub(crate) type Locked<'g> = MutexGuard<'g>;
 impl<'a> Store<'a> {
     /// The views of a mapped pool file's areas, checked against `cfg` (the creator's, or the
     /// configuration read back by [`Store::read_config`]).
-    pub(crate) fn new(file: &Area<'a>, layout: &Layout, cfg: Config) -> Result<Store<'a>> {
+    pub(crate) fn new(
+        file: &Area<'a>,
+        layout: &Layout,
+        cfg: Config,
+        backing: Option<&'a std::fs::File>,
+    ) -> Result<Store<'a>> {
         let expect = cfg.metadata()?;
         for kind in AreaKind::ALL {
             if kind != AreaKind::Data && layout.span(kind).len != expect[kind as usize] {
@@ -395,7 +421,87 @@ impl<'a> Store<'a> {
             keys: area(AreaKind::Keys)?,
             ledgers: area(AreaKind::Ledgers)?,
             hasher: foldhash::fast::FixedState::with_seed(cfg.seed),
+            file: backing,
+            data_nodes_at: layout.span(AreaKind::Alloc).offset + 2 * head,
+            key_nodes_at: layout.span(AreaKind::Alloc).offset + 2 * head + nodes_len,
+            keys_at: layout.span(AreaKind::Keys).offset,
+            ledgers_at: layout.span(AreaKind::Ledgers).offset,
         })
+    }
+
+    /// The (offset, length) ranges of a new pool file to reserve before [`Store::init`]: all of
+    /// it but the ledgers' entries, the node arrays past their first chunk and the key heap,
+    /// which are reserved as they are used.
+    pub(crate) fn creation_ranges(layout: &Layout, cfg: &Config) -> Vec<(u64, u64)> {
+        let ledgers = layout.span(AreaKind::Ledgers);
+        let per_slot = ledgers.len / cfg.slots;
+        let headers = (0..cfg.slots).map(|slot| (ledgers.offset + slot * per_slot, 64));
+        let alloc = layout.span(AreaKind::Alloc);
+        let data = layout.span(AreaKind::Data);
+        let head = cfg.alloc_header();
+        let nodes = NODE_CHUNK.min(cfg.nodes()) * size_of::<NodeCell>() as u64;
+        let nodes_len = cfg.nodes() * size_of::<NodeCell>() as u64;
+        let mut ranges: Vec<(u64, u64)> = headers.collect();
+        ranges.extend([
+            (0, ledgers.offset),
+            (ledgers.offset + ledgers.len, alloc.offset + 2 * head - (ledgers.offset + ledgers.len)),
+            (alloc.offset + 2 * head, nodes),
+            (alloc.offset + 2 * head + nodes_len, nodes),
+            (data.offset, data.len),
+        ]);
+        ranges
+    }
+
+    /// Reserves what [`Ledger::back`] asks for, in the Ledgers area of the file.
+    pub(crate) fn back_ledger(&self, ledger: &Ledger<'_>) -> Result<()> {
+        let Some(file) = self.file else { return Ok(()) };
+        ledger.back(|offset, len| {
+            crate::shm::file::reserve(file, self.ledgers_at + offset, len, std::path::Path::new("the pool file"))
+        })
+    }
+
+    /// Reserves the file blocks of the first `need` nodes of one allocator, a chunk at a time.
+    fn back_nodes(&self, data: bool, need: u64) -> Result<()> {
+        let (word, at) = if data {
+            (&self.ctl.data_nodes_backed, self.data_nodes_at)
+        } else {
+            (&self.ctl.key_nodes_backed, self.key_nodes_at)
+        };
+        let have = word.load(Relaxed).min(self.cfg.nodes());
+        if need <= have {
+            return Ok(());
+        }
+        let Some(file) = self.file else { return Ok(()) };
+        let upto = need.saturating_add(NODE_CHUNK).min(self.cfg.nodes());
+        let cell = size_of::<NodeCell>() as u64;
+        crate::shm::file::reserve(file, at + have * cell, (upto - have) * cell, std::path::Path::new("the pool file"))?;
+        word.store(upto, Relaxed);
+        Ok(())
+    }
+
+    /// Bytes of the key heap one reservation chunk covers.
+    fn key_chunk(&self) -> u64 {
+        self.cfg.key_heap.div_ceil(64 * KEY_CHUNK_WORDS as u64).next_multiple_of(4096).max(64 << 10)
+    }
+
+    /// Reserves the file blocks under `[offset, offset + len)` of the key heap.
+    fn back_keys(&self, offset: u64, len: u64) -> Result<()> {
+        let Some(file) = self.file else { return Ok(()) };
+        if len == 0 {
+            return Ok(());
+        }
+        let chunk = self.key_chunk();
+        for c in offset / chunk..=(offset + len - 1) / chunk {
+            let (word, bit) = (&self.ctl.key_chunks[(c / 64) as usize % KEY_CHUNK_WORDS], 1u64 << (c % 64));
+            if word.load(Relaxed) & bit != 0 {
+                continue;
+            }
+            let start = c * chunk;
+            let n = chunk.min(self.cfg.key_heap.saturating_sub(start));
+            crate::shm::file::reserve(file, self.keys_at + start, n, std::path::Path::new("the pool file"))?;
+            word.fetch_or(bit, Relaxed);
+        }
+        Ok(())
     }
 
     /// The configuration the creator stored in a published pool file, checked.
@@ -416,6 +522,10 @@ impl<'a> Store<'a> {
         }
         self.data_tlsf().init((self.cfg.capacity / GRANULE as u64) as u32);
         self.key_tlsf().init((self.cfg.key_heap / GRANULE as u64) as u32);
+        // The creation ranges reserved the first chunk of each node array.
+        let first = NODE_CHUNK.min(self.cfg.nodes());
+        self.ctl.data_nodes_backed.store(first, Relaxed);
+        self.ctl.key_nodes_backed.store(first, Relaxed);
         Ok(())
     }
 
@@ -611,10 +721,17 @@ impl<'a> Store<'a> {
         if self.find(g, key, hash)?.is_some() {
             return Err(CreateError::AlreadyExists);
         }
+        self.back_ledger(ledger)?;
         let Some(id) = self.take_id(g)? else {
             return Err(CreateError::ObjectLimit);
         };
         let units = size.div_ceil(GRANULE as u64);
+        // An allocation adds at most one node to each allocator.
+        let nodes = |data: bool| if data { self.data_tlsf() } else { self.key_tlsf() }.nodes_allocated() as u64 + 1;
+        if let Err(e) = self.back_nodes(true, nodes(true)).and_then(|()| self.back_nodes(false, nodes(false))) {
+            self.give_id(g, id)?;
+            return Err(e.into());
+        }
         let (node, offset) = if units == 0 {
             (NIL, 0)
         } else {
@@ -644,6 +761,16 @@ impl<'a> Store<'a> {
                 }
             }
         };
+        if let Err(e) = self.back_keys(extra, extra_len as u64) {
+            if node != NIL {
+                self.data_tlsf().free(node);
+            }
+            if key_node != NIL {
+                self.key_tlsf().free(key_node);
+            }
+            self.give_id(g, id)?;
+            return Err(e.into());
+        }
         let rec = self.rec(id)?;
         let mut generation = rec.generation.load(Relaxed).wrapping_add(1);
         if generation == 0 {
@@ -973,6 +1100,8 @@ impl<'a> Store<'a> {
                 }
             }
         }
+        self.back_nodes(true, 2 * used_blocks.len() as u64 + 2)?;
+        self.back_nodes(false, 2 * key_blocks.len() as u64 + 2)?;
         self.rebuild_allocator(true, &mut used_blocks)?;
         self.rebuild_allocator(false, &mut key_blocks)?;
         self.ctl.free_head.store(0, Relaxed);
@@ -1015,8 +1144,17 @@ impl<'a> Store<'a> {
     pub(crate) fn check(&self, g: &Locked<'_>) -> Result<()> {
         self.data_tlsf().check().map_err(|why| corrupt(format!("object memory allocator: {why}")))?;
         self.key_tlsf().check().map_err(|why| corrupt(format!("key storage allocator: {why}")))?;
+        for (tlsf, backed) in
+            [(self.data_tlsf(), &self.ctl.data_nodes_backed), (self.key_tlsf(), &self.ctl.key_nodes_backed)]
+        {
+            let (used, backed) = (tlsf.nodes_allocated() as u64, backed.load(Relaxed));
+            if used > backed {
+                return Err(corrupt(format!("{used} allocator nodes in use, only {backed} reserved in the file")));
+            }
+        }
         for slot in 0..self.cfg.slots as usize {
-            self.ledger(slot)?.check(u64::MAX)?;
+            let ledger = self.ledger(slot)?;
+            ledger.check_within(u64::MAX, ledger.backed())?;
         }
         let (holds, creating) = self.ledger_holds()?;
         let high = self.ctl.high_water.load(Relaxed);

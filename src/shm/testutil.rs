@@ -163,7 +163,7 @@ pub(crate) fn create_pool(path: &Path) -> PoolFile {
     metadata[AreaKind::Slots as usize] = TEST_SLOTS * size_of::<Slot>() as u64;
     metadata[AreaKind::Locks as usize] = 4096;
     let layout = Layout::plan(metadata, 4096, 4096, header::fresh_generation()).unwrap();
-    PoolFile::create(path, &layout, Sharing::Owner, true, |file, layout| {
+    PoolFile::create(path, &layout, Sharing::Owner, crate::shm::pool_file::Reserve::All, |file, layout| {
         let locks = layout.area(file, AreaKind::Locks)?;
         // SAFETY: `create` runs this before it publishes the file, which nobody uses yet.
         unsafe { locks.get::<SharedMutex>(0)?.init() }
