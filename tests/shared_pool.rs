@@ -475,3 +475,32 @@ fn a_shared_pools_metadata_takes_memory_as_objects_use_it_not_for_its_limits() {
     assert!(per_object < 100.0, "{per_object:.1} bytes of metadata per possible object");
     assert!(meta.len() > 10 * resident, "the file lays out far more than it holds: {} of {}", resident, meta.len());
 }
+
+#[test]
+fn an_evicting_shared_pool_evicts_what_no_process_holds_least_recently_used_first() {
+    let name = Name::new("evict");
+    let opts = PoolOptions { size: 64 << 10, name: Some(name.0.clone()), evict_lru: true, ..local() };
+    let a = Pool::open(&opts).unwrap();
+    let b = attach(&name.0);
+    for i in 0..8 {
+        put(&a, format!("k{i}").as_bytes(), 8 << 10);
+    }
+    // B holds k0 and reads k1, making k2 the least recently used object nobody holds.
+    let held = b.get(b"k0", Wait::Now).unwrap();
+    drop(b.get(b"k1", Wait::Now).unwrap());
+    put(&b, b"new", 8 << 10);
+    let s = a.stats();
+    assert_eq!(s.evictions, 1);
+    assert!(!a.contains(b"k2"), "the least recently used object nobody holds went");
+    for key in [&b"k0"[..], b"k1", b"k3", b"new"] {
+        assert!(a.contains(key), "{}", String::from_utf8_lossy(key));
+    }
+    assert_eq!(held.as_slice(), pattern(b"k0", 8 << 10));
+    // Everything else held: a create that cannot fit is refused with the pool full.
+    let all: Vec<_> = (0..8).filter_map(|i| b.get(format!("k{i}").as_bytes(), Wait::Now).ok()).collect();
+    let newest = b.get(b"new", Wait::Now).unwrap();
+    assert!(matches!(a.create(b"more", 8 << 10), Err(Error::PoolFull { .. })));
+    assert_eq!(a.stats().creates_refused, 1);
+    drop((all, newest, held));
+    a.check().unwrap();
+}

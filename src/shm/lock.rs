@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::shm::offset::Shared;
 
+/// `trylock` attempts before a `lock` sleeps.
+const SPINS: u32 = 200;
+
 /// `ready` of a mutex the creator initialised.
 const MUTEX_READY: u32 = u32::from_le_bytes(*b"MTX1");
 
@@ -106,9 +109,24 @@ impl SharedMutex {
     /// Waits for the mutex. [`Acquired::OwnerDied`] when its last holder died holding it.
     pub(crate) fn lock(&self) -> Result<Acquired<'_>> {
         self.check()?;
-        // SAFETY: the creator initialised the mutex (checked above) and the memory stays mapped
-        // while `self` is borrowed; glibc touches only the mutex and this thread's robust list.
-        let rc = unsafe { libc::pthread_mutex_lock(self.raw.get()) };
+        // Sections under the lock last a few hundred nanoseconds: spinning on `trylock` for
+        // about as long, before sleeping in the kernel, keeps two busy processes from turning
+        // every handover into a pair of futex system calls.
+        let mut rc = libc::EBUSY;
+        for _ in 0..SPINS {
+            // SAFETY: as below; trylock never blocks.
+            rc = unsafe { libc::pthread_mutex_trylock(self.raw.get()) };
+            if rc != libc::EBUSY {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if rc == libc::EBUSY {
+            // SAFETY: the creator initialised the mutex (checked above) and the memory stays
+            // mapped while `self` is borrowed; glibc touches only the mutex and this thread's
+            // robust list.
+            rc = unsafe { libc::pthread_mutex_lock(self.raw.get()) };
+        }
         match rc {
             0 => Ok(Acquired::Locked(MutexGuard { mutex: self, _thread_bound: PhantomData })),
             libc::EOWNERDEAD => Ok(Acquired::OwnerDied(Repair { mutex: self, _thread_bound: PhantomData })),
