@@ -233,6 +233,7 @@ fn api_counters(pool: &Pool) -> Vec<(&'static str, u64)> {
         ("creates_refused", s.creates_refused),
         ("processes_attached", s.processes_attached),
         ("processes_reclaimed", s.processes_reclaimed),
+        ("lock_repairs", s.lock_repairs),
     ]
 }
 

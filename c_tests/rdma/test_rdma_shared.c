@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "objects.h"
 #include "rdma_util.h"
 
 enum {
@@ -97,31 +98,6 @@ static bool read_msg(int fd, msg *m, int timeout_ms, const char *from) {
 
 /* ---- helpers used by both processes ------------------------------------------------------ */
 
-static bool desc_of(zc_buffer *buf, zc_rdma_desc *d) {
-    CHECK_OK(zc_buffer_rdma_desc(buf, 0, d));
-    CHECK(d->addr == (uint64_t)(uintptr_t)zc_buffer_const_data(buf));
-    CHECK(d->length == zc_buffer_size(buf));
-    return true;
-}
-
-/* Stores `size` pattern bytes under `key`, sealed; answers the handle. */
-static bool store(zc_pool *pool, const char *key, size_t size, uint32_t seed, zc_buffer **out) {
-    CHECK_OK(zc_create_buffer(pool, key, strlen(key), size, out));
-    fill_pattern(zc_buffer_data(*out), size, seed);
-    CHECK_OK(zc_seal(*out));
-    return true;
-}
-
-/* zc_get of `key` sees exactly the pattern made from `seed`. */
-static bool reads_pattern(zc_pool *pool, const char *key, size_t size, uint32_t seed) {
-    zc_buffer *r;
-    CHECK_OK(zc_get(pool, key, strlen(key), 0, &r));
-    CHECK(zc_buffer_size(r) == size);
-    CHECK(has_pattern(zc_buffer_const_data(r), size, seed));
-    zc_release(r);
-    return true;
-}
-
 static bool set_key(char *key, size_t cap, const char *prefix, size_t n) {
     int w = snprintf(key, cap, "%s-%zu", prefix, n);
     CHECK(w > 0 && (size_t)w < cap);
@@ -185,7 +161,7 @@ static bool serve_one(const char *name, zc_pool **pool, rdma_end *end, held *h, 
             CHECK_OK(zc_create_buffer(*pool, slot->key, strlen(slot->key), m->size, &slot->buf));
             memset(zc_buffer_data(slot->buf), 0, m->size);
         }
-        return desc_of(slot->buf, &r->desc);
+        return desc_of(slot->buf, 0, &r->desc);
     }
     case CMD_SEAL: {
         zc_buffer *b = held_find(h, *nheld, m->key);
@@ -423,7 +399,7 @@ static bool read_with_attached_descriptors(fixture *f) {
         CHECK_OK(zc_create_buffer(f->mine, key, strlen(key), size, &dst));
         memset(zc_buffer_data(dst), 0, size);
         zc_rdma_desc local;
-        if (!desc_of(dst, &local)) return false;
+        if (!desc_of(dst, 0, &local)) return false;
         CHECK(rdma_transfer(&l.req, IBV_WR_RDMA_READ, &local, &remote));
         CHECK_OK(zc_seal(dst));
         zc_release(dst);
@@ -461,7 +437,7 @@ static bool write_into_attached_creates(fixture *f) {
         zc_buffer *src;
         if (!store(f->mine, key, size, seed, &src)) return false;
         zc_rdma_desc local;
-        if (!desc_of(src, &local)) return false;
+        if (!desc_of(src, 0, &local)) return false;
         CHECK(rdma_transfer(&l.req, IBV_WR_RDMA_WRITE, &local, &remote));
         zc_release(src);
         zc_buffer *r = BAD_BUF;
@@ -495,7 +471,7 @@ static bool registration_is_exactly_the_region(fixture *f, peer *p, struct ibv_p
     CHECK_OK(zc_create_buffer(f->mine, K("scratch"), 4096, &scratch));
     uint8_t *bytes = zc_buffer_data(scratch);
     zc_rdma_desc local;
-    if (!desc_of(scratch, &local)) return false;
+    if (!desc_of(scratch, 0, &local)) return false;
     local.length = 1;
 
     qp_link l;
@@ -547,7 +523,7 @@ static bool registrations_cover_exactly_the_regions(fixture *f) {
     zc_buffer *whole;
     if (!store(f->shared, "whole", len, seed, &whole)) return false;
     zc_rdma_desc mine;
-    if (!desc_of(whole, &mine)) return false;
+    if (!desc_of(whole, 0, &mine)) return false;
     CHECK(mine.addr == base && mine.length == len); /* the object fills the data area */
     zc_release(whole);
 

@@ -67,7 +67,8 @@ const STAT: Spec = Spec {
     usage: "usage: zcopy stat [--dir DIR] [--json] NAME",
     help: "\
 Shows pool NAME's counters (capacity_bytes, used_bytes, largest_free_block, object_count,
-key_count, max_objects, evictions, creates_refused, processes_attached, processes_reclaimed), its
+key_count, max_objects, evictions, creates_refused, processes_attached, processes_reclaimed,
+lock_repairs), its
 file, and one line per process slot in use: slot, pid, alive or dead (dead: not reclaimed yet).
 
 options:
@@ -336,7 +337,7 @@ fn list(dir: Option<&Path>, out: &mut String) -> Result<(), Failure> {
 
 /// The counters `stat` shows, by their `PoolStats` names. The others (`page_size`, `open_nanos`,
 /// the RDMA ones) describe this tool's own handle, not the pool.
-fn counters(s: &PoolStats) -> [(&'static str, u64); 10] {
+fn counters(s: &PoolStats) -> [(&'static str, u64); 11] {
     [
         ("capacity_bytes", s.capacity_bytes),
         ("used_bytes", s.used_bytes),
@@ -348,6 +349,7 @@ fn counters(s: &PoolStats) -> [(&'static str, u64); 10] {
         ("creates_refused", s.creates_refused),
         ("processes_attached", s.processes_attached),
         ("processes_reclaimed", s.processes_reclaimed),
+        ("lock_repairs", s.lock_repairs),
     ]
 }
 

@@ -761,7 +761,8 @@ impl<'a> Store<'a> {
                 }
             }
         };
-        if let Err(e) = self.back_keys(extra, extra_len as u64) {
+        // Gives back what this create took, when a later step fails.
+        let undo = |e: Error| -> std::result::Result<(Object, ledger::Handle), CreateError> {
             if node != NIL {
                 self.data_tlsf().free(node);
             }
@@ -769,7 +770,10 @@ impl<'a> Store<'a> {
                 self.key_tlsf().free(key_node);
             }
             self.give_id(g, id)?;
-            return Err(e.into());
+            Err(e.into())
+        };
+        if let Err(e) = self.back_keys(extra, extra_len as u64) {
+            return undo(e);
         }
         let rec = self.rec(id)?;
         let mut generation = rec.generation.load(Relaxed).wrapping_add(1);
@@ -778,16 +782,7 @@ impl<'a> Store<'a> {
         }
         let handle = match ledger.begin_create(ledger_id(id, generation)) {
             Ok(h) => h,
-            Err(e) => {
-                if node != NIL {
-                    self.data_tlsf().free(node);
-                }
-                if key_node != NIL {
-                    self.key_tlsf().free(key_node);
-                }
-                self.give_id(g, id)?;
-                return Err(e.into());
-            }
+            Err(e) => return undo(e),
         };
         if key.len() > INLINE_KEY {
             // SAFETY: the range was just allocated under the mutex and no record names it yet.
