@@ -589,11 +589,26 @@ impl<'a> Store<'a> {
         Ok(KeyCopy::Long(bytes))
     }
 
-    fn key_is(&self, rec: &Rec, key: &[u8]) -> Result<bool> {
+    fn key_is(&self, rec: &Rec, key: &[u8], inline: Option<[u64; 2]>) -> Result<bool> {
         if rec.key_len.load(Relaxed) as usize != key.len() {
             return Ok(false);
         }
+        if let Some(words) = inline {
+            // A short key is two words of the record (zero-padded): compare them as they are.
+            return Ok(rec.inline[0].load(Relaxed) == words[0] && rec.inline[1].load(Relaxed) == words[1]);
+        }
         Ok(self.key_of(rec)?.as_bytes() == key)
+    }
+
+    /// A key of at most [`INLINE_KEY`] bytes as the two words a record holds it in.
+    fn inline_words(key: &[u8]) -> Option<[u64; 2]> {
+        if key.len() > INLINE_KEY {
+            return None;
+        }
+        let mut bytes = [0u8; INLINE_KEY];
+        bytes[..key.len()].copy_from_slice(key);
+        let (lo, hi) = bytes.split_at(8);
+        Some([u64::from_ne_bytes(lo.try_into().ok()?), u64::from_ne_bytes(hi.try_into().ok()?)])
     }
 
     /// Where the part table of `rec` starts in the key heap.
@@ -641,13 +656,14 @@ impl<'a> Store<'a> {
     /// The record holding `key` in the index, if any.
     fn find(&self, _: &Locked<'_>, key: &[u8], hash: u64) -> Result<Option<u32>> {
         let mut link = self.bucket(hash).load(Relaxed);
+        let inline = Self::inline_words(key);
         for _ in 0..=self.cfg.max_objects {
             if link == 0 {
                 return Ok(None);
             }
             let id = link - 1;
             let rec = self.rec(id)?;
-            if self.key_is(rec, key)? {
+            if self.key_is(rec, key, inline)? {
                 return Ok(Some(id));
             }
             link = rec.next.load(Relaxed);
