@@ -282,17 +282,25 @@ impl SharedInner {
     /// half-changed: everything derived is rebuilt from the records and the ledgers first, and
     /// the dead are reclaimed.
     fn lock(&self) -> Result<Locked<'static>> {
-        match self.store.mutex().lock()? {
-            Acquired::Locked(g) => Ok(g),
-            Acquired::OwnerDied(repair) => {
-                // A process that dies during the rebuild leaves the mutex owner-dead again for
-                // the next one, so marking it consistent first loses nothing.
-                let g = repair.consistent()?;
-                self.store.rebuild(&g)?;
-                self.reclaim_locked(&g)?;
-                Ok(g)
+        let g = match self.store.mutex().lock()? {
+            Acquired::Locked(g) => {
+                if !self.store.repair_pending(&g) {
+                    return Ok(g);
+                }
+                g
             }
-        }
+            // A process that dies during the rebuild leaves the mutex owner-dead again for the
+            // next one; one whose rebuild fails leaves the repair pending: either way the next
+            // holder rebuilds again, so marking the mutex consistent first loses nothing.
+            Acquired::OwnerDied(repair) => {
+                let g = repair.consistent()?;
+                self.store.begin_repair(&g);
+                g
+            }
+        };
+        self.store.rebuild(&g)?;
+        self.reclaim_locked(&g)?;
+        Ok(g)
     }
 
     /// Undoes what `ledger` records and empties it: aborts its creates, drops its references.
@@ -721,6 +729,37 @@ mod tests {
         let s = pool.stats();
         assert_eq!((s.lock_repairs, s.processes_reclaimed), (1, 1));
         assert_eq!((s.object_count, s.key_count, s.used_bytes), (1, 1, 320));
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn a_repair_that_fails_is_retried_by_the_next_locker_until_it_succeeds() {
+        use std::os::unix::fs::FileExt;
+        let guard = Name::new("retry");
+        let name = guard.0.clone();
+        let pool = Pool::open(&PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() }).unwrap();
+        pool.put(b"sealed", &[3; 100]).unwrap();
+        let mut child = ChildProcess::spawn(CHILD_TEST, "die-holding-the-lock", std::path::Path::new(&name));
+        child.expect("locked");
+        child.kill();
+        // The dead child's ledger (slot 1) gets an entry in no known state: the rebuild refuses it.
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+        let mut span = [0u8; 16];
+        file.read_exact_at(&mut span, 64 + 16).unwrap();
+        let (at, len) =
+            (u64::from_ne_bytes(span[..8].try_into().unwrap()), u64::from_ne_bytes(span[8..].try_into().unwrap()));
+        let entry0 = at + len / crate::shm::store::DEFAULT_SLOTS + 64;
+        let mut state = [0u8; 4];
+        file.read_exact_at(&mut state, entry0).unwrap();
+        file.write_all_at(&77u32.to_ne_bytes(), entry0).unwrap();
+        for _ in 0..2 {
+            let e = pool.get(b"sealed", Wait::Now).unwrap_err();
+            assert!(e.to_string().contains("state 0x0000004d"), "{e}");
+        }
+        file.write_all_at(&state, entry0).unwrap();
+        assert_eq!(pool.get(b"sealed", Wait::Now).unwrap().as_slice(), &[3; 100][..]);
+        let s = pool.stats();
+        assert_eq!((s.lock_repairs, s.processes_reclaimed, s.object_count, s.key_count), (1, 1, 1, 1));
         pool.check().unwrap();
     }
 

@@ -205,7 +205,9 @@ pub(crate) struct Control {
     /// they grow, so that memory follows the objects in use, and no touch of them can fail).
     data_nodes_backed: AtomicU64,
     key_nodes_backed: AtomicU64,
-    reserved: [AtomicU64; 4],
+    /// 1 from a holder's death until a rebuild succeeds.
+    repair_pending: AtomicU64,
+    reserved: [AtomicU64; 3],
     seal: [AtomicU32; SEAL_WORDS],
     /// Gets waiting on each seal word, so a seal makes the wake system call only when someone
     /// waits. A waiter killed while waiting leaves its count behind: later seals of that word
@@ -1037,6 +1039,16 @@ impl<'a> Store<'a> {
         Ok((holds, creating))
     }
 
+    /// Marks the derived state untrusted until [`Store::rebuild`] succeeds.
+    pub(crate) fn begin_repair(&self, _: &Locked<'_>) {
+        self.ctl.repair_pending.store(1, Relaxed);
+    }
+
+    /// Whether a rebuild started after a holder's death has not succeeded yet.
+    pub(crate) fn repair_pending(&self, _: &Locked<'_>) -> bool {
+        self.ctl.repair_pending.load(Relaxed) != 0
+    }
+
     /// Recomputes everything derived from the records and the ledgers (see the module's
     /// documentation): after a process died holding the mutex. Answers how many records were
     /// found half-made or unreachable and freed.
@@ -1123,6 +1135,7 @@ impl<'a> Store<'a> {
         self.ctl.used.store(used, Relaxed);
         self.ctl.keys.store(keys, Relaxed);
         self.ctl.repairs.fetch_add(1, Relaxed);
+        self.ctl.repair_pending.store(0, Relaxed);
         Ok(freed)
     }
 
