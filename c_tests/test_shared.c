@@ -468,6 +468,81 @@ static bool test_a_get_waiting_in_one_process_is_woken_by_a_seal_in_another(void
     return finish(get_woken_by_seal(new_name("wake")));
 }
 
+/* ---- batches and parts on an attached pool ----------------------------------------------------- */
+
+static bool child_creates_a_batch_and_parts(const char *name, chan c, void *arg) {
+    (void)arg;
+    zc_pool *pool;
+    if (!attach_pool(name, &pool)) {
+        return false;
+    }
+    CHECK(expect_byte(c.rd, 'g'));
+    const char *keys[3] = { "b0", "b1", "b2" };
+    size_t lens[3] = { 2, 2, 2 }, sizes[3] = { 10, VALUE, 0 };
+    zc_buffer *bufs[3] = { NULL, NULL, NULL };
+    zc_status st[3] = { 99, 99, 99 };
+    CHECK_OK(zc_create_batch(pool, keys, lens, sizes, 3, bufs, st));
+    for (size_t i = 0; i < 3; i++) {
+        CHECK(st[i] == ZC_OK && bufs[i] != NULL);
+        fill_pattern(zc_buffer_data(bufs[i]), sizes[i], (uint32_t)(20 + i));
+        CHECK_OK(zc_seal(bufs[i]));
+        zc_release(bufs[i]);
+    }
+    size_t part_sizes[2] = { 5, 300 };
+    zc_buffer *p = NULL;
+    CHECK_OK(zc_create_parts(pool, K("parts"), part_sizes, 2, &p));
+    for (size_t i = 0; i < 2; i++) {
+        uint8_t *data;
+        size_t len;
+        CHECK_OK(zc_buffer_part_mut(p, i, &data, &len));
+        CHECK(len == part_sizes[i]);
+        fill_pattern(data, len, (uint32_t)(30 + i));
+    }
+    CHECK_OK(zc_seal(p));
+    zc_release(p);
+    zc_pool_close(pool);
+    return true;
+}
+
+static bool batch_and_parts_across_processes(const char *name) {
+    zc_pool *pool;
+    if (!create_pool(name, &pool)) {
+        return false;
+    }
+    chan c;
+    CHECK(spawn(child_creates_a_batch_and_parts, name, NULL, &c));
+    CHECK(send_byte(c.wr, 'g'));
+    /* Waits in this process for all three keys the child creates and seals. */
+    const char *keys[3] = { "b0", "b1", "b2" };
+    size_t lens[3] = { 2, 2, 2 }, sizes[3] = { 10, VALUE, 0 };
+    zc_buffer *bufs[3] = { NULL, NULL, NULL };
+    zc_status st[3] = { 99, 99, 99 };
+    CHECK_OK(zc_get_batch(pool, keys, lens, 3, 10000, bufs, st));
+    for (size_t i = 0; i < 3; i++) {
+        CHECK(st[i] == ZC_OK && zc_buffer_size(bufs[i]) == sizes[i]);
+        CHECK(has_pattern(zc_buffer_const_data(bufs[i]), sizes[i], (uint32_t)(20 + i)));
+        zc_release(bufs[i]);
+    }
+    zc_buffer *p = NULL;
+    CHECK_OK(zc_get(pool, K("parts"), 10000, &p));
+    CHECK(zc_buffer_part_count(p) == 2);
+    for (size_t i = 0; i < 2; i++) {
+        const uint8_t *data;
+        size_t len;
+        CHECK_OK(zc_buffer_part(p, i, &data, &len));
+        CHECK(has_pattern(data, len, (uint32_t)(30 + i)));
+    }
+    zc_release(p);
+    CHECK(child_passed());
+    CHECK_OK(zc_pool_check(pool));
+    zc_pool_close(pool);
+    return true;
+}
+
+static bool test_batches_and_parts_made_in_one_process_are_got_in_another(void) {
+    return finish(batch_and_parts_across_processes(new_name("batch")));
+}
+
 /* ---- delete while another process holds the object -------------------------------------------- */
 
 static bool child_holds_through_a_delete(const char *name, chan c, void *arg) {
@@ -918,6 +993,7 @@ int main(void) {
         TEST(test_an_attached_process_sees_the_creators_sealed_bytes_in_its_own_mapping),
         TEST(test_two_processes_creating_the_same_key_at_once_exactly_one_wins),
         TEST(test_a_get_waiting_in_one_process_is_woken_by_a_seal_in_another),
+        TEST(test_batches_and_parts_made_in_one_process_are_got_in_another),
         TEST(test_a_delete_in_one_process_leaves_the_bytes_another_holds_unchanged),
         TEST(test_objects_stay_readable_after_their_creator_closed),
         TEST(test_the_pool_file_outlives_its_last_process_until_unlinked),
