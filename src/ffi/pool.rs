@@ -241,8 +241,9 @@ unsafe fn options_from_c(o: &zc_pool_options) -> Result<PoolOptions> {
     };
     // SAFETY: NULL or a C string per the contract.
     let name = unsafe { c_str_arg(o.name, "name") }?.map(String::from);
+    // Where a shared pool's file lives: also read by `zc_pool_attach`, whose options carry no name.
     let shared_dir = match (&name, &pages) {
-        (Some(_), PageMode::HugeTlb { dir: Some(dir) }) => Some(dir.clone()),
+        (_, PageMode::HugeTlb { dir: Some(dir) }) => Some(dir.clone()),
         (Some(_), PageMode::HugeTlb { dir: None }) => {
             return Err(invalid("a shared pool with ZC_PAGES_HUGETLB needs hugetlbfs_dir, where its file lives"))
         }
