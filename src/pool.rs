@@ -122,7 +122,7 @@ impl Wait {
         }
     }
 
-    fn millis(self) -> i64 {
+    pub(crate) fn millis(self) -> i64 {
         match self {
             Wait::Now => 0,
             Wait::For(d) => d.as_millis().min(i64::MAX as u128) as i64,
@@ -306,7 +306,7 @@ unsafe impl Send for LocalBuffer {}
 // SAFETY: as above; `&Buffer` gives only reads.
 unsafe impl Sync for LocalBuffer {}
 
-fn check_key(key: &[u8]) -> Result<()> {
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key is empty".into()));
     }
@@ -546,19 +546,7 @@ impl Pool {
     fn create_object(&self, key: &[u8], size: usize, parts: Option<&[(usize, usize)]>) -> Result<Buffer> {
         let inner = match &self.backend {
             Backend::Local(inner) => inner,
-            Backend::Shared(shared) => {
-                shared.check_mapped()?;
-                check_key(key)?;
-                let capacity = shared.store.cfg.capacity;
-                if size as u64 > capacity {
-                    return Err(Error::InvalidArgument(format!(
-                        "size {} is larger than the whole pool ({})",
-                        Bytes(size as u64),
-                        Bytes(capacity)
-                    )));
-                }
-                return shared.create(key, size, parts).map(Buffer::shared);
-            }
+            Backend::Shared(shared) => return shared.create(key, size, parts).map(Buffer::shared),
         };
         inner.check_mapped()?;
         check_key(key)?;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Bytes, Error, Key, Result};
+use crate::pool::check_key;
 use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
 use crate::shm::file::Sharing;
 use crate::shm::header::{self, AreaKind, Layout};
@@ -86,20 +87,6 @@ pub(crate) struct SharedBuffer {
     creating: Option<Handle>,
     /// The ledger entry recording this buffer's read reference (after a get, or a seal).
     entry: Option<Handle>,
-}
-
-fn check_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::InvalidArgument("key is empty".into()));
-    }
-    if key.len() > crate::pool::MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "key of {} bytes is longer than {}",
-            key.len(),
-            crate::pool::MAX_KEY_LEN
-        )));
-    }
-    Ok(())
 }
 
 /// The path of pool `name` in `dir`.
@@ -441,6 +428,13 @@ impl SharedInner {
     ) -> Result<SharedBuffer> {
         self.check_open()?;
         check_key(key)?;
+        if size as u64 > self.store.cfg.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "size {} is larger than the whole pool ({})",
+                Bytes(size as u64),
+                Bytes(self.store.cfg.capacity)
+            )));
+        }
         let ledger = self.ledger()?;
         let mut reclaimed = false;
         loop {
@@ -491,8 +485,6 @@ impl SharedInner {
             if self.is_closed() {
                 return Err(Error::PoolClosed);
             }
-            let word: &AtomicU32 = self.store.seal_word(hash);
-            let seen = word.load(Ordering::Acquire);
             match self.store.lookup(&g, key, hash)? {
                 Lookup::Sealed(obj) => {
                     let entry = match self.record_take(ledger, obj.ledger_id()) {
@@ -508,11 +500,14 @@ impl SharedInner {
                 Lookup::Absent if wait == Wait::Now => return Err(Error::NotFound(Key::new(key))),
                 _ => {}
             }
+            // Read under the mutex, so a seal after this miss changes it.
+            let word: &AtomicU32 = self.store.seal_word(hash);
+            let seen = word.load(Ordering::Acquire);
             let timeout = match (wait, deadline) {
                 (Wait::Forever, _) | (_, None) => None,
                 (_, Some(d)) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(Error::Timeout { key: Key::new(key), ms: millis(wait) }),
+                    _ => return Err(Error::Timeout { key: Key::new(key), ms: wait.millis() }),
                 },
             };
             // Counted under the mutex, so a seal after it (which takes the mutex) sees the count.
@@ -540,14 +535,6 @@ impl SharedInner {
             Ok(g) => self.store.contains_sealed(&g, key).unwrap_or(false),
             Err(_) => false,
         }
-    }
-}
-
-fn millis(wait: crate::pool::Wait) -> i64 {
-    match wait {
-        crate::pool::Wait::Now => 0,
-        crate::pool::Wait::For(d) => d.as_millis().min(i64::MAX as u128) as i64,
-        crate::pool::Wait::Forever => -1,
     }
 }
 
