@@ -131,6 +131,14 @@ runs=()
 for tool in valgrind asan; do # the slow ones first
     if [ $tool = asan ]; then set -- "${built_asan[@]}"; else set -- "${built_vg[@]}"; fi
     for i in "$@"; do
+        if [ $tool = valgrind ] && [ "${names[$i]}" = test_fork ]; then
+            # test_fork forks while another thread is inside the library: whatever that thread
+            # had allocated and not stored yet is unreachable in the child, which has no such
+            # thread, so a leak report of the child depends on where the fork lands. The child's
+            # checks still decide the test's status; its leaks are not counted.
+            runs+=("${names[$i]}|$tool|$i|VALGRIND_OPTS=--child-silent-after-fork=yes")
+            continue
+        fi
         runs+=("${names[$i]}|$tool|$i|")
         if [ "${names[$i]}" = test_rdma_local ]; then
             runs+=("${names[$i]}[no libibverbs]|$tool|$i|ZCOPY_IBVERBS=libibverbs-hidden-by-test.so.1 ZCOPY_TEST_NO_LIBIBVERBS=1")

@@ -286,8 +286,7 @@ pub struct Buffer {
 
 enum Kind {
     Local(LocalBuffer),
-    /// Boxed: a shared buffer carries a copy of its key and part table.
-    Shared(Box<SharedBuffer>),
+    Shared(SharedBuffer),
 }
 
 /// A buffer of a private pool.
@@ -851,7 +850,7 @@ impl Drop for LocalBuffer {
 
 impl Buffer {
     fn shared(buf: SharedBuffer) -> Buffer {
-        Buffer { kind: Kind::Shared(Box::new(buf)) }
+        Buffer { kind: Kind::Shared(buf) }
     }
 
     /// `ForkedChild` in a child forked after the buffer's pool was opened: its bytes are not

@@ -1,32 +1,29 @@
 //! Per-slot reference ledgers: what each process holds (creates not sealed yet, read references),
-//! so that reclaiming a dead process's slot can undo it.
+//! so that a deleter can tell whether anyone still reads an object, and reclaiming a dead
+//! process's slot can give back what it held.
 //!
 //! The Ledgers area holds one ledger per process slot, all the same size: a [`LedgerHeader`] and
 //! an array of [`Entry`]. An entry is empty, a create in progress (`CREATING`, an object id), or
-//! references on one object (`HELD`, an id and a count) with possibly one change in flight
-//! (`TAKING` or `RELEASING`, with the count it will have after the change in `target`). Entries
-//! are found in O(1): a new one comes off a free list threaded through the empty entries, or past
-//! the high-water mark; the caller keeps the entry's index (a [`Handle`]) for the later calls on
-//! that object. Several entries may name one object (the engine gives each buffer its own).
-//! Ids carry the record's generation, so an entry never names a later object that reuses the
-//! record.
+//! one read reference (`HELD`, an object id). Ids carry the record's generation, so an entry
+//! never names a later object that reuses the record.
 //!
-//! How the engine uses them (`crate::shm::store`): every ledger change and the record change it
-//! goes with happen under the pool's one mutex, ledger first. A record's reference count is
-//! derived from the ledgers (plus the index's and the creator's), so after a process dies
-//! holding the mutex, half-way between the two, the next holder recomputes the counts from the
-//! ledgers ([`Ledger::entries`], an in-flight change counting at its target) and then undoes the
-//! dead process's ledger and empties it ([`Ledger::clear`]). Undoing under the mutex is
-//! idempotent the same way: a cleaner that dies part-way leaves the entries it had not cleared
-//! yet, and the counts are derived again from what is left.
+//! Entries are handed out by the owning process: it raises the high-water mark a batch at a
+//! time ([`Ledger::grow`], serialised by the owner) and keeps the free entries in its own memory,
+//! so that each thread publishes and withdraws references in entries nobody else writes. How the
+//! engine uses them (`crate::shm::store`): a reader publishes `HELD` in its entry
+//! ([`Ledger::hold`], sequentially consistent) and then re-reads the object's record; a deleter
+//! marks the record deleted and then scans the ledgers ([`Ledger::holds`]). One of the two sees
+//! the other, so an object is never freed under a reader that found it. A record's readers are
+//! nowhere but in the ledgers: after a process dies, emptying its ledger ([`Ledger::clear`]) is
+//! all it takes to give its references back.
 //!
-//! Writes: a ledger is written by the process owning its slot, under the pool's mutex, and by
-//! the cleaner holding a dead owner's slot lock and the mutex ([`Ledger::clear`],
-//! [`Ledger::reset`]). Every field is an atomic; an entry's `state` is stored last, with release,
-//! after the fields it publishes. Anyone may read a ledger ([`Ledger::check`]).
+//! Writes: an entry is written by the thread of the owning process that took it, and by the
+//! cleaner holding a dead owner's slot lock ([`Ledger::clear`]); the header by the owner under
+//! its own lock ([`Ledger::grow`]) and by the cleaner. Anyone may read a ledger.
 
 use std::io;
 use std::mem::{offset_of, size_of};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
@@ -36,36 +33,27 @@ use crate::shm::offset::{Area, Shared};
 pub(crate) const EMPTY: u32 = 0;
 /// An object created but not sealed yet.
 pub(crate) const CREATING: u32 = 1;
-/// `count` references held, nothing in flight.
+/// One read reference on an object.
 pub(crate) const HELD: u32 = 2;
-/// `count` references held, `target` perhaps taken in the record already.
-pub(crate) const TAKING: u32 = 3;
-/// `count` references held, perhaps released down to `target` in the record already.
-pub(crate) const RELEASING: u32 = 4;
-
-/// The most references one entry may count; more is corruption.
-pub(crate) const MAX_COUNT: u64 = 1 << 40;
 
 /// The head of one slot's ledger. Aligned to 8 only, like [`Entry`], so that the ledgers of any
 /// capacity follow each other without gaps.
 #[repr(C)]
 pub(crate) struct LedgerHeader {
-    /// Entries at or past this index have never been used since the last reset (so are empty).
+    /// Entries at or past this index have never been handed out since the last clear (so are
+    /// empty).
     high_water: AtomicU64,
-    /// One more than the first entry of the free list (empty entries below the high-water mark),
-    /// or 0 when it is empty: all zeros is an empty ledger.
-    free_head: AtomicU64,
     /// Zero.
-    reserved: [AtomicU64; 5],
-    /// Entries whose file blocks the engine reserved ([`Ledger::back`]); 0 for a ledger it
-    /// never used. Entries past it may be holes of the file: nobody touches them.
+    reserved: [AtomicU64; 6],
+    /// Entries whose file blocks the owner reserved ([`Ledger::grow`]); 0 for a ledger never
+    /// used. Entries past it may be holes of the file: nobody touches them.
     backed: AtomicU64,
 }
 
 const _: () = {
     assert!(size_of::<LedgerHeader>() == 64);
     assert!(offset_of!(LedgerHeader, high_water) == 0);
-    assert!(offset_of!(LedgerHeader, free_head) == 8);
+    assert!(offset_of!(LedgerHeader, reserved) == 8);
     assert!(offset_of!(LedgerHeader, backed) == 56);
     assert!(std::mem::align_of::<LedgerHeader>() == 8 && std::mem::align_of::<Entry>() == 8);
 };
@@ -73,24 +61,19 @@ const _: () = {
 /// One thing a process holds.
 #[repr(C)]
 pub(crate) struct Entry {
-    /// [`EMPTY`], [`CREATING`], [`HELD`], [`TAKING`] or [`RELEASING`]; stored last.
+    /// [`EMPTY`], [`CREATING`] or [`HELD`]; stored after `id`.
     state: AtomicU32,
     /// Zero.
     reserved: AtomicU32,
-    /// The object's id while in use; while on the free list, the next one as `free_head` says it.
+    /// The object's id (record id and generation) while in use.
     id: AtomicU64,
-    count: AtomicU64,
-    /// The count after the change in flight (`TAKING`, `RELEASING`).
-    target: AtomicU64,
 }
 
 const _: () = {
-    assert!(size_of::<Entry>() == 32);
+    assert!(size_of::<Entry>() == 16);
     assert!(offset_of!(Entry, state) == 0);
     assert!(offset_of!(Entry, reserved) == 4);
     assert!(offset_of!(Entry, id) == 8);
-    assert!(offset_of!(Entry, count) == 16);
-    assert!(offset_of!(Entry, target) == 24);
 };
 
 // SAFETY: `#[repr(C)]`, atomics only, no padding, valid for every bit pattern.
@@ -105,9 +88,10 @@ pub(crate) fn area_len(slots: u64, capacity: u64) -> Option<u64> {
 
 /// An entry of this process's ledger, kept by the caller between the calls on one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Handle(u64);
+pub(crate) struct Handle(pub(crate) u64);
 
 /// One slot's ledger.
+#[derive(Clone)]
 pub(crate) struct Ledger<'a> {
     slot: usize,
     /// Where this ledger starts in the Ledgers area.
@@ -117,7 +101,7 @@ pub(crate) struct Ledger<'a> {
 }
 
 /// Entries reserved at a time (64 KiB of them).
-const BACKING_CHUNK: u64 = 2048;
+const BACKING_CHUNK: u64 = 4096;
 
 fn corrupt(slot: usize, why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: ledger of slot {slot}: {why}"))
@@ -143,27 +127,35 @@ impl<'a> Ledger<'a> {
         Ok(Ledger { slot, base, header, entries })
     }
 
+    pub(crate) fn slot(&self) -> usize {
+        self.slot
+    }
+
     pub(crate) fn capacity(&self) -> u64 {
         self.entries.len() as u64
     }
 
-    /// Makes sure the next entry [`Ledger::begin_create`] or [`Ledger::begin_take`] can take has
-    /// file blocks behind it: when the free list is empty and the high-water mark has reached the
-    /// reserved entries, `reserve(offset in the Ledgers area, length)` reserves the next chunk.
-    /// The header's own page is the creator's to reserve. Called by the owner, before each take.
-    pub(crate) fn back(&self, reserve: impl FnOnce(u64, u64) -> Result<()>) -> Result<()> {
-        let backed = self.header.backed.load(Ordering::Relaxed).min(self.capacity());
-        if self.header.free_head.load(Ordering::Relaxed) != 0 || self.high_water()? < backed {
-            return Ok(());
+    /// Hands out up to `n` more entries, past the high-water mark: with file blocks behind them
+    /// (`reserve(offset in the Ledgers area, length)` reserves the next chunks first). The owner
+    /// calls this, one thread at a time.
+    pub(crate) fn grow(&self, n: u64, reserve: impl FnOnce(u64, u64) -> Result<()>) -> Result<Range<u64>> {
+        let high = self.high_water()?;
+        let upto = (high + n).min(self.capacity());
+        if upto == high {
+            return Err(Error::system(
+                format!("the reference ledger of process slot {} is full ({high} entries)", self.slot),
+                io::Error::from_raw_os_error(libc::ENOBUFS),
+            ));
         }
-        let upto = (backed + BACKING_CHUNK).min(self.capacity());
-        if upto == backed {
-            return Ok(());
+        let backed = self.backed();
+        if upto > backed {
+            let to = (upto.next_multiple_of(BACKING_CHUNK)).min(self.capacity());
+            let entry = size_of::<Entry>() as u64;
+            reserve(self.base + size_of::<LedgerHeader>() as u64 + backed * entry, (to - backed) * entry)?;
+            self.header.backed.store(to, Ordering::Relaxed);
         }
-        let entry = size_of::<Entry>() as u64;
-        reserve(self.base + size_of::<LedgerHeader>() as u64 + backed * entry, (upto - backed) * entry)?;
-        self.header.backed.store(upto, Ordering::Relaxed);
-        Ok(())
+        self.header.high_water.store(upto, Ordering::Release);
+        Ok(high..upto)
     }
 
     /// The entries [`Ledger::check_within`] may read in a ledger the engine reserves lazily.
@@ -188,187 +180,101 @@ impl<'a> Ledger<'a> {
         Ok(high)
     }
 
-    /// An empty entry, taken off the free list or past the high-water mark (raised first, so
-    /// replay scans the entry from before it is written).
-    fn allocate(&self) -> Result<(u64, &'a Entry)> {
-        let high = self.high_water()?;
-        let next = self.header.free_head.load(Ordering::Relaxed);
-        if next != 0 {
-            let index = next - 1;
-            let entry = self.entry(index)?;
-            if index >= high || entry.state.load(Ordering::Relaxed) != EMPTY {
-                return Err(corrupt(self.slot, format!("entry {index} on the free list is in use or past {high}")));
-            }
-            self.header.free_head.store(entry.id.load(Ordering::Relaxed), Ordering::Relaxed);
-            return Ok((index, entry));
-        }
-        if high == self.capacity() {
-            return Err(Error::system(
-                format!("the reference ledger of process slot {} is full ({high} entries)", self.slot),
-                io::Error::from_raw_os_error(libc::ENOBUFS),
-            ));
-        }
-        self.header.high_water.store(high + 1, Ordering::Release);
-        Ok((high, self.entry(high)?))
-    }
-
-    fn free(&self, index: u64, entry: &Entry) {
-        entry.state.store(EMPTY, Ordering::Release);
-        entry.id.store(self.header.free_head.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.header.free_head.store(index + 1, Ordering::Relaxed);
-    }
-
-    /// The entry of `handle` in `state`.
-    fn in_state(&self, handle: Handle, state: u32) -> Result<&'a Entry> {
+    /// The empty entry of `handle`, handed out to the caller.
+    fn empty_entry(&self, handle: Handle) -> Result<&'a Entry> {
         let entry = self.entry(handle.0)?;
         let found = entry.state.load(Ordering::Relaxed);
-        if found != state {
-            return Err(corrupt(self.slot, format!("entry {} is in state {found}, expected {state}", handle.0)));
+        if found != EMPTY {
+            return Err(corrupt(self.slot, format!("entry {} is in state {found}, expected it empty", handle.0)));
         }
         Ok(entry)
     }
 
-    fn publish(entry: &Entry, id: u64, count: u64, target: u64, state: u32) {
+    /// Records a create of `id` in `handle`'s entry, before the record is claimed (under the
+    /// pool's mutex, which orders it).
+    pub(crate) fn begin_create(&self, handle: Handle, id: u64) -> Result<()> {
+        let entry = self.empty_entry(handle)?;
         entry.id.store(id, Ordering::Relaxed);
-        entry.count.store(count, Ordering::Relaxed);
-        entry.target.store(target, Ordering::Relaxed);
-        entry.state.store(state, Ordering::Release);
-    }
-
-    /// Records a create of `id`, before the record is claimed.
-    pub(crate) fn begin_create(&self, id: u64) -> Result<Handle> {
-        let (index, entry) = self.allocate()?;
-        Self::publish(entry, id, 0, 0, CREATING);
-        Ok(Handle(index))
-    }
-
-    /// Forgets a create, after its record was sealed or aborted.
-    pub(crate) fn end_create(&self, handle: Handle) -> Result<()> {
-        let entry = self.in_state(handle, CREATING)?;
-        self.free(handle.0, entry);
+        entry.state.store(CREATING, Ordering::Release);
         Ok(())
     }
 
-    /// Records the first `n` references on `id`, before the record counts them; then
-    /// [`Ledger::settle`].
-    pub(crate) fn begin_take(&self, id: u64, n: u64) -> Result<Handle> {
-        if n == 0 || n > MAX_COUNT {
-            return Err(Error::InvalidArgument(format!("cannot take {n} references at once")));
-        }
-        let (index, entry) = self.allocate()?;
-        Self::publish(entry, id, 0, n, TAKING);
-        Ok(Handle(index))
-    }
-
-    /// Records `n` more references on the object of `handle`; then [`Ledger::settle`].
-    #[cfg(test)]
-    pub(crate) fn begin_take_more(&self, handle: Handle, n: u64) -> Result<()> {
-        let entry = self.in_state(handle, HELD)?;
-        let target = entry.count.load(Ordering::Relaxed).saturating_add(n);
-        if n == 0 || target > MAX_COUNT {
-            return Err(Error::InvalidArgument(format!("cannot take {n} more references on entry {}", handle.0)));
-        }
-        entry.target.store(target, Ordering::Relaxed);
-        entry.state.store(TAKING, Ordering::Release);
-        Ok(())
-    }
-
-    /// Records the release of `n` of the references of `handle`, before the record drops them;
-    /// then [`Ledger::settle`].
-    pub(crate) fn begin_release(&self, handle: Handle, n: u64) -> Result<()> {
-        let entry = self.in_state(handle, HELD)?;
-        let count = entry.count.load(Ordering::Relaxed);
-        if n == 0 || n > count {
-            return Err(Error::InvalidArgument(format!(
-                "cannot release {n} of {count} references on entry {}",
-                handle.0
-            )));
-        }
-        entry.target.store(count - n, Ordering::Relaxed);
-        entry.state.store(RELEASING, Ordering::Release);
-        Ok(())
-    }
-
-    /// Settles the change in flight on `handle` once the record made it. Answers whether the
-    /// entry still holds references (`false`: it was emptied and the handle is spent).
-    pub(crate) fn settle(&self, handle: Handle) -> Result<bool> {
+    /// Turns the create of `handle` into a read reference on the same object (its seal).
+    pub(crate) fn sealed(&self, handle: Handle) -> Result<()> {
         let entry = self.entry(handle.0)?;
-        let state = entry.state.load(Ordering::Relaxed);
-        if state != TAKING && state != RELEASING {
-            return Err(corrupt(self.slot, format!("entry {} settled in state {state}", handle.0)));
+        let found = entry.state.load(Ordering::Relaxed);
+        if found != CREATING {
+            return Err(corrupt(self.slot, format!("entry {} is in state {found}, not creating", handle.0)));
         }
-        let target = entry.target.load(Ordering::Relaxed);
-        if target == 0 {
-            self.free(handle.0, entry);
-            return Ok(false);
-        }
-        entry.count.store(target, Ordering::Relaxed);
-        entry.state.store(HELD, Ordering::Release);
-        Ok(true)
+        entry.state.store(HELD, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Every entry in use, checked, as (state, id, count, target): for an engine that changes
-    /// ledgers and records under one lock and rebuilds the records' counts from the ledgers.
-    pub(crate) fn entries(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
+    /// Publishes a read reference on `id` in `handle`'s entry. Sequentially consistent: a
+    /// deleter that marks the object after this is ordered before the reader's re-check of it
+    /// scans this entry.
+    pub(crate) fn hold(&self, handle: Handle, id: u64) -> Result<()> {
+        let entry = self.empty_entry(handle)?;
+        entry.id.store(id, Ordering::Relaxed);
+        entry.state.swap(HELD, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Withdraws what `handle`'s entry records. Sequentially consistent, like [`Ledger::hold`],
+    /// so that a releaser re-reading the object after this and a deleter scanning after marking
+    /// it cannot both miss each other.
+    pub(crate) fn empty(&self, handle: Handle) -> Result<()> {
+        self.entry(handle.0)?.state.swap(EMPTY, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether any entry holds or creates `id`.
+    pub(crate) fn holds(&self, id: u64) -> Result<bool> {
+        let high = self.high_water()?;
+        Ok(self.entries[..high as usize]
+            .iter()
+            .any(|e| e.state.load(Ordering::SeqCst) != EMPTY && e.id.load(Ordering::Relaxed) == id))
+    }
+
+    /// Every entry in use, checked, as (state, id).
+    pub(crate) fn entries(&self) -> Result<Vec<(u32, u64)>> {
         let mut found = Vec::new();
         for index in 0..self.high_water()? {
             let entry = self.entry(index)?;
-            let state = entry.state.load(Ordering::Acquire);
-            let id = entry.id.load(Ordering::Relaxed);
-            let (count, target) = (entry.count.load(Ordering::Relaxed), entry.target.load(Ordering::Relaxed));
-            self.check_entry(index, state, id, count, target)?;
+            let state = entry.state.load(Ordering::SeqCst);
+            self.check_state(index, state)?;
             if state != EMPTY {
-                found.push((state, id, count, target));
+                found.push((state, entry.id.load(Ordering::Relaxed)));
             }
         }
         Ok(found)
     }
 
-    /// Empties every entry and the ledger, after the engine undid what they recorded.
+    /// Empties every entry and the ledger: after its owner died and the engine undid its creates,
+    /// or before a new owner starts.
     pub(crate) fn clear(&self) -> Result<()> {
         for index in 0..self.high_water()? {
-            self.entry(index)?.state.store(EMPTY, Ordering::Release);
+            self.entry(index)?.state.store(EMPTY, Ordering::SeqCst);
         }
-        self.reset();
-        Ok(())
-    }
-
-    /// Empties a ledger whose entries are all empty (after a replay); a new one, all zeros, is
-    /// empty already.
-    pub(crate) fn reset(&self) {
-        self.header.free_head.store(0, Ordering::Relaxed);
         self.header.high_water.store(0, Ordering::Release);
+        Ok(())
     }
 
     /// Entries in use.
     #[cfg(test)]
     pub(crate) fn live(&self) -> Result<u64> {
-        let high = self.high_water()?;
-        Ok(self.entries[..high as usize].iter().filter(|e| e.state.load(Ordering::Relaxed) != EMPTY).count() as u64)
+        Ok(self.entries()?.len() as u64)
     }
 
-    fn check_entry(&self, index: u64, state: u32, id: u64, count: u64, target: u64) -> Result<()> {
-        let why = match state {
-            EMPTY | CREATING => None,
-            HELD if count == 0 || count > MAX_COUNT => Some(format!("holds {count} references")),
-            TAKING if target > MAX_COUNT || count > target || target == 0 => {
-                Some(format!("takes references from {count} to {target}"))
-            }
-            RELEASING if count > MAX_COUNT || target > count => {
-                Some(format!("releases references from {count} to {target}"))
-            }
-            HELD | TAKING | RELEASING => None,
-            other => Some(format!("state 0x{other:08x}")),
-        };
-        match why {
-            Some(why) => Err(corrupt(self.slot, format!("entry {index} (id {id}) {why}"))),
-            None => Ok(()),
+    fn check_state(&self, index: u64, state: u32) -> Result<()> {
+        match state {
+            EMPTY | CREATING | HELD => Ok(()),
+            other => Err(corrupt(self.slot, format!("entry {index} in state 0x{other:08x}"))),
         }
     }
 
     /// The invariants: high-water mark within capacity; reserved fields zero; each entry's state
-    /// known and its counts in range; ids of entries in use below `id_limit`; entries past the
-    /// high-water mark empty.
+    /// known; ids of entries in use below `id_limit`; entries past the high-water mark empty.
     #[cfg(test)]
     pub(crate) fn check(&self, id_limit: u64) -> Result<()> {
         self.check_within(id_limit, self.capacity())
@@ -391,11 +297,10 @@ impl<'a> Ledger<'a> {
             }
             let state = entry.state.load(Ordering::Acquire);
             let id = entry.id.load(Ordering::Relaxed);
-            let (count, target) = (entry.count.load(Ordering::Relaxed), entry.target.load(Ordering::Relaxed));
             if index >= high && state != EMPTY {
                 return Err(corrupt(self.slot, format!("entry {index} past the high-water mark {high} is in use")));
             }
-            self.check_entry(index, state, id, count, target)?;
+            self.check_state(index, state)?;
             if state != EMPTY && id >= id_limit {
                 return Err(corrupt(self.slot, format!("entry {index} names object {id}, past {id_limit}")));
             }
@@ -409,41 +314,55 @@ mod tests {
     use super::*;
 
     #[repr(C, align(64))]
-    struct Mem([u8; 64 + 32 * 64 + 2 * (64 + 32 * 64)]);
+    struct Mem([u8; 64 + 16 * 64 + 2 * (64 + 16 * 64)]);
 
     fn mem() -> Box<Mem> {
-        Box::new(Mem([0; 64 + 32 * 64 + 2 * (64 + 32 * 64)]))
+        Box::new(Mem([0; 64 + 16 * 64 + 2 * (64 + 16 * 64)]))
+    }
+
+    fn no_reserve(_: u64, _: u64) -> Result<()> {
+        Ok(())
     }
 
     #[test]
-    fn record_settle_and_erase_round_trip_and_reuse_entries() {
+    fn grow_hands_out_batches_and_holds_finds_what_entries_publish() {
         let mut m = mem();
         let area = Area::from_mut(&mut m.0, "ledgers area");
         assert!(Ledger::new(&area, 5, 0).is_err(), "not five equal ledgers");
         let ledger = Ledger::new(&area, 1, 0).unwrap();
-        assert_eq!(ledger.capacity(), 3 * 64 + 4);
+        assert_eq!(ledger.capacity(), 200);
         ledger.check(0).unwrap();
         assert_eq!(ledger.live().unwrap(), 0, "all zeros is an empty ledger");
-        let c = ledger.begin_create(7).unwrap();
-        let r = ledger.begin_take(9, 2).unwrap();
-        assert_ne!(c, r);
-        assert!(ledger.settle(r).unwrap());
-        ledger.begin_take_more(r, 3).unwrap();
-        assert!(ledger.settle(r).unwrap());
-        assert_eq!(ledger.entry(r.0).unwrap().count.load(Ordering::Relaxed), 5);
-        ledger.begin_release(r, 4).unwrap();
-        assert!(ledger.settle(r).unwrap());
-        assert!(ledger.begin_release(r, 2).is_err(), "only 1 is held");
-        ledger.end_create(c).unwrap();
-        assert!(ledger.end_create(c).is_err(), "spent");
-        ledger.begin_release(r, 1).unwrap();
-        assert!(!ledger.settle(r).unwrap(), "emptied at 0");
-        assert_eq!(ledger.live().unwrap(), 0);
-        let again = ledger.begin_take(1, 1).unwrap();
-        assert_eq!(again, r, "the last freed entry is reused first");
-        assert_eq!(ledger.begin_create(2).unwrap(), c);
-        assert_eq!(ledger.header.high_water.load(Ordering::Relaxed), 2);
+        let mut reserved = Vec::new();
+        let first = ledger
+            .grow(8, |o, l| {
+                reserved.push((o, l));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(first, 0..8);
+        assert_eq!(reserved, vec![(64, 16 * ledger.capacity())], "reserved up to a chunk, capped by capacity");
+        let second = ledger.grow(8, |_, _| panic!("already reserved")).unwrap();
+        assert_eq!(second, 8..16);
+        let (c, r) = (Handle(0), Handle(9));
+        ledger.begin_create(c, 7).unwrap();
+        ledger.hold(r, 9).unwrap();
+        assert!(ledger.hold(r, 10).is_err(), "an entry in use is not handed out twice");
+        assert!(ledger.holds(7).unwrap() && ledger.holds(9).unwrap() && !ledger.holds(10).unwrap());
+        let mut found = ledger.entries().unwrap();
+        found.sort();
+        assert_eq!(found, vec![(CREATING, 7), (HELD, 9)]);
+        ledger.sealed(c).unwrap();
+        assert!(ledger.sealed(c).is_err(), "sealed once");
+        assert!(ledger.sealed(r).is_err(), "not a create");
+        ledger.empty(r).unwrap();
+        assert!(!ledger.holds(9).unwrap());
+        assert_eq!(ledger.entries().unwrap(), vec![(HELD, 7)]);
+        assert!(ledger.hold(Handle(ledger.capacity()), 1).is_err(), "past the end");
         ledger.check(10).unwrap();
+        ledger.clear().unwrap();
+        assert_eq!(ledger.entries().unwrap(), vec![]);
+        assert_eq!(ledger.grow(1, no_reserve).unwrap(), 0..1, "a cleared ledger starts again at entry 0");
     }
 
     #[test]
@@ -451,16 +370,23 @@ mod tests {
         let mut m = mem();
         let area = Area::from_mut(&mut m.0, "ledgers area");
         let ledger = Ledger::new(&area, 3, 1).unwrap();
-        ledger.reset();
         let cap = ledger.capacity();
         assert_eq!(cap, 64);
-        let handles: Vec<_> = (0..cap).map(|i| ledger.begin_create(i).unwrap()).collect();
-        let e = ledger.begin_take(1, 1).unwrap_err();
+        assert_eq!(ledger.grow(60, no_reserve).unwrap(), 0..60);
+        assert_eq!(ledger.grow(60, no_reserve).unwrap(), 60..64, "the last entries, fewer than asked");
+        for i in 0..cap {
+            ledger.hold(Handle(i), i).unwrap();
+        }
+        let e = ledger.grow(1, no_reserve).unwrap_err();
         assert!(e.to_string().contains("ledger of process slot 1 is full (64 entries)"), "{e}");
         assert_eq!(ledger.live().unwrap(), cap);
-        ledger.end_create(handles[10]).unwrap();
-        assert_eq!(ledger.begin_take(99, 1).unwrap(), handles[10]);
         ledger.check(100).unwrap();
+
+        // A reservation that fails hands nothing out.
+        let other = Ledger::new(&area, 3, 2).unwrap();
+        let e = other.grow(4, |_, _| Err(Error::Internal("no space".into()))).unwrap_err();
+        assert!(e.to_string().contains("no space"), "{e}");
+        assert_eq!(other.grow(4, no_reserve).unwrap(), 0..4);
 
         // Ledgers of an odd capacity: each one's header is still aligned for its atomics.
         let mut fresh = mem();
@@ -469,49 +395,21 @@ mod tests {
         for slot in 0..3 {
             let ledger = Ledger::new(&odd, 3, slot).unwrap();
             assert_eq!(ledger.capacity(), 63);
-            ledger.reset();
-            let h = ledger.begin_take(5, 1).unwrap();
-            assert!(ledger.settle(h).unwrap());
+            ledger.grow(1, no_reserve).unwrap();
+            ledger.hold(Handle(0), 5).unwrap();
             ledger.check(6).unwrap();
         }
-        assert!(area_len(64, 100_000).unwrap() > 64 * 100_000 * 32);
+        assert!(area_len(64, 100_000).unwrap() > 64 * 100_000 * 16);
         assert!(area_len(u64::MAX, 2).is_none());
     }
 
     #[test]
-    fn entries_lists_what_is_in_use_and_clear_empties_the_ledger() {
+    fn check_catches_unknown_states_ids_out_of_range_and_entries_past_the_high_water_mark() {
         let mut m = mem();
         let area = Area::from_mut(&mut m.0, "ledgers area");
         let ledger = Ledger::new(&area, 1, 0).unwrap();
-        ledger.reset();
-        let c = ledger.begin_create(7).unwrap();
-        let held = ledger.begin_take(9, 2).unwrap();
-        assert!(ledger.settle(held).unwrap());
-        let gone = ledger.begin_take(4, 1).unwrap();
-        ledger.begin_release(gone, 0).unwrap_err();
-        assert!(ledger.settle(gone).unwrap());
-        ledger.begin_release(gone, 1).unwrap();
-        assert!(!ledger.settle(gone).unwrap());
-        let flying = ledger.begin_take(11, 3).unwrap();
-        let mut found = ledger.entries().unwrap();
-        found.sort();
-        assert_eq!(found, vec![(CREATING, 7, 0, 0), (HELD, 9, 2, 2), (TAKING, 11, 0, 3)]);
-        let _ = (c, flying);
-        ledger.clear().unwrap();
-        assert_eq!(ledger.entries().unwrap(), vec![]);
-        assert_eq!(ledger.live().unwrap(), 0);
-        ledger.check(100).unwrap();
-        assert_eq!(ledger.begin_take(1, 1).unwrap(), Handle(0), "a cleared ledger starts again at entry 0");
-    }
-
-    #[test]
-    fn check_catches_unknown_states_ids_out_of_range_and_overflowing_counts() {
-        let mut m = mem();
-        let area = Area::from_mut(&mut m.0, "ledgers area");
-        let ledger = Ledger::new(&area, 1, 0).unwrap();
-        ledger.reset();
-        let h = ledger.begin_take(3, 2).unwrap();
-        ledger.settle(h).unwrap();
+        ledger.grow(2, no_reserve).unwrap();
+        ledger.hold(Handle(0), 3).unwrap();
         ledger.check(4).unwrap();
         let e = ledger.check(3).unwrap_err();
         assert!(e.to_string().contains("entry 0 names object 3, past 3"), "{e}");
@@ -521,21 +419,12 @@ mod tests {
             assert!(e.to_string().contains(needle), "{e}");
             assert!(e.to_string().contains("ledger of slot 0"), "{e}");
         };
-        entry.count.store(MAX_COUNT + 1, Ordering::Relaxed);
-        expect("holds 1099511627777 references");
-        entry.count.store(MAX_COUNT, Ordering::Relaxed);
-        entry.target.store(MAX_COUNT + 1, Ordering::Relaxed);
-        entry.state.store(TAKING, Ordering::Relaxed);
-        expect("takes references from 1099511627776 to 1099511627777");
-        entry.count.store(1, Ordering::Relaxed);
-        entry.target.store(2, Ordering::Relaxed);
-        entry.state.store(RELEASING, Ordering::Relaxed);
-        expect("releases references from 1 to 2");
         entry.state.store(77, Ordering::Relaxed);
         expect("state 0x0000004d");
+        assert!(ledger.entries().is_err(), "entries refuses what check refuses");
         entry.state.store(HELD, Ordering::Relaxed);
         ledger.entry(5).unwrap().state.store(CREATING, Ordering::Relaxed);
-        expect("entry 5 past the high-water mark 1 is in use");
+        expect("entry 5 past the high-water mark 2 is in use");
         ledger.entry(5).unwrap().state.store(EMPTY, Ordering::Relaxed);
         ledger.entry(7).unwrap().reserved.store(1, Ordering::Relaxed);
         expect("entry 7: reserved field is not zero");
@@ -545,6 +434,6 @@ mod tests {
         ledger.header.reserved[2].store(0, Ordering::Relaxed);
         ledger.header.high_water.store(ledger.capacity() + 1, Ordering::Relaxed);
         expect("high-water mark");
-        assert!(ledger.entries().is_err(), "entries refuses what check refuses");
+        assert!(ledger.holds(3).is_err(), "a scan refuses a high-water mark past the end");
     }
 }

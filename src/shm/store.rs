@@ -4,30 +4,40 @@
 //!
 //! Writes: the creator writes the configuration ([`Control`]'s `config`) and initialises the rest
 //! before the pool is published. After that every field is written only by a thread that holds
-//! the pool's one robust mutex (each operation takes the guard as its proof), except the seal
-//! words, which are bumped under the mutex and read without it. Readers of an object's fields
-//! outside the mutex (its key, offset, size and part table, copied into a process's buffer at
-//! `get`) rely on those fields never changing while the record has references.
+//! the pool's one robust mutex (each operation takes the guard as its proof), except three: the
+//! seal words, bumped under the mutex and read without it; a record's `holders` bits, which a
+//! reader sets; and its `last_used`, which a reader refreshes.
 //!
-//! Records are the truth. A record's reference count is derived: one for the index while its key
-//! is present (`UNSEALED` or `SEALED`), one for its creator while `UNSEALED` (a `CREATING` entry
-//! in the creator's ledger), plus every count the process ledgers hold on it. The index, both
-//! allocators, the list of free ids and the counters are derived from the records. So when a
-//! process dies holding the mutex, half-way through any change, the next holder runs
-//! [`Store::rebuild`], which recomputes all of it from the records and the ledgers; the dead
-//! process's slot is then reclaimed like any other. [`Store::check`] verifies that everything
-//! stored equals what would be derived.
+//! Reading takes no lock. A get finds a sealed record through the index without the mutex
+//! ([`Store::peek`]), publishes a reference in its own ledger and re-reads the record's state
+//! and generation ([`Store::still`]); a delete (or an eviction) marks the record `DELETED` and
+//! then looks for references in the ledgers ([`Store::held`]). Both steps are sequentially
+//! consistent, so either the reader sees the mark and withdraws, or the deleter sees the
+//! reference and leaves the object for its last reader to free ([`Store::free_if_unheld`]). An
+//! object's fields (its key, offset, size and part table) never change while the record has the
+//! generation a reference names, so a reader copies them once its reference is confirmed.
+//!
+//! Records are the truth. Who reads an object is nowhere but in the ledgers (a record's
+//! `holders` bits only say which ledgers to look in), and the index, both allocators, the list
+//! of free ids and the counters are derived from the records. So when a process dies holding the
+//! mutex, half-way through any change, the next holder runs [`Store::rebuild`], which recomputes
+//! all of it from the records and the ledgers; the dead process's slot is then reclaimed like any
+//! other, by emptying its ledger. [`Store::check`] verifies that everything stored equals what
+//! would be derived.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::io;
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+};
 
 use crate::alloc::{NodeCell, Tlsf, TlsfCore, GRANULE};
 use crate::error::{Error, Result};
 use crate::shm::header::{AreaKind, Layout, AREAS};
-use crate::shm::ledger::{self, Ledger, CREATING};
+use crate::shm::ledger::{self, Handle, Ledger, CREATING};
 use crate::shm::lock::{MutexGuard, SharedMutex};
 use crate::shm::offset::{Area, Shared};
 use crate::shm::slots::Slot;
@@ -38,7 +48,7 @@ pub(crate) const FREE: u32 = 0;
 pub(crate) const UNSEALED: u32 = 1;
 /// Sealed: immutable and visible.
 pub(crate) const SEALED: u32 = 2;
-/// Deleted or evicted: its key is gone, readers still hold it.
+/// Deleted or evicted: its key is gone, readers may still hold it.
 pub(crate) const DELETED: u32 = 3;
 
 /// No node, no record.
@@ -236,7 +246,10 @@ pub(crate) struct Rec {
     state: AtomicU32,
     /// Bumped at every create that uses the record, so (id, generation) names one object.
     generation: AtomicU32,
-    refs: AtomicU32,
+    /// Bit `slot % 32` of every process slot whose ledger may hold a reference on the object:
+    /// where a deleter looks. Set by a reader before it publishes its reference; only a create
+    /// clears it.
+    holders: AtomicU32,
     key_len: AtomicU32,
     /// The next record in the bucket's chain, or in the free list: id + 1, or 0 at the end.
     next: AtomicU32,
@@ -281,29 +294,21 @@ impl KeyCopy {
 /// Offset (from the object's first byte) and length of each part, copied out.
 pub(crate) type PartTable = Box<[(usize, usize)]>;
 
-/// What a process keeps of an object it holds: copied out under the mutex, never changing.
-#[derive(Clone)]
+/// What a process keeps of an object it holds: copied out once it holds a reference, never
+/// changing. Its key stays in the pool ([`Store::key_in_place`]).
 pub(crate) struct Object {
     pub id: u32,
     pub generation: u32,
     pub offset: u64,
     pub size: u64,
-    pub key: KeyCopy,
     pub parts: Option<PartTable>,
-}
-
-impl Object {
-    /// The id a ledger records: generation and record id.
-    pub(crate) fn ledger_id(&self) -> u64 {
-        ledger_id(self.id, self.generation)
-    }
 }
 
 pub(crate) fn ledger_id(id: u32, generation: u32) -> u64 {
     (generation as u64) << 32 | id as u64
 }
 
-fn split_ledger_id(id: u64) -> (u32, u32) {
+pub(crate) fn split_ledger_id(id: u64) -> (u32, u32) {
     (id as u32, (id >> 32) as u32)
 }
 
@@ -359,6 +364,8 @@ pub(crate) struct Store<'a> {
     key_nodes: &'a [NodeCell],
     keys: Area<'a>,
     ledgers: Area<'a>,
+    /// Every slot's ledger, where deleters look for references.
+    ledger_views: Box<[Ledger<'a>]>,
     hasher: foldhash::fast::FixedState,
     /// The pool file, to reserve the blocks of metadata that grows with use; `None` while the
     /// creator initialises the file (whose first chunks it reserved when making it).
@@ -411,6 +418,10 @@ impl<'a> Store<'a> {
         let nodes_len = cfg.nodes() * size_of::<NodeCell>() as u64;
         let data_nodes = alloc.slice::<NodeCell>(2 * head, cfg.nodes())?;
         let key_nodes = alloc.slice::<NodeCell>(2 * head + nodes_len, cfg.nodes())?;
+        let ledgers = area(AreaKind::Ledgers)?;
+        let ledger_views = (0..cfg.slots as usize)
+            .map(|slot| Ledger::new(&ledgers, cfg.slots as usize, slot))
+            .collect::<Result<Box<[_]>>>()?;
         Ok(Store {
             cfg,
             ctl,
@@ -421,7 +432,8 @@ impl<'a> Store<'a> {
             key_core,
             key_nodes,
             keys: area(AreaKind::Keys)?,
-            ledgers: area(AreaKind::Ledgers)?,
+            ledgers,
+            ledger_views,
             hasher: foldhash::fast::FixedState::with_seed(cfg.seed),
             file: backing,
             data_nodes_at: layout.span(AreaKind::Alloc).offset + 2 * head,
@@ -454,11 +466,13 @@ impl<'a> Store<'a> {
         ranges
     }
 
-    /// Reserves what [`Ledger::back`] asks for, in the Ledgers area of the file.
-    pub(crate) fn back_ledger(&self, ledger: &Ledger<'_>) -> Result<()> {
-        let Some(file) = self.file else { return Ok(()) };
-        ledger.back(|offset, len| {
-            crate::shm::file::reserve(file, self.ledgers_at + offset, len, std::path::Path::new("the pool file"))
+    /// Hands out `n` more entries of `ledger` ([`Ledger::grow`]), reserving their file blocks.
+    pub(crate) fn grow_ledger(&self, ledger: &Ledger<'_>, n: u64) -> Result<std::ops::Range<u64>> {
+        ledger.grow(n, |offset, len| match self.file {
+            Some(file) => {
+                crate::shm::file::reserve(file, self.ledgers_at + offset, len, std::path::Path::new("the pool file"))
+            }
+            None => Ok(()),
         })
     }
 
@@ -539,6 +553,11 @@ impl<'a> Store<'a> {
         Ledger::new(&self.ledgers, self.cfg.slots as usize, slot)
     }
 
+    /// The `holders` bit of process slot `slot`.
+    fn holder_bit(slot: usize) -> u32 {
+        1 << (slot % 32)
+    }
+
     fn data_tlsf(&self) -> Tlsf<&'a TlsfCore, &'a [NodeCell]> {
         Tlsf::from_parts(self.data_core, self.data_nodes)
     }
@@ -602,15 +621,24 @@ impl<'a> Store<'a> {
         Ok(self.key_of(rec)?.as_bytes() == key)
     }
 
-    /// A key of at most [`INLINE_KEY`] bytes as the two words a record holds it in.
+    /// A key of at most [`INLINE_KEY`] bytes as the two words a record holds it in (the
+    /// zero-padded bytes in native order), assembled from whole-word loads.
     fn inline_words(key: &[u8]) -> Option<[u64; 2]> {
         if key.len() > INLINE_KEY {
             return None;
         }
-        let mut bytes = [0u8; INLINE_KEY];
-        bytes[..key.len()].copy_from_slice(key);
-        let (lo, hi) = bytes.split_at(8);
-        Some([u64::from_ne_bytes(lo.try_into().ok()?), u64::from_ne_bytes(hi.try_into().ok()?)])
+        if key.len() >= 8 {
+            let (lo, hi) = key.split_at(8);
+            return Some([u64::from_ne_bytes(lo.try_into().ok()?), Self::word(hi)]);
+        }
+        Some([Self::word(key), 0])
+    }
+
+    /// Up to 8 bytes as a zero-padded native word.
+    fn word(b: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+        u64::from_ne_bytes(w)
     }
 
     /// Where the part table of `rec` starts in the key heap.
@@ -639,20 +667,33 @@ impl<'a> Store<'a> {
     }
 
     /// The object of record `id`, copied out and checked against the pool's bounds.
-    fn object(&self, id: u32) -> Result<Object> {
+    pub(crate) fn object(&self, id: u32) -> Result<Object> {
         let rec = self.rec(id)?;
         let (offset, size) = (rec.offset.load(Relaxed), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
             return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
         }
-        Ok(Object {
-            id,
-            generation: rec.generation.load(Relaxed),
-            offset,
-            size,
-            key: self.key_of(rec)?,
-            parts: self.parts_of(rec)?,
-        })
+        self.key_in_place(id)?;
+        Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
+    }
+
+    /// The key of record `id` where it lies in the pool, checked: for a holder of a reference
+    /// on the object, while its key cannot change.
+    pub(crate) fn key_in_place(&self, id: u32) -> Result<&'a [u8]> {
+        let rec = self.rec(id)?;
+        let len = rec.key_len.load(Relaxed) as usize;
+        if len == 0 || len > crate::pool::MAX_KEY_LEN {
+            return Err(corrupt(format!("a record's key is {len} bytes long")));
+        }
+        if len <= INLINE_KEY {
+            // SAFETY: the record's two inline words are 16 bytes of the mapping, which lives for
+            // 'a; bytes are valid for any value, and `len` is at most 16.
+            return Ok(unsafe { std::slice::from_raw_parts(rec.inline.as_ptr().cast::<u8>(), len) });
+        }
+        let at = self.keys.ptr_at(rec.extra.load(Relaxed), len as u64)?;
+        // SAFETY: `ptr_at` checked that the `len` bytes lie inside the key heap's mapping, which
+        // lives for 'a.
+        Ok(unsafe { std::slice::from_raw_parts(at, len) })
     }
 
     /// The record holding `key` in the index, if any.
@@ -671,6 +712,105 @@ impl<'a> Store<'a> {
             link = rec.next.load(Relaxed);
         }
         Err(corrupt("an index chain loops".into()))
+    }
+
+    /// The sealed record holding `key`, found without the mutex, as its [`ledger_id`] (the
+    /// record's id and generation in one word): a candidate only, which the caller confirms with [`Store::still`] once its reference is
+    /// published. `None` when the index shows no sealed record of the key now, or when what it
+    /// read was changing under it: the caller asks again under the mutex.
+    pub(crate) fn peek(&self, key: &[u8], hash: u64) -> Option<u64> {
+        let inline = Self::inline_words(key);
+        let mut link = self.bucket(hash).load(Acquire);
+        // A chain walked while it changes may lead anywhere: a bounded walk, then the mutex.
+        for _ in 0..64 {
+            if link == 0 {
+                return None;
+            }
+            let id = link - 1;
+            let rec = self.recs.get(id as usize)?;
+            // The generation first, with acquire: its store at a create follows the record's
+            // last free, so a state read after it is the new object's (or later).
+            let generation = rec.generation.load(Acquire);
+            if rec.state.load(Acquire) == SEALED && self.key_is(rec, key, inline).unwrap_or(false) {
+                return Some(ledger_id(id, generation));
+            }
+            link = rec.next.load(Acquire);
+        }
+        None
+    }
+
+    /// Marks process slot `slot` as one that may hold a reference on record `id`, before it
+    /// publishes one. A bit already set costs no write (a hot object stays shared by the caches).
+    pub(crate) fn mark_holder(&self, id: u32, slot: usize) -> Result<()> {
+        let bit = Self::holder_bit(slot);
+        let rec = self.rec(id)?;
+        if rec.holders.load(Acquire) & bit == 0 {
+            rec.holders.fetch_or(bit, SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Whether record `id` still holds the object of `generation` in `state`, read with the
+    /// sequential consistency that orders it against a deleter's scan (see the module's
+    /// documentation).
+    pub(crate) fn still(&self, id: u32, generation: u32, state: u32) -> Result<bool> {
+        let rec = self.rec(id)?;
+        Ok(rec.state.load(SeqCst) == state && rec.generation.load(Acquire) == generation)
+    }
+
+    /// Refreshes the recency of record `id` for LRU eviction, without the mutex: to the clock's
+    /// value, which only creates and seals advance, so readers of a hot object write nothing.
+    pub(crate) fn touch(&self, id: u32) {
+        if !self.cfg.evict_lru {
+            return;
+        }
+        if let Some(rec) = self.recs.get(id as usize) {
+            let now = self.ctl.clock.load(Relaxed);
+            if rec.last_used.load(Relaxed) != now {
+                rec.last_used.store(now, Relaxed);
+            }
+        }
+    }
+
+    /// Whether any ledger holds a reference on (`id`, `generation`), or creates it. Called after
+    /// marking the record, with the sequential consistency that orders it against readers.
+    pub(crate) fn held(&self, id: u32, generation: u32) -> Result<bool> {
+        let mut mask = self.rec(id)?.holders.load(SeqCst);
+        let lid = ledger_id(id, generation);
+        while mask != 0 {
+            let bit = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            for ledger in self.ledger_views.iter().skip(bit).step_by(32) {
+                if ledger.holds(lid)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Frees (`id`, `generation`) if it is deleted and nobody holds it any more: what a reader
+    /// does after withdrawing its reference from a deleted object. Answers whether it freed it.
+    pub(crate) fn free_if_unheld(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
+        if !self.is(id, generation, DELETED)? || self.held(id, generation)? {
+            return Ok(false);
+        }
+        self.free_record(g, id)?;
+        Ok(true)
+    }
+
+    /// Frees every deleted object nobody holds: those whose last reader died after withdrawing
+    /// its reference and before freeing. Answers how many.
+    pub(crate) fn sweep(&self, g: &Locked<'_>) -> Result<u64> {
+        let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as u32;
+        let mut freed = 0;
+        for id in 0..high {
+            let rec = self.rec(id)?;
+            if rec.state.load(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation.load(Relaxed))? {
+                freed += 1;
+            }
+        }
+        Ok(freed)
     }
 
     /// Takes record `id` out of its bucket's chain.
@@ -724,22 +864,21 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
-    /// Creates an unsealed object for `key` with the index's and the creator's references,
-    /// recorded as `CREATING` in `ledger` before the record is claimed. Answers it and the ledger
-    /// handle to end the create with.
+    /// Creates an unsealed object for `key`, recorded as `CREATING` in the empty entry `handle`
+    /// of `ledger` before the record is claimed.
     pub(crate) fn create(
         &self,
         g: &Locked<'_>,
         ledger: &Ledger<'_>,
+        handle: Handle,
         key: &[u8],
         size: u64,
         parts: Option<&[(usize, usize)]>,
-    ) -> std::result::Result<(Object, ledger::Handle), CreateError> {
+    ) -> std::result::Result<Object, CreateError> {
         let hash = self.hash(key);
         if self.find(g, key, hash)?.is_some() {
             return Err(CreateError::AlreadyExists);
         }
-        self.back_ledger(ledger)?;
         let Some(id) = self.take_id(g)? else {
             return Err(CreateError::ObjectLimit);
         };
@@ -780,7 +919,7 @@ impl<'a> Store<'a> {
             }
         };
         // Gives back what this create took, when a later step fails.
-        let undo = |e: Error| -> std::result::Result<(Object, ledger::Handle), CreateError> {
+        let undo = |e: Error| -> std::result::Result<Object, CreateError> {
             if node != NIL {
                 self.data_tlsf().free(node);
             }
@@ -798,10 +937,13 @@ impl<'a> Store<'a> {
         if generation == 0 {
             generation = 1;
         }
-        let handle = match ledger.begin_create(ledger_id(id, generation)) {
-            Ok(h) => h,
-            Err(e) => return undo(e),
-        };
+        if let Err(e) = ledger.begin_create(handle, ledger_id(id, generation)) {
+            return undo(e);
+        }
+        // Cleared before the new generation is published: a reader that sees the generation
+        // sees the cleared bits, and sets its own after.
+        rec.holders.store(Self::holder_bit(ledger.slot()), Relaxed);
+        rec.generation.store(generation, Release);
         if key.len() > INLINE_KEY {
             // SAFETY: the range was just allocated under the mutex and no record names it yet.
             unsafe { self.keys.write_bytes(extra, key)? };
@@ -818,7 +960,6 @@ impl<'a> Store<'a> {
         if key.len() <= INLINE_KEY {
             inline[..key.len()].copy_from_slice(key);
         }
-        rec.generation.store(generation, Relaxed);
         rec.key_len.store(key.len() as u32, Relaxed);
         rec.parts.store(parts.map_or(0, |p| p.len() as u32), Relaxed);
         rec.node.store(node, Relaxed);
@@ -829,15 +970,14 @@ impl<'a> Store<'a> {
         rec.last_used.store(0, Relaxed);
         rec.inline[0].store(u64::from_ne_bytes(inline[..8].try_into().expect("8 bytes")), Relaxed);
         rec.inline[1].store(u64::from_ne_bytes(inline[8..].try_into().expect("8 bytes")), Relaxed);
-        rec.refs.store(2, Relaxed);
         let bucket = self.bucket(hash);
         rec.next.store(bucket.load(Relaxed), Relaxed);
-        rec.state.store(UNSEALED, Relaxed);
-        bucket.store(id + 1, Relaxed);
+        rec.state.store(UNSEALED, Release);
+        bucket.store(id + 1, Release);
         self.ctl.live.fetch_add(1, Relaxed);
         self.ctl.used.fetch_add(units * GRANULE as u64, Relaxed);
         self.ctl.keys.fetch_add(1, Relaxed);
-        Ok((self.object(id)?, handle))
+        Ok(self.object(id)?)
     }
 
     /// Whether record `id` still holds the object of `generation` in `state`.
@@ -846,8 +986,8 @@ impl<'a> Store<'a> {
         Ok(rec.generation.load(Relaxed) == generation && rec.state.load(Relaxed) == state)
     }
 
-    /// Seals the unsealed object (`id`, `generation`): the creator's reference becomes a read
-    /// reference, which the caller records in its ledger. Answers the seal word to wake when gets
+    /// Seals the unsealed object (`id`, `generation`): the creator's `CREATING` entry becomes a
+    /// read reference ([`Ledger::sealed`], the caller's). Answers the seal word to wake when gets
     /// wait on it (`Some(None)` when none does), or `None` when the object is no longer unsealed.
     pub(crate) fn seal(&self, _: &Locked<'_>, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
         if !self.is(id, generation, UNSEALED)? {
@@ -855,43 +995,11 @@ impl<'a> Store<'a> {
         }
         let rec = self.rec(id)?;
         rec.last_used.store(self.tick(), Relaxed);
-        rec.state.store(SEALED, Relaxed);
+        rec.state.store(SEALED, Release);
         let hash = self.hash(self.key_of(rec)?.as_bytes());
         let word = self.seal_word(hash);
         word.fetch_add(1, Relaxed);
         Ok(Some((self.waiters(hash).load(Relaxed) > 0).then_some(word)))
-    }
-
-    /// Drops `n` references on (`id`, `generation`); the last one frees the object. Dropping
-    /// none is a no-op even on an object that is gone: a process that died releasing its last
-    /// reference, after the object was freed and before its ledger entry was, leaves such an entry.
-    pub(crate) fn drop_refs(&self, g: &Locked<'_>, id: u32, generation: u32, n: u64) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let rec = self.rec(id)?;
-        if rec.generation.load(Relaxed) != generation || rec.state.load(Relaxed) == FREE {
-            return Err(corrupt(format!("dropping references on object {id}:{generation}, which is gone")));
-        }
-        let refs = rec.refs.load(Relaxed) as u64;
-        if n > refs {
-            return Err(corrupt(format!("dropping {n} of {refs} references on object {id}")));
-        }
-        rec.refs.store((refs - n) as u32, Relaxed);
-        if refs == n {
-            self.free_record(g, id)?;
-        }
-        Ok(())
-    }
-
-    /// Adds a reference to a live object (the caller holds one, or the index does).
-    pub(crate) fn add_ref(&self, _: &Locked<'_>, id: u32) -> Result<()> {
-        let rec = self.rec(id)?;
-        rec.refs.fetch_add(1, Relaxed);
-        if self.cfg.evict_lru {
-            rec.last_used.store(self.tick(), Relaxed);
-        }
-        Ok(())
     }
 
     fn free_record(&self, g: &Locked<'_>, id: u32) -> Result<()> {
@@ -909,8 +1017,7 @@ impl<'a> Store<'a> {
         }
         rec.node.store(NIL, Relaxed);
         rec.key_node.store(NIL, Relaxed);
-        rec.refs.store(0, Relaxed);
-        rec.state.store(FREE, Relaxed);
+        rec.state.store(FREE, Release);
         self.ctl.live.fetch_sub(1, Relaxed);
         self.ctl.used.fetch_sub(units * GRANULE as u64, Relaxed);
         self.give_id(g, id)
@@ -923,21 +1030,22 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
-    /// Aborts the unsealed object (`id`, `generation`): its key goes, and the index's and the
-    /// creator's references with it. A no-op (`false`) when it is no longer unsealed.
+    /// Aborts the unsealed object (`id`, `generation`): its key goes, and the object with it
+    /// (nobody reads an unsealed object; its creator empties its entry). A no-op (`false`) when
+    /// it is no longer unsealed.
     pub(crate) fn abort(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
         if !self.is(id, generation, UNSEALED)? {
             return Ok(false);
         }
         self.unlink(g, id)?;
-        self.rec(id)?.state.store(DELETED, Relaxed);
+        self.rec(id)?.state.store(DELETED, SeqCst);
         self.ctl.keys.fetch_sub(1, Relaxed);
-        self.drop_refs(g, id, generation, 2)?;
+        self.free_record(g, id)?;
         Ok(true)
     }
 
-    /// The key's state; for a sealed key, a reference is taken for the caller (who records it in
-    /// its ledger).
+    /// The key's state under the mutex: a sealed key's object is the caller's to publish a
+    /// reference on (which it may do without re-checking: nothing deletes under the mutex).
     pub(crate) fn lookup(&self, g: &Locked<'_>, key: &[u8], hash: u64) -> Result<Lookup> {
         let Some(id) = self.find(g, key, hash)? else {
             return Ok(Lookup::Absent);
@@ -945,22 +1053,27 @@ impl<'a> Store<'a> {
         if self.rec(id)?.state.load(Relaxed) != SEALED {
             return Ok(Lookup::Unsealed);
         }
-        let object = self.object(id)?;
-        self.add_ref(g, id)?;
-        Ok(Lookup::Sealed(object))
+        Ok(Lookup::Sealed(self.object(id)?))
     }
 
-    /// Removes a sealed key and drops the index's reference.
+    /// Takes sealed record `id` out of the index and marks it deleted; frees it unless a reader
+    /// holds it (its last reader frees it then).
+    fn remove(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+        let rec = self.rec(id)?;
+        self.unlink(g, id)?;
+        rec.state.swap(DELETED, SeqCst);
+        self.ctl.keys.fetch_sub(1, Relaxed);
+        self.free_if_unheld(g, id, rec.generation.load(Relaxed))?;
+        Ok(())
+    }
+
+    /// Removes a sealed key.
     pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8]) -> Result<()> {
         let id = self.find(g, key, self.hash(key))?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
-        let rec = self.rec(id)?;
-        if rec.state.load(Relaxed) != SEALED {
+        if self.rec(id)?.state.load(Relaxed) != SEALED {
             return Err(Error::NotSealed(crate::error::Key::new(key)));
         }
-        self.unlink(g, id)?;
-        rec.state.store(DELETED, Relaxed);
-        self.ctl.keys.fetch_sub(1, Relaxed);
-        self.drop_refs(g, id, rec.generation.load(Relaxed), 1)
+        self.remove(g, id)
     }
 
     /// Whether `key` is sealed.
@@ -971,24 +1084,34 @@ impl<'a> Store<'a> {
         })
     }
 
-    /// Evicts the least recently used sealed object nobody but the index holds; false when
-    /// there is none.
+    /// Evicts the least recently used sealed object nobody reads; false when there is none.
     pub(crate) fn evict_one(&self, g: &Locked<'_>) -> Result<bool> {
         let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
-        let victim = self.recs[..high]
+        let held = self.ledger_holds()?.0;
+        let mut candidates: Vec<(u64, u32)> = self.recs[..high]
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.state.load(Relaxed) == SEALED && r.refs.load(Relaxed) == 1)
-            .min_by_key(|(_, r)| r.last_used.load(Relaxed))
-            .map(|(id, _)| id as u32);
-        let Some(id) = victim else { return Ok(false) };
-        let rec = self.rec(id)?;
-        self.unlink(g, id)?;
-        rec.state.store(DELETED, Relaxed);
-        self.ctl.keys.fetch_sub(1, Relaxed);
-        self.drop_refs(g, id, rec.generation.load(Relaxed), 1)?;
-        self.ctl.evictions.fetch_add(1, Relaxed);
-        Ok(true)
+            .filter(|(id, r)| r.state.load(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
+            .map(|(id, r)| (r.last_used.load(Relaxed), id as u32))
+            .collect();
+        candidates.sort_unstable();
+        // A reader may take a candidate after the ledgers were read: the mark and a second look
+        // settle it, as for a delete; a candidate taken meanwhile is restored and the next tried.
+        for (_, id) in candidates.into_iter().take(64) {
+            let rec = self.rec(id)?;
+            let generation = rec.generation.load(Relaxed);
+            rec.state.swap(DELETED, SeqCst);
+            if self.held(id, generation)? {
+                rec.state.store(SEALED, SeqCst);
+                continue;
+            }
+            self.unlink(g, id)?;
+            self.ctl.keys.fetch_sub(1, Relaxed);
+            self.free_record(g, id)?;
+            self.ctl.evictions.fetch_add(1, Relaxed);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     pub(crate) fn note_refused(&self) {
@@ -1014,25 +1137,23 @@ impl<'a> Store<'a> {
         }
     }
 
-    /// The references every ledger holds, per record id (for the generation it names), and the
-    /// creates in progress: what the records' counts are derived from. In-flight changes count
-    /// at their target (only a dead process leaves one, and its slot is reclaimed next).
-    fn ledger_holds(&self) -> Result<(HashMap<u32, u64>, HashMap<u32, u32>)> {
-        let mut holds: HashMap<u32, u64> = HashMap::new();
+    /// What the ledgers record on the objects records hold now (entries naming an earlier
+    /// generation are left out): per record id, the `holders` bits of the slots holding read
+    /// references on it, and the creates in progress.
+    fn ledger_holds(&self) -> Result<(HashMap<u32, u32>, HashMap<u32, u32>)> {
+        let mut holds: HashMap<u32, u32> = HashMap::new();
         let mut creating: HashMap<u32, u32> = HashMap::new();
-        for slot in 0..self.cfg.slots as usize {
-            for (state, lid, count, target) in self.ledger(slot)?.entries()? {
+        for ledger in self.ledger_views.iter() {
+            for (state, lid) in ledger.entries()? {
                 let (id, generation) = split_ledger_id(lid);
                 let rec = self.rec(id)?;
                 if rec.generation.load(Relaxed) != generation {
                     continue;
                 }
-                match state {
-                    CREATING => {
-                        creating.insert(id, generation);
-                    }
-                    ledger::HELD => *holds.entry(id).or_default() += count,
-                    _ => *holds.entry(id).or_default() += target,
+                if state == CREATING {
+                    creating.insert(id, generation);
+                } else {
+                    *holds.entry(id).or_default() |= Self::holder_bit(ledger.slot());
                 }
             }
         }
@@ -1047,6 +1168,12 @@ impl<'a> Store<'a> {
     /// Whether a rebuild started after a holder's death has not succeeded yet.
     pub(crate) fn repair_pending(&self, _: &Locked<'_>) -> bool {
         self.ctl.repair_pending.load(Relaxed) != 0
+    }
+
+    /// [`Store::repair_pending`] read without the mutex: a reader that sees it takes the mutex
+    /// (and makes the repair) instead of reading the index.
+    pub(crate) fn repair_pending_now(&self) -> bool {
+        self.ctl.repair_pending.load(Acquire) != 0
     }
 
     /// Recomputes everything derived from the records and the ledgers (see the module's
@@ -1071,27 +1198,23 @@ impl<'a> Store<'a> {
                 continue;
             }
             let valid = state <= DELETED && self.object(id).is_ok();
-            let mut refs = holds.get(&id).copied().unwrap_or(0);
-            let mut keep = valid;
-            if valid && state == UNSEALED {
-                if creating.contains_key(&id) {
-                    refs += 2;
-                } else {
-                    keep = false;
-                }
-            } else if valid && state == SEALED {
-                refs += 1;
-            }
-            if !keep || refs == 0 {
-                rec.state.store(FREE, Relaxed);
-                rec.refs.store(0, Relaxed);
+            let held = holds.get(&id).copied().unwrap_or(0);
+            let keep = valid
+                && match state {
+                    UNSEALED => creating.contains_key(&id),
+                    SEALED => true,
+                    _ => held != 0,
+                };
+            if !keep {
+                rec.state.store(FREE, Release);
                 rec.node.store(NIL, Relaxed);
                 rec.key_node.store(NIL, Relaxed);
                 free_ids.push(id);
                 freed += 1;
                 continue;
             }
-            rec.refs.store(refs.min(u32::MAX as u64) as u32, Relaxed);
+            // Readers outside the mutex may be setting bits now: add, never clear.
+            rec.holders.fetch_or(held, SeqCst);
             let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
             if units > 0 {
                 used_blocks.push(((rec.offset.load(Relaxed) / GRANULE as u64) as u32, units as u32, id));
@@ -1112,13 +1235,13 @@ impl<'a> Store<'a> {
             if state != DELETED {
                 let hash = self.hash(self.key_of(rec)?.as_bytes());
                 if self.find(g, self.key_of(rec)?.as_bytes(), hash)?.is_some() {
-                    // Two records of one key: only corruption makes them; the later one goes.
-                    rec.state.store(DELETED, Relaxed);
-                    rec.refs.store((refs - 1).max(1) as u32, Relaxed);
+                    // Two records of one key: only corruption makes them; the later one goes
+                    // (freed by the sweep that follows a repair, unless someone reads it).
+                    rec.state.store(DELETED, SeqCst);
                 } else {
                     let bucket = self.bucket(hash);
                     rec.next.store(bucket.load(Relaxed), Relaxed);
-                    bucket.store(id + 1, Relaxed);
+                    bucket.store(id + 1, Release);
                     keys += 1;
                 }
             }
@@ -1163,7 +1286,7 @@ impl<'a> Store<'a> {
     }
 
     /// Verifies every invariant: the allocators', each record's fields and bounds, each record's
-    /// count against the ledgers, each key reachable in the index and only once, the chains
+    /// holders against the ledgers, each key reachable in the index and only once, the chains
     /// holding only present keys, the counters against the records, and the ledgers' own.
     pub(crate) fn check(&self, g: &Locked<'_>) -> Result<()> {
         self.data_tlsf().check().map_err(|why| corrupt(format!("object memory allocator: {why}")))?;
@@ -1196,22 +1319,25 @@ impl<'a> Store<'a> {
                 return Err(corrupt(format!("record {id} in state {state}")));
             }
             let object = self.object(id)?;
-            let mut refs = holds.get(&id).copied().unwrap_or(0);
-            match state {
-                UNSEALED if !creating.contains_key(&id) => {
-                    return Err(corrupt(format!("unsealed record {id} has no creator")));
-                }
-                UNSEALED => refs += 2,
-                SEALED => refs += 1,
-                _ => {}
+            let key = self.key_in_place(id)?;
+            let held = holds.get(&id).copied().unwrap_or(0);
+            if state == UNSEALED && !creating.contains_key(&id) {
+                return Err(corrupt(format!("unsealed record {id} has no creator")));
             }
-            let stored = rec.refs.load(Relaxed) as u64;
-            if stored != refs || refs == 0 {
-                return Err(corrupt(format!("record {id} counts {stored} references, its holders {refs}")));
+            if state == UNSEALED && held != 0 {
+                return Err(corrupt(format!("unsealed record {id} has readers")));
+            }
+            // A deleted record nobody holds is allowed: its last reader withdrew and is about
+            // to free it.
+            let marked = rec.holders.load(SeqCst);
+            if marked & held != held {
+                return Err(corrupt(format!(
+                    "record {id} is held by the ledgers of slots 0x{held:08x} (mod 32), marked 0x{marked:08x}"
+                )));
             }
             live += 1;
             used += object.size.div_ceil(GRANULE as u64) * GRANULE as u64;
-            let present = self.find(g, object.key.as_bytes(), self.hash(object.key.as_bytes()))?;
+            let present = self.find(g, key, self.hash(key))?;
             if state == DELETED && present == Some(id) {
                 return Err(corrupt(format!("deleted record {id} is still in the index")));
             }
@@ -1268,8 +1394,7 @@ unsafe impl Shared for NodeCell {}
 #[cfg(test)]
 impl Store<'_> {
     /// Leaves every derived structure wrong, as a process dying half-way through a change could:
-    /// an empty index, an allocator with every block free, no free ids, wrong counters and
-    /// reference counts.
+    /// an empty index, an allocator with every block free, no free ids and wrong counters.
     pub(crate) fn scramble_derived(&self, _: &Locked<'_>) {
         for bucket in self.buckets {
             bucket.store(0, Relaxed);
@@ -1279,10 +1404,5 @@ impl Store<'_> {
         self.ctl.live.store(12345, Relaxed);
         self.ctl.used.store(1, Relaxed);
         self.ctl.keys.store(0, Relaxed);
-        for rec in self.recs {
-            if rec.state.load(Relaxed) != FREE {
-                rec.refs.store(99, Relaxed);
-            }
-        }
     }
 }
