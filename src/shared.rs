@@ -60,7 +60,7 @@ pub(crate) struct SharedInner {
     /// This process's ledger; `None` for an inspector, which holds no slot.
     ledger: Option<Ledger<'static>>,
     /// The entries of `ledger` this process has handed out and not in use.
-    free_entries: FreeEntries,
+    free_entries: Arc<FreeEntries>,
     slot: Option<SlotGuard<'static>>,
     slots: Box<Slots<'static>>,
     closed: AtomicBool,
@@ -280,18 +280,29 @@ struct Padded<T>(T);
 /// takes a batch of new entries from the ledger, so two threads' entries lie on different cache
 /// lines.
 struct FreeEntries {
-    /// Names this list among every pool handle the process ever had, for [`CACHED`].
-    id: u64,
     shards: [Padded<Mutex<Vec<u64>>>; SHARDS],
     /// Serialises growing the ledger.
     grow: Mutex<()>,
 }
 
+/// The free entry a thread gave back last, and the pool's list it belongs to: a thread that gets
+/// and releases in turn takes and gives back that one entry, touching no lock. Given back to its
+/// list when the thread ends.
+struct Cached {
+    owner: std::sync::Weak<FreeEntries>,
+    entry: Option<u64>,
+}
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        if let (Some(entry), Some(owner)) = (self.entry, self.owner.upgrade()) {
+            owner.push(entry);
+        }
+    }
+}
+
 thread_local! {
-    /// One free entry this thread gave back last, as (the [`FreeEntries`] `id` it belongs to,
-    /// entry), so that a thread that gets and releases in turn touches no lock. An entry left
-    /// here when the thread stops using the pool is one entry the ledger does not reuse.
-    static CACHED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    static CACHED: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A poisoned lock here only means a thread panicked holding a plain list: use it as it is.
@@ -307,21 +318,25 @@ fn shard() -> usize {
 }
 
 impl FreeEntries {
-    fn new() -> FreeEntries {
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        FreeEntries {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            shards: std::array::from_fn(|_| Padded(Mutex::new(Vec::new()))),
-            grow: Mutex::new(()),
-        }
+    fn new() -> Arc<FreeEntries> {
+        Arc::new(FreeEntries { shards: std::array::from_fn(|_| Padded(Mutex::new(Vec::new()))), grow: Mutex::new(()) })
     }
 
-    /// An empty entry of `ledger` for this thread: its shard's, a new batch, or, when the ledger
-    /// is full, one another shard keeps.
-    fn take(&self, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
-        let (owner, index) = CACHED.get();
-        if owner == self.id {
-            CACHED.set((0, 0));
+    fn mine(self: &Arc<Self>, cached: &Cached) -> bool {
+        std::sync::Weak::as_ptr(&cached.owner) == Arc::as_ptr(self)
+    }
+
+    /// An empty entry of `ledger` for this thread: the one it cached, its shard's, a new batch,
+    /// or, when the ledger is full, one another shard keeps.
+    fn take(self: &Arc<Self>, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
+        let cached = CACHED
+            .try_with(|c| match &mut *c.borrow_mut() {
+                Some(c) if self.mine(c) => c.entry.take(),
+                _ => None,
+            })
+            .ok()
+            .flatten();
+        if let Some(index) = cached {
             return Ok(Handle(index));
         }
         let mine = &self.shards[shard()].0;
@@ -342,13 +357,29 @@ impl FreeEntries {
         }
     }
 
-    fn give(&self, handle: Handle) {
-        let (owner, _) = CACHED.get();
-        if owner == 0 {
-            CACHED.set((self.id, handle.0));
-            return;
+    /// Gives back an entry: into this thread's cache when that is free (or held for a pool
+    /// that is gone), else to this thread's shard.
+    fn give(self: &Arc<Self>, handle: Handle) {
+        let cached = CACHED.try_with(|c| {
+            let mut c = c.borrow_mut();
+            match &mut *c {
+                Some(c) if self.mine(c) => c.entry.is_none() && c.entry.replace(handle.0).is_none(),
+                Some(other) if other.entry.is_some() && other.owner.strong_count() > 0 => false,
+                slot => {
+                    // Dropping what was there gives nothing back (it holds no entry, or its pool
+                    // is gone).
+                    *slot = Some(Cached { owner: Arc::downgrade(self), entry: Some(handle.0) });
+                    true
+                }
+            }
+        });
+        if cached != Ok(true) {
+            self.push(handle.0);
         }
-        relock(&self.shards[shard()].0).push(handle.0);
+    }
+
+    fn push(&self, entry: u64) {
+        relock(&self.shards[shard()].0).push(entry);
     }
 }
 

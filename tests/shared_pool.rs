@@ -504,3 +504,77 @@ fn an_evicting_shared_pool_evicts_what_no_process_holds_least_recently_used_firs
     drop((all, newest, held));
     a.check().unwrap();
 }
+
+#[test]
+fn readers_racing_deletes_and_creates_of_the_same_keys_never_see_wrong_bytes_and_leak_nothing() {
+    // Readers take no lock: each get publishes its reference and re-checks the record, while a
+    // writer deletes and makes the keys again. Every value is one byte repeated (its version), so
+    // a reader that got a freed or reused block would see mixed bytes.
+    let name = Name::new("race");
+    let pool = create(&name, 1 << 20);
+    let keys: Vec<Vec<u8>> = (0..4).map(|i| format!("race-{i}").into_bytes()).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (reads, versions) = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for key in &keys {
+                            if let Ok(b) = pool.get(key, Wait::Now) {
+                                let bytes = b.as_slice();
+                                assert!(bytes.iter().all(|&x| x == bytes[0]), "mixed bytes in {key:?}");
+                                n += 1;
+                            }
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut versions = 0u32;
+        let until = std::time::Instant::now() + Duration::from_millis(600);
+        while std::time::Instant::now() < until && versions < 200_000 {
+            versions += 1;
+            let key = &keys[versions as usize % keys.len()];
+            let _ = pool.delete(key);
+            let mut b = pool.create(key, 1000 + (versions as usize % 7) * 64).unwrap();
+            b.as_mut_slice().unwrap().fill(versions as u8);
+            b.seal().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (readers.into_iter().map(|r| r.join().unwrap()).sum::<u64>(), versions)
+    });
+    assert!(reads > 0 && versions > 100, "{reads} reads, {versions} versions");
+    pool.check().unwrap();
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count), (4, 4), "only the last version of each key is left");
+    for key in &keys {
+        pool.delete(key).unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    pool.check().unwrap();
+}
+
+#[test]
+fn threads_that_come_and_go_give_their_ledger_entries_back_and_never_fill_it() {
+    // A ledger holds max(4 × max_objects, 4096) entries. Each thread keeps the entry it used last
+    // for its next get: one that ends must give it back, or 5000 short-lived threads would fill
+    // the ledger.
+    let name = Name::new("churn");
+    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 16, name: Some(name.0.clone()), ..local() })
+        .expect("create a shared pool");
+    put(&pool, b"k", 100);
+    for _ in 0..50 {
+        std::thread::scope(|s| {
+            for _ in 0..100 {
+                s.spawn(|| assert_eq!(pool.get(b"k", Wait::Now).unwrap().as_slice(), pattern(b"k", 100)));
+            }
+        });
+    }
+    let held: Vec<_> = (0..4000).map(|_| pool.get(b"k", Wait::Now).unwrap()).collect();
+    assert_eq!(held.len(), 4000);
+    drop(held);
+    pool.check().unwrap();
+}
