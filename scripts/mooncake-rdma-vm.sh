@@ -16,7 +16,9 @@
 # 1 MiB, 16 MiB and 196,625 B (and a pickled object) with ZeroCopyStore, and the same bytes with
 # Mooncake's own put; the reader gets them (ZeroCopyStore's batch get, Mooncake's own get and
 # get_array), compares SHA-256 checksums, checks that the values were in the writer's segment
-# and that rxe0's packet counters moved by at least the bytes got.
+# and that rxe0's packet counters moved by at least the bytes got. MC_GID_INDEX is set to the
+# runner's RoCE v2 GID index (1); the transfer engine of the pinned wheel also picks index 1 on its
+# own when it is unset ("Find best gid index: 1 on rxe0/1").
 #
 #     sudo scripts/mooncake-rdma-vm.sh            # or: scripts/mooncake-rdma-vm.sh as root
 #
