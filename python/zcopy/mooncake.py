@@ -1176,13 +1176,14 @@ def _die_with_parent():
 
 
 class LocalMaster:
-    """A `mooncake_master` on 127.0.0.1 for tests and examples: started by `start()`, stopped
-    (by its PID) by `stop()` or the `with` block, and sent SIGTERM if the thread that started it
-    ends first. `args` are extra master flags."""
+    """A `mooncake_master` on 127.0.0.1 (or the IPv4 address `host`) for tests and examples:
+    started by `start()`, stopped (by its PID) by `stop()` or the `with` block, and sent SIGTERM
+    if the thread that started it ends first. `args` are extra master flags."""
 
-    def __init__(self, port=50051, args=(), log=None, timeout=15.0):
+    def __init__(self, port=50051, args=(), log=None, timeout=15.0, host="127.0.0.1"):
         self.port = port
-        self.address = "127.0.0.1:%d" % port
+        self.host = host
+        self.address = "%s:%d" % (host, port)
         self.args = list(args)
         self.log = log
         self.timeout = timeout
@@ -1194,7 +1195,7 @@ class LocalMaster:
         import time
 
         cmd = [
-            master_binary(), "--rpc_address=127.0.0.1", "--rpc_port=%d" % self.port,
+            master_binary(), "--rpc_address=%s" % self.host, "--rpc_port=%d" % self.port,
             "--metrics_port=%d" % (self.port + 1), "--logtostderr=true",
         ] + self.args
         out = subprocess.DEVNULL if self.log is None else self.log
@@ -1206,7 +1207,7 @@ class LocalMaster:
             if self.proc.poll() is not None:
                 raise RuntimeError("mooncake_master exited with code %d at start" % self.proc.returncode)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return self
             except OSError:
                 if time.monotonic() > deadline:
