@@ -22,14 +22,18 @@
 #
 #     sudo scripts/mooncake-rdma-vm.sh            # or: scripts/mooncake-rdma-vm.sh as root
 #
+# scripts/rdma-tests.sh (the README's test command) runs it in the same VM boot as the RDMA
+# tests: `--prepare` does this host's part only, `--in-vm` is the VM's part, and `--vm-packages`
+# prints the Debian packages the VM image needs for it (both scripts build the image with them, so
+# they share one image cache).
+#
 # Prints the example's lines, then "mooncake-rdma-vm: PASS (...)" or "mooncake-rdma-vm: FAIL
 # (...)"; exits 0 on PASS, 1 on FAIL (a mismatch, an error, or Mooncake not able to run over
 # rxe0: the example's skip, exit 77, is a failure here), 125 when the VM cannot start.
 #
 # Environment (all optional):
 #   ZCOPY_RXE_VM        the VM runner (default ../shared/rdma-vm/run-in-rxe-vm.sh beside the repository)
-#   RXE_VM_CACHE        the VM image cache (default /tmp/rxe-vm-cache-mc: its own, because the image
-#                       has more packages than the runner's default one, whose cache it would rebuild)
+#   RXE_VM_CACHE        the VM image cache (the runner's default, shared with scripts/rdma-tests.sh)
 #   MOONCAKE_VM_PROTOCOLS  protocols to run, in order (default "rdma"; "tcp rdma" runs the same
 #                       example over TCP on 10.99.0.1 first, to tell RDMA failures from others)
 #   MOONCAKE_VM_TIMEOUT seconds per step of the example (default 300: the VM may be emulated)
@@ -48,6 +52,14 @@ mooncake_version() {
 }
 site=target/mooncake-rdma-vm/site
 timeout=${MOONCAKE_VM_TIMEOUT:-300}
+# Mooncake's store.so and mooncake_master link libcurl and libnuma beside libibverbs (already in
+# the image); strace is there to see a failing call.
+vm_packages=python3,libcurl4,libnuma1,strace
+
+if [ "${1:-}" = --vm-packages ]; then
+    echo "$vm_packages"
+    exit 0
+fi
 
 # ------------------------------------------------------------------ inside the VM
 if [ "${1:-}" = --in-vm ]; then
@@ -85,9 +97,13 @@ if [ "${1:-}" = --in-vm ]; then
 fi
 
 # ------------------------------------------------------------------ on the host
-[ "$(id -u)" = 0 ] || { echo "mooncake-rdma-vm: the Soft-RoCE VM needs root" >&2; exit 125; }
+prepare_only=false
+[ "${1:-}" = --prepare ] && prepare_only=true
 vm_script=${ZCOPY_RXE_VM:-$root/../shared/rdma-vm/run-in-rxe-vm.sh}
-[ -x "$vm_script" ] || { echo "mooncake-rdma-vm: no VM runner at $vm_script (set ZCOPY_RXE_VM)" >&2; exit 125; }
+if ! $prepare_only; then
+    [ "$(id -u)" = 0 ] || { echo "mooncake-rdma-vm: the Soft-RoCE VM needs root" >&2; exit 125; }
+    [ -x "$vm_script" ] || { echo "mooncake-rdma-vm: no VM runner at $vm_script (set ZCOPY_RXE_VM)" >&2; exit 125; }
+fi
 version=$(mooncake_version)
 [ -n "$version" ] || { echo "mooncake-rdma-vm: no pinned Mooncake version in scripts/test.sh" >&2; exit 1; }
 
@@ -115,11 +131,9 @@ if [ "$(cat "$site.stamp" 2>/dev/null)" != "$want" ]; then
         --only-binary=:all: $want
     echo "$want" > "$site.stamp"
 fi
+$prepare_only && exit 0
 
-export RXE_VM_CACHE=${RXE_VM_CACHE:-/tmp/rxe-vm-cache-mc}
-# Mooncake's store.so and mooncake_master link libcurl and libnuma beside libibverbs (already in the
-# image); strace is there to see a failing call.
-export RXE_VM_EXTRA_PKGS=python3,libcurl4,libnuma1,strace
+export RXE_VM_EXTRA_PKGS=$vm_packages
 export RXE_VM_NETDEV=dummy RXE_VM_SHARE=$root
 export RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-2400}
 export MOONCAKE_VM_PROTOCOLS=${MOONCAKE_VM_PROTOCOLS:-rdma} MOONCAKE_VM_TIMEOUT=$timeout

@@ -6,6 +6,8 @@
 #     ZCOPY_RDMA_DEVICE and ZCOPY_RDMA_GID_INDEX pick the device and GID (defaults rxe0 and 1);
 #   - else in a throw-away Soft-RoCE VM (../shared/rdma-vm/run-in-rxe-vm.sh, or $ZCOPY_RXE_VM),
 #     which needs root.
+# In the VM it also runs Mooncake Store over RDMA (scripts/mooncake-rdma-vm.sh: two processes put
+# and get through zcopy.mooncake with the transfer engine on rxe0); ZCOPY_MOONCAKE_RDMA=0 skips it.
 # With no device and no VM it prints why and exits 0, reporting the tests as NOT RUN, never as
 # passed; set ZCOPY_RDMA_TESTS=required to make that a failure instead.
 #
@@ -69,6 +71,17 @@ fi
 
 [ -x "$vm_script" ] || not_run "no RDMA device here and no VM script at $vm_script"
 [ "$(id -u)" = 0 ] || not_run "no RDMA device here, and the Soft-RoCE VM needs root"
+# Mooncake Store over RDMA (scripts/mooncake-rdma-vm.sh), in the same boot: this host installs
+# the wheels for the VM's Python, the VM image gets the packages Mooncake links.
+export RXE_VM_EXTRA_PKGS
+RXE_VM_EXTRA_PKGS=$(bash scripts/mooncake-rdma-vm.sh --vm-packages)
+if [ "${ZCOPY_MOONCAKE_RDMA:-1}" = 0 ]; then
+    echo "rdma: Mooncake Store over RDMA: NOT RUN (ZCOPY_MOONCAKE_RDMA=0)"
+elif bash scripts/mooncake-rdma-vm.sh --prepare; then
+    programs="$programs && bash scripts/mooncake-rdma-vm.sh --in-vm"
+else
+    echo "rdma: Mooncake Store over RDMA: NOT RUN (its wheels for the VM's Python did not install)"
+fi
 echo "== rdma: running in the Soft-RoCE VM (the first run builds its image, about 90 s)"
 set +e
 "$vm_script" bash -c "$programs"

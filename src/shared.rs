@@ -230,6 +230,9 @@ impl SharedHandle {
             if self.is_closed() {
                 return Err(Error::PoolClosed);
             }
+            // Read before looking: a seal (which takes no lock) after this moves it.
+            let word: &AtomicU32 = self.store.seal_word(hash);
+            let seen = word.load(Ordering::SeqCst);
             match self.store.lookup(&g, key, hash)? {
                 Lookup::Sealed(obj) => {
                     // Under the mutex nothing deletes it: no need to confirm.
@@ -245,9 +248,6 @@ impl SharedHandle {
                 Lookup::Absent if wait == Wait::Now => return Err(Error::NotFound(Key::new(key))),
                 _ => {}
             }
-            // Read under the mutex, so a seal after this miss changes it.
-            let word: &AtomicU32 = self.store.seal_word(hash);
-            let seen = word.load(Ordering::Acquire);
             let timeout = match (wait, deadline) {
                 (Wait::Forever, _) | (_, None) => None,
                 (_, Some(d)) => match d.checked_duration_since(Instant::now()) {
@@ -255,9 +255,10 @@ impl SharedHandle {
                     _ => return Err(Error::Timeout { key: Key::new(key), ms: wait.millis() }),
                 },
             };
-            // Counted under the mutex, so a seal after it (which takes the mutex) sees the count.
+            // Counted before sleeping: a seal after this sees the count, one before it moved the
+            // word.
             let waiters = self.store.waiters(hash);
-            waiters.fetch_add(1, Ordering::Relaxed);
+            waiters.fetch_add(1, Ordering::SeqCst);
             drop(g);
             let waited = lock::wait(word, seen, timeout);
             waiters.fetch_sub(1, Ordering::Relaxed);
@@ -823,14 +824,12 @@ impl SharedBuffer {
         let h = self.entry;
         let pool = &self.pool;
         let ledger = pool.ledger()?;
-        let g = pool.lock()?;
-        let Some(word) = pool.store.seal(&g, self.obj.id, self.obj.generation)? else {
+        let Some(word) = pool.store.seal(self.obj.id, self.obj.generation)? else {
             // Only a reclaim that took this process for dead aborts its creates.
             return Err(Error::Internal(format!("the unsealed object {} was aborted", Key::new(self.key()))));
         };
         ledger.sealed(h)?;
         self.writer = false;
-        drop(g);
         if let Some(word) = word {
             lock::wake_all(word)?;
         }

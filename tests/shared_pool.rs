@@ -578,3 +578,42 @@ fn threads_that_come_and_go_give_their_ledger_entries_back_and_never_fill_it() {
     drop(held);
     pool.check().unwrap();
 }
+
+#[test]
+fn gets_waiting_for_keys_sealed_without_the_lock_are_all_woken_none_waits_out_its_timeout() {
+    // A seal takes no lock: a get that found the key unsealed must still be woken by it, whatever
+    // the interleaving. A lost wake-up would leave a get sleeping until its 20 s timeout.
+    let name = Name::new("wake");
+    let pool = create(&name, 4 << 20);
+    let n = 1000;
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let started = std::time::Instant::now();
+            let mut slowest = Duration::ZERO;
+            for i in 0..n {
+                let t = std::time::Instant::now();
+                let b = pool.get(format!("w{i}").as_bytes(), Wait::For(Duration::from_secs(20))).unwrap();
+                assert_eq!(b.as_slice(), pattern(format!("w{i}").as_bytes(), 64));
+                slowest = slowest.max(t.elapsed());
+            }
+            (started.elapsed(), slowest)
+        });
+        for i in 0..n {
+            let key = format!("w{i}");
+            if i % 10 == 0 {
+                // Let the waiter get ahead and fall asleep on this key.
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            let mut b = pool.create(key.as_bytes(), 64).unwrap();
+            b.as_mut_slice().unwrap().copy_from_slice(&pattern(key.as_bytes(), 64));
+            if i % 3 == 0 {
+                std::thread::yield_now();
+            }
+            b.seal().unwrap();
+        }
+        let (total, slowest) = waiter.join().unwrap();
+        assert!(slowest < Duration::from_secs(10), "a get waited {slowest:?} (all {n}: {total:?})");
+    });
+    pool.check().unwrap();
+    assert_eq!(pool.stats().key_count, n as u64);
+}

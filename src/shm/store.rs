@@ -986,20 +986,30 @@ impl<'a> Store<'a> {
         Ok(rec.generation.load(Relaxed) == generation && rec.state.load(Relaxed) == state)
     }
 
-    /// Seals the unsealed object (`id`, `generation`): the creator's `CREATING` entry becomes a
-    /// read reference ([`Ledger::sealed`], the caller's). Answers the seal word to wake when gets
-    /// wait on it (`Some(None)` when none does), or `None` when the object is no longer unsealed.
-    pub(crate) fn seal(&self, _: &Locked<'_>, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
-        if !self.is(id, generation, UNSEALED)? {
+    /// Seals the unsealed object (`id`, `generation`), without the mutex: only its creator (the
+    /// caller) seals or aborts it, and a rebuild keeps it either way, so one compare-and-swap of
+    /// its state is the whole change. The creator's `CREATING` entry becomes a read reference
+    /// ([`Ledger::sealed`], the caller's, after this). Answers the seal word to wake when gets wait
+    /// on it (`Some(None)` when none does), or `None` when the object is no longer unsealed.
+    ///
+    /// A get that finds the key unsealed reads the seal word before it looks (and counts itself
+    /// a waiter before it sleeps): so either it sees the seal, or the word it sleeps on has moved,
+    /// or this sees its count and wakes it.
+    pub(crate) fn seal(&self, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
+        let rec = self.rec(id)?;
+        if rec.generation.load(Acquire) != generation {
             return Ok(None);
         }
-        let rec = self.rec(id)?;
-        rec.last_used.store(self.tick(), Relaxed);
-        rec.state.store(SEALED, Release);
-        let hash = self.hash(self.key_of(rec)?.as_bytes());
+        if self.cfg.evict_lru {
+            rec.last_used.store(self.tick(), Relaxed);
+        }
+        if rec.state.compare_exchange(UNSEALED, SEALED, SeqCst, SeqCst).is_err() {
+            return Ok(None);
+        }
+        let hash = self.hash(self.key_in_place(id)?);
         let word = self.seal_word(hash);
-        word.fetch_add(1, Relaxed);
-        Ok(Some((self.waiters(hash).load(Relaxed) > 0).then_some(word)))
+        word.fetch_add(1, SeqCst);
+        Ok(Some((self.waiters(hash).load(SeqCst) > 0).then_some(word)))
     }
 
     fn free_record(&self, g: &Locked<'_>, id: u32) -> Result<()> {
