@@ -4,8 +4,9 @@
 #
 # On this host: builds libzcopy.so (cargo build --release --lib), and installs the pinned
 # Mooncake wheel (mooncake-transfer-engine-non-cuda, the version scripts/test.sh installs) and
-# numpy for the VM's CPython 3.11 into target/mooncake-rdma-vm/site (pip install --target, with
-# --python-version/--platform: the VM has no network). Then it boots the Soft-RoCE VM
+# numpy for the VM's CPython 3.11 into target/mooncake-rdma-vm/site (the project venv's pip,
+# scripts/venv.sh, with --target and --python-version/--platform: the VM has no network). Then
+# it boots the Soft-RoCE VM
 # (../shared/rdma-vm/run-in-rxe-vm.sh, or $ZCOPY_RXE_VM; root needed) with the repository
 # shared in, rxe0 bound to a dummy netdev at 10.99.0.1, and runs this script there (--in-vm),
 # which runs
@@ -37,8 +38,6 @@
 #   MOONCAKE_VM_PROTOCOLS  protocols to run, in order (default "rdma"; "tcp rdma" runs the same
 #                       example over TCP on 10.99.0.1 first, to tell RDMA failures from others)
 #   MOONCAKE_VM_TIMEOUT seconds per step of the example (default 300: the VM may be emulated)
-#   PIP_PYTHON          the host Python whose pip fetches the wheels (default: python3 if it has
-#                       pip, else the project venv of scripts/venv.sh)
 # Other RXE_VM_* variables go to the runner (its header lists them); RXE_VM_NETDEV must stay dummy.
 #
 # Cost: the first run builds the VM image (debootstrap; several minutes) and downloads about
@@ -112,13 +111,6 @@ cargo build --release --lib --quiet
 
 want="mooncake-transfer-engine-non-cuda==$version numpy"
 if [ "$(cat "$site.stamp" 2>/dev/null)" != "$want" ]; then
-    pip_python=${PIP_PYTHON:-python3}
-    if ! "$pip_python" -m pip --version >/dev/null 2>&1; then
-        # shellcheck source=venv.sh
-        source scripts/venv.sh
-        zcopy_venv
-        pip_python=$python
-    fi
     echo "== host: installing $want for CPython 3.11 (the VM's) into $site"
     rm -rf "$site" "$site.stamp"
     # The VM is Debian 12 (glibc 2.36): manylinux wheels up to 2_36.
@@ -126,8 +118,10 @@ if [ "$(cat "$site.stamp" 2>/dev/null)" != "$want" ]; then
     for tag in manylinux_2_36 manylinux_2_34 manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux_2_5 manylinux1; do
         platforms+=(--platform "${tag}_x86_64")
     done
-    PIP_ROOT_USER_ACTION=ignore "$pip_python" -m pip install --quiet --disable-pip-version-check \
-        --target "$site" --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" \
+    # The project venv's pip (scripts/venv.sh), installing into the folder, not the venv.
+    # shellcheck source=venv.sh
+    source scripts/venv.sh
+    zcopy_venv --target "$site" --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" \
         --only-binary=:all: $want
     echo "$want" > "$site.stamp"
 fi

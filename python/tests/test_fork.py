@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import zcopy
+from zcopy import _core
 
 from test_lifetime import run_python
 
@@ -184,27 +185,32 @@ def test_forked_child_releases_nothing_of_the_parent_when_it_drops_and_collects_
     writer.abort()
 
 
-def test_forked_child_detaches_the_finalizers_of_every_parent_handle_and_the_parent_keeps_them(parent_state):
+def test_forked_child_never_releases_its_parents_handles_and_detaches_its_pool_finalizer(parent_state):
     pool, reader, parts, writer, arr, before = parent_state
     handles = [reader._handle, parts._handle, writer._handle, arr.base]
-    assert all(h.finalizer.alive for h in handles) and pool._finalizer.alive
+    assert all(h.generation == _core._generation for h in handles) and pool._finalizer.alive
 
     def child(report):
-        report("handles", [h.finalizer.alive for h in handles])
+        report("handles", [h.generation == _core._generation for h in handles])
         report("pool", pool._finalizer.alive)
+        # Collecting them here must not call the library with the parent's pointers.
+        for h in handles:
+            h.__del__()
+        report("collected", True)
 
     reports, status = in_child(child)
     assert exited_cleanly(status) == 0, reports
-    assert dict(reports) == {"handles": [False] * 4, "pool": False}
-    assert all(h.finalizer.alive for h in handles) and pool._finalizer.alive
+    assert dict(reports) == {"handles": [False] * 4, "pool": False, "collected": True}
+    assert all(h.generation == _core._generation for h in handles) and pool._finalizer.alive
+    assert reader.tobytes() == b"parent bytes"
 
 
-def test_release_fallback_skips_handles_of_an_earlier_generation():
-    from zcopy import _core
-
-    # Where weakref.finalize has no registry to walk, each release checks the generation; a
-    # handle from before a fork is never passed to the library (this bogus pointer would crash).
-    assert _core._release_unless_forked(0xDEAD0000, _core._generation - 1) is None
+def test_a_handle_of_an_earlier_generation_is_never_passed_to_the_library():
+    # A handle from before a fork, collected in the child: this bogus pointer would crash.
+    h = _core._Handle(0xDEAD0000)
+    h.generation = _core._generation - 1
+    del h
+    gc.collect()
 
 
 def test_forked_child_can_open_and_use_its_own_pool(parent_state):

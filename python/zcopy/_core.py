@@ -1,7 +1,7 @@
 """Pool and Buffer: the C ABI's lifecycle in Python, with views that keep their buffer alive.
 
-Lifetime: a `_Handle` owns one `zc_buffer *` and calls `zc_release` exactly once, through
-`weakref.finalize`, when it is garbage collected. Every view (numpy array, memoryview, tensor)
+Lifetime: a `_Handle` owns one `zc_buffer *` and calls `zc_release` exactly once, from its
+`__del__`, when it is garbage collected. Every view (numpy array, memoryview, tensor)
 reaches its handle through its base chain (array.base -> _Span -> _Handle), and a `Buffer` holds
 it too, so the release happens when the last of them is gone, whichever order they die in.
 `Buffer.release()` only drops the Buffer's own reference: it is safe with live views.
@@ -10,11 +10,11 @@ Fork: the pool region is mapped MADV_DONTFORK, so a forked child has none of its
 memory, and the C handles it inherits point into the parent's process state. A hook run in the
 child (os.register_at_fork) bumps `_generation` and marks every open Pool as forked; Buffers and
 handles carry the generation they were made in. In the child, every method of a Pool or Buffer
-from before the fork raises PoolForkedError, and the hook detaches their finalizers (the parent
-still owns what they point to), so neither a collection nor the child's exit calls the library
-for them; close() and release() are harmless no-ops there. Arrays and memoryviews taken before
-the fork cannot be guarded: their memory is absent in the child, and touching them there is a
-segmentation fault. A shared pool (see Pool) is attached again by name in the child, which gets
+from before the fork raises PoolForkedError, a handle of an earlier generation never calls the
+library when collected (the parent still owns what it points to), and the hook detaches the
+pools' finalizers; close() and release() are harmless no-ops there. Arrays and memoryviews taken
+before the fork cannot be guarded: their memory is absent in the child, and touching them there
+is a segmentation fault. A shared pool (see Pool) is attached again by name in the child, which gets
 its own mapping and process slot.
 
 Shared pools: `Pool(size, name=...)` and `Pool.attach(name)` wrap the same `zc_pool *` as a private
@@ -23,6 +23,7 @@ pool, so every method, view and lifetime rule above holds for them unchanged; on
 (NoSuchPoolError, PoolExistsError) are theirs.
 """
 
+import atexit
 import builtins
 import ctypes
 import errno
@@ -315,33 +316,24 @@ _zc_release = lib.zc_release
 _zc_pool_close = lib.zc_pool_close
 
 
-def _release_unless_forked(ptr, generation):
-    """A handle's finalizer where the fork hook cannot detach them (see below)."""
-    if generation == _generation:
-        _zc_release(ptr)
-
-
-# weakref.finalize keeps every live finalizer in a class-level dict (CPython and PyPy, since
-# Python 3.4). The fork hook walks it once to detach the handles' finalizers, so a handle's
-# release stays a direct ctypes call: a Python function in between would cost every get about as
-# much again as the whole fork check is allowed. Without that dict, each release checks instead.
-_live_finalizers = getattr(weakref.finalize, "_registry", None)
-if not isinstance(_live_finalizers, dict):
-    _live_finalizers = None
+# What a handle's `__del__` reads, kept in a list it holds (module globals may be gone when the
+# last handles are collected at interpreter exit): the fork generation, and whether the
+# interpreter is exiting. At exit the process frees everything; releasing then could pull memory
+# from under views that other exit handlers still read, so handles collected after this module's
+# exit handler ran release nothing.
+_handle_state = [0, False]
 
 
 def _after_fork_in_child():
     global _generation
     _generation += 1
+    _handle_state[0] = _generation
     for pool in list(_open_pools):
         pool._forked()
-    if _live_finalizers is not None:
-        for finalizer, info in list(_live_finalizers.items()):
-            if info.func is _zc_release:
-                finalizer.detach()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_handle_state.__setitem__, 1, True)
 
 
 def _close_pool(ptr, generation):
@@ -359,25 +351,24 @@ def _forked_buffer_error(key):
 
 class _Handle:
     """Owns one `zc_buffer *`; releases it once, when collected. It may also be an array's base
-    directly (`__array_interface__`), when nothing else needs to sit between them."""
+    directly (`__array_interface__`), when nothing else needs to sit between them. `__del__`
+    rather than a `weakref.finalize`: a finalizer costs about three times as much to make, on
+    every get."""
 
-    __slots__ = ("ptr", "generation", "finalizer", "views", "__array_interface__", "__weakref__")
+    __slots__ = ("ptr", "generation", "views", "__array_interface__", "__weakref__")
 
     def __init__(self, ptr):
         self.ptr = ptr
         self.generation = _generation
         self.views = None
-        if _live_finalizers is not None:
-            self.finalizer = weakref.finalize(self, _zc_release, ptr)
-        else:
-            self.finalizer = weakref.finalize(self, _release_unless_forked, ptr, _generation)
-        # At interpreter exit the process frees everything; releasing then could pull memory
-        # from under views that other exit handlers still read.
-        self.finalizer.atexit = False
+
+    def __del__(self, _release=_zc_release, _state=_handle_state):
+        ptr = self.ptr
+        if ptr is not None and self.generation == _state[0] and not _state[1]:
+            _release(ptr)
 
     def forget(self):
         """The C side consumed the handle (zc_abort): never release it again."""
-        self.finalizer.detach()
         self.ptr = None
 
     __reduce__ = __reduce_ex__ = __getstate__ = __copy__ = __deepcopy__ = _not_copyable("a zcopy buffer handle")
