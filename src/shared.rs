@@ -197,7 +197,7 @@ impl SharedHandle {
         if self.store.still(id, generation, SEALED)? {
             // Confirmed: the object cannot be freed while the reference stands, so its fields
             // are the ones its creator wrote.
-            match self.store.object(id) {
+            match self.store.object_held(id) {
                 Ok(obj) => {
                     self.store.touch(id);
                     return Ok(Some(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false }));
@@ -213,7 +213,6 @@ impl SharedHandle {
     }
 
     pub(crate) fn get(&self, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
-        use crate::pool::Wait;
         self.check_open()?;
         check_key(key)?;
         let ledger = self.ledger()?;
@@ -221,6 +220,13 @@ impl SharedHandle {
         if let Some(found) = self.get_unlocked(ledger, key, hash)? {
             return Ok(found);
         }
+        self.get_locked(ledger, key, hash, wait)
+    }
+
+    /// The get of a key [`SharedHandle::get_unlocked`] did not find sealed: under the mutex, and
+    /// waiting for a seal when asked to.
+    fn get_locked(&self, ledger: &Ledger<'_>, key: &[u8], hash: u64, wait: crate::pool::Wait) -> Result<SharedBuffer> {
+        use crate::pool::Wait;
         let deadline = match wait {
             Wait::For(d) => Instant::now().checked_add(d),
             _ => None,
@@ -286,24 +292,33 @@ struct FreeEntries {
     grow: Mutex<()>,
 }
 
-/// The free entry a thread gave back last, and the pool's list it belongs to: a thread that gets
-/// and releases in turn takes and gives back that one entry, touching no lock. Given back to its
-/// list when the thread ends.
+/// Entries a thread keeps for its next gets.
+const CACHED: usize = 4;
+
+/// The free entries a thread gave back last, and the pool's list they belong to: a thread that
+/// gets and releases in turn (a few buffers at a time) takes and gives back these, touching no
+/// lock. Given back to their list when the thread ends.
 struct Cached {
     owner: std::sync::Weak<FreeEntries>,
-    entry: Option<u64>,
+    entries: [u64; CACHED],
+    len: usize,
 }
 
 impl Drop for Cached {
     fn drop(&mut self) {
-        if let (Some(entry), Some(owner)) = (self.entry, self.owner.upgrade()) {
-            owner.push(entry);
+        if self.len == 0 {
+            return;
+        }
+        if let Some(owner) = self.owner.upgrade() {
+            for &entry in &self.entries[..self.len] {
+                owner.push(entry);
+            }
         }
     }
 }
 
 thread_local! {
-    static CACHED: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
+    static THREAD_ENTRIES: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A poisoned lock here only means a thread panicked holding a plain list: use it as it is.
@@ -330,9 +345,12 @@ impl FreeEntries {
     /// An empty entry of `ledger` for this thread: the one it cached, its shard's, a new batch,
     /// or, when the ledger is full, one another shard keeps.
     fn take(self: &Arc<Self>, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
-        let cached = CACHED
+        let cached = THREAD_ENTRIES
             .try_with(|c| match &mut *c.borrow_mut() {
-                Some(c) if self.mine(c) => c.entry.take(),
+                Some(c) if self.mine(c) && c.len > 0 => {
+                    c.len -= 1;
+                    Some(c.entries[c.len])
+                }
                 _ => None,
             })
             .ok()
@@ -361,15 +379,24 @@ impl FreeEntries {
     /// Gives back an entry: into this thread's cache when that is free (or held for a pool
     /// that is gone), else to this thread's shard.
     fn give(self: &Arc<Self>, handle: Handle) {
-        let cached = CACHED.try_with(|c| {
+        let cached = THREAD_ENTRIES.try_with(|c| {
             let mut c = c.borrow_mut();
             match &mut *c {
-                Some(c) if self.mine(c) => c.entry.is_none() && c.entry.replace(handle.0).is_none(),
-                Some(other) if other.entry.is_some() && other.owner.strong_count() > 0 => false,
+                Some(c) if self.mine(c) => {
+                    if c.len == CACHED {
+                        return false;
+                    }
+                    c.entries[c.len] = handle.0;
+                    c.len += 1;
+                    true
+                }
+                Some(other) if other.len > 0 && other.owner.strong_count() > 0 => false,
                 slot => {
                     // Dropping what was there gives nothing back (it holds no entry, or its pool
                     // is gone).
-                    *slot = Some(Cached { owner: Arc::downgrade(self), entry: Some(handle.0) });
+                    let mut entries = [0; CACHED];
+                    entries[0] = handle.0;
+                    *slot = Some(Cached { owner: Arc::downgrade(self), entries, len: 1 });
                     true
                 }
             }

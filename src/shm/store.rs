@@ -67,6 +67,16 @@ const NODE_CHUNK: u64 = (1 << 20) / size_of::<NodeCell>() as u64;
 /// The largest data area one allocator describes (2^31 units of 64 bytes).
 pub(crate) const MAX_DATA: u64 = (1 << 31) * GRANULE as u64;
 
+/// Adds to a counter only the mutex's holder changes: a load and a store, no locked instruction.
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Subtracts from a counter only the mutex's holder changes (see [`add`]).
+fn sub(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
+}
+
 fn corrupt(why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: {why}"))
 }
@@ -677,6 +687,17 @@ impl<'a> Store<'a> {
         Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
     }
 
+    /// [`Store::object`] for a reader that found record `id` by its key and holds a confirmed
+    /// reference: the key is the one it looked for, so only the bounds are checked.
+    pub(crate) fn object_held(&self, id: u32) -> Result<Object> {
+        let rec = self.rec(id)?;
+        let (offset, size) = (rec.offset.load(Relaxed), rec.size.load(Relaxed));
+        if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
+            return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
+        }
+        Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
+    }
+
     /// The key of record `id` where it lies in the pool, checked: for a holder of a reference
     /// on the object, while its key cannot change.
     pub(crate) fn key_in_place(&self, id: u32) -> Result<&'a [u8]> {
@@ -816,7 +837,7 @@ impl<'a> Store<'a> {
     /// Takes record `id` out of its bucket's chain.
     fn unlink(&self, _: &Locked<'_>, id: u32) -> Result<()> {
         let rec = self.rec(id)?;
-        let hash = self.hash(self.key_of(rec)?.as_bytes());
+        let hash = self.hash(self.key_in_place(id)?);
         let mut at = self.bucket(hash);
         for _ in 0..=self.cfg.max_objects {
             let link = at.load(Relaxed);
@@ -956,10 +977,7 @@ impl<'a> Store<'a> {
                 pair[1].store(l as u64, Relaxed);
             }
         }
-        let mut inline = [0u8; INLINE_KEY];
-        if key.len() <= INLINE_KEY {
-            inline[..key.len()].copy_from_slice(key);
-        }
+        let inline = Self::inline_words(key).unwrap_or([0, 0]);
         rec.key_len.store(key.len() as u32, Relaxed);
         rec.parts.store(parts.map_or(0, |p| p.len() as u32), Relaxed);
         rec.node.store(node, Relaxed);
@@ -968,15 +986,15 @@ impl<'a> Store<'a> {
         rec.size.store(size, Relaxed);
         rec.extra.store(extra, Relaxed);
         rec.last_used.store(0, Relaxed);
-        rec.inline[0].store(u64::from_ne_bytes(inline[..8].try_into().expect("8 bytes")), Relaxed);
-        rec.inline[1].store(u64::from_ne_bytes(inline[8..].try_into().expect("8 bytes")), Relaxed);
+        rec.inline[0].store(inline[0], Relaxed);
+        rec.inline[1].store(inline[1], Relaxed);
         let bucket = self.bucket(hash);
         rec.next.store(bucket.load(Relaxed), Relaxed);
         rec.state.store(UNSEALED, Release);
         bucket.store(id + 1, Release);
-        self.ctl.live.fetch_add(1, Relaxed);
-        self.ctl.used.fetch_add(units * GRANULE as u64, Relaxed);
-        self.ctl.keys.fetch_add(1, Relaxed);
+        add(&self.ctl.live, 1);
+        add(&self.ctl.used, units * GRANULE as u64);
+        add(&self.ctl.keys, 1);
         Ok(self.object(id)?)
     }
 
@@ -1028,8 +1046,8 @@ impl<'a> Store<'a> {
         rec.node.store(NIL, Relaxed);
         rec.key_node.store(NIL, Relaxed);
         rec.state.store(FREE, Release);
-        self.ctl.live.fetch_sub(1, Relaxed);
-        self.ctl.used.fetch_sub(units * GRANULE as u64, Relaxed);
+        sub(&self.ctl.live, 1);
+        sub(&self.ctl.used, units * GRANULE as u64);
         self.give_id(g, id)
     }
 
@@ -1049,7 +1067,7 @@ impl<'a> Store<'a> {
         }
         self.unlink(g, id)?;
         self.rec(id)?.state.store(DELETED, SeqCst);
-        self.ctl.keys.fetch_sub(1, Relaxed);
+        sub(&self.ctl.keys, 1);
         self.free_record(g, id)?;
         Ok(true)
     }
@@ -1072,7 +1090,7 @@ impl<'a> Store<'a> {
         let rec = self.rec(id)?;
         self.unlink(g, id)?;
         rec.state.swap(DELETED, SeqCst);
-        self.ctl.keys.fetch_sub(1, Relaxed);
+        sub(&self.ctl.keys, 1);
         self.free_if_unheld(g, id, rec.generation.load(Relaxed))?;
         Ok(())
     }
@@ -1116,7 +1134,7 @@ impl<'a> Store<'a> {
                 continue;
             }
             self.unlink(g, id)?;
-            self.ctl.keys.fetch_sub(1, Relaxed);
+            sub(&self.ctl.keys, 1);
             self.free_record(g, id)?;
             self.ctl.evictions.fetch_add(1, Relaxed);
             return Ok(true);
