@@ -313,8 +313,8 @@ fn a_corrupted_record_or_index_answers_a_status_never_a_crash() {
     };
     let (records, _) = span(3);
     let (index, index_len) = span(4);
-    // Record 3's offset field (at 32 in each 80-byte record) pointed far outside the data.
-    file.write_all_at(&u64::MAX.to_ne_bytes(), records + 3 * 80 + 32).unwrap();
+    // Record 3's size field (at 40 in each 64-byte record) reaching far outside the data.
+    file.write_all_at(&u64::MAX.to_ne_bytes(), records + 3 * 64 + 40).unwrap();
     assert!(matches!(pool.check(), Err(Error::Internal(_))));
     for i in 0..50 {
         // Every get answers: the bytes, or a status for the corrupted one.
@@ -469,7 +469,7 @@ fn a_shared_pools_metadata_takes_memory_as_objects_use_it_not_for_its_limits() {
         .unwrap();
     let meta = std::fs::metadata(pool.path().unwrap()).unwrap();
     let resident = meta.blocks() * 512 - (1 << 20);
-    // Records (80 bytes) and the index are reserved for every possible object; allocator nodes,
+    // Records (64 bytes) and the index are reserved for every possible object; allocator nodes,
     // long keys and part tables, and ledgers only as they are used.
     let per_object = resident as f64 / (1 << 20) as f64;
     assert!(per_object < 100.0, "{per_object:.1} bytes of metadata per possible object");

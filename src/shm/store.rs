@@ -250,8 +250,9 @@ const _: () = {
 // SAFETY: `#[repr(C)]`, atomics and a `SharedMutex` (itself `Shared`), valid for any bytes.
 unsafe impl Shared for Control {}
 
-/// One object's record: 80 bytes.
-#[repr(C)]
+/// One object's record: 64 bytes, one cache line (the Records area starts on a page), so a get
+/// reads one line of it.
+#[repr(C, align(64))]
 pub(crate) struct Rec {
     state: AtomicU32,
     /// Bumped at every create that uses the record, so (id, generation) names one object.
@@ -260,27 +261,56 @@ pub(crate) struct Rec {
     /// where a deleter looks. Set by a reader before it publishes its reference; only a create
     /// clears it.
     holders: AtomicU32,
-    key_len: AtomicU32,
     /// The next record in the bucket's chain, or in the free list: id + 1, or 0 at the end.
     next: AtomicU32,
-    parts: AtomicU32,
+    /// The key's length (low [`KEY_LEN_BITS`] bits) and the number of parts (the rest).
+    shape: AtomicU32,
     /// The object memory allocator's node of the block, or NIL for an empty object.
     node: AtomicU32,
     /// The key heap allocator's node of the long key and part table, or NIL.
     key_node: AtomicU32,
-    offset: AtomicU64,
+    /// Where the object's block starts in the data area, in units of 64 bytes.
+    offset_units: AtomicU32,
+    /// Where the long key's bytes, then the part table (8-aligned), start in the key heap, in
+    /// units of 64 bytes.
+    extra_units: AtomicU32,
+    /// The LRU clock's low 32 bits at the object's last seal or get.
+    last_used: AtomicU32,
     size: AtomicU64,
-    /// Offset in the key heap: the long key's bytes, then the part table (8-aligned).
-    extra: AtomicU64,
-    last_used: AtomicU64,
     inline: [AtomicU64; 2],
 }
 
+/// Bits of [`Rec`]'s `shape` holding the key's length (at most `MAX_KEY_LEN`, 4096).
+const KEY_LEN_BITS: u32 = 13;
+
 const _: () = {
-    assert!(size_of::<Rec>() == 80);
-    assert!(std::mem::offset_of!(Rec, offset) == 32);
-    assert!(std::mem::offset_of!(Rec, inline) == 64);
+    assert!(size_of::<Rec>() == 64);
+    assert!(std::mem::offset_of!(Rec, shape) == 16);
+    assert!(std::mem::offset_of!(Rec, size) == 40);
+    assert!(std::mem::offset_of!(Rec, inline) == 48);
+    assert!(crate::pool::MAX_KEY_LEN < 1 << KEY_LEN_BITS);
+    assert!(crate::parts::MAX_PARTS < 1 << (32 - KEY_LEN_BITS));
 };
+
+impl Rec {
+    fn key_len(&self) -> usize {
+        (self.shape.load(Relaxed) & ((1 << KEY_LEN_BITS) - 1)) as usize
+    }
+
+    fn parts(&self) -> u64 {
+        (self.shape.load(Relaxed) >> KEY_LEN_BITS) as u64
+    }
+
+    /// The block's offset in the data area.
+    fn offset(&self) -> u64 {
+        self.offset_units.load(Relaxed) as u64 * GRANULE as u64
+    }
+
+    /// The long key's and part table's offset in the key heap.
+    fn extra(&self) -> u64 {
+        self.extra_units.load(Relaxed) as u64 * GRANULE as u64
+    }
+}
 
 // SAFETY: `#[repr(C)]`, atomics only, no padding, valid for every bit pattern.
 unsafe impl Shared for Rec {}
@@ -605,7 +635,7 @@ impl<'a> Store<'a> {
 
     /// The key of `rec`, copied out and checked.
     fn key_of(&self, rec: &Rec) -> Result<KeyCopy> {
-        let len = rec.key_len.load(Relaxed) as usize;
+        let len = rec.key_len();
         if len == 0 || len > crate::pool::MAX_KEY_LEN {
             return Err(corrupt(format!("a record's key is {len} bytes long")));
         }
@@ -616,12 +646,12 @@ impl<'a> Store<'a> {
             return Ok(KeyCopy::Inline(bytes, len as u8));
         }
         let mut bytes = vec![0u8; len].into_boxed_slice();
-        self.keys.read_bytes(rec.extra.load(Relaxed), &mut bytes)?;
+        self.keys.read_bytes(rec.extra(), &mut bytes)?;
         Ok(KeyCopy::Long(bytes))
     }
 
     fn key_is(&self, rec: &Rec, key: &[u8], inline: Option<[u64; 2]>) -> Result<bool> {
-        if rec.key_len.load(Relaxed) as usize != key.len() {
+        if rec.key_len() != key.len() {
             return Ok(false);
         }
         if let Some(words) = inline {
@@ -653,13 +683,13 @@ impl<'a> Store<'a> {
 
     /// Where the part table of `rec` starts in the key heap.
     fn parts_at(rec: &Rec) -> u64 {
-        let len = rec.key_len.load(Relaxed) as u64;
+        let len = rec.key_len() as u64;
         let long = if len as usize > INLINE_KEY { len.next_multiple_of(8) } else { 0 };
-        rec.extra.load(Relaxed) + long
+        rec.extra() + long
     }
 
     fn parts_of(&self, rec: &Rec) -> Result<Option<PartTable>> {
-        let count = rec.parts.load(Relaxed) as u64;
+        let count = rec.parts();
         if count == 0 {
             return Ok(None);
         }
@@ -679,7 +709,7 @@ impl<'a> Store<'a> {
     /// The object of record `id`, copied out and checked against the pool's bounds.
     pub(crate) fn object(&self, id: u32) -> Result<Object> {
         let rec = self.rec(id)?;
-        let (offset, size) = (rec.offset.load(Relaxed), rec.size.load(Relaxed));
+        let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
             return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
         }
@@ -691,7 +721,7 @@ impl<'a> Store<'a> {
     /// reference: the key is the one it looked for, so only the bounds are checked.
     pub(crate) fn object_held(&self, id: u32) -> Result<Object> {
         let rec = self.rec(id)?;
-        let (offset, size) = (rec.offset.load(Relaxed), rec.size.load(Relaxed));
+        let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
             return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
         }
@@ -702,7 +732,7 @@ impl<'a> Store<'a> {
     /// on the object, while its key cannot change.
     pub(crate) fn key_in_place(&self, id: u32) -> Result<&'a [u8]> {
         let rec = self.rec(id)?;
-        let len = rec.key_len.load(Relaxed) as usize;
+        let len = rec.key_len();
         if len == 0 || len > crate::pool::MAX_KEY_LEN {
             return Err(corrupt(format!("a record's key is {len} bytes long")));
         }
@@ -711,7 +741,7 @@ impl<'a> Store<'a> {
             // 'a; bytes are valid for any value, and `len` is at most 16.
             return Ok(unsafe { std::slice::from_raw_parts(rec.inline.as_ptr().cast::<u8>(), len) });
         }
-        let at = self.keys.ptr_at(rec.extra.load(Relaxed), len as u64)?;
+        let at = self.keys.ptr_at(rec.extra(), len as u64)?;
         // SAFETY: `ptr_at` checked that the `len` bytes lie inside the key heap's mapping, which
         // lives for 'a.
         Ok(unsafe { std::slice::from_raw_parts(at, len) })
@@ -786,7 +816,7 @@ impl<'a> Store<'a> {
             return;
         }
         if let Some(rec) = self.recs.get(id as usize) {
-            let now = self.ctl.clock.load(Relaxed);
+            let now = self.ctl.clock.load(Relaxed) as u32;
             if rec.last_used.load(Relaxed) != now {
                 rec.last_used.store(now, Relaxed);
             }
@@ -978,13 +1008,12 @@ impl<'a> Store<'a> {
             }
         }
         let inline = Self::inline_words(key).unwrap_or([0, 0]);
-        rec.key_len.store(key.len() as u32, Relaxed);
-        rec.parts.store(parts.map_or(0, |p| p.len() as u32), Relaxed);
+        rec.shape.store(key.len() as u32 | (parts.map_or(0, |p| p.len() as u32) << KEY_LEN_BITS), Relaxed);
         rec.node.store(node, Relaxed);
         rec.key_node.store(key_node, Relaxed);
-        rec.offset.store(offset, Relaxed);
+        rec.offset_units.store((offset / GRANULE as u64) as u32, Relaxed);
         rec.size.store(size, Relaxed);
-        rec.extra.store(extra, Relaxed);
+        rec.extra_units.store((extra / GRANULE as u64) as u32, Relaxed);
         rec.last_used.store(0, Relaxed);
         rec.inline[0].store(inline[0], Relaxed);
         rec.inline[1].store(inline[1], Relaxed);
@@ -1019,7 +1048,7 @@ impl<'a> Store<'a> {
             return Ok(None);
         }
         if self.cfg.evict_lru {
-            rec.last_used.store(self.tick(), Relaxed);
+            rec.last_used.store(self.tick() as u32, Relaxed);
         }
         if rec.state.compare_exchange(UNSEALED, SEALED, SeqCst, SeqCst).is_err() {
             return Ok(None);
@@ -1116,11 +1145,13 @@ impl<'a> Store<'a> {
     pub(crate) fn evict_one(&self, g: &Locked<'_>) -> Result<bool> {
         let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
         let held = self.ledger_holds()?.0;
-        let mut candidates: Vec<(u64, u32)> = self.recs[..high]
+        let now = self.ctl.clock.load(Relaxed) as u32;
+        let mut candidates: Vec<(std::cmp::Reverse<u32>, u32)> = self.recs[..high]
             .iter()
             .enumerate()
             .filter(|(id, r)| r.state.load(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
-            .map(|(id, r)| (r.last_used.load(Relaxed), id as u32))
+            // Oldest first: the longest since its last use, on a clock that wraps at 2^32.
+            .map(|(id, r)| (std::cmp::Reverse(now.wrapping_sub(r.last_used.load(Relaxed))), id as u32))
             .collect();
         candidates.sort_unstable();
         // A reader may take a candidate after the ledgers were read: the mark and a second look
@@ -1245,15 +1276,14 @@ impl<'a> Store<'a> {
             rec.holders.fetch_or(held, SeqCst);
             let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
             if units > 0 {
-                used_blocks.push(((rec.offset.load(Relaxed) / GRANULE as u64) as u32, units as u32, id));
+                used_blocks.push((rec.offset_units.load(Relaxed), units as u32, id));
             } else {
                 rec.node.store(NIL, Relaxed);
             }
-            let long = rec.key_len.load(Relaxed) as usize;
-            let extra_len =
-                if long > INLINE_KEY { long.next_multiple_of(8) } else { 0 } + rec.parts.load(Relaxed) as usize * 16;
+            let long = rec.key_len();
+            let extra_len = if long > INLINE_KEY { long.next_multiple_of(8) } else { 0 } + rec.parts() as usize * 16;
             if extra_len > 0 {
-                let first = rec.extra.load(Relaxed) / GRANULE as u64;
+                let first = rec.extra_units.load(Relaxed) as u64;
                 key_blocks.push((first as u32, extra_len.div_ceil(GRANULE) as u32, id));
             } else {
                 rec.key_node.store(NIL, Relaxed);
