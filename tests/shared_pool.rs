@@ -82,6 +82,25 @@ fn child_roles() {
         put(&pool, b"late", 1000);
         say("sealed");
     }
+    if let Some(name) = role("rereader") {
+        // Reads race-0..race-3 over and over for 600 ms while the parent deletes and makes them
+        // again; every value is one byte repeated. Says how many reads it made and how many saw
+        // mixed bytes.
+        let pool = attach(&name);
+        say("ready");
+        let (mut reads, mut torn) = (0u64, 0u64);
+        let until = std::time::Instant::now() + Duration::from_millis(600);
+        while std::time::Instant::now() < until {
+            for i in 0..4 {
+                if let Ok(b) = pool.get(format!("race-{i}").as_bytes(), Wait::Now) {
+                    let bytes = b.as_slice();
+                    reads += 1;
+                    torn += u64::from(!bytes.iter().all(|&x| x == bytes[0]));
+                }
+            }
+        }
+        say(&format!("read {reads} torn {torn}"));
+    }
     if let Some(name) = role("racer") {
         // Creates keys race-0..race-199 as fast as it can; says how many it won.
         let pool = attach(&name);
@@ -616,4 +635,37 @@ fn gets_waiting_for_keys_sealed_without_the_lock_are_all_woken_none_waits_out_it
     });
     pool.check().unwrap();
     assert_eq!(pool.stats().key_count, n as u64);
+}
+
+#[test]
+fn a_reader_process_racing_deletes_and_creates_in_another_never_sees_a_freed_or_reused_block() {
+    let name = Name::new("xrace");
+    let pool = create(&name, 1 << 20);
+    let value = |key: &[u8], v: u32| {
+        let mut b = pool.create(key, 2000 + (v as usize % 5) * 64).unwrap();
+        b.as_mut_slice().unwrap().fill(v as u8);
+        b.seal().unwrap();
+    };
+    for i in 0..4 {
+        value(format!("race-{i}").as_bytes(), i);
+    }
+    let mut child = Child::spawn("child_roles", "rereader", &name.0);
+    child.expect("ready");
+    let mut versions = 4u32;
+    let until = std::time::Instant::now() + Duration::from_millis(700);
+    while std::time::Instant::now() < until && versions < 400_000 {
+        let key = format!("race-{}", versions % 4);
+        pool.delete(key.as_bytes()).unwrap();
+        value(key.as_bytes(), versions);
+        versions += 1;
+    }
+    let said = child.expect("read");
+    let words: Vec<&str> = said.split_whitespace().collect();
+    let (reads, torn): (u64, u64) = (words[0].parse().unwrap(), words[2].parse().unwrap());
+    assert!(reads > 100 && versions > 100, "{said}, {versions} versions");
+    assert_eq!(torn, 0, "{said}");
+    child.wait_success(Duration::from_secs(10));
+    pool.check().unwrap();
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count), (4, 4));
 }
