@@ -330,7 +330,8 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
-    SHARD.with(|s| *s)
+    // `try_with`: also called from a thread-local destructor, at thread exit.
+    SHARD.try_with(|s| *s).unwrap_or(0)
 }
 
 impl FreeEntries {
