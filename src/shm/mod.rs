@@ -10,7 +10,8 @@
 //! [`name`] validates a pool's name and maps it to a path; [`file`] creates, opens, checks, maps
 //! and unlinks the pool file; [`header`] is the file's first bytes and the checked [`header::Layout`]
 //! of its areas; [`slots`] is the table of process slots with kernel-dropped liveness locks;
-//! [`ledger`] is each slot's record of what its process holds, replayed to clean up after it;
+//! [`ledger`] is each slot's record of what its process holds (where a deleter looks for
+//! readers, and what reclaiming a dead process empties);
 //! [`lock`] is the robust process-shared mutex and the shared futex; [`offset`] is the one place
 //! where an offset or id read from shared memory becomes a reference; [`pool_file`] composes
 //! them into the create and attach sequences, and removes a file whose creator died before
@@ -23,9 +24,9 @@
 //! module's first comment says who may write what, and when.
 //!
 //! `unsafe` lives in [`offset`] (pointers from base + offset), [`file`] (the mapping and
-//! `posix_fallocate`), [`slots`] (`fcntl` locks), [`lock`] (pthread mutexes and futexes) and the
-//! two calls that write before publishing (`header::write`, `SharedMutex::init`), each block with
-//! a `// SAFETY:` line.
+//! `posix_fallocate`), [`slots`] (`fcntl` locks), [`lock`] (pthread mutexes and futexes),
+//! [`store`] (a held object's key viewed where it lies) and the two calls that write before
+//! publishing (`header::write`, `SharedMutex::init`), each block with a `// SAFETY:` line.
 
 pub(crate) mod file;
 pub(crate) mod header;
