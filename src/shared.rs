@@ -189,11 +189,7 @@ impl SharedHandle {
         }
         let Some(lid) = self.store.peek(key, hash) else { return Ok(None) };
         let (id, generation) = split_ledger_id(lid);
-        let h = self.take_entry(ledger)?;
-        if let Err(e) = self.hold(ledger, h, id, generation) {
-            self.free_entries.give(h);
-            return Err(e);
-        }
+        let h = self.hold(ledger, id, generation)?;
         if self.store.still(id, generation, SEALED)? {
             // Confirmed: the object cannot be freed while the reference stands, so its fields
             // are the ones its creator wrote.
@@ -242,11 +238,7 @@ impl SharedHandle {
             match self.store.lookup(&g, key, hash)? {
                 Lookup::Sealed(obj) => {
                     // Under the mutex nothing deletes it: no need to confirm.
-                    let h = self.take_entry(ledger)?;
-                    if let Err(e) = self.hold(ledger, h, obj.id, obj.generation) {
-                        self.free_entries.give(h);
-                        return Err(e);
-                    }
+                    let h = self.hold(ledger, obj.id, obj.generation)?;
                     self.store.touch(obj.id);
                     return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false });
                 }
@@ -763,11 +755,19 @@ impl SharedInner {
         self.free_entries.take(&self.store, ledger)
     }
 
-    /// Publishes a read reference on (`id`, `generation`) in the empty entry `h`: marks this
-    /// slot among the record's holders first, so a deleter that sees the reference looks here.
-    fn hold(&self, ledger: &Ledger<'_>, h: Handle, id: u32, generation: u32) -> Result<()> {
-        self.store.mark_holder(id, ledger.slot())?;
-        ledger.hold(h, ledger_id(id, generation))
+    /// Publishes a read reference on (`id`, `generation`) in an empty entry, answered: marks
+    /// this slot among the record's holders first, so a deleter that sees the reference looks
+    /// here.
+    fn hold(&self, ledger: &Ledger<'_>, id: u32, generation: u32) -> Result<Handle> {
+        let h = self.take_entry(ledger)?;
+        let held = self.store.mark_holder(id, ledger.slot()).and_then(|()| ledger.hold(h, ledger_id(id, generation)));
+        match held {
+            Ok(()) => Ok(h),
+            Err(e) => {
+                self.free_entries.give(h);
+                Err(e)
+            }
+        }
     }
 
     /// Withdraws the read reference in entry `h` on (`id`, `generation`) and gives the entry

@@ -669,3 +669,24 @@ fn a_reader_process_racing_deletes_and_creates_in_another_never_sees_a_freed_or_
     let s = pool.stats();
     assert_eq!((s.object_count, s.key_count), (4, 4));
 }
+
+#[test]
+fn long_keys_are_found_without_the_lock_compared_in_place_and_distinguished_by_their_last_byte() {
+    let name = Name::new("longkeys");
+    let pool = create(&name, 1 << 20);
+    let reader = attach(&name.0);
+    for len in [17usize, 200, 4096] {
+        let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut b = a.clone();
+        *b.last_mut().unwrap() ^= 1;
+        put(&pool, &a, 300);
+        assert_eq!(reader.get(&a, Wait::Now).unwrap().as_slice(), pattern(&a, 300));
+        assert!(matches!(reader.get(&b, Wait::Now), Err(Error::NotFound(_))), "{len}-byte key");
+        put(&pool, &b, 100);
+        assert_eq!(reader.get(&b, Wait::Now).unwrap().as_slice(), pattern(&b, 100));
+        assert_eq!(reader.get(&a, Wait::Now).unwrap().key(), &a[..]);
+        pool.delete(&a).unwrap();
+        assert!(matches!(reader.get(&a, Wait::Now), Err(Error::NotFound(_))));
+    }
+    pool.check().unwrap();
+}

@@ -152,15 +152,17 @@ impl<'a> Area<'a> {
         Ok(())
     }
 
-    /// Copies the `dst.len()` bytes at `offset` out (volatile: they may change under us, and the
-    /// copy is what gets used).
-    pub(crate) fn read_bytes(&self, offset: u64, dst: &mut [u8]) -> Result<()> {
-        let addr = self.locate(offset, dst.len() as u64, 1)?;
-        for (i, byte) in dst.iter_mut().enumerate() {
-            // SAFETY: `locate` checked that all `dst.len()` bytes lie inside this mapped area.
-            *byte = unsafe { addr.add(i).read_volatile() };
+    /// Whether the `want.len()` bytes at `offset` are `want`, read volatile (they may change
+    /// under a reader that holds no lock) and without copying them out.
+    pub(crate) fn bytes_equal(&self, offset: u64, want: &[u8]) -> Result<bool> {
+        let addr = self.locate(offset, want.len() as u64, 1)?;
+        for (i, &byte) in want.iter().enumerate() {
+            // SAFETY: `locate` checked that all `want.len()` bytes lie inside this mapped area.
+            if unsafe { addr.add(i).read_volatile() } != byte {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes `src` at `offset`.

@@ -315,22 +315,6 @@ impl Rec {
 // SAFETY: `#[repr(C)]`, atomics only, no padding, valid for every bit pattern.
 unsafe impl Shared for Rec {}
 
-/// A key, copied out of the pool.
-#[derive(Clone)]
-pub(crate) enum KeyCopy {
-    Inline([u8; INLINE_KEY], u8),
-    Long(Box<[u8]>),
-}
-
-impl KeyCopy {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            KeyCopy::Inline(bytes, len) => &bytes[..*len as usize],
-            KeyCopy::Long(bytes) => bytes,
-        }
-    }
-}
-
 /// Offset (from the object's first byte) and length of each part, copied out.
 pub(crate) type PartTable = Box<[(usize, usize)]>;
 
@@ -633,23 +617,6 @@ impl<'a> Store<'a> {
         &self.buckets[(hash & (self.cfg.buckets - 1)) as usize]
     }
 
-    /// The key of `rec`, copied out and checked.
-    fn key_of(&self, rec: &Rec) -> Result<KeyCopy> {
-        let len = rec.key_len();
-        if len == 0 || len > crate::pool::MAX_KEY_LEN {
-            return Err(corrupt(format!("a record's key is {len} bytes long")));
-        }
-        if len <= INLINE_KEY {
-            let mut bytes = [0u8; INLINE_KEY];
-            bytes[..8].copy_from_slice(&rec.inline[0].load(Relaxed).to_ne_bytes());
-            bytes[8..].copy_from_slice(&rec.inline[1].load(Relaxed).to_ne_bytes());
-            return Ok(KeyCopy::Inline(bytes, len as u8));
-        }
-        let mut bytes = vec![0u8; len].into_boxed_slice();
-        self.keys.read_bytes(rec.extra(), &mut bytes)?;
-        Ok(KeyCopy::Long(bytes))
-    }
-
     fn key_is(&self, rec: &Rec, key: &[u8], inline: Option<[u64; 2]>) -> Result<bool> {
         if rec.key_len() != key.len() {
             return Ok(false);
@@ -658,7 +625,8 @@ impl<'a> Store<'a> {
             // A short key is two words of the record (zero-padded): compare them as they are.
             return Ok(rec.inline[0].load(Relaxed) == words[0] && rec.inline[1].load(Relaxed) == words[1]);
         }
-        Ok(self.key_of(rec)?.as_bytes() == key)
+        // Compared where it lies (read volatile: a lock-free reader's record may be changing).
+        self.keys.bytes_equal(rec.extra(), key)
     }
 
     /// A key of at most [`INLINE_KEY`] bytes as the two words a record holds it in (the
@@ -706,15 +674,11 @@ impl<'a> Store<'a> {
         Ok(Some(parts.into_boxed_slice()))
     }
 
-    /// The object of record `id`, copied out and checked against the pool's bounds.
+    /// The object of record `id`, copied out and checked against the pool's bounds, its key
+    /// included.
     pub(crate) fn object(&self, id: u32) -> Result<Object> {
-        let rec = self.rec(id)?;
-        let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
-        if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
-            return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
-        }
         self.key_in_place(id)?;
-        Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
+        self.object_held(id)
     }
 
     /// [`Store::object`] for a reader that found record `id` by its key and holds a confirmed
@@ -843,7 +807,7 @@ impl<'a> Store<'a> {
     /// Frees (`id`, `generation`) if it is deleted and nobody holds it any more: what a reader
     /// does after withdrawing its reference from a deleted object. Answers whether it freed it.
     pub(crate) fn free_if_unheld(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
-        if !self.is(id, generation, DELETED)? || self.held(id, generation)? {
+        if !self.still(id, generation, DELETED)? || self.held(id, generation)? {
             return Ok(false);
         }
         self.free_record(g, id)?;
@@ -1027,12 +991,6 @@ impl<'a> Store<'a> {
         Ok(self.object(id)?)
     }
 
-    /// Whether record `id` still holds the object of `generation` in `state`.
-    fn is(&self, id: u32, generation: u32, state: u32) -> Result<bool> {
-        let rec = self.rec(id)?;
-        Ok(rec.generation.load(Relaxed) == generation && rec.state.load(Relaxed) == state)
-    }
-
     /// Seals the unsealed object (`id`, `generation`), without the mutex: only its creator (the
     /// caller) seals or aborts it, and a rebuild keeps it either way, so one compare-and-swap of
     /// its state is the whole change. The creator's `CREATING` entry becomes a read reference
@@ -1091,7 +1049,7 @@ impl<'a> Store<'a> {
     /// (nobody reads an unsealed object; its creator empties its entry). A no-op (`false`) when
     /// it is no longer unsealed.
     pub(crate) fn abort(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
-        if !self.is(id, generation, UNSEALED)? {
+        if !self.still(id, generation, UNSEALED)? {
             return Ok(false);
         }
         self.unlink(g, id)?;
@@ -1291,8 +1249,9 @@ impl<'a> Store<'a> {
             live += 1;
             used += units * GRANULE as u64;
             if state != DELETED {
-                let hash = self.hash(self.key_of(rec)?.as_bytes());
-                if self.find(g, self.key_of(rec)?.as_bytes(), hash)?.is_some() {
+                let key = self.key_in_place(id)?;
+                let hash = self.hash(key);
+                if self.find(g, key, hash)?.is_some() {
                     // Two records of one key: only corruption makes them; the later one goes
                     // (freed by the sweep that follows a repair, unless someone reads it).
                     rec.state.store(DELETED, SeqCst);
