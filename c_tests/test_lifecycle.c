@@ -181,6 +181,76 @@ static bool test_round_trip_get_returns_writer_pointer_zero_copy(void) {
     return true;
 }
 
+static bool test_get_view_answers_handle_address_size_and_leading_bytes_in_one_call(void) {
+    zc_pool *pool;
+    if (!open_small(4 * MIB, 0, &pool)) return false;
+    zc_buffer *w;
+    CHECK_OK(zc_create_buffer(pool, K("long"), 1000, &w));
+    uint8_t *wdata = zc_buffer_data(w);
+    fill_pattern(wdata, 1000, 9);
+    CHECK_OK(zc_seal(w));
+    zc_buffer *s;
+    CHECK_OK(zc_create_buffer(pool, K("short"), 10, &s));
+    fill_pattern(zc_buffer_data(s), 10, 3);
+    CHECK_OK(zc_seal(s));
+
+    zc_view v;
+    memset(&v, 0xAB, sizeof v);
+    CHECK_OK(zc_get_view(pool, K("long"), 0, &v));
+    CHECK(v.buffer != NULL && v.buffer != w);
+    /* The very bytes the writer wrote (no copy), as zc_get's accessors answer them. */
+    CHECK(v.data == wdata && v.data == zc_buffer_const_data(v.buffer));
+    CHECK(v.size == 1000 && zc_buffer_size(v.buffer) == 1000);
+    CHECK(memcmp(v.head, wdata, ZC_VIEW_HEAD_BYTES) == 0);
+    zc_pool_stats st;
+    CHECK_OK(zc_pool_get_stats(pool, &st));
+    CHECK(st.object_count == 2);
+
+    /* A value shorter than the head: its bytes, then zeros (not whatever was there). */
+    zc_view sv;
+    memset(&sv, 0xAB, sizeof sv);
+    CHECK_OK(zc_get_view(pool, K("short"), 0, &sv));
+    CHECK(sv.size == 10 && has_pattern(sv.head, 10, 3));
+    for (size_t i = 10; i < ZC_VIEW_HEAD_BYTES; i++) {
+        CHECK(sv.head[i] == 0);
+    }
+
+    /* The view holds the object like any get: a delete leaves its bytes to it. */
+    CHECK_OK(zc_delete(pool, K("long")));
+    CHECK(has_pattern(v.data, 1000, 9));
+    zc_release(v.buffer);
+    zc_release(sv.buffer);
+    zc_release(w);
+    zc_release(s);
+    zc_pool_close(pool);
+    return true;
+}
+
+static bool test_get_view_failures_answer_status_and_leave_the_view_untouched(void) {
+    zc_pool *pool;
+    if (!open_small(4 * MIB, 0, &pool)) return false;
+    zc_buffer *w;
+    CHECK_OK(zc_create_buffer(pool, K("pending"), 10, &w));
+    zc_view v, before;
+    memset(&v, 0x5A, sizeof v);
+    memcpy(&before, &v, sizeof v);
+    CHECK_STATUS(zc_get_view(pool, K("absent"), 0, &v), ZC_ERR_NOT_FOUND);
+    CHECK(strstr(zc_last_error_message(), "absent") != NULL);
+    CHECK_STATUS(zc_get_view(pool, K("pending"), 0, &v), ZC_ERR_NOT_SEALED);
+    CHECK_STATUS(zc_get_view(pool, K("absent"), 30, &v), ZC_ERR_TIMEOUT);
+    CHECK(memcmp(&v, &before, sizeof v) == 0);
+    CHECK_STATUS(zc_get_view(pool, K("pending"), 0, NULL), ZC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(zc_get_view(NULL, K("pending"), 0, &v), ZC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(zc_get_view(pool, NULL, 3, 0, &v), ZC_ERR_INVALID_ARGUMENT);
+    CHECK(memcmp(&v, &before, sizeof v) == 0);
+    zc_release(w);
+    zc_pool_stats st;
+    CHECK_OK(zc_pool_get_stats(pool, &st));
+    CHECK(st.object_count == 0 && st.used_bytes == 0);
+    zc_pool_close(pool);
+    return true;
+}
+
 static bool test_data_pointers_are_64_byte_aligned_and_disjoint(void) {
     static const size_t sizes[] = { 1, 3, 63, 64, 65, 100, 127, 129, 1000, 4095, 4096, 4097, 65537 };
     enum { N = sizeof sizes / sizeof sizes[0] };
@@ -1316,6 +1386,8 @@ int main(void) {
         TEST(test_open_with_initialized_default_options),
         TEST(test_open_small_pool_reports_capacity_and_limits),
         TEST(test_round_trip_get_returns_writer_pointer_zero_copy),
+        TEST(test_get_view_answers_handle_address_size_and_leading_bytes_in_one_call),
+        TEST(test_get_view_failures_answer_status_and_leave_the_view_untouched),
         TEST(test_data_pointers_are_64_byte_aligned_and_disjoint),
         TEST(test_writable_pointer_is_null_after_seal_and_for_get_handles),
         TEST(test_zero_size_value_round_trips),

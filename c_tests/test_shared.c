@@ -292,6 +292,11 @@ static bool child_reads_sealed_bytes_inside_its_own_region(const char *name, cha
     const uint8_t *p = zc_buffer_const_data(r);
     CHECK(p != NULL && zc_buffer_size(r) == VALUE && has_pattern(p, VALUE, 7));
     CHECK(inside_region(pool, p, VALUE));
+    /* zc_get_view answers the same address, in this process's mapping, and the leading bytes. */
+    zc_view v;
+    CHECK_OK(zc_get_view(pool, K("sealed"), 0, &v));
+    CHECK(v.data == p && v.size == VALUE && memcmp(v.head, p, ZC_VIEW_HEAD_BYTES) == 0);
+    zc_release(v.buffer);
     zc_release(r);
     zc_pool_close(pool);
     return true;

@@ -68,6 +68,11 @@
 #define ZC_DEFAULT_POOL_SIZE (256 << 20)
 
 /**
+ * How many leading bytes of the object `zc_get_view` copies into `zc_view::head`.
+ */
+#define ZC_VIEW_HEAD_BYTES 256
+
+/**
  * One reference to one object in a pool, from `zc_create_buffer` (writable until sealed) or
  * `zc_get` (read-only). Released with `zc_release`; releasing an unsealed buffer aborts it.
  *
@@ -273,6 +278,30 @@ typedef struct zc_pool_stats {
      */
     uint64_t reserved[1];
 } zc_pool_stats;
+
+/**
+ * A read reference with what a reader needs first, from `zc_get_view` in one call: the handle,
+ * the object's address and size, and a copy of its leading bytes (a header to parse without
+ * another call).
+ */
+typedef struct zc_view {
+    /**
+     * The reference, as `zc_get` writes it: the caller owns it and frees it with `zc_release`.
+     */
+    struct zc_buffer *buffer;
+    /**
+     * `zc_buffer_const_data(buffer)`.
+     */
+    const uint8_t *data;
+    /**
+     * `zc_buffer_size(buffer)`.
+     */
+    size_t size;
+    /**
+     * The first `min(size, ZC_VIEW_HEAD_BYTES)` bytes of the object; zero after them.
+     */
+    uint8_t head[ZC_VIEW_HEAD_BYTES];
+} zc_view;
 
 /**
  * Success.
@@ -627,6 +656,22 @@ zc_status zc_get(struct zc_pool *pool,
                  size_t key_len,
                  int64_t timeout_ms,
                  struct zc_buffer **out);
+
+/**
+ * `zc_get`, plus the object's address, size and leading bytes, written to `*out` in one call
+ * (for bindings, where every call costs). Waits and fails as `zc_get` does; on failure `*out`
+ * is left as it was and nothing is to be released.
+ *
+ * The caller owns `out->buffer` and must free it with `zc_release`.
+ *
+ * # Safety
+ * `pool` is NULL or live; `key` points to `key_len` bytes; `out` is NULL or writable.
+ */
+zc_status zc_get_view(struct zc_pool *pool,
+                      const char *key,
+                      size_t key_len,
+                      int64_t timeout_ms,
+                      struct zc_view *out);
 
 /**
  * Removes the key at once; it can be created again. Readers holding the object keep valid,

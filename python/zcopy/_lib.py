@@ -52,6 +52,13 @@ class RdmaDesc(ctypes.Structure):
     _fields_ = [("addr", c_uint64), ("length", c_uint64), ("lkey", c_uint32), ("rkey", c_uint32)]
 
 
+VIEW_HEAD_BYTES = 256  # ZC_VIEW_HEAD_BYTES
+
+
+class View(ctypes.Structure):
+    _fields_ = [("buffer", c_void_p), ("data", c_void_p), ("size", c_size_t), ("head", c_uint8 * VIEW_HEAD_BYTES)]
+
+
 def _candidates():
     env = os.environ.get("ZCOPY_LIBRARY")
     if env:
@@ -103,6 +110,7 @@ _SIGNATURES = {
     "zc_seal": (zc_status, [_buf]),
     "zc_abort": (zc_status, [_buf]),
     "zc_get": (zc_status, [_pool, c_char_p, c_size_t, c_int64, _P(_buf)]),
+    "zc_get_view": (zc_status, [_pool, c_char_p, c_size_t, c_int64, _P(View)]),
     "zc_release": (None, [_buf]),
     "zc_delete": (zc_status, [_pool, c_char_p, c_size_t]),
     "zc_contains": (c_bool, [_pool, c_char_p, c_size_t]),

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from ._core import Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _key, _parts_total, _raise, _Span, _timeout_ms, _view
+from . import _lib
 from ._lib import lib
 
 ARRAY_MAGIC = b"ZCARRAY\0"
@@ -81,28 +82,13 @@ def _layout_in_memory(address, size, what, header=None):
     return _parts_of(header, size, what)
 
 
-_zc_get = lib.zc_get
-_zc_const_data = lib.zc_buffer_const_data
-_zc_size = lib.zc_buffer_size
+_zc_get_view = lib.zc_get_view
+_View = _lib.View
 _c_void_p = ctypes.c_void_p
 _byref = ctypes.byref
+_VIEW = struct.Struct("@PPN%ds" % _lib.VIEW_HEAD_BYTES)  # zc_view, read in one go
 _string_at = ctypes.string_at
 _asarray = np.asarray
-
-
-def _get_handle(pool, key, timeout):
-    """zc_get, wrapped straight in a handle (no Buffer): (handle, address, size). The hot path of
-    every get: kept to the calls it needs."""
-    k = key if type(key) is bytes else _key(key)
-    out = _c_void_p()
-    ptr = pool._ptr
-    if ptr is None:
-        pool._p()
-    status = _zc_get(ptr, k, len(k), 0 if timeout is None else _timeout_ms(timeout), _byref(out))
-    if status:
-        _raise(status)
-    handle = _Handle(out.value)
-    return handle, _zc_const_data(handle.ptr), _zc_size(handle.ptr)
 
 
 def _encode_shape_header(magic, name, shape):
@@ -265,7 +251,7 @@ def put_array(pool, key, arr):
 # of the same dtype and shape) is found without parsing. Only layouts parsed wholly from those
 # leading bytes are cached (the part table and the header part inside them), so equal keys mean
 # equal metadata; every cached layout was checked against its size like any other.
-_ARRAY_HEAD = 256
+_ARRAY_HEAD = _lib.VIEW_HEAD_BYTES  # the head zc_get_view copies out
 _array_layouts = {}
 
 
@@ -292,8 +278,20 @@ def get_array(pool, key, timeout=None):
     """The array stored under `key`, read-only, over the pool's bytes (no copy). It keeps the
     object alive; the object is released when the array and every view of it are gone. Raises
     FormatError when the bytes under `key` are not an array whose dtype and shape fill its data."""
-    handle, address, size = _get_handle(pool, key, timeout)
-    head = _string_at(address, size if size < _ARRAY_HEAD else _ARRAY_HEAD)
+    # The hot path of every get: one C call (zc_get_view) answers the handle, the address, the
+    # size and the leading bytes that hold the array's layout; parsed layouts are cached by them.
+    k = key if type(key) is bytes else _key(key)
+    view = _View()
+    ptr = pool._ptr
+    if ptr is None:
+        pool._p()
+    status = _zc_get_view(ptr, k, len(k), 0 if timeout is None else _timeout_ms(timeout), view)
+    if status:
+        _raise(status)
+    buffer, address, size, head = _VIEW.unpack_from(view)
+    handle = _Handle(buffer)
+    if size < _ARRAY_HEAD:
+        head = head[:size]
     layout = _array_layouts.get((head, size))
     if layout is None:
         layout = _array_layout(address, size, head, key)

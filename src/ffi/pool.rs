@@ -546,6 +546,57 @@ pub unsafe extern "C" fn zc_get(
     })
 }
 
+/// How many leading bytes of the object `zc_get_view` copies into `zc_view::head`.
+pub const ZC_VIEW_HEAD_BYTES: usize = 256;
+
+/// A read reference with what a reader needs first, from `zc_get_view` in one call: the handle,
+/// the object's address and size, and a copy of its leading bytes (a header to parse without
+/// another call).
+#[repr(C)]
+pub struct zc_view {
+    /// The reference, as `zc_get` writes it: the caller owns it and frees it with `zc_release`.
+    pub buffer: *mut zc_buffer,
+    /// `zc_buffer_const_data(buffer)`.
+    pub data: *const u8,
+    /// `zc_buffer_size(buffer)`.
+    pub size: usize,
+    /// The first `min(size, ZC_VIEW_HEAD_BYTES)` bytes of the object; zero after them.
+    pub head: [u8; ZC_VIEW_HEAD_BYTES],
+}
+
+/// `zc_get`, plus the object's address, size and leading bytes, written to `*out` in one call
+/// (for bindings, where every call costs). Waits and fails as `zc_get` does; on failure `*out`
+/// is left as it was and nothing is to be released.
+///
+/// The caller owns `out->buffer` and must free it with `zc_release`.
+///
+/// # Safety
+/// `pool` is NULL or live; `key` points to `key_len` bytes; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn zc_get_view(
+    pool: *mut zc_pool,
+    key: *const c_char,
+    key_len: usize,
+    timeout_ms: i64,
+    out: *mut zc_view,
+) -> zc_status {
+    guard("zc_get_view", || {
+        // SAFETY: per the contract above.
+        let (pool, key) = unsafe { (arg(pool, "pool")?, key_arg(key, key_len)?) };
+        let out = out_arg(out, "out")?;
+        let buf = get(pool, key, Wait::from_millis(timeout_ms)?)?;
+        let bytes = buf.as_slice();
+        let lead = bytes.len().min(ZC_VIEW_HEAD_BYTES);
+        let mut head = [0u8; ZC_VIEW_HEAD_BYTES];
+        head[..lead].copy_from_slice(&bytes[..lead]);
+        let (data, size) = (bytes.as_ptr(), bytes.len());
+        let view = zc_view { buffer: zc_buffer::into_raw(buf), data, size, head };
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(view) };
+        Ok(())
+    })
+}
+
 /// Removes the key at once; it can be created again. Readers holding the object keep valid,
 /// unchanged bytes; its memory is freed at the last `zc_release`. `ZC_ERR_NOT_SEALED` for a
 /// created-but-unsealed key (its creator aborts it), `ZC_ERR_NOT_FOUND` for an absent one.
