@@ -7,7 +7,7 @@
 //! is gone, which is how delete-while-referenced works.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -47,6 +47,9 @@ pub struct Candidate {
 struct Shard {
     table: Mutex<HashTable<u32>>,
     sealed: Condvar,
+    /// Threads waiting on `sealed`; changed and read only under `table`'s lock, so a seal that
+    /// sees none skips the wake-up (a system call) and no waiter can miss it.
+    waiters: AtomicU32,
 }
 
 pub struct Index {
@@ -63,8 +66,9 @@ impl Default for Index {
 
 impl Index {
     pub fn new() -> Self {
-        let shards =
-            (0..SHARDS).map(|_| Shard { table: Mutex::new(HashTable::new()), sealed: Condvar::new() }).collect();
+        let shards = (0..SHARDS)
+            .map(|_| Shard { table: Mutex::new(HashTable::new()), sealed: Condvar::new(), waiters: AtomicU32::new(0) })
+            .collect();
         Index { shards, hasher: Default::default(), closed: AtomicBool::new(false) }
     }
 
@@ -141,8 +145,11 @@ impl Index {
             return Err(IndexError::Closed);
         }
         rec.mark_sealed();
+        let waiting = shard.waiters.load(Ordering::Relaxed) > 0;
         drop(table);
-        shard.sealed.notify_all();
+        if waiting {
+            shard.sealed.notify_all();
+        }
         Ok(())
     }
 
@@ -169,16 +176,22 @@ impl Index {
             if let Some(id) = Self::find(&table, recs, hash, key).and_then(|&id| acquire_if_sealed(recs.get(id), id)) {
                 return Ok(id);
             }
-            table = match deadline {
-                None => shard.sealed.wait(table).unwrap_or_else(|p| p.into_inner()),
+            let timeout = match deadline {
+                None => None,
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return Err(IndexError::Timeout);
                     }
-                    shard.sealed.wait_timeout(table, d - now).unwrap_or_else(|p| p.into_inner()).0
+                    Some(d - now)
                 }
             };
+            shard.waiters.fetch_add(1, Ordering::Relaxed);
+            table = match timeout {
+                None => shard.sealed.wait(table).unwrap_or_else(|p| p.into_inner()),
+                Some(t) => shard.sealed.wait_timeout(table, t).unwrap_or_else(|p| p.into_inner()).0,
+            };
+            shard.waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

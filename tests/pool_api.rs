@@ -975,3 +975,39 @@ fn a_forked_child_gets_forked_child_errors_from_its_parents_pool_and_the_parent_
     pool.delete(b"kept").unwrap();
     assert_eq!(pool.stats().used_bytes, 128);
 }
+
+#[test]
+fn every_waiting_get_is_woken_by_its_seal_when_seals_skip_wakeups_nobody_waits_for() {
+    // A seal wakes waiters only when its shard counts some. 200 gets wait on 100 keys (two per
+    // key; with 64 shards, many keys share one) while seals, most of keys nobody waits for,
+    // run at the same time. Every get must be answered by its seal, long before its timeout.
+    let pool = pool_with(64 * MIB, 0);
+    const KEYS: usize = 100;
+    let key = |i: usize| format!("wake-{i}").into_bytes();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let waiters: Vec<_> = (0..2 * KEYS)
+            .map(|w| {
+                let (pool, k) = (&pool, key(w % KEYS));
+                s.spawn(move || {
+                    let b = pool.get(&k, Wait::For(Duration::from_secs(30))).expect("woken by the seal");
+                    assert_eq!(b.as_slice(), &pattern((w % KEYS) as u8, 100)[..]);
+                })
+            })
+            .collect();
+        for round in 0..20 {
+            for i in 0..KEYS {
+                let noise = format!("noise-{round}-{i}").into_bytes();
+                drop(put_via_buffer(&pool, &noise, b"x"));
+                pool.delete(&noise).unwrap();
+            }
+        }
+        for i in 0..KEYS {
+            drop(put_via_buffer(&pool, &key(i), &pattern(i as u8, 100)));
+        }
+        for w in waiters {
+            w.join().unwrap();
+        }
+    });
+    assert!(started.elapsed() < Duration::from_secs(20), "a waiter slept past its seal");
+}
