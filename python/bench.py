@@ -78,22 +78,27 @@ def _calibrate(op, batch_ns):
         n *= 4
 
 
-def measure(cases, repeats, batch_ms):
-    """Median ns per call of each op in `cases` ({name: op}): `repeats` batches each, the cases
-    interleaved. The cyclic GC is off while a batch runs (as timeit does); the package releases
-    pool objects by reference counting, so nothing waits for it."""
+def samples(cases, repeats, batch_ms):
+    """ns per call of each op in `cases` ({name: op}), one sample per batch: `repeats` batches
+    each, the cases interleaved. The cyclic GC is off while a batch runs (as timeit does); the
+    package releases pool objects by reference counting, so nothing waits for it."""
     batch_ns = batch_ms * 1e6
     counts = {name: _calibrate(op, batch_ns) for name, op in cases.items()}
-    samples = {name: [] for name in cases}
+    out = {name: [] for name in cases}
     for _ in range(repeats):
         for name, op in cases.items():
             gc.collect()
             gc.disable()
             try:
-                samples[name].append(_batch(op, counts[name]))
+                out[name].append(_batch(op, counts[name]))
             finally:
                 gc.enable()
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return out
+
+
+def measure(cases, repeats, batch_ms):
+    """Median ns per call of each op in `cases`: the median of its `samples`."""
+    return {name: statistics.median(s) for name, s in samples(cases, repeats, batch_ms).items()}
 
 
 def _source(nbytes):

@@ -21,7 +21,6 @@ about 15 s, about 5 s with --quick. Exits 77 when this build of the package has 
 """
 
 import argparse
-import gc
 import multiprocessing as mp
 import os
 import statistics
@@ -33,7 +32,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 import zcopy
-from bench import _batch, _calibrate, fmt_ratio, fmt_size, fmt_time, format_table, header
+from bench import fmt_ratio, fmt_size, fmt_time, format_table, header, samples
 
 SIZES = (4 << 10, 64 << 20)
 POOL_SIZE = 160 << 20
@@ -62,22 +61,6 @@ def _attach_shm(name):
     return shared_memory.SharedMemory(name=name)
 
 
-def measure(cases, repeats, batch_ms):
-    """ns per call of each op in `cases` ({name: op}), one sample per batch, the cases interleaved;
-    the cyclic GC is off while a batch runs, as in bench.py."""
-    counts = {name: _calibrate(op, batch_ms * 1e6) for name, op in cases.items()}
-    samples = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, op in cases.items():
-            gc.collect()
-            gc.disable()
-            try:
-                samples[name].append(_batch(op, counts[name]))
-            finally:
-                gc.enable()
-    return samples
-
-
 def reader(conn, pool_name, shm_names, repeats, batch_ms):
     """The reading process: attaches the writer's pool and blocks once, checks the bytes, times."""
     try:
@@ -95,7 +78,7 @@ def reader(conn, pool_name, shm_names, repeats, batch_ms):
             if not (np.array_equal(got, src) and np.array_equal(wrapped, src)):
                 raise AssertionError("the reader does not see the writer's bytes for %s" % fmt_size(nbytes))
             del got, wrapped, src
-            samples = measure(
+            results[nbytes] = samples(
                 {
                     "zcopy": lambda: pool.get_array(key),
                     "shm": lambda: np.ndarray(shape, dtype, buffer=shm.buf),
@@ -104,7 +87,6 @@ def reader(conn, pool_name, shm_names, repeats, batch_ms):
                 repeats,
                 batch_ms,
             )
-            results[nbytes] = samples
             shm.close()
         private.close()
         pool.close()
