@@ -92,3 +92,48 @@ def test_get_tensor_on_array_key_refused(pool):
     pool.put_array("a", np.arange(3))
     with pytest.raises(zcopy.InvalidArgumentError):
         pool.get_tensor("a")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tensors_of_one_layout_under_many_keys_each_read_their_own_bytes(pool, dtype):
+    # get_tensor caches parsed layouts by the object's leading bytes and size: keys whose
+    # headers are identical must still each come back over their own data.
+    dt = getattr(torch, dtype)
+    tensors = [torch.full((8, 16), float(i), dtype=dt) for i in range(20)]
+    for i, t in enumerate(tensors):
+        pool.put_tensor("same-%d" % i, t)
+    for _ in range(2):
+        got = [pool.get_tensor("same-%d" % i) for i in range(20)]
+        for g, t in zip(got, tensors):
+            assert g.dtype == dt and torch.equal(g, t)
+        assert len({g.data_ptr() for g in got}) == 20
+
+
+def test_tensor_whose_header_runs_past_the_copied_head_round_trips(pool, in_pool):
+    src = torch.arange(6, dtype=torch.int16).reshape((1,) * 30 + (2, 3))
+    pool.put_tensor("many-dims", src)
+    for _ in range(2):
+        got = pool.get_tensor("many-dims")
+        assert tuple(got.shape) == tuple(src.shape) and torch.equal(got, src)
+        assert in_pool(got.data_ptr(), 12)
+
+
+def test_get_tensor_reads_a_plain_buffer_holding_the_tensor_format(pool):
+    # A value that arrived as bytes (a transfer, an RDMA WRITE) into a plain buffer.
+    src = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    pool.put_tensor("made", src)
+    raw = pool.get_bytes("made")
+    pool.put("plain", raw)
+    got = pool.get_tensor("plain")
+    assert torch.equal(got, src)
+
+
+def test_get_tensor_refusal_releases_its_reference(pool):
+    import gc
+
+    pool.put("junk", b"\x00" * 300)
+    with pytest.raises(zcopy.FormatError):
+        pool.get_tensor("junk")
+    pool.delete("junk")
+    gc.collect()
+    assert pool.stats()["used_bytes"] == 0

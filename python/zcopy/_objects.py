@@ -14,7 +14,6 @@ import ast
 import ctypes
 import pickle
 import struct
-import warnings
 
 import numpy as np
 
@@ -86,9 +85,26 @@ _zc_get_view = lib.zc_get_view
 _View = _lib.View
 _c_void_p = ctypes.c_void_p
 _byref = ctypes.byref
-_VIEW = struct.Struct("@PPN%ds" % _lib.VIEW_HEAD_BYTES)  # zc_view, read in one go
+_VIEW_HEAD = _lib.VIEW_HEAD_BYTES
+_VIEW = struct.Struct("@PPN%ds" % _VIEW_HEAD)  # zc_view, read in one go
 _string_at = ctypes.string_at
 _asarray = np.asarray
+
+
+def _get_view(pool, key, timeout):
+    """zc_get_view wrapped straight in a handle (no Buffer): (handle, address, size, head), head
+    the object's first bytes (at most VIEW_HEAD_BYTES, never past its size). One C call."""
+    k = key if type(key) is bytes else _key(key)
+    view = _View()
+    ptr = pool._ptr
+    if ptr is None:
+        pool._p()
+    status = _zc_get_view(ptr, k, len(k), 0 if timeout is None else _timeout_ms(timeout), view)
+    if status:
+        _raise(status)
+    buffer, address, size, head = _VIEW.unpack_from(view)
+    handle = _Handle(buffer)
+    return handle, address, size, (head if size >= _VIEW_HEAD else head[:size])
 
 
 def _encode_shape_header(magic, name, shape):
@@ -251,7 +267,6 @@ def put_array(pool, key, arr):
 # of the same dtype and shape) is found without parsing. Only layouts parsed wholly from those
 # leading bytes are cached (the part table and the header part inside them), so equal keys mean
 # equal metadata; every cached layout was checked against its size like any other.
-_ARRAY_HEAD = _lib.VIEW_HEAD_BYTES  # the head zc_get_view copies out
 _array_layouts = {}
 
 
@@ -278,20 +293,7 @@ def get_array(pool, key, timeout=None):
     """The array stored under `key`, read-only, over the pool's bytes (no copy). It keeps the
     object alive; the object is released when the array and every view of it are gone. Raises
     FormatError when the bytes under `key` are not an array whose dtype and shape fill its data."""
-    # The hot path of every get: one C call (zc_get_view) answers the handle, the address, the
-    # size and the leading bytes that hold the array's layout; parsed layouts are cached by them.
-    k = key if type(key) is bytes else _key(key)
-    view = _View()
-    ptr = pool._ptr
-    if ptr is None:
-        pool._p()
-    status = _zc_get_view(ptr, k, len(k), 0 if timeout is None else _timeout_ms(timeout), view)
-    if status:
-        _raise(status)
-    buffer, address, size, head = _VIEW.unpack_from(view)
-    handle = _Handle(buffer)
-    if size < _ARRAY_HEAD:
-        head = head[:size]
+    handle, address, size, head = _get_view(pool, key, timeout)
     layout = _array_layouts.get((head, size))
     if layout is None:
         layout = _array_layout(address, size, head, key)
@@ -343,25 +345,59 @@ def put_tensor(pool, key, tensor):
         buf.release()
 
 
+# torch dtypes that numpy has too, as the array interface's typestr (stored little-endian).
+TENSOR_TYPESTR = {
+    "torch.float32": "<f4", "torch.float64": "<f8", "torch.float16": "<f2", "torch.int8": "|i1",
+    "torch.uint8": "|u1", "torch.int16": "<i2", "torch.uint16": "<u2", "torch.int32": "<i4",
+    "torch.uint32": "<u4", "torch.int64": "<i8", "torch.uint64": "<u8", "torch.bool": "|b1",
+}
+_tensor_layouts = {}
+
+
+def _tensor_layout(torch, address, size, head, key):
+    """(data offset, torch dtype, shape, data bytes, numpy typestr or None) of the zcopy tensor
+    object at `address`, parsed and checked like an array's (see _array_layout), and cached by
+    the leading bytes `head` when they hold its whole header."""
+    parts = _layout_in_memory(address, size, "tensor", head if len(head) >= _PEEK else None)
+    if len(parts) != 2:
+        raise FormatError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
+    (head_at, head_len), (data_at, nbytes) = parts
+    in_head = head_at + head_len <= len(head)
+    raw = head[head_at : head_at + head_len] if in_head else ctypes.string_at(address + head_at, head_len)
+    name, shape = _decode_shape_header(raw, TENSOR_MAGIC, "tensor")
+    dtype = _torch_dtype(torch, name)
+    itemsize = getattr(dtype, "itemsize", None) or torch.empty((), dtype=dtype).element_size()
+    _check_shape(shape, itemsize, nbytes, "tensor", key)
+    layout = (data_at, dtype, tuple(shape), nbytes, TENSOR_TYPESTR.get(str(dtype)))
+    if in_head and len(_tensor_layouts) < _CACHE_LIMIT:
+        _tensor_layouts[(head, size)] = layout
+    return layout
+
+
+def _tensor_from(torch, owner, address, layout):
+    """The tensor of `layout` over the object's bytes at `address`, `owner` (which keeps them
+    alive) its numpy base. The numpy view is writable only as the way in: torch has no read-only
+    tensors, and warns about read-only arrays (silencing that warning costs more than the rest
+    of a get); the bytes are sealed all the same."""
+    data_at, dtype, shape, nbytes, typestr = layout
+    if not nbytes:
+        return torch.empty(shape, dtype=dtype)
+    if typestr is not None:
+        owner.__array_interface__ = {"data": (address + data_at, False), "shape": shape, "typestr": typestr, "version": 3}
+        return torch.from_numpy(_asarray(owner))
+    raw = torch.from_numpy(_asarray(_Span(owner, address + data_at, nbytes, False)))
+    return (raw if dtype == torch.uint8 else raw.view(dtype)).view(shape)
+
+
 def get_tensor(pool, key, timeout=None):
     """The tensor stored under `key`, over the pool's bytes (no copy). torch has no read-only
     tensors: do not write to it (the object is sealed)."""
     torch = _torch()
-    buf = pool.get(key, timeout)
-    parts = _part_ranges(buf, 2, "tensor", exact=True)
-    try:
-        name, shape = _decode_shape_header(ctypes.string_at(*parts[0]), TENSOR_MAGIC, "tensor")
-        dtype = _torch_dtype(torch, name)
-        data = _part_view(buf, *parts[1])
-        itemsize = getattr(dtype, "itemsize", None) or torch.empty((), dtype=dtype).element_size()
-        _check_shape(shape, itemsize, data.nbytes, "tensor", key)
-    except BaseException:
-        buf.release()
-        raise
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-        raw = torch.from_numpy(data)
-    return raw.view(dtype).view(shape)
+    handle, address, size, head = _get_view(pool, key, timeout)
+    layout = _tensor_layouts.get((head, size))
+    if layout is None:
+        layout = _tensor_layout(torch, address, size, head, key)
+    return _tensor_from(torch, handle, address, layout)
 
 
 def _torch_dtype(torch, name):

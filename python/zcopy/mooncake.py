@@ -236,11 +236,6 @@ def _torch():
 #   104  i64[8] the data's shape, -1 past ndim: the tensor's shape
 #   168  i64, 0 as put_tensor writes it (refused otherwise); bytes 176..303 are not read
 # numpy's name of each torch dtype numpy has (a tensor over them is made by one from_numpy).
-_NUMPY_TYPESTR = {
-    "torch.float32": "<f4", "torch.float64": "<f8", "torch.float16": "<f2", "torch.int8": "|i1",
-    "torch.uint8": "|u1", "torch.int16": "<i2", "torch.uint16": "<u2", "torch.int32": "<i4",
-    "torch.uint32": "<u4", "torch.int64": "<i8", "torch.uint64": "<u8", "torch.bool": "|b1",
-}
 _MOONCAKE_MAGIC = b"NOOM"
 _MOONCAKE_HEADER = 304
 _MOONCAKE_FIELDS = struct.Struct("<4sHHiiQqq8q8qq")
@@ -1009,22 +1004,14 @@ class ZeroCopyStore:
         either format."""
         torch = _torch()
         if head[:8] == _PARTS_MAGIC:
-            parts = _objects._layout_in_memory(address, size, "tensor")
-            if len(parts) != 2:
-                raise FormatError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
-            (head_at, head_len), (data_at, nbytes) = parts
-            raw = _string_at(address + head_at, head_len)
-            name, shape = _objects._decode_shape_header(raw, _objects.TENSOR_MAGIC, "tensor")
-            dtype = _objects._torch_dtype(torch, name)
-            _objects._check_shape(shape, dtype.itemsize, nbytes, "tensor", key)
-        elif head[:4] == _MOONCAKE_MAGIC:
-            data_at, name, shape = mooncake_tensor_layout(head, size)
-            dtype = getattr(torch, name)
-            nbytes = size - data_at
-        else:
+            return _objects._tensor_layout(torch, address, size, head, key)
+        if head[:4] != _MOONCAKE_MAGIC:
             raise FormatError(
                 "key %r holds neither a zcopy tensor nor one put by Mooncake's put_tensor" % (key,))
-        return (data_at, dtype, tuple(shape), nbytes, _NUMPY_TYPESTR.get(str(dtype)))
+        data_at, name, shape = mooncake_tensor_layout(head, size)
+        dtype = getattr(torch, name)
+        nbytes = size - data_at
+        return (data_at, dtype, tuple(shape), nbytes, _objects.TENSOR_TYPESTR.get(str(dtype)))
 
     @classmethod
     def _as_tensor(cls, key, ref, address, size):
@@ -1040,17 +1027,7 @@ class ZeroCopyStore:
 
     @staticmethod
     def _tensor_from(owner, address, layout):
-        data_at, dtype, shape, nbytes, typestr = layout
-        torch = _torch()
-        if not nbytes:
-            return torch.empty(shape, dtype=dtype)
-        # A writable numpy view only as the way in: torch has no read-only tensors (and warns
-        # about read-only arrays); the bytes are sealed all the same.
-        if typestr is not None:
-            owner.__array_interface__ = {"data": (address + data_at, False), "shape": shape, "typestr": typestr,
-                                         "version": 3}
-            return torch.from_numpy(_asarray(owner))
-        return torch.from_numpy(_bytes_at(owner, address + data_at, nbytes, False)).view(dtype).view(shape)
+        return _objects._tensor_from(_torch(), owner, address, layout)
 
     @classmethod
     def _learn_tensor(cls, address, size):
