@@ -61,6 +61,11 @@ static bool child_calls_on_parents_pool_answer_pool_closed(zc_pool *pool, zc_buf
     /* Would block forever if it waited: the key is never sealed in this process. */
     CHECK_FORKED(zc_get(pool, K("never"), -1, &b));
     CHECK(b == BAD_BUF);
+    zc_view v;
+    v.buffer = BAD_BUF;
+    CHECK_FORKED(zc_get_view(pool, K("kept-0"), 0, &v));
+    CHECK_FORKED(zc_get_view(pool, K("never"), -1, &v));
+    CHECK(v.buffer == BAD_BUF);
     size_t n = 12345;
     CHECK_FORKED(zc_get_into(pool, K("kept-0"), 0, data, sizeof data, &n));
     CHECK(n == 12345);
