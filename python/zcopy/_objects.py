@@ -270,16 +270,24 @@ def put_array(pool, key, arr):
 _array_layouts = {}
 
 
-def _array_layout(address, size, head, key):
-    """(data offset, data length, dtype, shape) of the array object at `address`, parsed and
-    checked: the parts lie inside the `size` bytes and the dtype and shape fill the data part."""
-    parts = _layout_in_memory(address, size, "array", head if len(head) >= _PEEK else None)
+def _two_part_layout(address, size, head, key, magic, what):
+    """(data offset, data length, name, shape, whether `head` held the header) of a two-part
+    object (a shape header part, then the data part) at `address`: the parts table and the
+    header checked against the object's `size`. `head` is its first bytes, already copied out."""
+    parts = _layout_in_memory(address, size, what, head if len(head) >= _PEEK else None)
     if len(parts) != 2:
-        raise FormatError("key %r does not hold a zcopy array (%d parts)" % (key, len(parts)))
+        raise FormatError("key %r does not hold a zcopy %s (%d parts)" % (key, what, len(parts)))
     (head_at, head_len), (data_at, data_len) = parts
     in_head = head_at + head_len <= len(head)
     raw = head[head_at : head_at + head_len] if in_head else ctypes.string_at(address + head_at, head_len)
-    descr, shape = _decode_shape_header(raw, ARRAY_MAGIC, "array")
+    name, shape = _decode_shape_header(raw, magic, what)
+    return data_at, data_len, name, shape, in_head
+
+
+def _array_layout(address, size, head, key):
+    """(data offset, data length, dtype, shape) of the array object at `address`, parsed and
+    checked: the parts lie inside the `size` bytes and the dtype and shape fill the data part."""
+    data_at, data_len, descr, shape, in_head = _two_part_layout(address, size, head, key, ARRAY_MAGIC, "array")
     dtype = _dtype_from(descr)
     shape = tuple(shape)
     _check_shape(shape, dtype.itemsize, data_len, "array", key)
@@ -358,13 +366,7 @@ def _tensor_layout(torch, address, size, head, key):
     """(data offset, torch dtype, shape, data bytes, numpy typestr or None) of the zcopy tensor
     object at `address`, parsed and checked like an array's (see _array_layout), and cached by
     the leading bytes `head` when they hold its whole header."""
-    parts = _layout_in_memory(address, size, "tensor", head if len(head) >= _PEEK else None)
-    if len(parts) != 2:
-        raise FormatError("key %r does not hold a zcopy tensor (%d parts)" % (key, len(parts)))
-    (head_at, head_len), (data_at, nbytes) = parts
-    in_head = head_at + head_len <= len(head)
-    raw = head[head_at : head_at + head_len] if in_head else ctypes.string_at(address + head_at, head_len)
-    name, shape = _decode_shape_header(raw, TENSOR_MAGIC, "tensor")
+    data_at, nbytes, name, shape, in_head = _two_part_layout(address, size, head, key, TENSOR_MAGIC, "tensor")
     dtype = _torch_dtype(torch, name)
     itemsize = getattr(dtype, "itemsize", None) or torch.empty((), dtype=dtype).element_size()
     _check_shape(shape, itemsize, nbytes, "tensor", key)
