@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import zcopy
+
 STRUCT = np.dtype([("id", "<i4"), ("score", ">f8"), ("tag", "S3"), ("xy", "<f4", (2,))])
 
 
@@ -131,3 +133,18 @@ def test_object_arrays_keep_object_alive_after_delete(pool, in_pool):
     assert pool.stats()["used_bytes"] > 0
     assert np.array_equal(a, np.arange(1000, dtype=np.float64))
     assert in_pool(a.ctypes.data, a.nbytes)
+
+
+def test_refused_get_object_and_get_parts_release_their_reference_before_raising(pool):
+    # The exception (and the frame its traceback holds) outlives the call: the object must not.
+    pool.put("plain", b"not a pickled object, not parts" * 4)
+    errors = []
+    for get in (pool.get_object, pool.get_parts):
+        try:
+            get("plain")
+        except zcopy.FormatError as e:
+            errors.append(e)
+    assert len(errors) == 2
+    pool.delete("plain")
+    assert pool.stats()["used_bytes"] == 0
+    assert errors[0].__traceback__ is not None

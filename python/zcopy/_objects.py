@@ -166,33 +166,6 @@ def _dtype_from(descr):
     return dtype
 
 
-def _part_ranges(buf, count, what, exact=False):
-    """[(address, length)] of the parts of `buf`: from its handle for an object made by
-    `create_parts`, else parsed from its bytes (a plain buffer holding the format of
-    docs/FORMAT.md: a value received by a transfer, a file), every offset and length checked
-    against the buffer's size. Releases `buf` and raises FormatError unless there are `count`
-    parts or more (exactly `count` with `exact`)."""
-    try:
-        n = buf.part_count
-        if n:
-            ranges = [buf.part_range(i) for i in range(n)]
-        else:
-            address, size = buf.address, buf.size
-            ranges = [(address + offset, length) for offset, length in _layout_in_memory(address, size, what)]
-    except BaseException:
-        buf.release()
-        raise
-    if len(ranges) < count or (exact and len(ranges) != count):
-        buf.release()
-        raise FormatError("key %r does not hold a zcopy %s (%d parts)" % (buf.key, what, len(ranges)))
-    return ranges
-
-
-def _part_view(buf, address, length):
-    """A read-only uint8 view of `length` bytes at `address` inside the sealed `buf`."""
-    return _view(buf._h(), address, length, True)
-
-
 _Sizes2 = ctypes.c_size_t * 2
 # Every two-part object's header is exactly 64 bytes: the fixed fields and two entries.
 _TWO_PARTS = struct.Struct("<8sHHIIIQQQQQ")
@@ -442,19 +415,33 @@ def put_object(pool, key, obj):
         buf.release()
 
 
+def _release_now(handle):
+    """Releases the handle of a refused get at once: no view of it exists yet."""
+    ptr = handle.ptr
+    handle.forget()
+    _zc_release(ptr)
+
+
+def _parts_of_view(handle, address, size, head, what):
+    """[(offset, length)] of the multi-part object a get just viewed, from its copied head (and
+    the rest of its table in place); a refusal releases the handle before it raises."""
+    try:
+        return _layout_in_memory(address, size, what, head if len(head) >= _PEEK else None)
+    except BaseException:
+        _release_now(handle)
+        raise
+
+
 def get_object(pool, key, timeout=None):
     """The object stored by `put_object`. Its out-of-band buffers come back as read-only views of
     the pool's bytes: numpy arrays (and tensors rebuilt from them) share the pool's memory."""
-    buf = pool.get(key, timeout)
-    parts = _part_ranges(buf, 2, "pickled object")
-    try:
-        if ctypes.string_at(*parts[0]) != OBJECT_MAGIC:
-            raise FormatError("key %r does not hold a zcopy pickled object" % (key,))
-        stream = memoryview(_part_view(buf, *parts[1]))
-        buffers = [memoryview(_part_view(buf, *p)) for p in parts[2:]]
-    except BaseException:
-        buf.release()
-        raise
+    handle, address, size, head = _get_view(pool, key, timeout)
+    parts = _parts_of_view(handle, address, size, head, "pickled object")
+    if len(parts) < 2 or _string_at(address + parts[0][0], parts[0][1]) != OBJECT_MAGIC:
+        _release_now(handle)
+        raise FormatError("key %r does not hold a zcopy pickled object (%d parts)" % (key, len(parts)))
+    stream = memoryview(_view(handle, address + parts[1][0], parts[1][1], True))
+    buffers = [memoryview(_view(handle, address + at, n, True)) for at, n in parts[2:]]
     try:
         return pickle.loads(stream, buffers=buffers)
     except pickle.UnpicklingError as e:
@@ -464,8 +451,8 @@ def get_object(pool, key, timeout=None):
 def get_parts(pool, key, timeout=None):
     """The parts of the multi-part object under `key` (made by `create_parts`, or a plain object
     holding the bytes of docs/FORMAT.md), as read-only uint8 arrays over the pool's bytes."""
-    buf = pool.get(key, timeout)
-    return [_part_view(buf, *p) for p in _part_ranges(buf, 0, "multi-part object")]
+    handle, address, size, head = _get_view(pool, key, timeout)
+    return [_view(handle, address + at, n, True) for at, n in _parts_of_view(handle, address, size, head, "multi-part object")]
 
 
 def parse_parts(data):
