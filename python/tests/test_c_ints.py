@@ -65,3 +65,24 @@ def test_max_objects_outside_64_bits_is_refused_not_wrapped(max_objects):
 def test_pool_options_at_the_64_bit_edge_pass_through_unchanged(make_pool):
     pool = make_pool(4 << 20, max_objects=3)
     assert pool.stats()["max_objects"] == 3
+
+
+def test_ctypes_view_struct_matches_the_header(repo_root):
+    # zc_view is filled by C through ctypes' declaration: a size or offset off by one would read
+    # the wrong bytes as the address.
+    import ctypes
+    import re
+
+    from zcopy import _lib
+
+    with open("%s/include/zcopy.h" % repo_root) as f:
+        header = f.read()
+    head = int(re.search(r"#define ZC_VIEW_HEAD_BYTES (\d+)", header).group(1))
+    assert _lib.VIEW_HEAD_BYTES == head
+    fields = re.search(r"typedef struct zc_view \{(.*?)\} zc_view;", header, re.S).group(1)
+    declared = re.findall(r"^\s*([\w ]+?\*?)\s*(\w+)(\[\w+\])?;", fields, re.M)
+    assert [name for _, name, _ in declared] == ["buffer", "data", "size", "head"]
+    assert [name for name, _ in _lib.View._fields_] == ["buffer", "data", "size", "head"]
+    pointer = ctypes.sizeof(ctypes.c_void_p)
+    assert ctypes.sizeof(_lib.View) == 3 * pointer + head
+    assert _lib.View.head.offset == 3 * pointer and _lib.View.head.size == head
