@@ -205,3 +205,22 @@ def test_get_array_of_objects_shorter_than_the_copied_head_reads_only_their_byte
     got = pool.get_array("small")
     same_array(got, src)
     assert pool.get("small").size < 256
+
+
+def test_arrays_that_differ_only_in_their_data_share_one_cached_layout_and_read_their_own_bytes(pool):
+    # The layout cache is keyed by the bytes before the data part: values that differ only in
+    # their data (the common case, and all of a 4 KiB array's first bytes after its header)
+    # must neither each add an entry nor be read with another value's bytes.
+    from zcopy import _objects
+
+    _objects._array_layouts.clear()
+    for i in range(50):
+        pool.put_array("v%d" % i, np.full(1024, i, np.float32))
+    for i in range(50):
+        got = pool.get_array("v%d" % i)
+        assert got.shape == (1024,) and got.dtype == np.float32
+        assert float(got[0]) == float(got[-1]) == float(i)
+    assert len(_objects._array_layouts) == 1
+    pool.put_array("other", np.full((4, 256), 1, np.float32))
+    assert pool.get_array("other").shape == (4, 256)
+    assert len(_objects._array_layouts) == 2

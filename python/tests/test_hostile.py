@@ -196,8 +196,9 @@ def laid_out(total, table, placed):
 
 
 def test_layout_cache_is_not_reused_for_an_object_whose_header_part_lies_past_the_cached_prefix(pool, stored):
-    # A layout is cached by the object's size and first 256 bytes. These two objects share both,
-    # but their header parts (at 320, past the prefix) differ: the second's shape is a lie.
+    # A layout is cached by the object's size and its bytes up to its data part. These two
+    # objects share their first 256 bytes and their size, but their header parts (at 320, past
+    # the data part's offset and the copied head) differ: the second's shape is a lie.
     honest = shape_head(ARRAY_MAGIC, b"'<f8'", (0,))
     lying = shape_head(ARRAY_MAGIC, b"'<f8'", (1 << 40,))
     assert len(honest) == len(lying)

@@ -96,8 +96,12 @@ def test_get_tensor_on_array_key_refused(pool):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tensors_of_one_layout_under_many_keys_each_read_their_own_bytes(pool, dtype):
-    # get_tensor caches parsed layouts by the object's leading bytes and size: keys whose
-    # headers are identical must still each come back over their own data.
+    # get_tensor caches parsed layouts by the object's bytes before its data and its size: keys
+    # whose headers are identical share one entry and must still each come back over their own
+    # data.
+    from zcopy import _objects
+
+    _objects._tensor_layouts.clear()
     dt = getattr(torch, dtype)
     tensors = [torch.full((8, 16), float(i), dtype=dt) for i in range(20)]
     for i, t in enumerate(tensors):
@@ -107,6 +111,7 @@ def test_tensors_of_one_layout_under_many_keys_each_read_their_own_bytes(pool, d
         for g, t in zip(got, tensors):
             assert g.dtype == dt and torch.equal(g, t)
         assert len({g.data_ptr() for g in got}) == 20
+    assert len(_objects._tensor_layouts) == 1
 
 
 def test_tensor_whose_header_runs_past_the_copied_head_round_trips(pool, in_pool):

@@ -236,37 +236,56 @@ def put_array(pool, key, arr):
         _zc_release(ptr)
 
 
-# Parsed layouts of array objects, by their leading bytes and size: an array read again (or one
-# of the same dtype and shape) is found without parsing. Only layouts parsed wholly from those
-# leading bytes are cached (the part table and the header part inside them), so equal keys mean
-# equal metadata; every cached layout was checked against its size like any other.
+# Parsed layouts of array objects, by the bytes their layout depends on and their size (see
+# _layout_key): an array read again, or one of the same dtype and shape, is found without
+# parsing; its data never takes part, so values that differ only in their data share an entry.
+# Every cached layout was checked against its size like any other.
 _array_layouts = {}
 
 
+_PART_SPANS = struct.Struct("<QQQ")  # part 0's offset and length, part 1's offset (docs/FORMAT.md)
+
+
+def _layout_key(head):
+    """The leading bytes that the layout of a two-part object starting with `head` depends on:
+    its parts table and its header part, up to its data part, never the data. None when `head`
+    does not hold all of them, or the header part does not lie before the data part (such an
+    object is parsed on every read)."""
+    if len(head) < _PEEK or head[:8] != PARTS_MAGIC:
+        return None
+    head_at, head_len, data_at = _PART_SPANS.unpack_from(head, 32)
+    if head_at + head_len <= data_at <= len(head):
+        return head[:data_at]
+    return None
+
+
 def _two_part_layout(address, size, head, key, magic, what):
-    """(data offset, data length, name, shape, whether `head` held the header) of a two-part
+    """(data offset, data length, name, shape) of a two-part
     object (a shape header part, then the data part) at `address`: the parts table and the
     header checked against the object's `size`. `head` is its first bytes, already copied out."""
     parts = _layout_in_memory(address, size, what, head if len(head) >= _PEEK else None)
     if len(parts) != 2:
         raise FormatError("key %r does not hold a zcopy %s (%d parts)" % (key, what, len(parts)))
     (head_at, head_len), (data_at, data_len) = parts
-    in_head = head_at + head_len <= len(head)
-    raw = head[head_at : head_at + head_len] if in_head else ctypes.string_at(address + head_at, head_len)
+    if head_at + head_len <= len(head):
+        raw = head[head_at : head_at + head_len]
+    else:
+        raw = ctypes.string_at(address + head_at, head_len)
     name, shape = _decode_shape_header(raw, magic, what)
-    return data_at, data_len, name, shape, in_head
+    return data_at, data_len, name, shape
 
 
 def _array_layout(address, size, head, key):
     """(data offset, data length, dtype, shape) of the array object at `address`, parsed and
     checked: the parts lie inside the `size` bytes and the dtype and shape fill the data part."""
-    data_at, data_len, descr, shape, in_head = _two_part_layout(address, size, head, key, ARRAY_MAGIC, "array")
+    data_at, data_len, descr, shape = _two_part_layout(address, size, head, key, ARRAY_MAGIC, "array")
     dtype = _dtype_from(descr)
     shape = tuple(shape)
     _check_shape(shape, dtype.itemsize, data_len, "array", key)
     layout = (data_at, data_len, dtype, shape)
-    if in_head and len(_array_layouts) < _CACHE_LIMIT:
-        _array_layouts[(head, size)] = layout
+    cached = _layout_key(head)
+    if cached is not None and len(_array_layouts) < _CACHE_LIMIT:
+        _array_layouts[(cached, size)] = layout
     return layout
 
 
@@ -275,7 +294,7 @@ def get_array(pool, key, timeout=None):
     object alive; the object is released when the array and every view of it are gone. Raises
     FormatError when the bytes under `key` are not an array whose dtype and shape fill its data."""
     handle, address, size, head = _get_view(pool, key, timeout)
-    layout = _array_layouts.get((head, size))
+    layout = _array_layouts.get((_layout_key(head), size))
     if layout is None:
         layout = _array_layout(address, size, head, key)
     data_at, data_len, dtype, shape = layout
@@ -337,15 +356,16 @@ _tensor_layouts = {}
 
 def _tensor_layout(torch, address, size, head, key):
     """(data offset, torch dtype, shape, data bytes, numpy typestr or None) of the zcopy tensor
-    object at `address`, parsed and checked like an array's (see _array_layout), and cached by
-    the leading bytes `head` when they hold its whole header."""
-    data_at, nbytes, name, shape, in_head = _two_part_layout(address, size, head, key, TENSOR_MAGIC, "tensor")
+    object at `address`, parsed and checked like an array's (see _array_layout), and cached like one
+    (see _layout_key)."""
+    data_at, nbytes, name, shape = _two_part_layout(address, size, head, key, TENSOR_MAGIC, "tensor")
     dtype = _torch_dtype(torch, name)
     itemsize = getattr(dtype, "itemsize", None) or torch.empty((), dtype=dtype).element_size()
     _check_shape(shape, itemsize, nbytes, "tensor", key)
     layout = (data_at, dtype, tuple(shape), nbytes, TENSOR_TYPESTR.get(str(dtype)))
-    if in_head and len(_tensor_layouts) < _CACHE_LIMIT:
-        _tensor_layouts[(head, size)] = layout
+    cached = _layout_key(head)
+    if cached is not None and len(_tensor_layouts) < _CACHE_LIMIT:
+        _tensor_layouts[(cached, size)] = layout
     return layout
 
 
@@ -369,7 +389,7 @@ def get_tensor(pool, key, timeout=None):
     tensors: do not write to it (the object is sealed)."""
     torch = _torch()
     handle, address, size, head = _get_view(pool, key, timeout)
-    layout = _tensor_layouts.get((head, size))
+    layout = _tensor_layouts.get((_layout_key(head), size))
     if layout is None:
         layout = _tensor_layout(torch, address, size, head, key)
     return _tensor_from(torch, handle, address, layout)

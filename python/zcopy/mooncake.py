@@ -284,14 +284,10 @@ def mooncake_tensor_layout(head, size):
 def _meta(head):
     """The leading bytes of a value that its layout depends on (with its size, the key of the
     layout caches), None if not known: a two-part zcopy object's table and header part, up to
-    its data (docs/FORMAT.md: the data part's offset is the u64 at 48), or the fields of
-    Mooncake's tensor header. The data itself never takes part."""
+    its data (see zcopy._objects._layout_key), or the fields of Mooncake's tensor header. The
+    data itself never takes part."""
     if head[:8] == _PARTS_MAGIC:
-        if len(head) >= 64:
-            data_at = int.from_bytes(head[48:56], "little")
-            if data_at <= len(head):
-                return head[:data_at]
-        return None
+        return _objects._layout_key(head)
     if head[:4] == _MOONCAKE_MAGIC and len(head) >= _MOONCAKE_FIELDS.size:
         return head[:_MOONCAKE_FIELDS.size]
     return None
