@@ -893,6 +893,85 @@ static bool test_a_killed_process_is_reclaimed_its_creates_aborted_and_reference
     return finish(killed_process_reclaimed(new_name("killed")));
 }
 
+/* ---- a killed process is reclaimed while a child it forked lives on ---------------------------- */
+
+/* Attaches, holds a reference and an unsealed create, forks a grandchild that only sleeps (it
+ * shares nothing of the pool: the library's fork handler dropped its copy of the pool file's
+ * descriptor), sends the grandchild's pid, then waits to be killed. */
+static bool child_forks_then_is_killed(const char *name, chan c, void *arg) {
+    (void)arg;
+    zc_pool *pool;
+    if (!attach_pool(name, &pool)) {
+        return false;
+    }
+    zc_buffer *r = NULL, *w = NULL;
+    CHECK_OK(zc_get(pool, K("mine"), 0, &r));
+    CHECK_OK(zc_create_buffer(pool, K("unsealed"), 16 * KIB, &w));
+    pid_t grandchild = fork();
+    CHECK(grandchild >= 0);
+    if (grandchild == 0) {
+        alarm(2 * CHILD_TIMEOUT_MS / 1000);
+        for (;;) {
+            pause();
+        }
+    }
+    CHECK(write_all(c.wr, &grandchild, sizeof grandchild));
+    CHECK(send_byte(c.wr, 'h'));
+    (void)expect_byte(c.rd, 'x'); /* killed here */
+    zc_release(w);
+    zc_release(r);
+    zc_pool_close(pool);
+    return false;
+}
+
+static bool killed_parent_of_a_live_child_reclaimed(const char *name) {
+    zc_pool *pool;
+    if (!create_pool(name, &pool)) {
+        return false;
+    }
+    CHECK(put_pattern(pool, "mine", 9));
+    zc_pool_stats own, st;
+    CHECK(stats_of(pool, &own));
+
+    chan c;
+    CHECK(spawn(child_forks_then_is_killed, name, NULL, &c));
+    pid_t grandchild = -1;
+    CHECK(recv_all(c.rd, &grandchild, sizeof grandchild));
+    CHECK(grandchild > 0);
+    bool ok = expect_byte(c.rd, 'h');
+    if (ok) {
+        ok = kill(child_pid, SIGKILL) == 0;
+    }
+    int status = 0;
+    ok = ok && wait_child(&status) && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    uint64_t reclaimed = 99;
+    zc_buffer *w = NULL;
+    bool reclaimed_ok = false;
+    if (ok && kill(grandchild, 0) == 0) { /* the grandchild is still alive */
+        reclaimed_ok = zc_pool_reclaim(pool, &reclaimed) == ZC_OK && reclaimed == 1 && stats_of(pool, &st) &&
+                       st.processes_attached == 1 && st.processes_reclaimed == 1 &&
+                       st.object_count == own.object_count && st.used_bytes == own.used_bytes &&
+                       zc_create_buffer(pool, K("unsealed"), 64, &w) == ZC_OK;
+        if (!reclaimed_ok) {
+            printf("reclaimed %llu, attached %llu, objects %llu (want 1, 1, %llu): %s\n",
+                   (unsigned long long)reclaimed, (unsigned long long)st.processes_attached,
+                   (unsigned long long)st.object_count, (unsigned long long)own.object_count,
+                   harness_last_error());
+        }
+    }
+    kill(grandchild, SIGKILL); /* not our child: the init process reaps it */
+    CHECK(ok && reclaimed_ok);
+    CHECK_OK(zc_seal(w));
+    zc_release(w);
+    CHECK_OK(zc_pool_check(pool));
+    zc_pool_close(pool);
+    return true;
+}
+
+static bool test_a_killed_process_is_reclaimed_while_a_child_it_forked_lives_on(void) {
+    return finish(killed_parent_of_a_live_child_reclaimed(new_name("forker")));
+}
+
 /* ---- processes_attached ----------------------------------------------------------------------- */
 
 static bool child_attaches_then_closes(const char *name, chan c, void *arg) {
@@ -1005,6 +1084,7 @@ int main(void) {
         TEST(test_attach_refuses_missing_pools_bad_names_and_files_that_are_no_pool),
         TEST(test_creating_a_name_that_exists_fails_and_names_it),
         TEST(test_a_killed_process_is_reclaimed_its_creates_aborted_and_references_dropped),
+        TEST(test_a_killed_process_is_reclaimed_while_a_child_it_forked_lives_on),
         TEST(test_processes_attached_counts_the_child_while_it_is_attached),
         TEST(test_a_forked_child_gets_pool_closed_from_its_parents_handle_but_can_attach),
     };

@@ -8,12 +8,15 @@
 //! A forked child therefore has no mapping of a region its parent mapped. The first `map`
 //! installs a `pthread_atfork` child handler that bumps a process-wide fork generation; each region
 //! remembers the generation it was mapped in, so [`Region::is_mapped_here`] is one relaxed load
-//! and a compare, cheap enough for every call of the pool.
+//! and a compare, cheap enough for every call of the pool. The same handler points the child's
+//! copies of the descriptors registered with [`not_in_children`] at `/dev/null`: a shared pool's
+//! file, whose locks tell other processes that this one is alive.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,63 @@ struct ForkGeneration(AtomicU64);
 extern "C" fn forked_child() {
     // Async-signal-safe, as a handler that runs in the child of a multi-threaded parent must be.
     FORK_GENERATION.0.fetch_add(1, Ordering::Relaxed);
+    drop_parent_files();
+}
+
+/// How many descriptors [`not_in_children`] can hold at once; past that, a descriptor is shared
+/// with children as any other is.
+const CHILD_DROPS: usize = 1024;
+
+/// The descriptors [`not_in_children`] registered, -1 in free entries.
+static CHILD_DROP_FDS: [AtomicI32; CHILD_DROPS] = [const { AtomicI32::new(-1) }; CHILD_DROPS];
+
+/// In a fork child: points every registered descriptor at `/dev/null`, so the open file
+/// description behind it is the parent's alone again (its OFD locks are then released when the
+/// parent dies, whatever the child does), and a later close of that number closes `/dev/null`.
+/// Only async-signal-safe calls: `open`, `dup3` and `close`.
+fn drop_parent_files() {
+    if CHILD_DROP_FDS.iter().all(|fd| fd.load(Ordering::Relaxed) < 0) {
+        return;
+    }
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if null < 0 {
+        return;
+    }
+    for entry in &CHILD_DROP_FDS {
+        let fd = entry.load(Ordering::Relaxed);
+        // A registered descriptor is open (it is registered after its open and unregistered
+        // before its close), so `open` above cannot have answered its number.
+        if fd >= 0 && fd != null {
+            // SAFETY: replaces this child's copy of `fd` only; the parent's table is its own.
+            unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) };
+        }
+    }
+    // SAFETY: `null` was opened above and nothing else refers to it.
+    unsafe { libc::close(null) };
+}
+
+/// Keeps a descriptor out of the children this process forks (see [`drop_parent_files`]) while
+/// it lives. Drop it before closing the descriptor.
+#[derive(Debug)]
+pub(crate) struct NotInChildren(Option<usize>);
+
+/// Registers `fd` (open, and kept open until the answer drops) so that children forked from now
+/// on do not share its open file description. Best effort: with every entry taken, `fd` is
+/// shared as before.
+pub(crate) fn not_in_children(fd: RawFd) -> Result<NotInChildren> {
+    watch_forks()?;
+    let entry =
+        CHILD_DROP_FDS.iter().position(|e| e.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+    Ok(NotInChildren(entry))
+}
+
+impl Drop for NotInChildren {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            CHILD_DROP_FDS[i].store(-1, Ordering::Release);
+        }
+    }
 }
 
 /// Installs the fork handler, once per process. Before it is installed no region exists, so a

@@ -598,6 +598,60 @@ def test_a_process_killed_holding_views_and_an_unsealed_create_is_reclaimed_by_a
         pool.close()
 
 
+def _child_forks_a_worker_then_dies_holding(name, inbox, outbox):
+    """Holds a view and an unsealed create, forks a worker that only sleeps (it inherits this
+    process's descriptors, as a fork-context multiprocessing worker does), then waits to be
+    killed."""
+    pool = zcopy.Pool.attach(name)
+    view = pool.get_array("kept")
+    half = pool.create("half", 1000)
+    worker = os.fork()
+    if worker == 0:
+        # Keeps only what the pool left it (the pool file's descriptor, as the fork found it),
+        # so that waiting for this process's parent does not wait for it too.
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                if fd > 2 and "zcopy." + name not in os.readlink("/proc/self/fd/%d" % fd):
+                    os.close(fd)
+            except OSError:
+                pass
+        time.sleep(WAIT)
+        os._exit(0)
+    outbox.put(("ok", (os.getpid(), worker)))
+    inbox.get(timeout=WAIT)  # never answered: the test kills this process
+    outbox.put(("ok", (view, half)))
+
+
+def test_a_killed_process_is_reclaimed_while_a_worker_it_forked_lives_on(name, children):
+    # A fork child shares its parent's open files: it must not keep the dead parent's process
+    # slot looking alive (the library points the child's copy of the pool file at /dev/null).
+    pool = create(name)
+    worker = None
+    try:
+        pool.put_array("kept", np.arange(100))
+        baseline = pool.stats()
+        proc, _, outbox = children.start(_child_forks_a_worker_then_dies_holding, name)
+        pid, worker = receive(outbox, proc)
+        os.kill(pid, signal.SIGKILL)
+        proc.join(WAIT)
+        assert proc.exitcode == -signal.SIGKILL
+        os.kill(worker, 0)  # the worker lives on
+        assert pool.reclaim() == 1
+        stats = pool.stats()
+        assert stats["processes_attached"] == 1
+        assert (stats["object_count"], stats["used_bytes"]) == (baseline["object_count"], baseline["used_bytes"])
+        with pool.create("half", 16) as buf:
+            buf.seal()
+        pool.check()
+    finally:
+        if worker is not None:
+            try:
+                os.kill(worker, signal.SIGKILL)  # not this process's child: init reaps it
+            except ProcessLookupError:
+                pass
+        pool.close()
+
+
 def _child_attach_and_wait(name, inbox, outbox):
     pool = zcopy.Pool.attach(name)
     outbox.put(("ok", pool.stats()["processes_attached"]))

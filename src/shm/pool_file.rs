@@ -18,9 +18,11 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::region::{not_in_children, NotInChildren};
 use crate::shm::file::{self, Mapping, Sharing};
 #[cfg(test)]
 use crate::shm::header::AreaKind;
@@ -51,6 +53,9 @@ pub(crate) enum Reserve<'r> {
 /// An open, mapped pool file and its validated layout. The mapping lives as long as this value;
 /// closing the file (dropping it) releases every `fcntl` lock taken through it.
 pub(crate) struct PoolFile {
+    /// Keeps `file` out of fork children, so that a child does not hold this process's slot
+    /// locks after it died. Declared first: it must drop before `file` closes.
+    _not_in_children: NotInChildren,
     file: File,
     map: Mapping,
     layout: Layout,
@@ -117,6 +122,14 @@ impl PoolFile {
     ) -> Result<PoolFile> {
         layout.check()?;
         let file = create_locked(path, layout.file_len, sharing, matches!(reserve, Reserve::All))?;
+        let _not_in_children = match not_in_children(file.as_raw_fd()) {
+            Ok(guard) => guard,
+            Err(e) => {
+                // Ours, made with O_EXCL, still named and not published (see below).
+                let _ = file::unlink(path);
+                return Err(e);
+            }
+        };
         if let Reserve::Ranges(ranges) = reserve {
             if let Err(e) = ranges.iter().try_for_each(|&(at, len)| file::reserve(&file, at, len, path)) {
                 // Ours, made with O_EXCL, still named and not published (see below).
@@ -138,7 +151,7 @@ impl PoolFile {
             Ok(map) => {
                 // Published: from now on nobody may take the file for abandoned.
                 drop(CreationLock(&file));
-                Ok(PoolFile { file, map, layout: *layout })
+                Ok(PoolFile { _not_in_children, file, map, layout: *layout })
             }
             Err(e) => {
                 // Ours, made with O_EXCL and still named (checked under the creation lock, which
@@ -187,7 +200,8 @@ impl PoolFile {
             }
         }
         let layout = header.validate(opened.len).map_err(named)?;
-        Ok(PoolFile { file: opened.file, map, layout })
+        let _not_in_children = not_in_children(opened.file.as_raw_fd())?;
+        Ok(PoolFile { _not_in_children, file: opened.file, map, layout })
     }
 
     /// Removes the pool file at `path` if, and only if, its creator died before publishing it:

@@ -16,7 +16,9 @@
 //!
 //! OFD locks belong to an open file description, not to a process: two descriptions of the pool
 //! file conflict even inside one process, which lets tests play several processes with threads;
-//! a `fork` child shares its parent's description, so a slot stays held until both are gone.
+//! a `fork` child would share its parent's description, and with it the parent's slots until both
+//! were gone, but the library's fork handler points the child's copy at `/dev/null`
+//! ([`crate::region::not_in_children`]), so a parent's death is seen while its children live.
 //! Locks taken through one description do not exclude each other, so this process keeps its own
 //! record of the slots it holds through that description (`held`): use one [`Slots`] per open
 //! pool file.
