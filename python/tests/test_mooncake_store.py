@@ -168,8 +168,9 @@ def test_every_size_from_1_byte_to_64_MiB_reads_back_identical_over_the_pool(mc)
 def test_batch_of_1000_keys_is_one_size_query_and_one_transfer_call(mc):
     out = mc.run("batch")
     assert out["count"] == 1000 and out["all_same"]
-    assert out["put_calls"] == {"batch_put_from": 1}
-    assert out["single_put_calls"] == {"put_from": 1}
+    # One existence check per put call (a put never replaces a value), whatever the batch size.
+    assert out["put_calls"] == {"batch_is_exist": 1, "batch_put_from": 1}
+    assert out["single_put_calls"] == {"batch_is_exist": 1, "put_from": 1}
     assert out["get_calls"] == {"batch_get_replica_desc": 1, "batch_get_into": 1}
     assert out["again_calls"] == {"batch_get_into": 1}
     assert out["objects_after"] == out["objects_before"]
@@ -213,7 +214,7 @@ def test_pool_and_mooncake_space_errors(mc):
     # Larger than every Mooncake segment, in a batch: the whole batch is undone.
     assert out["no_space"]["type"] == "MooncakeOutOfMemoryError" and out["no_space"]["code"] == -200
     assert out["no_space"]["exists_after"] == [0, 0, 0]
-    assert "the 2 keys put were removed" in out["no_space"]["message"]
+    assert "the 2 new keys it stored were removed" in out["no_space"]["message"]
     # The pool too full for a get: OutOfMemoryError, and the get left nothing behind.
     assert out["get_pool_full"]["type"] == "OutOfMemoryError"
     assert out["get_pool_full"]["objects_after"] == out["get_pool_full"]["objects_before"]
@@ -310,6 +311,47 @@ def test_mooncake_tensor_header_is_checked_field_by_field_before_any_view(mc):
         assert out["packed_like_mooncake"]
         assert out["get_tensor_refused"] == refused
         assert out["get_tensor_valid"] and out["get_tensor_offset_320"]
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_put_of_an_existing_key_raises_already_exists_and_keeps_the_old_value(mc):
+    out = mc.run("existing_key")
+    # Every single-key put form: MooncakeAlreadyExistsError naming the key, the old value intact.
+    for form, row in out["single"].items():
+        assert row["type"] == "MooncakeAlreadyExistsError" and row["code"] == -705, (form, row)
+        assert row["already_exists"] and row["names_key"], (form, row)
+        assert row["value_after"] == row["value_before"], (form, row)
+    assert sorted(out["single"]) == sorted(out["forms"])
+    # The refusal costs one existence query and no put.
+    assert out["refused_calls"] == {"batch_is_exist": 1}
+    # After remove(force=True) the key takes a new value.
+    assert out["after_remove"] == [7, 7, 7]
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_batch_put_naming_an_existing_key_stores_none_of_its_keys(mc):
+    out = mc.run("existing_key_batch")
+    for form, row in out["batches"].items():
+        assert row["type"] == "MooncakeAlreadyExistsError" and row["code"] == -705, (form, row)
+        assert "'old-b'" in row["message"], (form, row)
+        assert row["old_value_after"] == [1, 2, 3], (form, row)
+        assert row["new_keys_exist"] == [0, 0], (form, row)
+    # The same key twice in one batch: refused before anything is stored.
+    assert out["twice"] == {"type": "InvalidArgumentError", "exists": 0}
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_failed_batch_put_leaves_every_key_stored_before_with_its_old_value(mc):
+    out = mc.run("failed_batch_keeps_old")
+    # The audit's case: a stored key and a value no segment can hold, in one batch.
+    assert out["with_stored_key"]["type"] == "MooncakeAlreadyExistsError"
+    assert out["with_stored_key"]["pre_after"] == list(range(10))
+    assert out["with_stored_key"]["huge_exists"] == 0
+    # A batch of new keys that Mooncake refuses in part: the new keys it stored are removed, the
+    # keys stored before (outside the batch) keep their values.
+    assert out["new_keys"]["type"] == "MooncakeOutOfMemoryError" and out["new_keys"]["code"] == -200
+    assert out["new_keys"]["exists_after"] == [0, 0, 0]
+    assert out["new_keys"]["pre_after"] == list(range(10))
     assert out["objects_after"] == out["objects_before"]
 
 
@@ -992,6 +1034,149 @@ def case_tensor_header(ctx):
             st.remove(k, force=True)
     out["objects_before"] = before
     out["objects_after"] = _objects(st.pool)
+    return out
+
+
+def _value_of(st, key):
+    try:
+        return st.get_array(key).tolist()
+    except Exception as e:  # noqa: BLE001 - reported, the test asserts on it
+        return "%s: %s" % (type(e).__name__, e)
+
+
+def case_existing_key(ctx):
+    import numpy as np
+
+    zcopy = ctx.zcopy
+    st = ctx.a
+    before = _objects(st.pool)
+    forms = {
+        "put_array": lambda k: st.put_array(k, np.array([2, 2, 2])),
+        "put_object": lambda k: st.put_object(k, {"v": 2}),
+        "put_parts": lambda k: st.put_parts(k, b"new", b"parts"),
+        "put_buffer": None,
+    }
+    try:
+        import torch
+
+        forms["put_tensor"] = lambda k: st.put_tensor(k, torch.tensor([2, 2, 2]))
+    except ImportError:
+        pass
+    single = {}
+    for form, put in forms.items():
+        key = "exists-" + form
+        st.put_array(key, np.array([1, 1, 1]))
+        value_before = _value_of(st, key)
+        buf = None
+        if put is None:
+            buf = st.pool.create("exists-buffer", 3)
+            buf.array()[:] = 2
+            buf.seal()
+            put = lambda k, b=buf: st.put_buffer(k, b)  # noqa: E731
+        try:
+            put(key)
+            row = {"type": None}
+        except zcopy.Error as e:
+            row = dict(_exc(e), already_exists=isinstance(e, zcopy.AlreadyExistsError), names_key=repr(key) in str(e))
+        if buf is not None:
+            st.pool.delete("exists-buffer")
+            buf.release()
+        row.update(value_before=value_before, value_after=_value_of(st, key))
+        single[form] = row
+    counting = st.store = Counting(st.store)
+    try:
+        try:
+            st.put_array("exists-put_array", np.arange(3))
+        except zcopy.Error:
+            pass
+        refused_calls = counting.take()
+    finally:
+        st.store = counting._store
+    st.remove("exists-put_array", force=True)
+    st.put_array("exists-put_array", np.array([7, 7, 7]))
+    after_remove = _value_of(st, "exists-put_array")
+    for form in forms:
+        st.remove("exists-" + form, force=True)
+    return {"single": single, "forms": list(forms), "refused_calls": refused_calls, "after_remove": after_remove,
+            "objects_before": before, "objects_after": _objects(st.pool)}
+
+
+def case_existing_key_batch(ctx):
+    import numpy as np
+
+    zcopy = ctx.zcopy
+    st = ctx.a
+    before = _objects(st.pool)
+    st.put_array("old-b", np.array([1, 2, 3]))
+    batches = {
+        "batch_put_arrays": lambda ks: st.batch_put_arrays(ks, [np.arange(4)] * 3),
+        "batch_put_objects": lambda ks: st.batch_put_objects(ks, [{"x": 1}] * 3),
+        "batch_put_parts": lambda ks: st.batch_put_parts(ks, [[b"a", b"b"]] * 3),
+        "batch_put_buffers": None,
+    }
+    try:
+        import torch
+
+        batches["batch_put_tensors"] = lambda ks: st.batch_put_tensors(ks, [torch.arange(4)] * 3)
+    except ImportError:
+        pass
+    out = {}
+    for form, put in batches.items():
+        keys = [form + "-new-1", "old-b", form + "-new-2"]
+        bufs = []
+        if put is None:
+            for i in range(3):
+                b = st.pool.create("batch-buf-%d" % i, 4)
+                b.array()[:] = i
+                b.seal()
+                bufs.append(b)
+            put = lambda ks: st.batch_put_buffers(ks, bufs)  # noqa: E731
+        try:
+            put(keys)
+            row = {"type": None}
+        except zcopy.Error as e:
+            row = _exc(e)
+        for i, b in enumerate(bufs):
+            st.pool.delete("batch-buf-%d" % i)
+            b.release()
+        row.update(old_value_after=_value_of(st, "old-b"),
+                   new_keys_exist=st.store.batch_is_exist([keys[0], keys[2]]))
+        out[form] = row
+    try:
+        st.batch_put_arrays(["twice", "twice"], [np.arange(3), np.arange(4)])
+        twice = {"type": None}
+    except zcopy.Error as e:
+        twice = {"type": type(e).__name__}
+    twice["exists"] = st.store.is_exist("twice")
+    st.remove("old-b", force=True)
+    return {"batches": out, "twice": twice, "objects_before": before, "objects_after": _objects(st.pool)}
+
+
+def case_failed_batch_keeps_old(ctx):
+    import numpy as np
+
+    zcopy = ctx.zcopy
+    st = ctx.a
+    before = _objects(st.pool)
+    st.put_array("keep-pre", np.arange(10))
+    huge = np.zeros(100 * MiB, np.uint8)  # fits the 256 MiB pool, no 96 MiB segment
+    out = {}
+    try:
+        st.batch_put_arrays(["keep-pre", "keep-huge"], [np.arange(10) * 100, huge])
+        out["with_stored_key"] = {"type": None}
+    except zcopy.Error as e:
+        out["with_stored_key"] = _exc(e)
+    out["with_stored_key"].update(pre_after=_value_of(st, "keep-pre"), huge_exists=st.store.is_exist("keep-huge"))
+    keys = ["keep-new-1", "keep-huge", "keep-new-2"]
+    try:
+        st.batch_put_arrays(keys, [np.arange(5), huge, np.arange(6)])
+        out["new_keys"] = {"type": None}
+    except zcopy.Error as e:
+        out["new_keys"] = _exc(e)
+    out["new_keys"].update(exists_after=st.store.batch_is_exist(keys), pre_after=_value_of(st, "keep-pre"))
+    del huge
+    st.store.remove("keep-pre", True)  # whatever happened to it
+    out.update(objects_before=before, objects_after=_objects(st.pool))
     return out
 
 

@@ -160,7 +160,16 @@ def case_upsert():
     c.put(["0@f"], [torch.zeros(4)])
     meta = c.put(["0@f"], [torch.ones(6)])
     out = {"new_value": _same(c.get(["0@f"], custom_backend_meta=meta)[0], torch.ones(6))}
-    c.clear(["0@f"])
+    # A batch replacing two stored keys (one with a value of the same size) next to a new key,
+    # read back by this client and by another one that remembers no sizes (it asks the master).
+    c.put(["1@f", "1@g"], [torch.zeros(5), torch.zeros(3)])
+    keys = ["1@f", "2@f", "1@g"]
+    c.put(keys, [torch.full((5,), 3.0), torch.arange(4.0), torch.ones(8)])
+    out["batch_same_client"] = [t.tolist() for t in c.get(keys)]
+    other = _client(pool_size=32 * MiB, segment=32 * MiB)
+    out["batch_other_client"] = [t.tolist() for t in other.get(keys)]
+    other.close()
+    c.clear(["0@f"] + keys)
     c.close()
     return out
 
@@ -435,6 +444,13 @@ def test_every_value_kind_reads_back_equal_and_tensors_are_views_of_the_pool(res
 
 def test_put_of_an_existing_key_replaces_its_value(results):
     assert _case(results, "upsert")["new_value"]
+
+
+def test_batch_put_of_existing_keys_replaces_them_for_every_reader(results):
+    out = _case(results, "upsert")
+    expected = [[3.0] * 5, [0.0, 1.0, 2.0, 3.0], [1.0] * 8]
+    assert out["batch_same_client"] == expected
+    assert out["batch_other_client"] == expected
 
 
 def test_batch_of_10000_keys_round_trips(results):

@@ -12,7 +12,23 @@ whole region it registers with the store once (`register_buffer`; one ZeroCopySt
 and pool: Mooncake refuses the same region twice). A put encodes the value once, in place, into a
 buffer of the pool (the parts format of docs/FORMAT.md, the encoders of `Pool.put_array` /
 `put_tensor` / `put_object`) and hands its address to `put_from` (`batch_put_from` for a batch);
-`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all. A get creates
+`put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all.
+
+A put never replaces a value: every put (`put_array`, `put_tensor`, `put_object`, `put_parts`,
+`put_buffer` and their `batch_put_*` forms) of a key the store already holds raises
+`MooncakeAlreadyExistsError` (an `AlreadyExistsError`, code OBJECT_ALREADY_EXISTS) naming the
+key, and stores nothing: a batch naming such a key (or one key twice) stores none of its keys.
+To change a value, `remove(key, force=True)` then put it again (readers in between see it
+missing; without force, Mooncake refuses to remove a value read in the last few seconds). Why: Mooncake's own put of an existing key keeps the old value and answers success, so
+without asking first a put could silently store nothing; and its upsert, when it finds no space
+for the new value, loses the old one, so a failed put could not leave the store as it was. So
+each put call first asks the master which of its keys exist (`batch_is_exist`: one metadata
+round trip per call, for one key or a whole batch, before anything is encoded). A key another
+client creates between that question and the put keeps that client's value, and the put answers
+success (Mooncake's answer is the same for both). TransferQueue's backend (`zcopy.transferqueue`)
+replaces values, as TransferQueue needs: it puts through `batch_upsert_from`, not these methods.
+
+A get creates
 one plain buffer per value under a private key of the pool (a batch's in one `zc_create_batch`),
 has Mooncake transfer each value into it (`batch_get_into`, one call per batch), seals it,
 deletes the private key (so nothing else can find it) and returns read-only views of it: the
@@ -36,11 +52,13 @@ for a missing key, `MooncakeOutOfMemoryError` (an `OutOfMemoryError`) when Moonc
 `zcopy.OutOfMemoryError` when the pool is full or the value larger than the pool (checked
 before encoding for arrays, tensors and parts; a pickled object that turns out larger raises what
 `Pool.put_object` raises), and
+`MooncakeAlreadyExistsError` (an `AlreadyExistsError`) for a put of a key already stored, and
 `MooncakeError` for every other negative code; each Mooncake one carries `.code`. A get that fails
-leaves no buffer behind. A put that fails before Mooncake is called (pool full, a value that cannot
-be encoded) leaves Mooncake unchanged. A batch put that Mooncake refuses for some keys removes the
-keys it answered success for (`batch_remove(force=True)`), then raises: Mooncake never replaces a
-value, and answers success for a key that already held one, so such a key is removed too.
+leaves no buffer behind. A put that fails leaves Mooncake as it was: one that fails before
+Mooncake is called (a key already stored, pool full, a value that cannot be encoded) stored
+nothing; a batch put that Mooncake refuses for some keys removes the keys it answered success for
+(`batch_remove(force=True)`), then raises. Those keys are all new ones, absent when the put
+began: every key stored before the call keeps its value.
 
 Not thread-safe: use one `ZeroCopyStore` per thread, or a lock (the Pool and the Mooncake store
 under it are thread-safe). Buffers and views it returned may outlive it and its pool.
@@ -57,7 +75,9 @@ import threading
 import numpy as np
 
 from . import _lib, _objects
-from ._core import Buffer, Error, FormatError, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise
+from ._core import (
+    AlreadyExistsError, Buffer, Error, FormatError, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise,
+)
 
 try:
     from mooncake.store import MooncakeDistributedStore, ReplicateConfig
@@ -67,6 +87,7 @@ except ImportError as _e:  # the whole module needs the wheel; `import zcopy` ne
     ) from _e
 
 __all__ = [
+    "MooncakeAlreadyExistsError",
     "MooncakeError",
     "MooncakeNotFoundError",
     "MooncakeOutOfMemoryError",
@@ -104,7 +125,9 @@ CODES = {
     -901: "RPC_TIMEOUT",
 }
 OBJECT_NOT_FOUND = -704
+OBJECT_ALREADY_EXISTS = -705
 NO_AVAILABLE_HANDLE = -200
+RPC_FAIL = -900
 _PARTS_MAGIC = _objects.PARTS_MAGIC
 
 
@@ -126,9 +149,15 @@ class MooncakeOutOfMemoryError(MooncakeError, OutOfMemoryError):
     """Mooncake found no space for the value (NO_AVAILABLE_HANDLE)."""
 
 
+class MooncakeAlreadyExistsError(MooncakeError, AlreadyExistsError):
+    """A put named a key the store already holds (OBJECT_ALREADY_EXISTS): nothing was stored."""
+
+
 def _error(message, code):
     if code == OBJECT_NOT_FOUND:
         return MooncakeNotFoundError(message, code)
+    if code == OBJECT_ALREADY_EXISTS:
+        return MooncakeAlreadyExistsError(message, code)
     if code == NO_AVAILABLE_HANDLE:
         return MooncakeOutOfMemoryError(message, code)
     return MooncakeError(message, code)
@@ -310,6 +339,10 @@ class ZeroCopyStore:
     next gets of that key with no transfer (for immutable keys: a value removed or replaced
     through another client stays cached until `remove()`/`forget()` here); the least recently
     used copies are dropped when the pool needs room.
+
+    Puts store new keys only: a put of a key the store already holds raises
+    MooncakeAlreadyExistsError and stores nothing (one `batch_is_exist` per put call tells;
+    see the module).
 
     The size of each value this object put or read is remembered (up to 65,536 keys, the
     oldest dropped first), so that getting it again needs no size query: one Mooncake call
@@ -610,9 +643,33 @@ class ZeroCopyStore:
             return self._encode_named(pool, lambda name: self.pool.put_object(name, value))
         return self._encode_named(pool, lambda name: self._encode_parts(name, value))
 
+    def _check_new(self, keys):
+        """Refuses, before anything is encoded or stored, a batch naming a key twice and any key
+        the store already holds: Mooncake's put keeps a key's first value and answers success all
+        the same, so only asking first tells a put that stored nothing from one that stored the
+        value. One batch_is_exist call for the whole batch."""
+        if len(keys) > 1 and len(set(keys)) != len(keys):
+            seen = set()
+            twice = next(k for k in keys if k in seen or seen.add(k))
+            raise InvalidArgumentError("key %r is named twice in one batch put" % (twice,))
+        found = self.store.batch_is_exist(keys)
+        if len(found) != len(keys):
+            raise MooncakeError("batch_is_exist answered %d results for %d keys" % (len(found), len(keys)))
+        present = [k for k, e in zip(keys, found) if e > 0]
+        if present:
+            more = "" if len(present) == 1 else " (and %d more of the %d keys)" % (len(present) - 1, len(keys))
+            raise MooncakeAlreadyExistsError(
+                "put of %r: the key is already in the store%s; a put never replaces a value (remove the key "
+                "first: remove(key, force=True)); nothing was stored" % (present[0], more), OBJECT_ALREADY_EXISTS)
+        for k, e in zip(keys, found):
+            if e < 0:
+                raise MooncakeError("querying key %r before the put (is the master reachable?); nothing was stored"
+                                    % (k,), RPC_FAIL)
+
     def _put_from(self, keys, spans, config):
         """put_from (batch_put_from for several keys) of sealed pool bytes, spans being
-        (address, size) pairs; on a partial failure removes what it put."""
+        (address, size) pairs, of keys `_check_new` found absent; on a partial failure removes
+        the keys this call stored (none of them was in the store before it)."""
         addrs, sizes = [s[0] for s in spans], [s[1] for s in spans]
         if len(keys) == 1:  # put_from: the same put, with less work around it than a batch of one
             args = (keys[0], addrs[0], sizes[0])
@@ -629,8 +686,8 @@ class ZeroCopyStore:
             if done:
                 removed = self.store.batch_remove(done, True)
                 left = [k for k, rc in zip(done, removed) if rc != 0]
-                note = "; the %d keys put were removed" % len(done) if not left else (
-                    "; %d keys put, %d of them could not be removed (%s)" % (len(done), len(left), left[:3]))
+                note = "; the %d new keys it stored were removed" % len(done) if not left else (
+                    "; %d new keys stored, %d of them could not be removed (%s)" % (len(done), len(left), left[:3]))
             key, rc = failed[0]
             raise _error("put of %r (%d of %d keys failed%s)" % (key, len(failed), len(keys), note), rc)
         if self._cache_on:
@@ -644,8 +701,11 @@ class ZeroCopyStore:
         values = list(values)
         if len(keys) != len(values):
             raise InvalidArgumentError("%d keys for %d values" % (len(keys), len(values)))
+        if not keys:
+            return
         for k, v in zip(keys, values):
             self._check_fits(k, _data_bytes(kind, v))
+        self._check_new(keys)
         pool = self.pool._p()
         refs = []
         try:
@@ -657,12 +717,13 @@ class ZeroCopyStore:
                 _zc_release(ptr)
 
     def _put_one(self, kind, key, value, config):
-        """_put_many of one value, in the fewest calls: put_from, its reference released as
-        soon as Mooncake has the bytes."""
+        """_put_many of one value, in the fewest calls: batch_is_exist, then put_from, its
+        reference released as soon as Mooncake has the bytes."""
         self._check_open()
         if type(key) is not str:
             key = _mooncake_key(key)
         self._check_fits(key, _data_bytes(kind, value))
+        self._check_new([key])
         ptr, address, size = self._encode(self.pool._p(), kind, value)
         try:
             args = (key, address, size) if config is None else (key, address, size, config)
@@ -676,19 +737,23 @@ class ZeroCopyStore:
         self._remember((key,), (size,))
 
     def put_array(self, key, array, config=None):
-        """Stores a numpy array (written once into the pool, then put from there)."""
+        """Stores a numpy array (written once into the pool, then put from there) under a new key:
+        MooncakeAlreadyExistsError, nothing stored, if the store already holds `key` (a put never
+        replaces a value; see the module)."""
         self._put_one("array", key, array, config)
 
     def put_tensor(self, key, tensor, config=None):
-        """Stores a CPU torch tensor (like put_array)."""
+        """Stores a CPU torch tensor under a new key (like put_array)."""
         self._put_one("tensor", key, tensor, config)
 
     def put_object(self, key, obj, config=None):
-        """Stores any picklable object (pickle 5; out-of-band buffers in their own parts)."""
+        """Stores any picklable object (pickle 5; out-of-band buffers in their own parts) under a
+        new key (like put_array)."""
         self._put_one("object", key, obj, config)
 
     def put_parts(self, key, *parts, config=None):
-        """Stores bytes-like parts as one value whose part bounds `get_parts` gives back."""
+        """Stores bytes-like parts as one value whose part bounds `get_parts` gives back, under a
+        new key (like put_array)."""
         self._put_one("parts", key, parts, config)
 
     def _put_buffers(self, keys, bufs, config):
@@ -703,26 +768,36 @@ class ZeroCopyStore:
             spans.append((address, size))
         if len(keys) != len(spans):
             raise InvalidArgumentError("%d keys for %d buffers" % (len(keys), len(spans)))
-        self._put_from(keys, spans, config)
+        if keys:
+            self._check_new(keys)
+            self._put_from(keys, spans, config)
 
     def put_buffer(self, key, buf, config=None):
-        """Stores a sealed buffer of this store's pool as it is: no copy at all."""
+        """Stores a sealed buffer of this store's pool as it is (no copy at all) under a new key
+        (like put_array)."""
         self._put_buffers([key], [buf], config)
 
     def batch_put_arrays(self, keys, arrays, config=None):
-        """put_array for many keys, in one Mooncake call."""
+        """put_array for many keys, in one Mooncake call (after one batch_is_exist). All or
+        nothing: a key already stored, or named twice, refuses the whole batch before anything is
+        stored; a batch Mooncake refuses in part is undone (the new keys it stored are removed),
+        and every key stored before the call keeps its value."""
         self._put_many("array", keys, arrays, config)
 
     def batch_put_tensors(self, keys, tensors, config=None):
+        """put_tensor for many keys (all or nothing, like batch_put_arrays)."""
         self._put_many("tensor", keys, tensors, config)
 
     def batch_put_objects(self, keys, objects, config=None):
+        """put_object for many keys (all or nothing, like batch_put_arrays)."""
         self._put_many("object", keys, objects, config)
 
     def batch_put_parts(self, keys, parts_lists, config=None):
+        """put_parts for many keys, each with a list of parts (all or nothing, like batch_put_arrays)."""
         self._put_many("parts", keys, parts_lists, config)
 
     def batch_put_buffers(self, keys, bufs, config=None):
+        """put_buffer for many keys (all or nothing, like batch_put_arrays)."""
         self._put_buffers(keys, list(bufs), config)
 
     def remove(self, key, force=False):
@@ -760,7 +835,7 @@ class ZeroCopyStore:
                 if e == 0:
                     raise MooncakeNotFoundError("key %r is not in the store" % k, OBJECT_NOT_FOUND)
                 if e < 0:
-                    raise MooncakeError("querying key %r (is the master reachable?)" % k, -900)
+                    raise MooncakeError("querying key %r (is the master reachable?)" % k, RPC_FAIL)
                 raise MooncakeError("key %r exists but has no replica to read yet" % k, -703)
         return sizes
 

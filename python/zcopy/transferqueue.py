@@ -34,9 +34,15 @@ MooncakeStore backend), `pool_size` (bytes of the zcopy pool, 1 GiB by default) 
 `pool_options` (keyword arguments of `zcopy.Pool`). The mooncake_master is the caller's to run:
 this backend never starts nor stops one.
 
+A put replaces the value of a key that exists (TransferQueue writes "{index}@{field}" again when a
+field is updated), unlike the puts of `ZeroCopyStore`, which refuse an existing key.
+
 Errors: a pool too small for a batch raises `zcopy.OutOfMemoryError` before Mooncake is called
 (nothing stored before is touched); a key that is not in Mooncake raises
-`zcopy.mooncake.MooncakeNotFoundError`. Not thread-safe beyond what TransferQueue does with it
+`zcopy.mooncake.MooncakeNotFoundError`. A batch that Mooncake refuses in part (no space) raises
+`MooncakeOutOfMemoryError`; its other keys hold their new values, and a refused key that held a
+value before is left missing (Mooncake's upsert drops the old value when it finds no room for
+the new one). Not thread-safe beyond what TransferQueue does with it
 (one client per manager, its calls made one at a time).
 """
 
