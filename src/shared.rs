@@ -133,9 +133,26 @@ impl SharedHandle {
         let h = self.take_entry(ledger)?;
         let made = self.create_in(ledger, h, key, size, parts);
         if made.is_err() {
-            self.free_entries.give(h);
+            self.give_back_failed(ledger, h);
         }
         made
+    }
+
+    /// Gives back the entry of a create that failed. One that failed after recording itself (on
+    /// metadata found corrupt) left its entry `CREATING` and its record half-made: the entry is
+    /// emptied and the state rebuilt from the records, as after a death, so that neither stays.
+    /// When even that fails the entry is kept out of use rather than handed out again.
+    fn give_back_failed(&self, ledger: &Ledger<'_>, h: Handle) {
+        if !matches!(ledger.is_empty(h), Ok(true)) {
+            let Ok(g) = self.lock() else { return };
+            if ledger.empty(h).is_err() {
+                return;
+            }
+            self.store.begin_repair(&g);
+            // A rebuild that fails leaves the repair pending: the next locker tries again.
+            let _ = self.store.rebuild(&g);
+        }
+        self.free_entries.give(h);
     }
 
     fn create_in(
@@ -600,7 +617,8 @@ impl SharedInner {
     /// the dead are reclaimed.
     fn lock(&self) -> Result<Locked<'static>> {
         let g = match self.store.mutex().lock()? {
-            Acquired::Locked(g) => {
+            Acquired::Locked(mut g) => {
+                self.store.repair_on_panic(&mut g);
                 if !self.store.repair_pending(&g) {
                     return Ok(g);
                 }
@@ -610,7 +628,8 @@ impl SharedInner {
             // next one; one whose rebuild fails leaves the repair pending: either way the next
             // holder rebuilds again, so marking the mutex consistent first loses nothing.
             Acquired::OwnerDied(repair) => {
-                let g = repair.consistent()?;
+                let mut g = repair.consistent()?;
+                self.store.repair_on_panic(&mut g);
                 self.store.begin_repair(&g);
                 g
             }
@@ -986,6 +1005,47 @@ mod tests {
         assert_eq!((s.lock_repairs, s.processes_reclaimed), (0, 1));
         assert_eq!((s.object_count, s.key_count, s.used_bytes), (1, 1, 320));
         pool.check().unwrap();
+    }
+
+    #[test]
+    fn an_allocator_area_overwritten_with_garbage_is_rebuilt_from_the_records_after_the_call_it_breaks() {
+        use std::os::unix::fs::FileExt;
+        let guard = Name::new("badalloc");
+        let name = guard.0.clone();
+        let pool = Pool::open(&PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() }).unwrap();
+        for i in 0..20u8 {
+            pool.put(&[b'k', i], &[i; 3000]).unwrap();
+        }
+        for i in (0..20u8).step_by(3) {
+            pool.delete(&[b'k', i]).unwrap();
+        }
+        let before = pool.stats();
+        // Every byte of the allocator's state (area 5 of the header's table) set to 0xff: its
+        // node ids point far past its nodes.
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+        let mut span = [0u8; 16];
+        file.read_exact_at(&mut span, 64 + 16 * AreaKind::Alloc as u64).unwrap();
+        let (at, len) =
+            (u64::from_ne_bytes(span[..8].try_into().unwrap()), u64::from_ne_bytes(span[8..].try_into().unwrap()));
+        file.write_all_at(&vec![0xff; len as usize], at).unwrap();
+        // The call that meets the garbage fails (an error, or a panic the C API turns into
+        // ZC_ERR_INTERNAL), with the repair left pending rather than the change half-made.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.create(b"new", 5000).map(drop)));
+        std::panic::set_hook(hook);
+        assert!(!matches!(first, Ok(Ok(()))), "a create over a garbage allocator succeeded");
+        // The next call rebuilds the allocator from the records: every value is intact, new ones
+        // fit where the deleted ones were, and every invariant holds.
+        for i in (0..20u8).filter(|i| i % 3 != 0) {
+            assert_eq!(pool.get(&[b'k', i], Wait::Now).unwrap().as_slice(), &[i; 3000][..]);
+        }
+        for i in 0..7u8 {
+            pool.put(&[b'n', i], &[i; 3000]).unwrap();
+        }
+        pool.check().unwrap();
+        let s = pool.stats();
+        assert_eq!((s.object_count, s.key_count), (before.object_count + 7, before.key_count + 7));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::marker::PhantomData;
 use std::mem::{offset_of, size_of, MaybeUninit};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -128,7 +128,7 @@ impl SharedMutex {
             rc = unsafe { libc::pthread_mutex_lock(self.raw.get()) };
         }
         match rc {
-            0 => Ok(Acquired::Locked(MutexGuard { mutex: self, _thread_bound: PhantomData })),
+            0 => Ok(Acquired::Locked(MutexGuard { mutex: self, on_panic: None, _thread_bound: PhantomData })),
             libc::EOWNERDEAD => Ok(Acquired::OwnerDied(Repair { mutex: self, _thread_bound: PhantomData })),
             libc::ENOTRECOVERABLE => Err(Error::Internal(
                 "a process died holding a shared pool lock and the state behind it was not repaired".into(),
@@ -158,11 +158,27 @@ pub(crate) enum Acquired<'a> {
 #[derive(Debug)]
 pub(crate) struct MutexGuard<'a> {
     mutex: &'a SharedMutex,
+    /// Set to 1 when a panic unwinds through the guard (see [`MutexGuard::flag_on_panic`]).
+    on_panic: Option<&'a AtomicU64>,
     _thread_bound: PhantomData<*const ()>,
+}
+
+impl<'a> MutexGuard<'a> {
+    /// Has a panic that unwinds through this guard store 1 in `flag` before it unlocks: the
+    /// holder stopped somewhere inside a change, as a holder that died would, and the flag tells
+    /// the next holder to repair the state.
+    pub(crate) fn flag_on_panic(&mut self, flag: &'a AtomicU64) {
+        self.on_panic = Some(flag);
+    }
 }
 
 impl Drop for MutexGuard<'_> {
     fn drop(&mut self) {
+        if let Some(flag) = self.on_panic {
+            if std::thread::panicking() {
+                flag.store(1, Ordering::Release);
+            }
+        }
         self.mutex.unlock();
     }
 }
@@ -183,7 +199,7 @@ impl<'a> Repair<'a> {
         check_rc(rc, "pthread_mutex_consistent")?;
         let mutex = self.mutex;
         std::mem::forget(self);
-        Ok(MutexGuard { mutex, _thread_bound: PhantomData })
+        Ok(MutexGuard { mutex, on_panic: None, _thread_bound: PhantomData })
     }
 }
 

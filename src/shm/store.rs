@@ -1182,6 +1182,12 @@ impl<'a> Store<'a> {
         self.ctl.repair_pending.store(1, Relaxed);
     }
 
+    /// Has a panic under `g` (a bug, or a corrupt id the allocator indexes with) leave the
+    /// repair pending, as a holder's death does, instead of a half-made change.
+    pub(crate) fn repair_on_panic(&self, g: &mut Locked<'a>) {
+        g.flag_on_panic(&self.ctl.repair_pending);
+    }
+
     /// Whether a rebuild started after a holder's death has not succeeded yet.
     pub(crate) fn repair_pending(&self, _: &Locked<'_>) -> bool {
         self.ctl.repair_pending.load(Relaxed) != 0
@@ -1403,7 +1409,8 @@ impl<'a> Store<'a> {
 }
 
 // SAFETY: `#[repr(C)]`, atomics only, valid for every bit pattern (an allocator's state is
-// checked before it is trusted: `Tlsf::check`, and bounds-checked ids throughout).
+// checked before it is trusted: `Tlsf::check`, and ids bounds-checked throughout, the node
+// table's by slice indexing, whose panic under the mutex leaves the repair pending).
 unsafe impl Shared for TlsfCore {}
 // SAFETY: as above.
 unsafe impl Shared for NodeCell {}
