@@ -893,6 +893,40 @@ static bool test_a_killed_process_is_reclaimed_its_creates_aborted_and_reference
     return finish(killed_process_reclaimed(new_name("killed")));
 }
 
+/* A create of a key whose creator died unsealed reclaims the dead creator and succeeds, with no
+ * explicit reclaim first. */
+static bool create_over_a_dead_creators_key(const char *name) {
+    zc_pool *pool;
+    if (!create_pool(name, &pool)) {
+        return false;
+    }
+    CHECK(put_pattern(pool, "mine", 9));
+    chan c;
+    CHECK(spawn(child_holds_and_is_killed, name, NULL, &c));
+    CHECK(expect_byte(c.rd, 'h'));
+    CHECK(kill(child_pid, SIGKILL) == 0);
+    int status = 0;
+    CHECK(wait_child(&status));
+    zc_buffer *w = NULL;
+    CHECK_OK(zc_create_buffer(pool, K("unsealed"), 64, &w));
+    CHECK_OK(zc_seal(w));
+    zc_release(w);
+    zc_pool_stats st;
+    CHECK(stats_of(pool, &st));
+    CHECK(st.processes_reclaimed == 1 && st.processes_attached == 1);
+    /* A key that exists for good is still refused. */
+    w = BAD_BUF;
+    CHECK_STATUS(zc_create_buffer(pool, K("mine"), 64, &w), ZC_ERR_ALREADY_EXISTS);
+    CHECK(w == BAD_BUF);
+    CHECK_OK(zc_pool_check(pool));
+    zc_pool_close(pool);
+    return true;
+}
+
+static bool test_creating_the_key_of_a_creator_that_died_unsealed_reclaims_it_and_succeeds(void) {
+    return finish(create_over_a_dead_creators_key(new_name("deadkey")));
+}
+
 /* ---- a killed process is reclaimed while a child it forked lives on ---------------------------- */
 
 /* Attaches, holds a reference and an unsealed create, forks a grandchild that only sleeps (it
@@ -1085,6 +1119,7 @@ int main(void) {
         TEST(test_creating_a_name_that_exists_fails_and_names_it),
         TEST(test_a_killed_process_is_reclaimed_its_creates_aborted_and_references_dropped),
         TEST(test_a_killed_process_is_reclaimed_while_a_child_it_forked_lives_on),
+        TEST(test_creating_the_key_of_a_creator_that_died_unsealed_reclaims_it_and_succeeds),
         TEST(test_processes_attached_counts_the_child_while_it_is_attached),
         TEST(test_a_forked_child_gets_pool_closed_from_its_parents_handle_but_can_attach),
     };

@@ -168,7 +168,16 @@ impl SharedHandle {
             let g = self.lock()?;
             let e = match self.store.create(&g, ledger, h, key, size as u64, parts) {
                 Ok(obj) => return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true }),
-                Err(CreateError::AlreadyExists) => return Err(Error::AlreadyExists(Key::new(key))),
+                // The key may be an unsealed create of a process that died: reclaiming aborts it.
+                Err(CreateError::AlreadyExists) => {
+                    if !reclaimed {
+                        reclaimed = true;
+                        if self.reclaim_locked(&g)? > 0 {
+                            continue;
+                        }
+                    }
+                    return Err(Error::AlreadyExists(Key::new(key)));
+                }
                 Err(CreateError::Other(e)) => return Err(e),
                 Err(e) => e,
             };
