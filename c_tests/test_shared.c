@@ -941,14 +941,22 @@ static bool child_forks_then_is_killed(const char *name, chan c, void *arg) {
     zc_buffer *r = NULL, *w = NULL;
     CHECK_OK(zc_get(pool, K("mine"), 0, &r));
     CHECK_OK(zc_create_buffer(pool, K("unsealed"), 16 * KIB, &w));
+    /* The grandchild says it runs (so the fork handlers ran in it) before this process reports. */
+    int ready[2];
+    CHECK(pipe(ready) == 0);
     pid_t grandchild = fork();
     CHECK(grandchild >= 0);
     if (grandchild == 0) {
         alarm(2 * CHILD_TIMEOUT_MS / 1000);
+        (void)send_byte(ready[1], 'g');
         for (;;) {
             pause();
         }
     }
+    close(ready[1]);
+    bool started = expect_byte(ready[0], 'g');
+    close(ready[0]);
+    CHECK(started);
     CHECK(write_all(c.wr, &grandchild, sizeof grandchild));
     CHECK(send_byte(c.wr, 'h'));
     (void)expect_byte(c.rd, 'x'); /* killed here */

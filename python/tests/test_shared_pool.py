@@ -605,8 +605,10 @@ def _child_forks_a_worker_then_dies_holding(name, inbox, outbox):
     pool = zcopy.Pool.attach(name)
     view = pool.get_array("kept")
     half = pool.create("half", 1000)
+    ready_r, ready_w = os.pipe()
     worker = os.fork()
     if worker == 0:
+        os.write(ready_w, b"g")  # it runs: the fork handlers ran in it
         # Keeps only what the pool left it (the pool file's descriptor, as the fork found it),
         # so that waiting for this process's parent does not wait for it too.
         for fd in map(int, os.listdir("/proc/self/fd")):
@@ -617,6 +619,8 @@ def _child_forks_a_worker_then_dies_holding(name, inbox, outbox):
                 pass
         time.sleep(WAIT)
         os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"g"
     outbox.put(("ok", (os.getpid(), worker)))
     inbox.get(timeout=WAIT)  # never answered: the test kills this process
     outbox.put(("ok", (view, half)))
