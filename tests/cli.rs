@@ -631,6 +631,33 @@ fn check_says_ok_for_a_healthy_pool() {
 }
 
 #[test]
+fn check_fails_for_a_record_whose_block_is_another_records() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new();
+    let name = unique("check-shared-block");
+    let (pool, _guard) = create_pool(&name, Some(dir.path()));
+    for i in 0..10 {
+        put(&pool, &format!("k{i}"), 8);
+    }
+    assert_eq!(zcopy_ok(dir.path(), &["check", &name]), "ok\n");
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+    // The Records area is the 4th span after 64 bytes of fixed header fields; in each 64-byte
+    // record, `node` is at 20 and `offset_units` at 28: record 5 made to name record 4's block.
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, 64 + 16 * 3).unwrap();
+    let records = u64::from_ne_bytes(word);
+    for field in [20, 28] {
+        let mut value = [0u8; 4];
+        file.read_exact_at(&mut value, records + 4 * 64 + field).unwrap();
+        file.write_all_at(&value, records + 5 * 64 + field).unwrap();
+    }
+    let run = zcopy_in(dir.path(), &["check", &name]);
+    assert_failed_naming(&run, &name);
+    assert!(run.stderr.contains("records 4 and 5 share one block of object memory"), "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+#[test]
 fn reclaim_after_a_killed_process_reports_one_and_leaves_a_pool_that_checks() {
     play_holder_if_asked();
     let dir = TempDir::new();
