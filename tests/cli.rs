@@ -754,6 +754,24 @@ fn rm_refuses_a_file_that_is_not_a_pool_unless_forced() {
     assert!(!path.exists());
 }
 
+#[test]
+fn rm_removes_a_file_whose_creator_died_before_publishing_it_without_force() {
+    let dir = TempDir::new();
+    let name = unique("rm-abandoned");
+    let path = dir.path().join(format!("zcopy.{name}"));
+    // What a creator leaves when it dies right after making the file: empty, nobody locking it.
+    write_junk(&path, &[]);
+    let run = zcopy_in(dir.path(), &["stat", &name]);
+    assert_failed_naming(&run, &name);
+    assert!(run.stderr.contains("creator died") && run.stderr.contains("can be removed"), "{run:?}");
+    let out = zcopy_ok(dir.path(), &["rm", &name]);
+    assert_eq!(
+        out,
+        format!("removed pool file \"{name}\" ({}): its creator died before publishing it\n", path.display())
+    );
+    assert!(!path.exists());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The default directory, missing pools, usage
 
@@ -823,6 +841,45 @@ fn a_relative_dir_is_taken_from_the_working_directory() {
     drop(forking);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"ok\n");
+}
+
+#[test]
+fn a_relative_dir_is_resolved_to_the_directory_it_names_and_a_missing_one_fails_naming_it() {
+    let dir = TempDir::new();
+    let name = unique("relative-dots");
+    let (_pool, _guard) = create_pool(&name, Some(dir.path()));
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let run_in_dir = |args: &[&str]| {
+        let forking = fork_lock();
+        let out = Command::new(env!("CARGO_BIN_EXE_zcopy")).args(args).current_dir(dir.path()).output().unwrap();
+        drop(forking);
+        out
+    };
+    let out = run_in_dir(&["stat", &name, "--dir", "./sub/.."]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stat_value(&stdout, "file"), dir.path().join(format!("zcopy.{name}")).display().to_string());
+    let out = run_in_dir(&["list", "--dir", "sub/gone"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("sub/gone") && stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_pool_name_is_bad_usage_for_every_command() {
+    let dir = TempDir::new();
+    for command in ["stat", "check", "reclaim", "rm"] {
+        for name in ["a/b", "..", "-", ".hidden", "a b"] {
+            let run = zcopy_in(dir.path(), &[command, name]);
+            assert_eq!(run.code, 2, "zcopy {command} {name:?}: {run:?}");
+            assert!(run.stdout.is_empty(), "{run:?}");
+            let lines: Vec<&str> = run.stderr.lines().collect();
+            assert_eq!(lines.len(), 2, "a message and a usage line: {run:?}");
+            assert!(lines[0].starts_with("zcopy: ") && lines[0].contains("pool name"), "{run:?}");
+            assert!(lines[1].starts_with(&format!("usage: zcopy {command} ")), "{run:?}");
+        }
+    }
 }
 
 #[test]
