@@ -80,6 +80,34 @@ static void test_errors_carry_status_and_message() {
     passes++;
 }
 
+/* How many times `word` appears in `text`. */
+static size_t occurrences(const std::string &text, const std::string &word) {
+    size_t n = 0;
+    for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + word.size())) n++;
+    return n;
+}
+
+static void test_error_messages_name_their_kind_once() {
+    try {
+        zc::Pool::attach("a/b");
+        EXPECT(false);
+    } catch (const zc::Error &e) {
+        const std::string what = e.what();
+        EXPECT(e.status() == ZC_ERR_INVALID_ARGUMENT);
+        EXPECT(what.rfind("invalid argument: pool name \"a/b\": contains '/'", 0) == 0);
+        EXPECT(occurrences(what, "invalid argument") == 1);
+    }
+    zc::Pool pool = small_pool();
+    try {
+        pool.get("absent", std::chrono::milliseconds(1));
+        EXPECT(false);
+    } catch (const zc::Error &e) {
+        EXPECT(e.status() == ZC_ERR_TIMEOUT);
+        EXPECT(occurrences(e.what(), "timed out") == 1);
+    }
+    passes++;
+}
+
 static void test_parts_put_get_into_and_abort() {
     zc::Pool pool = small_pool();
     zc::Buffer b = pool.create_parts("p", std::vector<size_t>{3, 100});
@@ -166,6 +194,7 @@ static void test_shared_pool_attached_twice_in_one_process() {
 int main() {
     test_destructors_release_and_moves_transfer_ownership();
     test_errors_carry_status_and_message();
+    test_error_messages_name_their_kind_once();
     test_parts_put_get_into_and_abort();
     test_shared_pool_attached_twice_in_one_process();
     std::printf("%d passed, %d failed\n", passes, failures);

@@ -815,8 +815,9 @@ zc_status zc_pool_region(const struct zc_pool *pool, void **base, size_t *length
 const char *zc_status_str(zc_status status);
 
 /**
- * The detail of the last failure of a zcopy call on the calling thread ("no error" before any).
- * Successful calls leave it unchanged. Never NULL.
+ * The message of the last failure of a zcopy call on the calling thread ("no error" before any).
+ * It names the failure's kind itself (`invalid argument: pool name "a/b": contains '/' ...`), so
+ * print it alone, not after `zc_status_str`. Successful calls leave it unchanged. Never NULL.
  *
  * Borrowed: valid until the next failing zcopy call on this thread; copy it to keep it.
  */

@@ -35,7 +35,8 @@ private:
 namespace detail {
 inline void check(zc_status status) {
     if (status != ZC_OK) {
-        throw Error(status, std::string(zc_status_str(status)) + ": " + zc_last_error_message());
+        // The message names its kind itself ("invalid argument: ..."); the status is for code.
+        throw Error(status, zc_last_error_message());
     }
 }
 /// `name` as a C string, refusing an embedded NUL (which would cut it to another name).

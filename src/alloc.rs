@@ -651,6 +651,26 @@ impl<C: Deref<Target = TlsfCore>, N: Nodes> Tlsf<C, N> {
         }
         Ok(())
     }
+
+    /// The blocks in use, in address order, as (node, first unit, units): what the callers of
+    /// [`Tlsf::allocate`] hold, for checking their records against. Meant after [`Tlsf::check`]
+    /// passed; on a corrupted chain it stops at the first bad id and visits each node at most once.
+    pub fn used_blocks(&self) -> Vec<(u32, u32, u32)> {
+        let count = self.nodes.count(&self.core);
+        let mut used = Vec::new();
+        let mut id = self.core.first.load(R);
+        for _ in 0..count {
+            if id >= USED || id as usize >= count {
+                break;
+            }
+            let n = Node::load(self.nodes.cell(id));
+            if n.prev_free == USED {
+                used.push((id, n.offset, n.size));
+            }
+            id = n.next;
+        }
+        used
+    }
 }
 
 /// One allocated range. Give it back with [`Arena::free`].
@@ -1177,6 +1197,9 @@ mod tlsf_tests {
         let nodes = t.rebuild(UNITS, &used).unwrap();
         assert_eq!(t.check(), Ok(()));
         assert_eq!(nodes.len(), used.len());
+        let blocks: Vec<(u32, u32, u32)> =
+            nodes.iter().zip(used).map(|(&n, (first, units))| (n, first, units)).collect();
+        assert_eq!(t.used_blocks(), blocks, "the used blocks, in address order, with their nodes");
         // Ranges: 0+10 used, 10+10 free, 20+5, 25+100 used, 125+375 free, 500+1 used, 501+498
         // free, 999+1 used.
         assert_eq!(t.nodes_allocated(), 8);

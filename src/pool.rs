@@ -460,6 +460,22 @@ impl Pool {
         crate::shared::unlink(name, dir)
     }
 
+    /// Removes the shared pool `name`'s file (in `dir`, `/dev/shm` when `None`) if, and only if,
+    /// its creator died before publishing it: never a published pool, never a file a live process
+    /// is still creating, never a file that is not a pool's (decided under the file's creation
+    /// lock). Answers whether it removed it.
+    pub fn remove_abandoned(name: &str, dir: Option<&std::path::Path>) -> Result<bool> {
+        let path = crate::shared::pool_path(name, dir)?;
+        crate::shm::pool_file::PoolFile::remove_if_abandoned(&path, crate::shm::file::Sharing::Group)
+    }
+
+    /// Checks `name` against the rules for shared pool names (1 to 128 bytes of ASCII letters,
+    /// digits, `_`, `-` and `.`, starting with a letter, a digit or `_`, with no `..`), as
+    /// opening, attaching and removing a pool do first.
+    pub fn check_name(name: &str) -> Result<()> {
+        crate::shared::pool_path(name, None).map(drop)
+    }
+
     /// Opens the shared pool `name` for inspection only, as an operator's tool does: no process
     /// slot, no RDMA, no objects (create and get answer `InvalidArgument`); stats, check,
     /// reclaim and the process list work.

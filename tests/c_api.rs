@@ -172,7 +172,7 @@ fn library_has_no_link_time_dependency_on_libibverbs() {
 #[test]
 fn cpp_wrapper_owns_handles_and_throws_statuses() {
     let program = build_cpp("test_hpp", &["c_tests/test_hpp.cpp"]);
-    assert!(run(&program, &[]).contains("4 passed, 0 failed"));
+    assert!(run(&program, &[]).contains("5 passed, 0 failed"));
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn cpp_example_tensor_builds_with_strict_warnings_and_runs() {
     let program = build_cpp("example_tensor", &["examples/cpp/tensor.cpp"]);
     let out = run(&program, &[]);
     assert!(out.contains("zero-copy: reader pointer == writer pointer"), "{out}");
-    assert!(out.contains("expected error: already exists"), "{out}");
+    assert!(out.contains("expected error: key \"layer0/activations\" already exists (status 3)"), "{out}");
 }
 
 #[test]

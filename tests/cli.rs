@@ -631,6 +631,33 @@ fn check_says_ok_for_a_healthy_pool() {
 }
 
 #[test]
+fn check_fails_for_a_record_whose_block_is_another_records() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new();
+    let name = unique("check-shared-block");
+    let (pool, _guard) = create_pool(&name, Some(dir.path()));
+    for i in 0..10 {
+        put(&pool, &format!("k{i}"), 8);
+    }
+    assert_eq!(zcopy_ok(dir.path(), &["check", &name]), "ok\n");
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+    // The Records area is the 4th span after 64 bytes of fixed header fields; in each 64-byte
+    // record, `node` is at 20 and `offset_units` at 28: record 5 made to name record 4's block.
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, 64 + 16 * 3).unwrap();
+    let records = u64::from_ne_bytes(word);
+    for field in [20, 28] {
+        let mut value = [0u8; 4];
+        file.read_exact_at(&mut value, records + 4 * 64 + field).unwrap();
+        file.write_all_at(&value, records + 5 * 64 + field).unwrap();
+    }
+    let run = zcopy_in(dir.path(), &["check", &name]);
+    assert_failed_naming(&run, &name);
+    assert!(run.stderr.contains("records 4 and 5 share one block of object memory"), "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+#[test]
 fn reclaim_after_a_killed_process_reports_one_and_leaves_a_pool_that_checks() {
     play_holder_if_asked();
     let dir = TempDir::new();
@@ -727,6 +754,24 @@ fn rm_refuses_a_file_that_is_not_a_pool_unless_forced() {
     assert!(!path.exists());
 }
 
+#[test]
+fn rm_removes_a_file_whose_creator_died_before_publishing_it_without_force() {
+    let dir = TempDir::new();
+    let name = unique("rm-abandoned");
+    let path = dir.path().join(format!("zcopy.{name}"));
+    // What a creator leaves when it dies right after making the file: empty, nobody locking it.
+    write_junk(&path, &[]);
+    let run = zcopy_in(dir.path(), &["stat", &name]);
+    assert_failed_naming(&run, &name);
+    assert!(run.stderr.contains("creator died") && run.stderr.contains("can be removed"), "{run:?}");
+    let out = zcopy_ok(dir.path(), &["rm", &name]);
+    assert_eq!(
+        out,
+        format!("removed pool file \"{name}\" ({}): its creator died before publishing it\n", path.display())
+    );
+    assert!(!path.exists());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The default directory, missing pools, usage
 
@@ -796,6 +841,45 @@ fn a_relative_dir_is_taken_from_the_working_directory() {
     drop(forking);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"ok\n");
+}
+
+#[test]
+fn a_relative_dir_is_resolved_to_the_directory_it_names_and_a_missing_one_fails_naming_it() {
+    let dir = TempDir::new();
+    let name = unique("relative-dots");
+    let (_pool, _guard) = create_pool(&name, Some(dir.path()));
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let run_in_dir = |args: &[&str]| {
+        let forking = fork_lock();
+        let out = Command::new(env!("CARGO_BIN_EXE_zcopy")).args(args).current_dir(dir.path()).output().unwrap();
+        drop(forking);
+        out
+    };
+    let out = run_in_dir(&["stat", &name, "--dir", "./sub/.."]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stat_value(&stdout, "file"), dir.path().join(format!("zcopy.{name}")).display().to_string());
+    let out = run_in_dir(&["list", "--dir", "sub/gone"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("sub/gone") && stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_pool_name_is_bad_usage_for_every_command() {
+    let dir = TempDir::new();
+    for command in ["stat", "check", "reclaim", "rm"] {
+        for name in ["a/b", "..", "-", ".hidden", "a b"] {
+            let run = zcopy_in(dir.path(), &[command, name]);
+            assert_eq!(run.code, 2, "zcopy {command} {name:?}: {run:?}");
+            assert!(run.stdout.is_empty(), "{run:?}");
+            let lines: Vec<&str> = run.stderr.lines().collect();
+            assert_eq!(lines.len(), 2, "a message and a usage line: {run:?}");
+            assert!(lines[0].starts_with("zcopy: ") && lines[0].contains("pool name"), "{run:?}");
+            assert!(lines[1].starts_with(&format!("usage: zcopy {command} ")), "{run:?}");
+        }
+    }
 }
 
 #[test]

@@ -354,6 +354,75 @@ fn a_corrupted_record_or_index_answers_a_status_never_a_crash() {
     assert!(!pool.contains(b"key-1"));
 }
 
+/// The offset in pool file `file` of the Records area (the 4th area span, after 64 bytes of fixed
+/// header fields).
+fn records_at(file: &std::fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut span = [0u8; 8];
+    file.read_exact_at(&mut span, 64 + 16 * 3).unwrap();
+    u64::from_ne_bytes(span)
+}
+
+#[test]
+fn check_refuses_records_whose_memory_or_key_storage_is_not_exactly_their_own_allocator_block() {
+    use std::os::unix::fs::FileExt;
+    let name = Name::new("claims");
+    let pool = create(&name, 1 << 20);
+    // Keys longer than 16 bytes live in the key storage heap, each in a block of its own.
+    let key = |i: usize| format!("a-key-long-enough-for-the-heap-{i:02}");
+    for i in 0..50 {
+        put(&pool, key(i).as_bytes(), 100);
+    }
+    pool.check().unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+    let records = records_at(&file);
+    // The u32 fields of a 64-byte record: node 20, key_node 24, offset_units 28, extra_units 32.
+    let (node, key_node, offset_units, extra_units) = (20, 24, 28, 32);
+    let at = |id: u64, field: u64| records + 64 * id + field;
+    let read = |id: u64, field: u64| {
+        let mut word = [0u8; 4];
+        file.read_exact_at(&mut word, at(id, field)).unwrap();
+        u32::from_ne_bytes(word)
+    };
+    let write = |id: u64, field: u64, value: u32| file.write_all_at(&value.to_ne_bytes(), at(id, field)).unwrap();
+    // Sets fields of record 5, asserts check names the violation, then puts the fields back.
+    let refused = |changes: &[(u64, u32)], wants: &[&str]| {
+        let saved: Vec<(u64, u32)> = changes.iter().map(|&(field, _)| (field, read(5, field))).collect();
+        for &(field, value) in changes {
+            write(5, field, value);
+        }
+        let e = pool.check().unwrap_err();
+        assert!(matches!(e, Error::Internal(_)), "{e}");
+        for want in wants {
+            assert!(e.to_string().contains(want), "{changes:?}: {want:?} not in: {e}");
+        }
+        for (field, value) in saved {
+            write(5, field, value);
+        }
+        pool.check().unwrap();
+    };
+    // One bit flipped in each field that places the record's bytes.
+    refused(&[(node, read(5, node) ^ 1)], &["record 5", "object memory", "allocator node"]);
+    refused(&[(offset_units, read(5, offset_units) ^ 1)], &["record 5", "object memory", "allocator node"]);
+    refused(&[(key_node, read(5, key_node) ^ 1)], &["record 5", "key storage", "allocator node"]);
+    refused(&[(extra_units, read(5, extra_units) ^ 1)], &["record 5", "key storage", "allocator node"]);
+    // A node that is no block in use, and no node for bytes the record holds.
+    refused(&[(node, u32::MAX - 1)], &["record 5", "object memory", "not a block in use"]);
+    refused(&[(key_node, u32::MAX)], &["record 5", "key storage", "not a block in use"]);
+    // Record 4's block, named whole by record 5: two keys would share an address.
+    refused(
+        &[(node, read(4, node)), (offset_units, read(4, offset_units))],
+        &["records 4 and 5 share", "object memory"],
+    );
+    refused(
+        &[(key_node, read(4, key_node)), (extra_units, read(4, extra_units))],
+        &["records 4 and 5 share", "key storage"],
+    );
+    for i in 0..50 {
+        assert_eq!(pool.get(key(i).as_bytes(), Wait::Now).unwrap().as_slice(), pattern(key(i).as_bytes(), 100));
+    }
+}
+
 /// Huge pages reserved for a test (root only), given back when dropped.
 struct HugePages {
     before: String,

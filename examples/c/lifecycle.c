@@ -7,8 +7,8 @@
  *   cc -std=c11 -Wall -Iinclude examples/c/lifecycle.c -Ltarget/debug -lzcopy \
  *      -Wl,-rpath,$PWD/target/debug -o lifecycle
  *
- * Every fallible zcopy call returns a zc_status; on failure zc_status_str() names it and
- * zc_last_error_message() gives the detail. */
+ * Every fallible zcopy call returns a zc_status, for code to act on; on failure
+ * zc_last_error_message() says what went wrong, its kind included, so it is printed alone. */
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,12 +17,12 @@
 
 #include "zcopy.h"
 
-/* Prints the failing call with its status and detail, and reports whether it succeeded. */
+/* Prints the failing call with the library's message, and reports whether it succeeded. */
 static int ok(zc_status status, const char *what) {
     if (status == ZC_OK) {
         return 1;
     }
-    fprintf(stderr, "%s failed: %s (%s)\n", what, zc_status_str(status), zc_last_error_message());
+    fprintf(stderr, "%s failed: %s\n", what, zc_last_error_message());
     return 0;
 }
 

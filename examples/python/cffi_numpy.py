@@ -68,10 +68,9 @@ def check(ok, what):
 
 
 def call(status):
-    """Raises on a non-zero zc_status, with the library's detail message."""
+    """Raises on a non-zero zc_status, with the library's message (which names its kind)."""
     if status != lib.ZC_OK:
-        name = ffi.string(lib.zc_status_str(status)).decode()
-        raise RuntimeError("%s: %s" % (name, ffi.string(lib.zc_last_error_message()).decode()))
+        raise RuntimeError(ffi.string(lib.zc_last_error_message()).decode())
 
 
 def address(ptr):

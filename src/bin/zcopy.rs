@@ -4,7 +4,8 @@
 //! slot: the tool is never counted among a pool's processes and never holds objects.
 //!
 //! Exit status: 0 on success, 1 on a failed check or an operation error (one line on stderr
-//! naming the pool), 2 on bad usage (the message and a usage line on stderr).
+//! naming the pool), 2 on bad usage, an invalid pool name included (the message and a usage line
+//! on stderr).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -31,11 +32,13 @@ commands:
   rm NAME       removes the pool's name; refused while live processes are attached, unless --force
 
 options:
-  --dir DIR     pools in DIR instead of /dev/shm (a hugetlbfs mount, say)
+  --dir DIR     pools in DIR instead of /dev/shm (a hugetlbfs mount, say); a relative DIR is
+                taken from the working directory
   -h, --help    this help; `zcopy COMMAND --help` for one command
   --version     the version of zcopy
 
-exit status: 0 success, 1 a failed check or an operation error, 2 bad usage
+exit status: 0 success, 1 a failed check or an operation error, 2 bad usage (an invalid pool
+name too)
 ";
 
 /// One command: its name, usage line, help text and what it accepts.
@@ -112,7 +115,8 @@ const RM: Spec = Spec {
     help: "\
 Removes pool NAME's file, so the name is free at once. Processes attached keep using the pool
 until they close it; the memory goes with the last of them. Refused while live processes are
-attached, and for a file that is not a pool.
+attached, and for a file that is not a pool. A file whose creator died before publishing it (a
+pool that never was) is removed.
 
 options:
   --force    removes it anyway
@@ -217,9 +221,17 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Request, Failure> {
     if let Some(extra) = words.next() {
         return Err(usage(format!("unexpected argument {extra:?}"), Some(spec)));
     }
-    // The library wants an absolute directory (every process must name the same file).
+    if let Some(name) = &name {
+        Pool::check_name(name).map_err(|e| usage(e.to_string(), Some(spec)))?;
+    }
+    // The library wants an absolute directory (every process must name the same file): a
+    // relative one is taken from the working directory, and every one is named as the kernel
+    // resolves it, without `.`, `..` or symbolic links, in what the tool prints.
     let dir = match dir {
-        Some(d) => Some(std::path::absolute(&d).map_err(|e| usage(format!("--dir {}: {e}", d.display()), Some(spec)))?),
+        Some(d) => Some(
+            std::fs::canonicalize(&d)
+                .map_err(|e| Failure::Failed(format!("zcopy: pool directory {}: {e}", d.display())))?,
+        ),
         None => None,
     };
     Ok(Request::Run { spec, dir, json, force, name })
@@ -441,6 +453,17 @@ fn rm(name: &str, dir: Option<&Path>, force: bool, out: &mut String) -> Result<(
     let alive: Vec<u32> = match Pool::inspect(name, dir).and_then(|pool| pool.processes()) {
         Ok(procs) => procs.iter().filter(|p| p.alive).map(|p| p.pid).collect(),
         Err(e) if is_missing(&e) => return Err(failed(name, dir, &e)),
+        // A file whose creator died before publishing it never was a pool: it goes without
+        // --force (the library decides under the file's creation lock, so never a live creator's).
+        Err(_) if Pool::remove_abandoned(name, dir).unwrap_or(false) => {
+            let path = shown_dir(dir).join(format!("zcopy.{name}"));
+            let _ = writeln!(
+                out,
+                "removed pool file \"{name}\" ({}): its creator died before publishing it",
+                path.display()
+            );
+            return Ok(());
+        }
         Err(e) if !force => {
             let why = failure_message(name, dir, &e);
             return Err(Failure::Failed(format!(

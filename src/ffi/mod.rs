@@ -139,6 +139,20 @@ mod tests {
     }
 
     #[test]
+    fn the_message_of_a_bad_pool_name_names_its_kind_once() {
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: a C string, NULL options (allowed) and a valid out-pointer.
+        let status = unsafe { super::pool::zc_pool_attach(c"a/b".as_ptr(), std::ptr::null(), &mut pool) };
+        assert_eq!(status, ZC_ERR_INVALID_ARGUMENT);
+        assert!(pool.is_null(), "out is written only on success");
+        let message = last_error();
+        assert!(message.starts_with("invalid argument: pool name \"a/b\": contains '/'"), "{message}");
+        assert_eq!(message.matches("invalid argument").count(), 1, "{message}");
+        let shown = crate::pool::Pool::attach("a/b", &Default::default()).err().map(|e| e.to_string());
+        assert_eq!(shown.as_deref(), Some(message.as_str()), "the C message is the Rust error's");
+    }
+
+    #[test]
     fn errors_map_to_their_status_and_message() {
         assert_eq!(guard("zc_test_export", || Err(invalid("size is 0"))), ZC_ERR_INVALID_ARGUMENT);
         assert_eq!(last_error(), "invalid argument: size is 0");

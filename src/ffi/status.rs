@@ -88,8 +88,9 @@ pub extern "C" fn zc_status_str(status: zc_status) -> *const c_char {
     s.as_ptr()
 }
 
-/// The detail of the last failure of a zcopy call on the calling thread ("no error" before any).
-/// Successful calls leave it unchanged. Never NULL.
+/// The message of the last failure of a zcopy call on the calling thread ("no error" before any).
+/// It names the failure's kind itself (`invalid argument: pool name "a/b": contains '/' ...`), so
+/// print it alone, not after `zc_status_str`. Successful calls leave it unchanged. Never NULL.
 ///
 /// Borrowed: valid until the next failing zcopy call on this thread; copy it to keep it.
 #[no_mangle]

@@ -1309,8 +1309,10 @@ impl<'a> Store<'a> {
     }
 
     /// Verifies every invariant: the allocators', each record's fields and bounds, each record's
-    /// holders against the ledgers, each key reachable in the index and only once, the chains
-    /// holding only present keys, the counters against the records, and the ledgers' own.
+    /// object memory and key storage against the blocks the allocators have in use (one block
+    /// each, none shared, none without a record), each record's holders against the ledgers, each
+    /// key reachable in the index and only once, the chains holding only present keys, the
+    /// counters against the records, and the ledgers' own.
     pub(crate) fn check(&self, g: &Locked<'_>) -> Result<()> {
         self.data_tlsf().check().map_err(|why| corrupt(format!("object memory allocator: {why}")))?;
         self.key_tlsf().check().map_err(|why| corrupt(format!("key storage allocator: {why}")))?;
@@ -1332,6 +1334,8 @@ impl<'a> Store<'a> {
             return Err(corrupt(format!("record high-water mark {high} past {}", self.cfg.max_objects)));
         }
         let (mut live, mut used, mut keys) = (0u64, 0u64, 0u64);
+        let mut data_blocks = Claims::new("object memory", &self.data_tlsf());
+        let mut key_blocks = Claims::new("key storage", &self.key_tlsf());
         for id in 0..high as u32 {
             let rec = self.rec(id)?;
             let state = rec.state.load(Relaxed);
@@ -1343,6 +1347,8 @@ impl<'a> Store<'a> {
             }
             let object = self.object(id)?;
             let key = self.key_in_place(id)?;
+            data_blocks.claim(id, rec.node.load(Relaxed), rec.offset_units.load(Relaxed), object.size)?;
+            key_blocks.claim(id, rec.key_node.load(Relaxed), rec.extra_units.load(Relaxed), Self::extra_len(rec))?;
             let held = holds.get(&id).copied().unwrap_or(0);
             if state == UNSEALED && !creating.contains_key(&id) {
                 return Err(corrupt(format!("unsealed record {id} has no creator")));
@@ -1382,6 +1388,8 @@ impl<'a> Store<'a> {
                 link = self.rec(link - 1)?.next.load(Relaxed);
             }
         }
+        data_blocks.all_claimed()?;
+        key_blocks.all_claimed()?;
         let stored = (self.ctl.live.load(Relaxed), self.ctl.used.load(Relaxed), self.ctl.keys.load(Relaxed));
         if stored != (live, used, keys) {
             return Err(corrupt(format!(
@@ -1396,6 +1404,12 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
+    /// Bytes of the key heap record `rec` names: its long key (8-aligned), then its part table.
+    fn extra_len(rec: &Rec) -> u64 {
+        let long = rec.key_len();
+        (if long > INLINE_KEY { long.next_multiple_of(8) } else { 0 }) as u64 + rec.parts() * 16
+    }
+
     /// ENOSPC for a full key heap, as the caller's error.
     pub(crate) fn key_heap_full(&self) -> Error {
         Error::system(
@@ -1405,6 +1419,66 @@ impl<'a> Store<'a> {
             ),
             io::Error::from_raw_os_error(libc::ENOSPC),
         )
+    }
+}
+
+/// For [`Store::check`]: the blocks one allocator has in use, and the records that claimed them.
+/// A record's bytes must be exactly one block in use (the node it names, at its offset and of its
+/// rounded size), no two records may name one node (the blocks tile the area, so no byte then
+/// belongs to two records), and no block in use may belong to no record.
+struct Claims {
+    what: &'static str,
+    /// Node to (first unit, units) of each block in use.
+    blocks: HashMap<u32, (u32, u32)>,
+    /// Node to the record that claimed it.
+    owners: HashMap<u32, u32>,
+}
+
+impl Claims {
+    fn new(what: &'static str, tlsf: &Tlsf<&TlsfCore, &[NodeCell]>) -> Claims {
+        let blocks = tlsf.used_blocks().into_iter().map(|(node, first, units)| (node, (first, units))).collect();
+        Claims { what, blocks, owners: HashMap::new() }
+    }
+
+    /// Record `id` holds `len` bytes from unit `first` through allocator node `node`; a record
+    /// that holds no bytes names no node.
+    fn claim(&mut self, id: u32, node: u32, first: u32, len: u64) -> Result<()> {
+        let what = self.what;
+        let units = len.div_ceil(GRANULE as u64);
+        if units == 0 {
+            if node != NIL {
+                return Err(corrupt(format!("record {id} holds no {what} but names allocator node {node}")));
+            }
+            return Ok(());
+        }
+        let Some(&(at, size)) = self.blocks.get(&node) else {
+            return Err(corrupt(format!(
+                "record {id}: its {what} names allocator node {node}, which is not a block in use"
+            )));
+        };
+        if (at as u64, size as u64) != (first as u64, units) {
+            return Err(corrupt(format!(
+                "record {id}: its {what} is at unit {first} (length {units}), but its allocator node {node} is a \
+                 block at unit {at} (length {size})"
+            )));
+        }
+        if let Some(other) = self.owners.insert(node, id) {
+            return Err(corrupt(format!(
+                "records {other} and {id} share one block of {what} (allocator node {node}, unit {first})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// After every record's claim: each block in use was claimed.
+    fn all_claimed(&self) -> Result<()> {
+        match self.blocks.iter().find(|(node, _)| !self.owners.contains_key(node)) {
+            Some((node, (first, units))) => Err(corrupt(format!(
+                "{}: the block at unit {first} (length {units}, allocator node {node}) belongs to no record",
+                self.what
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
