@@ -25,8 +25,8 @@ use crate::shm::name::{PoolName, DEFAULT_DIR, PREFIX};
 use crate::shm::offset::Area;
 use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
-use crate::shm::store::{ledger_id, split_ledger_id, DELETED, SEALED};
-use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, Store};
+use crate::shm::store::{ledger_id, DELETED, SEALED};
+use crate::shm::store::{Config, Counts, CreateError, Found, Locked, Lookup, Object, Store};
 
 /// How to create or attach a shared pool.
 #[derive(Debug, Clone)]
@@ -115,6 +115,7 @@ impl SharedHandle {
     }
 
     /// This thread's lease, for a new buffer.
+    #[inline]
     fn lease(&self) -> Arc<Lease> {
         self.leases[shard()].0.clone()
     }
@@ -180,47 +181,55 @@ impl SharedHandle {
         }
     }
 
-    /// A get without the mutex: finds the sealed record, publishes a reference, confirms the
-    /// record did not change meanwhile. `None` when the key is not sealed now or the record
-    /// changed: the caller asks under the mutex.
-    fn get_unlocked(&self, ledger: &Ledger<'_>, key: &[u8], hash: u64) -> Result<Option<SharedBuffer>> {
-        if self.store.repair_pending_now() {
-            return Ok(None);
+    /// A get without the mutex of a sealed record [`Store::peek`] found: publishes a reference,
+    /// confirms the record did not change meanwhile. `None` when it changed: the caller asks
+    /// under the mutex.
+    #[inline]
+    fn get_found(&self, ledger: &Ledger<'_>, found: Found<'_>) -> Result<Option<SharedBuffer>> {
+        let h = self.take_entry(ledger)?;
+        // Marked among the record's holders first, so a deleter that sees the reference looks
+        // in this slot's ledger.
+        found.mark_holder(ledger.slot());
+        if let Err(e) = ledger.hold(h, found.ledger_id()) {
+            self.free_entries.give(h);
+            return Err(e);
         }
-        let Some(lid) = self.store.peek(key, hash) else { return Ok(None) };
-        let (id, generation) = split_ledger_id(lid);
-        let h = self.hold(ledger, id, generation)?;
-        if self.store.still(id, generation, SEALED)? {
+        if found.still(SEALED) {
             // Confirmed: the object cannot be freed while the reference stands, so its fields
             // are the ones its creator wrote.
-            match self.store.object_held(id) {
-                Ok(obj) => {
-                    self.store.touch(id);
-                    return Ok(Some(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false }));
-                }
+            match self.store.object_found(&found) {
+                Ok(obj) => return Ok(Some(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false })),
                 Err(e) => {
-                    self.withdraw(ledger, h, id, generation)?;
+                    self.withdraw(ledger, h, found.id, found.generation)?;
                     return Err(e);
                 }
             }
         }
-        self.withdraw(ledger, h, id, generation)?;
+        self.withdraw(ledger, h, found.id, found.generation)?;
         Ok(None)
     }
 
+    #[inline]
     pub(crate) fn get(&self, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
         self.check_open()?;
         check_key(key)?;
         let ledger = self.ledger()?;
         let hash = self.store.hash(key);
-        if let Some(found) = self.get_unlocked(ledger, key, hash)? {
-            return Ok(found);
+        // A reader that sees a repair pending takes the mutex (and makes the repair) instead of
+        // reading the index.
+        if !self.store.repair_pending_now() {
+            if let Some(found) = self.store.peek(key, hash) {
+                if let Some(buf) = self.get_found(ledger, found)? {
+                    return Ok(buf);
+                }
+            }
         }
         self.get_locked(ledger, key, hash, wait)
     }
 
-    /// The get of a key [`SharedHandle::get_unlocked`] did not find sealed: under the mutex, and
-    /// waiting for a seal when asked to.
+    /// The get of a key the lock-free path did not find sealed: under the mutex, and waiting for
+    /// a seal when asked to.
+    #[inline(never)]
     fn get_locked(&self, ledger: &Ledger<'_>, key: &[u8], hash: u64, wait: crate::pool::Wait) -> Result<SharedBuffer> {
         use crate::pool::Wait;
         let deadline = match wait {
@@ -319,6 +328,7 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// This thread's shard of every pool's [`FreeEntries`].
+#[inline]
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
@@ -331,26 +341,31 @@ impl FreeEntries {
         Arc::new(FreeEntries { shards: std::array::from_fn(|_| Padded(Mutex::new(Vec::new()))), grow: Mutex::new(()) })
     }
 
+    #[inline]
     fn mine(self: &Arc<Self>, cached: &Cached) -> bool {
         std::sync::Weak::as_ptr(&cached.owner) == Arc::as_ptr(self)
     }
 
     /// An empty entry of `ledger` for this thread: the one it cached, its shard's, a new batch,
     /// or, when the ledger is full, one another shard keeps.
+    #[inline]
     fn take(self: &Arc<Self>, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
-        let cached = THREAD_ENTRIES
-            .try_with(|c| match &mut *c.borrow_mut() {
-                Some(c) if self.mine(c) && c.len > 0 => {
-                    c.len -= 1;
-                    Some(c.entries[c.len])
-                }
-                _ => None,
-            })
-            .ok()
-            .flatten();
-        if let Some(index) = cached {
-            return Ok(Handle(index));
+        let cached = THREAD_ENTRIES.try_with(|c| match &mut *c.borrow_mut() {
+            Some(c) if c.len > 0 && self.mine(c) => {
+                c.len -= 1;
+                Some(c.entries[c.len])
+            }
+            _ => None,
+        });
+        match cached {
+            Ok(Some(index)) => Ok(Handle(index)),
+            _ => self.take_uncached(store, ledger),
         }
+    }
+
+    /// [`FreeEntries::take`] when this thread's cache has none.
+    #[inline(never)]
+    fn take_uncached(self: &Arc<Self>, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
         let mine = &self.shards[shard()].0;
         if let Some(index) = relock(mine).pop() {
             return Ok(Handle(index));
@@ -371,18 +386,28 @@ impl FreeEntries {
 
     /// Gives back an entry: into this thread's cache when that is free (or held for a pool
     /// that is gone), else to this thread's shard.
+    #[inline]
     fn give(self: &Arc<Self>, handle: Handle) {
+        let cached = THREAD_ENTRIES.try_with(|c| match &mut *c.borrow_mut() {
+            Some(c) if c.len < CACHED && self.mine(c) => {
+                c.entries[c.len] = handle.0;
+                c.len += 1;
+                true
+            }
+            _ => false,
+        });
+        if cached != Ok(true) {
+            self.give_uncached(handle);
+        }
+    }
+
+    /// [`FreeEntries::give`] when this thread's cache is full or another pool's.
+    #[inline(never)]
+    fn give_uncached(self: &Arc<Self>, handle: Handle) {
         let cached = THREAD_ENTRIES.try_with(|c| {
             let mut c = c.borrow_mut();
             match &mut *c {
-                Some(c) if self.mine(c) => {
-                    if c.len == CACHED {
-                        return false;
-                    }
-                    c.entries[c.len] = handle.0;
-                    c.len += 1;
-                    true
-                }
+                Some(c) if self.mine(c) => false,
                 Some(other) if other.len > 0 && other.owner.strong_count() > 0 => false,
                 slot => {
                     // Dropping what was there gives nothing back (it holds no entry, or its pool
@@ -583,6 +608,7 @@ impl SharedInner {
         Err(Error::ForkedChild { pid: self.pid })
     }
 
+    #[inline]
     fn check_open(&self) -> Result<()> {
         self.check_mapped()?;
         if self.closed.load(Ordering::Acquire) {
@@ -591,6 +617,7 @@ impl SharedInner {
         Ok(())
     }
 
+    #[inline]
     fn ledger(&self) -> Result<&Ledger<'static>> {
         self.ledger.as_ref().ok_or_else(|| Error::InvalidArgument("an inspector handle holds no objects".into()))
     }
@@ -751,6 +778,7 @@ impl SharedInner {
     }
 
     /// An empty entry of this process's ledger.
+    #[inline]
     fn take_entry(&self, ledger: &Ledger<'_>) -> Result<Handle> {
         self.free_entries.take(&self.store, ledger)
     }
@@ -772,13 +800,23 @@ impl SharedInner {
 
     /// Withdraws the read reference in entry `h` on (`id`, `generation`) and gives the entry
     /// back; frees the object when it was deleted and this was its last reader.
+    #[inline]
     fn withdraw(&self, ledger: &Ledger<'_>, h: Handle, id: u32, generation: u32) -> Result<()> {
         ledger.empty(h)?;
         self.free_entries.give(h);
         if self.store.still(id, generation, DELETED)? {
-            let g = self.lock()?;
-            self.store.free_if_unheld(&g, id, generation)?;
+            self.free_withdrawn(id, generation)?;
         }
+        Ok(())
+    }
+
+    /// The end of a [`SharedInner::withdraw`] from a deleted object: frees it if this was its
+    /// last reader.
+    #[cold]
+    #[inline(never)]
+    fn free_withdrawn(&self, id: u32, generation: u32) -> Result<()> {
+        let g = self.lock()?;
+        self.store.free_if_unheld(&g, id, generation)?;
         Ok(())
     }
 
@@ -866,19 +904,27 @@ impl SharedBuffer {
 
     /// Releases this reference (aborting the object if it is the creator's, unsealed). Once:
     /// from `drop`.
+    #[inline]
     fn release(&mut self) -> Result<()> {
+        if self.writer {
+            return self.abort();
+        }
+        let pool = &self.pool;
+        pool.withdraw(pool.ledger()?, self.entry, self.obj.id, self.obj.generation)
+    }
+
+    /// [`SharedBuffer::release`] of an unsealed create: aborts the object.
+    #[inline(never)]
+    fn abort(&mut self) -> Result<()> {
         let pool = &self.pool;
         let ledger = pool.ledger()?;
         let h = self.entry;
-        if self.writer {
-            let g = pool.lock()?;
-            pool.store.abort(&g, self.obj.id, self.obj.generation)?;
-            ledger.empty(h)?;
-            drop(g);
-            pool.free_entries.give(h);
-            return Ok(());
-        }
-        pool.withdraw(ledger, h, self.obj.id, self.obj.generation)
+        let g = pool.lock()?;
+        pool.store.abort(&g, self.obj.id, self.obj.generation)?;
+        ledger.empty(h)?;
+        drop(g);
+        pool.free_entries.give(h);
+        Ok(())
     }
 }
 

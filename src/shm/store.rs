@@ -336,6 +336,49 @@ pub(crate) fn split_ledger_id(id: u64) -> (u32, u32) {
     (id as u32, (id >> 32) as u32)
 }
 
+/// A sealed record [`Store::peek`] found without the mutex: the object of (`id`, `generation`)
+/// when it was read, and the record, to confirm it once a reference is published.
+#[derive(Clone, Copy)]
+pub(crate) struct Found<'a> {
+    pub id: u32,
+    pub generation: u32,
+    rec: &'a Rec,
+}
+
+impl Found<'_> {
+    /// The object's [`ledger_id`].
+    #[inline]
+    pub(crate) fn ledger_id(&self) -> u64 {
+        ledger_id(self.id, self.generation)
+    }
+
+    /// Marks process slot `slot` as one that may hold a reference on the record, before it
+    /// publishes one. A bit already set costs no write (a hot object stays shared by the caches).
+    #[inline]
+    pub(crate) fn mark_holder(&self, slot: usize) {
+        Self::mark(self.rec, slot);
+    }
+
+    #[inline]
+    fn mark(rec: &Rec, slot: usize) {
+        let bit = Store::holder_bit(slot);
+        if rec.holders.load(Acquire) & bit == 0 {
+            rec.holders.fetch_or(bit, SeqCst);
+        }
+    }
+
+    /// Whether the record still holds this object in `state` ([`Store::still`]).
+    #[inline]
+    pub(crate) fn still(&self, state: u32) -> bool {
+        Self::is(self.rec, self.generation, state)
+    }
+
+    #[inline]
+    fn is(rec: &Rec, generation: u32, state: u32) -> bool {
+        rec.state.load(SeqCst) == state && rec.generation.load(Acquire) == generation
+    }
+}
+
 /// Why a create failed.
 #[derive(Debug)]
 pub(crate) enum CreateError {
@@ -729,11 +772,12 @@ impl<'a> Store<'a> {
         Err(corrupt("an index chain loops".into()))
     }
 
-    /// The sealed record holding `key`, found without the mutex, as its [`ledger_id`] (the
-    /// record's id and generation in one word): a candidate only, which the caller confirms with [`Store::still`] once its reference is
-    /// published. `None` when the index shows no sealed record of the key now, or when what it
-    /// read was changing under it: the caller asks again under the mutex.
-    pub(crate) fn peek(&self, key: &[u8], hash: u64) -> Option<u64> {
+    /// The sealed record holding `key`, found without the mutex: a candidate only, which the
+    /// caller confirms with [`Found::still`] once its reference is published. `None` when the
+    /// index shows no sealed record of the key now, or when what it read was changing under it:
+    /// the caller asks again under the mutex.
+    #[inline]
+    pub(crate) fn peek(&self, key: &[u8], hash: u64) -> Option<Found<'a>> {
         let inline = Self::inline_words(key);
         let mut link = self.bucket(hash).load(Acquire);
         // A chain walked while it changes may lead anywhere: a bounded walk, then the mutex.
@@ -747,7 +791,7 @@ impl<'a> Store<'a> {
             // last free, so a state read after it is the new object's (or later).
             let generation = rec.generation.load(Acquire);
             if rec.state.load(Acquire) == SEALED && self.key_is(rec, key, inline).unwrap_or(false) {
-                return Some(ledger_id(id, generation));
+                return Some(Found { id, generation, rec });
             }
             link = rec.next.load(Acquire);
         }
@@ -755,36 +799,53 @@ impl<'a> Store<'a> {
     }
 
     /// Marks process slot `slot` as one that may hold a reference on record `id`, before it
-    /// publishes one. A bit already set costs no write (a hot object stays shared by the caches).
+    /// publishes one (see [`Found::mark_holder`]).
     pub(crate) fn mark_holder(&self, id: u32, slot: usize) -> Result<()> {
-        let bit = Self::holder_bit(slot);
-        let rec = self.rec(id)?;
-        if rec.holders.load(Acquire) & bit == 0 {
-            rec.holders.fetch_or(bit, SeqCst);
-        }
+        Found::mark(self.rec(id)?, slot);
         Ok(())
     }
 
     /// Whether record `id` still holds the object of `generation` in `state`, read with the
     /// sequential consistency that orders it against a deleter's scan (see the module's
     /// documentation).
+    #[inline]
     pub(crate) fn still(&self, id: u32, generation: u32, state: u32) -> Result<bool> {
-        let rec = self.rec(id)?;
-        Ok(rec.state.load(SeqCst) == state && rec.generation.load(Acquire) == generation)
+        Ok(Found::is(self.rec(id)?, generation, state))
     }
 
     /// Refreshes the recency of record `id` for LRU eviction, without the mutex: to the clock's
     /// value, which only creates and seals advance, so readers of a hot object write nothing.
+    #[inline]
     pub(crate) fn touch(&self, id: u32) {
         if !self.cfg.evict_lru {
             return;
         }
         if let Some(rec) = self.recs.get(id as usize) {
-            let now = self.ctl.clock.load(Relaxed) as u32;
-            if rec.last_used.load(Relaxed) != now {
-                rec.last_used.store(now, Relaxed);
-            }
+            self.touch_rec(rec);
         }
+    }
+
+    fn touch_rec(&self, rec: &Rec) {
+        let now = self.ctl.clock.load(Relaxed) as u32;
+        if rec.last_used.load(Relaxed) != now {
+            rec.last_used.store(now, Relaxed);
+        }
+    }
+
+    /// [`Store::object_held`] and [`Store::touch`] of a record [`Store::peek`] found, once the
+    /// caller's reference on it is confirmed.
+    #[inline]
+    pub(crate) fn object_found(&self, found: &Found<'a>) -> Result<Object> {
+        let rec = found.rec;
+        let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
+        if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
+            return Err(corrupt(format!("object {}: {size} bytes at {offset} lie outside the data area", found.id)));
+        }
+        let parts = if rec.parts() == 0 { None } else { self.parts_of(rec)? };
+        if self.cfg.evict_lru {
+            self.touch_rec(rec);
+        }
+        Ok(Object { id: found.id, generation: found.generation, offset, size, parts })
     }
 
     /// Whether any ledger holds a reference on (`id`, `generation`), or creates it. Called after
