@@ -77,6 +77,7 @@ fn sub(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
 }
 
+#[cold]
 fn corrupt(why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: {why}"))
 }
@@ -293,20 +294,24 @@ const _: () = {
 };
 
 impl Rec {
+    #[inline]
     fn key_len(&self) -> usize {
         (self.shape.load(Relaxed) & ((1 << KEY_LEN_BITS) - 1)) as usize
     }
 
+    #[inline]
     fn parts(&self) -> u64 {
         (self.shape.load(Relaxed) >> KEY_LEN_BITS) as u64
     }
 
     /// The block's offset in the data area.
+    #[inline]
     fn offset(&self) -> u64 {
         self.offset_units.load(Relaxed) as u64 * GRANULE as u64
     }
 
     /// The long key's and part table's offset in the key heap.
+    #[inline]
     fn extra(&self) -> u64 {
         self.extra_units.load(Relaxed) as u64 * GRANULE as u64
     }
@@ -328,10 +333,12 @@ pub(crate) struct Object {
     pub parts: Option<PartTable>,
 }
 
+#[inline]
 pub(crate) fn ledger_id(id: u32, generation: u32) -> u64 {
     (generation as u64) << 32 | id as u64
 }
 
+#[inline]
 pub(crate) fn split_ledger_id(id: u64) -> (u32, u32) {
     (id as u32, (id >> 32) as u32)
 }
@@ -621,6 +628,7 @@ impl<'a> Store<'a> {
     }
 
     /// The `holders` bit of process slot `slot`.
+    #[inline]
     fn holder_bit(slot: usize) -> u32 {
         1 << (slot % 32)
     }
@@ -633,6 +641,7 @@ impl<'a> Store<'a> {
         Tlsf::from_parts(self.key_core, self.key_nodes)
     }
 
+    #[inline]
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
@@ -652,14 +661,17 @@ impl<'a> Store<'a> {
     }
 
     /// Record `id`, checked (an id read from shared memory is a claim).
+    #[inline]
     fn rec(&self, id: u32) -> Result<&'a Rec> {
         self.recs.get(id as usize).ok_or_else(|| corrupt(format!("record {id} of {}", self.recs.len())))
     }
 
+    #[inline]
     fn bucket(&self, hash: u64) -> &'a AtomicU32 {
         &self.buckets[(hash & (self.cfg.buckets - 1)) as usize]
     }
 
+    #[inline]
     fn key_is(&self, rec: &Rec, key: &[u8], inline: Option<[u64; 2]>) -> Result<bool> {
         if rec.key_len() != key.len() {
             return Ok(false);
@@ -674,6 +686,7 @@ impl<'a> Store<'a> {
 
     /// A key of at most [`INLINE_KEY`] bytes as the two words a record holds it in (the
     /// zero-padded bytes in native order), assembled from whole-word loads.
+    #[inline]
     fn inline_words(key: &[u8]) -> Option<[u64; 2]> {
         if key.len() > INLINE_KEY {
             return None;
@@ -686,6 +699,7 @@ impl<'a> Store<'a> {
     }
 
     /// Up to 8 bytes as a zero-padded native word.
+    #[inline]
     fn word(b: &[u8]) -> u64 {
         let mut w = [0u8; 8];
         w[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
@@ -1250,6 +1264,7 @@ impl<'a> Store<'a> {
 
     /// [`Store::repair_pending`] read without the mutex: a reader that sees it takes the mutex
     /// (and makes the repair) instead of reading the index.
+    #[inline]
     pub(crate) fn repair_pending_now(&self) -> bool {
         self.ctl.repair_pending.load(Acquire) != 0
     }
