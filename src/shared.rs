@@ -1009,6 +1009,41 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_file_laid_out_with_one_index_bucket_per_object_attaches_and_works() {
+        // Pools are made with two buckets per object now; a file made with one (the earlier
+        // layout, which the configuration records) is used as it is.
+        let guard = Name::new("onebucket");
+        let path = pool_path(&guard.0, None).unwrap();
+        let mut cfg = Config::new(1 << 20, 1000, false, header::fresh_generation()).unwrap();
+        assert_eq!(cfg.buckets, 2048, "two buckets or more per object");
+        cfg.buckets = 1024;
+        let layout = Layout::plan(cfg.metadata().unwrap(), cfg.capacity, 4096, header::fresh_generation()).unwrap();
+        let ranges = Store::creation_ranges(&layout, &cfg);
+        let made = PoolFile::create(&path, &layout, Sharing::Owner, Reserve::Ranges(&ranges), |file, layout| {
+            let store = Store::new(file, layout, cfg, None)?;
+            // SAFETY: `create` runs this before publishing the file, which nobody uses yet.
+            unsafe { store.init() }
+        })
+        .unwrap();
+        drop(made);
+        let pool = Pool::attach(&guard.0, &options()).unwrap();
+        let crate::pool::Backend::Shared(shared) = pool.share() else { panic!("not shared") };
+        assert_eq!(shared.store.cfg.buckets, 1024);
+        for i in 0..1000u32 {
+            pool.put(format!("key-{i}").as_bytes(), &i.to_ne_bytes()).unwrap();
+        }
+        for i in (0..1000u32).rev() {
+            assert_eq!(pool.get(format!("key-{i}").as_bytes(), Wait::Now).unwrap().as_slice(), i.to_ne_bytes());
+        }
+        pool.check().unwrap();
+        for i in 0..1000u32 {
+            pool.delete(format!("key-{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(pool.stats().key_count, 0);
+        pool.check().unwrap();
+    }
+
+    #[test]
     fn a_deleted_object_whose_last_reader_died_before_freeing_it_is_freed_by_the_reclaim() {
         let guard = Name::new("halfrelease");
         let name = guard.0.clone();

@@ -88,7 +88,7 @@ pub(crate) struct Config {
     /// Bytes of object memory (a multiple of 64).
     pub capacity: u64,
     pub max_objects: u64,
-    /// Index buckets (a power of two).
+    /// Index buckets (a power of two, at least `max_objects`).
     pub buckets: u64,
     /// Bytes of long-key and part-table storage (a multiple of 64).
     pub key_heap: u64,
@@ -122,7 +122,9 @@ impl Config {
         Ok(Config {
             capacity,
             max_objects,
-            buckets: max_objects.next_power_of_two(),
+            // Two buckets or more per object: chains of about half an entry at the limit, so a
+            // lookup reads about 1.25 records instead of 1.5. Pools made with fewer keep theirs.
+            buckets: (2 * max_objects).next_power_of_two(),
             key_heap,
             slots: DEFAULT_SLOTS,
             // An entry per buffer a process holds; the area is sparse and not reserved up front.
