@@ -282,7 +282,7 @@ impl Backend {
 /// as it is without shared pools.
 #[inline(never)]
 fn shared_get(shared: &SharedPool, key: &[u8], wait: Wait) -> Result<Buffer> {
-    shared.get(key, wait).map(Buffer::shared)
+    shared.get_as(key, wait, Buffer::shared)
 }
 
 /// One reference to one object. Writable while its creator has not sealed it; read-only after.

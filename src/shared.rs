@@ -26,7 +26,7 @@ use crate::shm::offset::Area;
 use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
 use crate::shm::store::{ledger_id, DELETED, SEALED};
-use crate::shm::store::{Config, Counts, CreateError, Found, Locked, Lookup, Object, Store};
+use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, Store};
 
 /// How to create or attach a shared pool.
 #[derive(Debug, Clone)]
@@ -181,36 +181,23 @@ impl SharedHandle {
         }
     }
 
-    /// A get without the mutex of a sealed record [`Store::peek`] found: publishes a reference,
-    /// confirms the record did not change meanwhile. `None` when it changed: the caller asks
-    /// under the mutex.
-    #[inline]
-    fn get_found(&self, ledger: &Ledger<'_>, found: Found<'_>) -> Result<Option<SharedBuffer>> {
-        let h = self.take_entry(ledger)?;
-        // Marked among the record's holders first, so a deleter that sees the reference looks
-        // in this slot's ledger.
-        found.mark_holder(ledger.slot());
-        if let Err(e) = ledger.hold(h, found.ledger_id()) {
-            self.free_entries.give(h);
-            return Err(e);
-        }
-        if found.still(SEALED) {
-            // Confirmed: the object cannot be freed while the reference stands, so its fields
-            // are the ones its creator wrote.
-            match self.store.object_found(&found) {
-                Ok(obj) => return Ok(Some(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false })),
-                Err(e) => {
-                    self.withdraw(ledger, h, found.id, found.generation)?;
-                    return Err(e);
-                }
-            }
-        }
-        self.withdraw(ledger, h, found.id, found.generation)?;
-        Ok(None)
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
+        self.get_as(key, wait, |buf| buf)
     }
 
+    /// [`SharedHandle::get`], the buffer made into the caller's type where it is returned.
+    ///
+    /// Without the mutex when the key is sealed: finds the record, publishes a reference,
+    /// confirms the record did not change meanwhile; else (or when the record changed, or a
+    /// repair is pending) under the mutex.
     #[inline]
-    pub(crate) fn get(&self, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
+    pub(crate) fn get_as<T>(
+        &self,
+        key: &[u8],
+        wait: crate::pool::Wait,
+        wrap: impl FnOnce(SharedBuffer) -> T,
+    ) -> Result<T> {
         self.check_open()?;
         check_key(key)?;
         let ledger = self.ledger()?;
@@ -219,12 +206,30 @@ impl SharedHandle {
         // reading the index.
         if !self.store.repair_pending_now() {
             if let Some(found) = self.store.peek(key, hash) {
-                if let Some(buf) = self.get_found(ledger, found)? {
-                    return Ok(buf);
+                let h = self.take_entry(ledger)?;
+                // Marked among the record's holders first, so a deleter that sees the reference
+                // looks in this slot's ledger.
+                found.mark_holder(ledger.slot());
+                if let Err(e) = ledger.hold(h, found.ledger_id()) {
+                    self.free_entries.give(h);
+                    return Err(e);
                 }
+                if found.still(SEALED) {
+                    // Confirmed: the object cannot be freed while the reference stands, so its
+                    // fields are the ones its creator wrote.
+                    let obj = match self.store.object_found(&found) {
+                        Ok(obj) => obj,
+                        Err(e) => {
+                            self.withdraw(ledger, h, found.id, found.generation)?;
+                            return Err(e);
+                        }
+                    };
+                    return Ok(wrap(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false }));
+                }
+                self.withdraw(ledger, h, found.id, found.generation)?;
             }
         }
-        self.get_locked(ledger, key, hash, wait)
+        self.get_locked(ledger, key, hash, wait).map(wrap)
     }
 
     /// The get of a key the lock-free path did not find sealed: under the mutex, and waiting for

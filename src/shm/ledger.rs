@@ -168,10 +168,16 @@ impl<'a> Ledger<'a> {
     /// Entry `index`, checked (an index read from shared memory is a claim).
     #[inline]
     fn entry(&self, index: u64) -> Result<&'a Entry> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.entries.get(i))
-            .ok_or_else(|| corrupt(self.slot, format!("entry {index} of {}", self.entries.len())))
+        match usize::try_from(index).ok().and_then(|i| self.entries.get(i)) {
+            Some(entry) => Ok(entry),
+            None => Err(self.no_entry(index)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_entry(&self, index: u64) -> Error {
+        corrupt(self.slot, format!("entry {index} of {}", self.entries.len()))
     }
 
     /// The high-water mark, checked.
@@ -189,9 +195,15 @@ impl<'a> Ledger<'a> {
         let entry = self.entry(handle.0)?;
         let found = entry.state.load(Ordering::Relaxed);
         if found != EMPTY {
-            return Err(corrupt(self.slot, format!("entry {} is in state {found}, expected it empty", handle.0)));
+            return Err(self.not_empty(handle, found));
         }
         Ok(entry)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_empty(&self, handle: Handle, found: u32) -> Error {
+        corrupt(self.slot, format!("entry {} is in state {found}, expected it empty", handle.0))
     }
 
     /// Records a create of `id` in `handle`'s entry, before the record is claimed (under the
@@ -217,7 +229,7 @@ impl<'a> Ledger<'a> {
     /// Publishes a read reference on `id` in `handle`'s entry. Sequentially consistent: a
     /// deleter that marks the object after this is ordered before the reader's re-check of it
     /// scans this entry.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hold(&self, handle: Handle, id: u64) -> Result<()> {
         let entry = self.empty_entry(handle)?;
         entry.id.store(id, Ordering::Relaxed);

@@ -82,6 +82,12 @@ fn corrupt(why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: {why}"))
 }
 
+#[cold]
+#[inline(never)]
+fn outside_data(id: u32, offset: u64, size: u64) -> Error {
+    corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area"))
+}
+
 /// The creator's choices, fixed for the pool's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Config {
@@ -665,7 +671,16 @@ impl<'a> Store<'a> {
     /// Record `id`, checked (an id read from shared memory is a claim).
     #[inline]
     fn rec(&self, id: u32) -> Result<&'a Rec> {
-        self.recs.get(id as usize).ok_or_else(|| corrupt(format!("record {id} of {}", self.recs.len())))
+        match self.recs.get(id as usize) {
+            Some(rec) => Ok(rec),
+            None => Err(self.no_record(id)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_record(&self, id: u32) -> Error {
+        corrupt(format!("record {id} of {}", self.recs.len()))
     }
 
     #[inline]
@@ -746,7 +761,7 @@ impl<'a> Store<'a> {
         let rec = self.rec(id)?;
         let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
-            return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
+            return Err(outside_data(id, offset, size));
         }
         Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
     }
@@ -850,12 +865,12 @@ impl<'a> Store<'a> {
 
     /// [`Store::object_held`] and [`Store::touch`] of a record [`Store::peek`] found, once the
     /// caller's reference on it is confirmed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn object_found(&self, found: &Found<'a>) -> Result<Object> {
         let rec = found.rec;
         let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
-            return Err(corrupt(format!("object {}: {size} bytes at {offset} lie outside the data area", found.id)));
+            return Err(outside_data(found.id, offset, size));
         }
         let parts = if rec.parts() == 0 { None } else { self.parts_of(rec)? };
         if self.cfg.evict_lru {
