@@ -30,7 +30,7 @@ use std::hash::BuildHasher;
 use std::io;
 use std::mem::size_of;
 use std::sync::atomic::{
-    AtomicU32, AtomicU64,
+    AtomicU32, AtomicU64, Ordering,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
@@ -263,9 +263,10 @@ unsafe impl Shared for Control {}
 /// reads one line of it.
 #[repr(C, align(64))]
 pub(crate) struct Rec {
-    state: AtomicU32,
-    /// Bumped at every create that uses the record, so (id, generation) names one object.
-    generation: AtomicU32,
+    /// The record's state ([`FREE`], [`UNSEALED`], [`SEALED`] or [`DELETED`]) and its
+    /// generation, bumped at every create that uses the record so that (id, generation) names
+    /// one object: one word ([`stamp`]), so that a reader reads both at once.
+    stamp: AtomicU64,
     /// Bit `slot % 32` of every process slot whose ledger may hold a reference on the object:
     /// where a deleter looks. Set by a reader before it publishes its reference; only a create
     /// clears it.
@@ -294,6 +295,8 @@ const KEY_LEN_BITS: u32 = 13;
 
 const _: () = {
     assert!(size_of::<Rec>() == 64);
+    assert!(std::mem::offset_of!(Rec, stamp) == 0);
+    assert!(std::mem::offset_of!(Rec, holders) == 8);
     assert!(std::mem::offset_of!(Rec, shape) == 16);
     assert!(std::mem::offset_of!(Rec, size) == 40);
     assert!(std::mem::offset_of!(Rec, inline) == 48);
@@ -301,7 +304,58 @@ const _: () = {
     assert!(crate::parts::MAX_PARTS < 1 << (32 - KEY_LEN_BITS));
 };
 
+/// A record's state and generation as its `stamp` word: the two 32-bit halves that hold the
+/// state (the word's first four bytes) and the generation (the next four), as the two fields of
+/// the earlier layout did.
+#[inline]
+const fn stamp(state: u32, generation: u32) -> u64 {
+    if cfg!(target_endian = "little") {
+        (generation as u64) << 32 | state as u64
+    } else {
+        (state as u64) << 32 | generation as u64
+    }
+}
+
+/// The state and the generation of a [`stamp`].
+#[inline]
+const fn unstamp(word: u64) -> (u32, u32) {
+    if cfg!(target_endian = "little") {
+        (word as u32, (word >> 32) as u32)
+    } else {
+        ((word >> 32) as u32, word as u32)
+    }
+}
+
 impl Rec {
+    #[inline]
+    fn state(&self, order: Ordering) -> u32 {
+        unstamp(self.stamp.load(order)).0
+    }
+
+    #[inline]
+    fn generation(&self, order: Ordering) -> u32 {
+        unstamp(self.stamp.load(order)).1
+    }
+
+    /// Sets the state and keeps the generation, under the mutex. The generation changes only
+    /// under the mutex, and the state too but for a seal ([`Store::seal`]) of an unsealed
+    /// record, which this overwrites as a store of the state alone would.
+    fn set_state(&self, state: u32, order: Ordering) {
+        let (now, generation) = unstamp(self.stamp.load(Relaxed));
+        if now != UNSEALED {
+            self.stamp.store(stamp(state, generation), order);
+            return;
+        }
+        // Never fails: the closure always answers a word.
+        let _ = self.stamp.fetch_update(order, Relaxed, |word| Some(stamp(state, unstamp(word).1)));
+    }
+
+    /// Sets the generation of a record nobody else changes now (a free record, under the mutex).
+    fn set_generation(&self, generation: u32, order: Ordering) {
+        let state = self.state(Relaxed);
+        self.stamp.store(stamp(state, generation), order);
+    }
+
     #[inline]
     fn key_len(&self) -> usize {
         (self.shape.load(Relaxed) & ((1 << KEY_LEN_BITS) - 1)) as usize
@@ -390,7 +444,7 @@ impl Found<'_> {
 
     #[inline]
     fn is(rec: &Rec, generation: u32, state: u32) -> bool {
-        rec.state.load(SeqCst) == state && rec.generation.load(Acquire) == generation
+        rec.stamp.load(SeqCst) == stamp(state, generation)
     }
 }
 
@@ -763,7 +817,7 @@ impl<'a> Store<'a> {
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
             return Err(outside_data(id, offset, size));
         }
-        Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
+        Ok(Object { id, generation: rec.generation(Relaxed), offset, size, parts: self.parts_of(rec)? })
     }
 
     /// The key of record `id` where it lies in the pool, checked: for a holder of a reference
@@ -818,10 +872,11 @@ impl<'a> Store<'a> {
             }
             let id = link - 1;
             let rec = self.recs.get(id as usize)?;
-            // The generation first, with acquire: its store at a create follows the record's
-            // last free, so a state read after it is the new object's (or later).
-            let generation = rec.generation.load(Acquire);
-            if rec.state.load(Acquire) == SEALED && self.key_is(rec, key, inline).unwrap_or(false) {
+            // State and generation in one read, with acquire: the key read after it is the
+            // object's of that generation (or a later one's, which the caller's re-check of the
+            // stamp finds out).
+            let (state, generation) = unstamp(rec.stamp.load(Acquire));
+            if state == SEALED && self.key_is(rec, key, inline).unwrap_or(false) {
                 return Some(Found { id, generation, rec });
             }
             link = rec.next.load(Acquire);
@@ -913,7 +968,7 @@ impl<'a> Store<'a> {
         let mut freed = 0;
         for id in 0..high {
             let rec = self.rec(id)?;
-            if rec.state.load(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation.load(Relaxed))? {
+            if rec.state(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation(Relaxed))? {
                 freed += 1;
             }
         }
@@ -950,7 +1005,7 @@ impl<'a> Store<'a> {
         if head != 0 {
             let id = u32::try_from(head - 1).map_err(|_| corrupt(format!("free record {head}")))?;
             let rec = self.rec(id)?;
-            if rec.state.load(Relaxed) != FREE {
+            if rec.state(Relaxed) != FREE {
                 return Err(corrupt(format!("record {id} on the free list is in use")));
             }
             self.ctl.free_head.store(rec.next.load(Relaxed) as u64, Relaxed);
@@ -1040,7 +1095,7 @@ impl<'a> Store<'a> {
             return undo(e);
         }
         let rec = self.rec(id)?;
-        let mut generation = rec.generation.load(Relaxed).wrapping_add(1);
+        let mut generation = rec.generation(Relaxed).wrapping_add(1);
         if generation == 0 {
             generation = 1;
         }
@@ -1050,7 +1105,7 @@ impl<'a> Store<'a> {
         // Cleared before the new generation is published: a reader that sees the generation
         // sees the cleared bits, and sets its own after.
         rec.holders.store(Self::holder_bit(ledger.slot()), Relaxed);
-        rec.generation.store(generation, Release);
+        rec.set_generation(generation, Release);
         if key.len() > INLINE_KEY {
             // SAFETY: the range was just allocated under the mutex and no record names it yet.
             unsafe { self.keys.write_bytes(extra, key)? };
@@ -1075,7 +1130,7 @@ impl<'a> Store<'a> {
         rec.inline[1].store(inline[1], Relaxed);
         let bucket = self.bucket(hash);
         rec.next.store(bucket.load(Relaxed), Relaxed);
-        rec.state.store(UNSEALED, Release);
+        rec.set_state(UNSEALED, Release);
         bucket.store(id + 1, Release);
         add(&self.ctl.live, 1);
         add(&self.ctl.used, units * GRANULE as u64);
@@ -1094,13 +1149,14 @@ impl<'a> Store<'a> {
     /// or this sees its count and wakes it.
     pub(crate) fn seal(&self, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
         let rec = self.rec(id)?;
-        if rec.generation.load(Acquire) != generation {
+        if rec.generation(Acquire) != generation {
             return Ok(None);
         }
         if self.cfg.evict_lru {
             rec.last_used.store(self.tick() as u32, Relaxed);
         }
-        if rec.state.compare_exchange(UNSEALED, SEALED, SeqCst, SeqCst).is_err() {
+        let (unsealed, sealed) = (stamp(UNSEALED, generation), stamp(SEALED, generation));
+        if rec.stamp.compare_exchange(unsealed, sealed, SeqCst, SeqCst).is_err() {
             return Ok(None);
         }
         let hash = self.hash(self.key_in_place(id)?);
@@ -1124,7 +1180,7 @@ impl<'a> Store<'a> {
         }
         rec.node.store(NIL, Relaxed);
         rec.key_node.store(NIL, Relaxed);
-        rec.state.store(FREE, Release);
+        rec.set_state(FREE, Release);
         sub(&self.ctl.live, 1);
         sub(&self.ctl.used, units * GRANULE as u64);
         self.give_id(g, id)
@@ -1145,7 +1201,7 @@ impl<'a> Store<'a> {
             return Ok(false);
         }
         self.unlink(g, id)?;
-        self.rec(id)?.state.store(DELETED, SeqCst);
+        self.rec(id)?.set_state(DELETED, SeqCst);
         sub(&self.ctl.keys, 1);
         self.free_record(g, id)?;
         Ok(true)
@@ -1157,7 +1213,7 @@ impl<'a> Store<'a> {
         let Some(id) = self.find(g, key, hash)? else {
             return Ok(Lookup::Absent);
         };
-        if self.rec(id)?.state.load(Relaxed) != SEALED {
+        if self.rec(id)?.state(Relaxed) != SEALED {
             return Ok(Lookup::Unsealed);
         }
         Ok(Lookup::Sealed(self.object(id)?))
@@ -1168,16 +1224,16 @@ impl<'a> Store<'a> {
     fn remove(&self, g: &Locked<'_>, id: u32) -> Result<()> {
         let rec = self.rec(id)?;
         self.unlink(g, id)?;
-        rec.state.swap(DELETED, SeqCst);
+        rec.set_state(DELETED, SeqCst);
         sub(&self.ctl.keys, 1);
-        self.free_if_unheld(g, id, rec.generation.load(Relaxed))?;
+        self.free_if_unheld(g, id, rec.generation(Relaxed))?;
         Ok(())
     }
 
     /// Removes a sealed key.
     pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8]) -> Result<()> {
         let id = self.find(g, key, self.hash(key))?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
-        if self.rec(id)?.state.load(Relaxed) != SEALED {
+        if self.rec(id)?.state(Relaxed) != SEALED {
             return Err(Error::NotSealed(crate::error::Key::new(key)));
         }
         self.remove(g, id)
@@ -1186,7 +1242,7 @@ impl<'a> Store<'a> {
     /// Whether `key` is sealed.
     pub(crate) fn contains_sealed(&self, g: &Locked<'_>, key: &[u8]) -> Result<bool> {
         Ok(match self.find(g, key, self.hash(key))? {
-            Some(id) => self.rec(id)?.state.load(Relaxed) == SEALED,
+            Some(id) => self.rec(id)?.state(Relaxed) == SEALED,
             None => false,
         })
     }
@@ -1199,7 +1255,7 @@ impl<'a> Store<'a> {
         let mut candidates: Vec<(std::cmp::Reverse<u32>, u32)> = self.recs[..high]
             .iter()
             .enumerate()
-            .filter(|(id, r)| r.state.load(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
+            .filter(|(id, r)| r.state(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
             // Oldest first: the longest since its last use, on a clock that wraps at 2^32.
             .map(|(id, r)| (std::cmp::Reverse(now.wrapping_sub(r.last_used.load(Relaxed))), id as u32))
             .collect();
@@ -1208,10 +1264,10 @@ impl<'a> Store<'a> {
         // settle it, as for a delete; a candidate taken meanwhile is restored and the next tried.
         for (_, id) in candidates.into_iter().take(64) {
             let rec = self.rec(id)?;
-            let generation = rec.generation.load(Relaxed);
-            rec.state.swap(DELETED, SeqCst);
+            let generation = rec.generation(Relaxed);
+            rec.set_state(DELETED, SeqCst);
             if self.held(id, generation)? {
-                rec.state.store(SEALED, SeqCst);
+                rec.set_state(SEALED, SeqCst);
                 continue;
             }
             self.unlink(g, id)?;
@@ -1256,7 +1312,7 @@ impl<'a> Store<'a> {
             for (state, lid) in ledger.entries()? {
                 let (id, generation) = split_ledger_id(lid);
                 let rec = self.rec(id)?;
-                if rec.generation.load(Relaxed) != generation {
+                if rec.generation(Relaxed) != generation {
                     continue;
                 }
                 if state == CREATING {
@@ -1302,7 +1358,7 @@ impl<'a> Store<'a> {
         let mut free_ids = Vec::new();
         for id in 0..high as u32 {
             let rec = self.rec(id)?;
-            let state = rec.state.load(Relaxed);
+            let state = rec.state(Relaxed);
             if state == FREE {
                 free_ids.push(id);
                 continue;
@@ -1316,7 +1372,7 @@ impl<'a> Store<'a> {
                     _ => held != 0,
                 };
             if !keep {
-                rec.state.store(FREE, Release);
+                rec.set_state(FREE, Release);
                 rec.node.store(NIL, Relaxed);
                 rec.key_node.store(NIL, Relaxed);
                 free_ids.push(id);
@@ -1347,7 +1403,7 @@ impl<'a> Store<'a> {
                 if self.find(g, key, hash)?.is_some() {
                     // Two records of one key: only corruption makes them; the later one goes
                     // (freed by the sweep that follows a repair, unless someone reads it).
-                    rec.state.store(DELETED, SeqCst);
+                    rec.set_state(DELETED, SeqCst);
                 } else {
                     let bucket = self.bucket(hash);
                     rec.next.store(bucket.load(Relaxed), Relaxed);
@@ -1421,7 +1477,7 @@ impl<'a> Store<'a> {
         let (mut live, mut used, mut keys) = (0u64, 0u64, 0u64);
         for id in 0..high as u32 {
             let rec = self.rec(id)?;
-            let state = rec.state.load(Relaxed);
+            let state = rec.state(Relaxed);
             if state == FREE {
                 continue;
             }
