@@ -26,7 +26,7 @@ use crate::shm::offset::Area;
 use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
 use crate::shm::store::{ledger_id, DELETED, SEALED};
-use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, Store};
+use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, PartTable, Store};
 
 /// How to create or attach a shared pool.
 #[derive(Debug, Clone)]
@@ -131,27 +131,37 @@ impl SharedHandle {
             )));
         }
         let ledger = self.ledger()?;
+        // Worked out before the mutex is taken, so that it is held for less.
+        let hash = self.store.hash(key);
+        let table: Option<PartTable> = parts.map(Into::into);
         let h = self.take_entry(ledger)?;
-        let made = self.create_in(ledger, h, key, size, parts);
+        let made = self.create_in(ledger, h, key, hash, size, parts, table);
         if made.is_err() {
             self.free_entries.give(h);
         }
         made
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_in(
         &self,
         ledger: &Ledger<'_>,
         h: Handle,
         key: &[u8],
+        hash: u64,
         size: usize,
         parts: Option<&[(usize, usize)]>,
+        table: Option<PartTable>,
     ) -> Result<SharedBuffer> {
         let mut reclaimed = false;
         loop {
             let g = self.lock()?;
-            let e = match self.store.create(&g, ledger, h, key, size as u64, parts) {
-                Ok(obj) => return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true }),
+            let e = match self.store.create(&g, ledger, h, key, hash, size as u64, parts) {
+                Ok(mut obj) => {
+                    drop(g);
+                    obj.parts = table;
+                    return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true });
+                }
                 Err(CreateError::AlreadyExists) => return Err(Error::AlreadyExists(Key::new(key))),
                 Err(CreateError::Other(e)) => return Err(e),
                 Err(e) => e,

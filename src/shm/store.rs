@@ -1026,18 +1026,21 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
-    /// Creates an unsealed object for `key`, recorded as `CREATING` in the empty entry `handle`
-    /// of `ledger` before the record is claimed.
+    /// Creates an unsealed object for `key` (whose [`Store::hash`] is `hash`, computed before
+    /// the mutex was taken), recorded as `CREATING` in the empty entry `handle` of `ledger`
+    /// before the record is claimed. The object answered has no part table: the caller, who
+    /// has it, copies it before taking the mutex.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &self,
         g: &Locked<'_>,
         ledger: &Ledger<'_>,
         handle: Handle,
         key: &[u8],
+        hash: u64,
         size: u64,
         parts: Option<&[(usize, usize)]>,
     ) -> std::result::Result<Object, CreateError> {
-        let hash = self.hash(key);
         if self.find(g, key, hash)?.is_some() {
             return Err(CreateError::AlreadyExists);
         }
@@ -1135,7 +1138,7 @@ impl<'a> Store<'a> {
         add(&self.ctl.live, 1);
         add(&self.ctl.used, units * GRANULE as u64);
         add(&self.ctl.keys, 1);
-        Ok(self.object(id)?)
+        Ok(Object { id, generation, offset, size, parts: None })
     }
 
     /// Seals the unsealed object (`id`, `generation`), without the mutex: only its creator (the
