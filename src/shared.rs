@@ -115,7 +115,7 @@ impl SharedHandle {
     }
 
     /// This thread's lease, for a new buffer.
-    #[inline]
+    #[inline(always)]
     fn lease(&self) -> Arc<Lease> {
         self.leases[shard()].0.clone()
     }
