@@ -838,8 +838,10 @@ impl SharedInner {
     pub(crate) fn delete(&self, key: &[u8]) -> Result<()> {
         self.check_open()?;
         check_key(key)?;
+        // Hashed before the mutex is taken, so that it is held for less.
+        let hash = self.store.hash(key);
         let g = self.lock()?;
-        self.store.delete(&g, key)
+        self.store.delete(&g, key, hash)
     }
 
     pub(crate) fn contains(&self, key: &[u8]) -> bool {

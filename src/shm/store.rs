@@ -976,9 +976,13 @@ impl<'a> Store<'a> {
     }
 
     /// Takes record `id` out of its bucket's chain.
-    fn unlink(&self, _: &Locked<'_>, id: u32) -> Result<()> {
+    fn unlink(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+        self.unlink_hashed(g, id, self.hash(self.key_in_place(id)?))
+    }
+
+    /// [`Store::unlink`] of a record whose key's hash the caller has.
+    fn unlink_hashed(&self, _: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
         let rec = self.rec(id)?;
-        let hash = self.hash(self.key_in_place(id)?);
         let mut at = self.bucket(hash);
         for _ in 0..=self.cfg.max_objects {
             let link = at.load(Relaxed);
@@ -1224,22 +1228,23 @@ impl<'a> Store<'a> {
 
     /// Takes sealed record `id` out of the index and marks it deleted; frees it unless a reader
     /// holds it (its last reader frees it then).
-    fn remove(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+    fn remove(&self, g: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
         let rec = self.rec(id)?;
-        self.unlink(g, id)?;
+        self.unlink_hashed(g, id, hash)?;
         rec.set_state(DELETED, SeqCst);
         sub(&self.ctl.keys, 1);
         self.free_if_unheld(g, id, rec.generation(Relaxed))?;
         Ok(())
     }
 
-    /// Removes a sealed key.
-    pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8]) -> Result<()> {
-        let id = self.find(g, key, self.hash(key))?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
+    /// Removes a sealed key, whose [`Store::hash`] is `hash` (computed before the mutex was
+    /// taken).
+    pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8], hash: u64) -> Result<()> {
+        let id = self.find(g, key, hash)?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
         if self.rec(id)?.state(Relaxed) != SEALED {
             return Err(Error::NotSealed(crate::error::Key::new(key)));
         }
-        self.remove(g, id)
+        self.remove(g, id, hash)
     }
 
     /// Whether `key` is sealed.
