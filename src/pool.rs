@@ -273,9 +273,16 @@ impl Backend {
     pub(crate) fn get(&self, key: &[u8], wait: Wait) -> Result<Buffer> {
         match self {
             Backend::Local(inner) => inner.get(key, wait),
-            Backend::Shared(shared) => shared.get(key, wait).map(Buffer::shared),
+            Backend::Shared(shared) => shared_get(shared, key, wait),
         }
     }
+}
+
+/// [`Backend::get`] of a shared pool: out of line, so that a private pool's get stays as short
+/// as it is without shared pools.
+#[inline(never)]
+fn shared_get(shared: &SharedPool, key: &[u8], wait: Wait) -> Result<Buffer> {
+    shared.get_as(key, wait, Buffer::shared)
 }
 
 /// One reference to one object. Writable while its creator has not sealed it; read-only after.

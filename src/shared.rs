@@ -25,8 +25,8 @@ use crate::shm::name::{PoolName, DEFAULT_DIR, PREFIX};
 use crate::shm::offset::Area;
 use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
-use crate::shm::store::{ledger_id, split_ledger_id, DELETED, SEALED};
-use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, Store};
+use crate::shm::store::{ledger_id, DELETED, SEALED};
+use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, PartTable, Store};
 
 /// How to create or attach a shared pool.
 #[derive(Debug, Clone)]
@@ -115,6 +115,7 @@ impl SharedHandle {
     }
 
     /// This thread's lease, for a new buffer.
+    #[inline(always)]
     fn lease(&self) -> Arc<Lease> {
         self.leases[shard()].0.clone()
     }
@@ -130,8 +131,11 @@ impl SharedHandle {
             )));
         }
         let ledger = self.ledger()?;
+        // Worked out before the mutex is taken, so that it is held for less.
+        let hash = self.store.hash(key);
+        let table: Option<PartTable> = parts.map(Into::into);
         let h = self.take_entry(ledger)?;
-        let made = self.create_in(ledger, h, key, size, parts);
+        let made = self.create_in(ledger, h, key, hash, size, parts, table);
         if made.is_err() {
             self.give_back_failed(ledger, h);
         }
@@ -155,19 +159,26 @@ impl SharedHandle {
         self.free_entries.give(h);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_in(
         &self,
         ledger: &Ledger<'_>,
         h: Handle,
         key: &[u8],
+        hash: u64,
         size: usize,
         parts: Option<&[(usize, usize)]>,
+        table: Option<PartTable>,
     ) -> Result<SharedBuffer> {
         let mut reclaimed = false;
         loop {
             let g = self.lock()?;
-            let e = match self.store.create(&g, ledger, h, key, size as u64, parts) {
-                Ok(obj) => return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true }),
+            let e = match self.store.create(&g, ledger, h, key, hash, size as u64, parts) {
+                Ok(mut obj) => {
+                    drop(g);
+                    obj.parts = table;
+                    return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true });
+                }
                 // The key may be an unsealed create of a process that died: reclaiming aborts it.
                 Err(CreateError::AlreadyExists) => {
                     if !reclaimed {
@@ -206,47 +217,60 @@ impl SharedHandle {
         }
     }
 
-    /// A get without the mutex: finds the sealed record, publishes a reference, confirms the
-    /// record did not change meanwhile. `None` when the key is not sealed now or the record
-    /// changed: the caller asks under the mutex.
-    fn get_unlocked(&self, ledger: &Ledger<'_>, key: &[u8], hash: u64) -> Result<Option<SharedBuffer>> {
-        if self.store.repair_pending_now() {
-            return Ok(None);
-        }
-        let Some(lid) = self.store.peek(key, hash) else { return Ok(None) };
-        let (id, generation) = split_ledger_id(lid);
-        let h = self.hold(ledger, id, generation)?;
-        if self.store.still(id, generation, SEALED)? {
-            // Confirmed: the object cannot be freed while the reference stands, so its fields
-            // are the ones its creator wrote.
-            match self.store.object_held(id) {
-                Ok(obj) => {
-                    self.store.touch(id);
-                    return Ok(Some(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false }));
-                }
-                Err(e) => {
-                    self.withdraw(ledger, h, id, generation)?;
-                    return Err(e);
-                }
-            }
-        }
-        self.withdraw(ledger, h, id, generation)?;
-        Ok(None)
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
+        self.get_as(key, wait, |buf| buf)
     }
 
-    pub(crate) fn get(&self, key: &[u8], wait: crate::pool::Wait) -> Result<SharedBuffer> {
+    /// [`SharedHandle::get`], the buffer made into the caller's type where it is returned.
+    ///
+    /// Without the mutex when the key is sealed: finds the record, publishes a reference,
+    /// confirms the record did not change meanwhile; else (or when the record changed, or a
+    /// repair is pending) under the mutex.
+    #[inline]
+    pub(crate) fn get_as<T>(
+        &self,
+        key: &[u8],
+        wait: crate::pool::Wait,
+        wrap: impl FnOnce(SharedBuffer) -> T,
+    ) -> Result<T> {
         self.check_open()?;
         check_key(key)?;
         let ledger = self.ledger()?;
         let hash = self.store.hash(key);
-        if let Some(found) = self.get_unlocked(ledger, key, hash)? {
-            return Ok(found);
+        // A reader that sees a repair pending takes the mutex (and makes the repair) instead of
+        // reading the index.
+        if !self.store.repair_pending_now() {
+            if let Some(found) = self.store.peek(key, hash) {
+                let h = self.take_entry(ledger)?;
+                // Marked among the record's holders first, so a deleter that sees the reference
+                // looks in this slot's ledger.
+                found.mark_holder(ledger.slot());
+                if let Err(e) = ledger.hold(h, found.ledger_id()) {
+                    self.free_entries.give(h);
+                    return Err(e);
+                }
+                if found.still(SEALED) {
+                    // Confirmed: the object cannot be freed while the reference stands, so its
+                    // fields are the ones its creator wrote.
+                    let obj = match self.store.object_found(&found) {
+                        Ok(obj) => obj,
+                        Err(e) => {
+                            self.withdraw(ledger, h, found.id, found.generation)?;
+                            return Err(e);
+                        }
+                    };
+                    return Ok(wrap(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false }));
+                }
+                self.withdraw(ledger, h, found.id, found.generation)?;
+            }
         }
-        self.get_locked(ledger, key, hash, wait)
+        self.get_locked(ledger, key, hash, wait).map(wrap)
     }
 
-    /// The get of a key [`SharedHandle::get_unlocked`] did not find sealed: under the mutex, and
-    /// waiting for a seal when asked to.
+    /// The get of a key the lock-free path did not find sealed: under the mutex, and waiting for
+    /// a seal when asked to.
+    #[inline(never)]
     fn get_locked(&self, ledger: &Ledger<'_>, key: &[u8], hash: u64, wait: crate::pool::Wait) -> Result<SharedBuffer> {
         use crate::pool::Wait;
         let deadline = match wait {
@@ -345,6 +369,7 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// This thread's shard of every pool's [`FreeEntries`].
+#[inline]
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
@@ -357,26 +382,31 @@ impl FreeEntries {
         Arc::new(FreeEntries { shards: std::array::from_fn(|_| Padded(Mutex::new(Vec::new()))), grow: Mutex::new(()) })
     }
 
+    #[inline]
     fn mine(self: &Arc<Self>, cached: &Cached) -> bool {
         std::sync::Weak::as_ptr(&cached.owner) == Arc::as_ptr(self)
     }
 
     /// An empty entry of `ledger` for this thread: the one it cached, its shard's, a new batch,
     /// or, when the ledger is full, one another shard keeps.
+    #[inline]
     fn take(self: &Arc<Self>, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
-        let cached = THREAD_ENTRIES
-            .try_with(|c| match &mut *c.borrow_mut() {
-                Some(c) if self.mine(c) && c.len > 0 => {
-                    c.len -= 1;
-                    Some(c.entries[c.len])
-                }
-                _ => None,
-            })
-            .ok()
-            .flatten();
-        if let Some(index) = cached {
-            return Ok(Handle(index));
+        let cached = THREAD_ENTRIES.try_with(|c| match &mut *c.borrow_mut() {
+            Some(c) if c.len > 0 && self.mine(c) => {
+                c.len -= 1;
+                Some(c.entries[c.len])
+            }
+            _ => None,
+        });
+        match cached {
+            Ok(Some(index)) => Ok(Handle(index)),
+            _ => self.take_uncached(store, ledger),
         }
+    }
+
+    /// [`FreeEntries::take`] when this thread's cache has none.
+    #[inline(never)]
+    fn take_uncached(self: &Arc<Self>, store: &Store<'_>, ledger: &Ledger<'_>) -> Result<Handle> {
         let mine = &self.shards[shard()].0;
         if let Some(index) = relock(mine).pop() {
             return Ok(Handle(index));
@@ -397,18 +427,28 @@ impl FreeEntries {
 
     /// Gives back an entry: into this thread's cache when that is free (or held for a pool
     /// that is gone), else to this thread's shard.
+    #[inline]
     fn give(self: &Arc<Self>, handle: Handle) {
+        let cached = THREAD_ENTRIES.try_with(|c| match &mut *c.borrow_mut() {
+            Some(c) if c.len < CACHED && self.mine(c) => {
+                c.entries[c.len] = handle.0;
+                c.len += 1;
+                true
+            }
+            _ => false,
+        });
+        if cached != Ok(true) {
+            self.give_uncached(handle);
+        }
+    }
+
+    /// [`FreeEntries::give`] when this thread's cache is full or another pool's.
+    #[inline(never)]
+    fn give_uncached(self: &Arc<Self>, handle: Handle) {
         let cached = THREAD_ENTRIES.try_with(|c| {
             let mut c = c.borrow_mut();
             match &mut *c {
-                Some(c) if self.mine(c) => {
-                    if c.len == CACHED {
-                        return false;
-                    }
-                    c.entries[c.len] = handle.0;
-                    c.len += 1;
-                    true
-                }
+                Some(c) if self.mine(c) => false,
                 Some(other) if other.len > 0 && other.owner.strong_count() > 0 => false,
                 slot => {
                     // Dropping what was there gives nothing back (it holds no entry, or its pool
@@ -609,6 +649,7 @@ impl SharedInner {
         Err(Error::ForkedChild { pid: self.pid })
     }
 
+    #[inline]
     fn check_open(&self) -> Result<()> {
         self.check_mapped()?;
         if self.closed.load(Ordering::Acquire) {
@@ -617,6 +658,7 @@ impl SharedInner {
         Ok(())
     }
 
+    #[inline]
     fn ledger(&self) -> Result<&Ledger<'static>> {
         self.ledger.as_ref().ok_or_else(|| Error::InvalidArgument("an inspector handle holds no objects".into()))
     }
@@ -779,6 +821,7 @@ impl SharedInner {
     }
 
     /// An empty entry of this process's ledger.
+    #[inline]
     fn take_entry(&self, ledger: &Ledger<'_>) -> Result<Handle> {
         self.free_entries.take(&self.store, ledger)
     }
@@ -800,21 +843,33 @@ impl SharedInner {
 
     /// Withdraws the read reference in entry `h` on (`id`, `generation`) and gives the entry
     /// back; frees the object when it was deleted and this was its last reader.
+    #[inline]
     fn withdraw(&self, ledger: &Ledger<'_>, h: Handle, id: u32, generation: u32) -> Result<()> {
         ledger.empty(h)?;
         self.free_entries.give(h);
         if self.store.still(id, generation, DELETED)? {
-            let g = self.lock()?;
-            self.store.free_if_unheld(&g, id, generation)?;
+            self.free_withdrawn(id, generation)?;
         }
+        Ok(())
+    }
+
+    /// The end of a [`SharedInner::withdraw`] from a deleted object: frees it if this was its
+    /// last reader.
+    #[cold]
+    #[inline(never)]
+    fn free_withdrawn(&self, id: u32, generation: u32) -> Result<()> {
+        let g = self.lock()?;
+        self.store.free_if_unheld(&g, id, generation)?;
         Ok(())
     }
 
     pub(crate) fn delete(&self, key: &[u8]) -> Result<()> {
         self.check_open()?;
         check_key(key)?;
+        // Hashed before the mutex is taken, so that it is held for less.
+        let hash = self.store.hash(key);
         let g = self.lock()?;
-        self.store.delete(&g, key)
+        self.store.delete(&g, key, hash)
     }
 
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
@@ -894,19 +949,27 @@ impl SharedBuffer {
 
     /// Releases this reference (aborting the object if it is the creator's, unsealed). Once:
     /// from `drop`.
+    #[inline]
     fn release(&mut self) -> Result<()> {
+        if self.writer {
+            return self.abort();
+        }
+        let pool = &self.pool;
+        pool.withdraw(pool.ledger()?, self.entry, self.obj.id, self.obj.generation)
+    }
+
+    /// [`SharedBuffer::release`] of an unsealed create: aborts the object.
+    #[inline(never)]
+    fn abort(&mut self) -> Result<()> {
         let pool = &self.pool;
         let ledger = pool.ledger()?;
         let h = self.entry;
-        if self.writer {
-            let g = pool.lock()?;
-            pool.store.abort(&g, self.obj.id, self.obj.generation)?;
-            ledger.empty(h)?;
-            drop(g);
-            pool.free_entries.give(h);
-            return Ok(());
-        }
-        pool.withdraw(ledger, h, self.obj.id, self.obj.generation)
+        let g = pool.lock()?;
+        pool.store.abort(&g, self.obj.id, self.obj.generation)?;
+        ledger.empty(h)?;
+        drop(g);
+        pool.free_entries.give(h);
+        Ok(())
     }
 }
 
@@ -988,6 +1051,41 @@ mod tests {
         say("locked");
         let _keep = (held, half, g);
         park();
+    }
+
+    #[test]
+    fn a_pool_file_laid_out_with_one_index_bucket_per_object_attaches_and_works() {
+        // Pools are made with two buckets per object now; a file made with one (the earlier
+        // layout, which the configuration records) is used as it is.
+        let guard = Name::new("onebucket");
+        let path = pool_path(&guard.0, None).unwrap();
+        let mut cfg = Config::new(1 << 20, 1000, false, header::fresh_generation()).unwrap();
+        assert_eq!(cfg.buckets, 2048, "two buckets or more per object");
+        cfg.buckets = 1024;
+        let layout = Layout::plan(cfg.metadata().unwrap(), cfg.capacity, 4096, header::fresh_generation()).unwrap();
+        let ranges = Store::creation_ranges(&layout, &cfg);
+        let made = PoolFile::create(&path, &layout, Sharing::Owner, Reserve::Ranges(&ranges), |file, layout| {
+            let store = Store::new(file, layout, cfg, None)?;
+            // SAFETY: `create` runs this before publishing the file, which nobody uses yet.
+            unsafe { store.init() }
+        })
+        .unwrap();
+        drop(made);
+        let pool = Pool::attach(&guard.0, &options()).unwrap();
+        let crate::pool::Backend::Shared(shared) = pool.share() else { panic!("not shared") };
+        assert_eq!(shared.store.cfg.buckets, 1024);
+        for i in 0..1000u32 {
+            pool.put(format!("key-{i}").as_bytes(), &i.to_ne_bytes()).unwrap();
+        }
+        for i in (0..1000u32).rev() {
+            assert_eq!(pool.get(format!("key-{i}").as_bytes(), Wait::Now).unwrap().as_slice(), i.to_ne_bytes());
+        }
+        pool.check().unwrap();
+        for i in 0..1000u32 {
+            pool.delete(format!("key-{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(pool.stats().key_count, 0);
+        pool.check().unwrap();
     }
 
     #[test]

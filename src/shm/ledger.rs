@@ -103,6 +103,7 @@ pub(crate) struct Ledger<'a> {
 /// Entries reserved at a time (64 KiB of them).
 const BACKING_CHUNK: u64 = 4096;
 
+#[cold]
 fn corrupt(slot: usize, why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: ledger of slot {slot}: {why}"))
 }
@@ -127,6 +128,7 @@ impl<'a> Ledger<'a> {
         Ok(Ledger { slot, base, header, entries })
     }
 
+    #[inline]
     pub(crate) fn slot(&self) -> usize {
         self.slot
     }
@@ -164,11 +166,18 @@ impl<'a> Ledger<'a> {
     }
 
     /// Entry `index`, checked (an index read from shared memory is a claim).
+    #[inline]
     fn entry(&self, index: u64) -> Result<&'a Entry> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.entries.get(i))
-            .ok_or_else(|| corrupt(self.slot, format!("entry {index} of {}", self.entries.len())))
+        match usize::try_from(index).ok().and_then(|i| self.entries.get(i)) {
+            Some(entry) => Ok(entry),
+            None => Err(self.no_entry(index)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_entry(&self, index: u64) -> Error {
+        corrupt(self.slot, format!("entry {index} of {}", self.entries.len()))
     }
 
     /// The high-water mark, checked.
@@ -181,13 +190,20 @@ impl<'a> Ledger<'a> {
     }
 
     /// The empty entry of `handle`, handed out to the caller.
+    #[inline]
     fn empty_entry(&self, handle: Handle) -> Result<&'a Entry> {
         let entry = self.entry(handle.0)?;
         let found = entry.state.load(Ordering::Relaxed);
         if found != EMPTY {
-            return Err(corrupt(self.slot, format!("entry {} is in state {found}, expected it empty", handle.0)));
+            return Err(self.not_empty(handle, found));
         }
         Ok(entry)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_empty(&self, handle: Handle, found: u32) -> Error {
+        corrupt(self.slot, format!("entry {} is in state {found}, expected it empty", handle.0))
     }
 
     /// Records a create of `id` in `handle`'s entry, before the record is claimed (under the
@@ -213,6 +229,7 @@ impl<'a> Ledger<'a> {
     /// Publishes a read reference on `id` in `handle`'s entry. Sequentially consistent: a
     /// deleter that marks the object after this is ordered before the reader's re-check of it
     /// scans this entry.
+    #[inline(always)]
     pub(crate) fn hold(&self, handle: Handle, id: u64) -> Result<()> {
         let entry = self.empty_entry(handle)?;
         entry.id.store(id, Ordering::Relaxed);
@@ -228,6 +245,7 @@ impl<'a> Ledger<'a> {
     /// Withdraws what `handle`'s entry records. Sequentially consistent, like [`Ledger::hold`],
     /// so that a releaser re-reading the object after this and a deleter scanning after marking
     /// it cannot both miss each other.
+    #[inline]
     pub(crate) fn empty(&self, handle: Handle) -> Result<()> {
         self.entry(handle.0)?.state.swap(EMPTY, Ordering::SeqCst);
         Ok(())

@@ -95,23 +95,34 @@ impl<'a> Area<'a> {
     }
 
     /// The address of `len` bytes at `offset`, aligned to `align`: the only bounds check.
+    #[inline]
     fn locate(&self, offset: u64, len: u64, align: usize) -> Result<*mut u8> {
         let end = offset.checked_add(len);
         if end.is_none_or(|end| end > self.len as u64) {
-            return Err(Error::Internal(format!(
-                "shared pool metadata is corrupt: {} bytes at offset {offset} lie outside the {} ({} bytes)",
-                len, self.what, self.len
-            )));
+            return Err(self.outside(offset, len));
         }
         // In bounds, so `offset` fits a usize and the sum stays inside the mapping.
         let addr = self.base.wrapping_add(offset as usize);
         if (addr as usize) % align != 0 {
-            return Err(Error::Internal(format!(
-                "shared pool metadata is corrupt: offset {offset} in the {} is not aligned to {align}",
-                self.what
-            )));
+            return Err(self.misaligned(offset, align));
         }
         Ok(addr)
+    }
+
+    #[cold]
+    fn outside(&self, offset: u64, len: u64) -> Error {
+        Error::Internal(format!(
+            "shared pool metadata is corrupt: {} bytes at offset {offset} lie outside the {} ({} bytes)",
+            len, self.what, self.len
+        ))
+    }
+
+    #[cold]
+    fn misaligned(&self, offset: u64, align: usize) -> Error {
+        Error::Internal(format!(
+            "shared pool metadata is corrupt: offset {offset} in the {} is not aligned to {align}",
+            self.what
+        ))
     }
 
     /// The `T` at `offset`.
@@ -179,6 +190,7 @@ impl<'a> Area<'a> {
     }
 
     /// The address of byte `offset` (at most the area's length), for data handed to callers.
+    #[inline]
     pub(crate) fn ptr_at(&self, offset: u64, len: u64) -> Result<*mut u8> {
         self.locate(offset, len, 1)
     }

@@ -30,7 +30,7 @@ use std::hash::BuildHasher;
 use std::io;
 use std::mem::size_of;
 use std::sync::atomic::{
-    AtomicU32, AtomicU64,
+    AtomicU32, AtomicU64, Ordering,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
@@ -77,8 +77,15 @@ fn sub(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
 }
 
+#[cold]
 fn corrupt(why: String) -> Error {
     Error::Internal(format!("shared pool metadata is corrupt: {why}"))
+}
+
+#[cold]
+#[inline(never)]
+fn outside_data(id: u32, offset: u64, size: u64) -> Error {
+    corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area"))
 }
 
 /// The creator's choices, fixed for the pool's life.
@@ -87,7 +94,7 @@ pub(crate) struct Config {
     /// Bytes of object memory (a multiple of 64).
     pub capacity: u64,
     pub max_objects: u64,
-    /// Index buckets (a power of two).
+    /// Index buckets (a power of two, at least `max_objects`).
     pub buckets: u64,
     /// Bytes of long-key and part-table storage (a multiple of 64).
     pub key_heap: u64,
@@ -121,7 +128,9 @@ impl Config {
         Ok(Config {
             capacity,
             max_objects,
-            buckets: max_objects.next_power_of_two(),
+            // Two buckets or more per object: chains of about half an entry at the limit, so a
+            // lookup reads about 1.25 records instead of 1.5. Pools made with fewer keep theirs.
+            buckets: (2 * max_objects).next_power_of_two(),
             key_heap,
             slots: DEFAULT_SLOTS,
             // An entry per buffer a process holds; the area is sparse and not reserved up front.
@@ -254,9 +263,10 @@ unsafe impl Shared for Control {}
 /// reads one line of it.
 #[repr(C, align(64))]
 pub(crate) struct Rec {
-    state: AtomicU32,
-    /// Bumped at every create that uses the record, so (id, generation) names one object.
-    generation: AtomicU32,
+    /// The record's state ([`FREE`], [`UNSEALED`], [`SEALED`] or [`DELETED`]) and its
+    /// generation, bumped at every create that uses the record so that (id, generation) names
+    /// one object: one word ([`stamp`]), so that a reader reads both at once.
+    stamp: AtomicU64,
     /// Bit `slot % 32` of every process slot whose ledger may hold a reference on the object:
     /// where a deleter looks. Set by a reader before it publishes its reference; only a create
     /// clears it.
@@ -285,6 +295,8 @@ const KEY_LEN_BITS: u32 = 13;
 
 const _: () = {
     assert!(size_of::<Rec>() == 64);
+    assert!(std::mem::offset_of!(Rec, stamp) == 0);
+    assert!(std::mem::offset_of!(Rec, holders) == 8);
     assert!(std::mem::offset_of!(Rec, shape) == 16);
     assert!(std::mem::offset_of!(Rec, size) == 40);
     assert!(std::mem::offset_of!(Rec, inline) == 48);
@@ -292,21 +304,76 @@ const _: () = {
     assert!(crate::parts::MAX_PARTS < 1 << (32 - KEY_LEN_BITS));
 };
 
+/// A record's state and generation as its `stamp` word: the two 32-bit halves that hold the
+/// state (the word's first four bytes) and the generation (the next four), as the two fields of
+/// the earlier layout did.
+#[inline]
+const fn stamp(state: u32, generation: u32) -> u64 {
+    if cfg!(target_endian = "little") {
+        (generation as u64) << 32 | state as u64
+    } else {
+        (state as u64) << 32 | generation as u64
+    }
+}
+
+/// The state and the generation of a [`stamp`].
+#[inline]
+const fn unstamp(word: u64) -> (u32, u32) {
+    if cfg!(target_endian = "little") {
+        (word as u32, (word >> 32) as u32)
+    } else {
+        ((word >> 32) as u32, word as u32)
+    }
+}
+
 impl Rec {
+    #[inline]
+    fn state(&self, order: Ordering) -> u32 {
+        unstamp(self.stamp.load(order)).0
+    }
+
+    #[inline]
+    fn generation(&self, order: Ordering) -> u32 {
+        unstamp(self.stamp.load(order)).1
+    }
+
+    /// Sets the state and keeps the generation, under the mutex. The generation changes only
+    /// under the mutex, and the state too but for a seal ([`Store::seal`]) of an unsealed
+    /// record, which this overwrites as a store of the state alone would.
+    fn set_state(&self, state: u32, order: Ordering) {
+        let (now, generation) = unstamp(self.stamp.load(Relaxed));
+        if now != UNSEALED {
+            self.stamp.store(stamp(state, generation), order);
+            return;
+        }
+        // Never fails: the closure always answers a word.
+        let _ = self.stamp.fetch_update(order, Relaxed, |word| Some(stamp(state, unstamp(word).1)));
+    }
+
+    /// Sets the generation of a record nobody else changes now (a free record, under the mutex).
+    fn set_generation(&self, generation: u32, order: Ordering) {
+        let state = self.state(Relaxed);
+        self.stamp.store(stamp(state, generation), order);
+    }
+
+    #[inline]
     fn key_len(&self) -> usize {
         (self.shape.load(Relaxed) & ((1 << KEY_LEN_BITS) - 1)) as usize
     }
 
+    #[inline]
     fn parts(&self) -> u64 {
         (self.shape.load(Relaxed) >> KEY_LEN_BITS) as u64
     }
 
     /// The block's offset in the data area.
+    #[inline]
     fn offset(&self) -> u64 {
         self.offset_units.load(Relaxed) as u64 * GRANULE as u64
     }
 
     /// The long key's and part table's offset in the key heap.
+    #[inline]
     fn extra(&self) -> u64 {
         self.extra_units.load(Relaxed) as u64 * GRANULE as u64
     }
@@ -328,12 +395,57 @@ pub(crate) struct Object {
     pub parts: Option<PartTable>,
 }
 
+#[inline]
 pub(crate) fn ledger_id(id: u32, generation: u32) -> u64 {
     (generation as u64) << 32 | id as u64
 }
 
+#[inline]
 pub(crate) fn split_ledger_id(id: u64) -> (u32, u32) {
     (id as u32, (id >> 32) as u32)
+}
+
+/// A sealed record [`Store::peek`] found without the mutex: the object of (`id`, `generation`)
+/// when it was read, and the record, to confirm it once a reference is published.
+#[derive(Clone, Copy)]
+pub(crate) struct Found<'a> {
+    pub id: u32,
+    pub generation: u32,
+    rec: &'a Rec,
+}
+
+impl Found<'_> {
+    /// The object's [`ledger_id`].
+    #[inline]
+    pub(crate) fn ledger_id(&self) -> u64 {
+        ledger_id(self.id, self.generation)
+    }
+
+    /// Marks process slot `slot` as one that may hold a reference on the record, before it
+    /// publishes one. A bit already set costs no write (a hot object stays shared by the caches).
+    #[inline]
+    pub(crate) fn mark_holder(&self, slot: usize) {
+        Self::mark(self.rec, slot);
+    }
+
+    #[inline]
+    fn mark(rec: &Rec, slot: usize) {
+        let bit = Store::holder_bit(slot);
+        if rec.holders.load(Acquire) & bit == 0 {
+            rec.holders.fetch_or(bit, SeqCst);
+        }
+    }
+
+    /// Whether the record still holds this object in `state` ([`Store::still`]).
+    #[inline]
+    pub(crate) fn still(&self, state: u32) -> bool {
+        Self::is(self.rec, self.generation, state)
+    }
+
+    #[inline]
+    fn is(rec: &Rec, generation: u32, state: u32) -> bool {
+        rec.stamp.load(SeqCst) == stamp(state, generation)
+    }
 }
 
 /// Why a create failed.
@@ -578,6 +690,7 @@ impl<'a> Store<'a> {
     }
 
     /// The `holders` bit of process slot `slot`.
+    #[inline]
     fn holder_bit(slot: usize) -> u32 {
         1 << (slot % 32)
     }
@@ -590,6 +703,7 @@ impl<'a> Store<'a> {
         Tlsf::from_parts(self.key_core, self.key_nodes)
     }
 
+    #[inline]
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
@@ -609,14 +723,26 @@ impl<'a> Store<'a> {
     }
 
     /// Record `id`, checked (an id read from shared memory is a claim).
+    #[inline]
     fn rec(&self, id: u32) -> Result<&'a Rec> {
-        self.recs.get(id as usize).ok_or_else(|| corrupt(format!("record {id} of {}", self.recs.len())))
+        match self.recs.get(id as usize) {
+            Some(rec) => Ok(rec),
+            None => Err(self.no_record(id)),
+        }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn no_record(&self, id: u32) -> Error {
+        corrupt(format!("record {id} of {}", self.recs.len()))
+    }
+
+    #[inline]
     fn bucket(&self, hash: u64) -> &'a AtomicU32 {
         &self.buckets[(hash & (self.cfg.buckets - 1)) as usize]
     }
 
+    #[inline]
     fn key_is(&self, rec: &Rec, key: &[u8], inline: Option<[u64; 2]>) -> Result<bool> {
         if rec.key_len() != key.len() {
             return Ok(false);
@@ -631,6 +757,7 @@ impl<'a> Store<'a> {
 
     /// A key of at most [`INLINE_KEY`] bytes as the two words a record holds it in (the
     /// zero-padded bytes in native order), assembled from whole-word loads.
+    #[inline]
     fn inline_words(key: &[u8]) -> Option<[u64; 2]> {
         if key.len() > INLINE_KEY {
             return None;
@@ -643,6 +770,7 @@ impl<'a> Store<'a> {
     }
 
     /// Up to 8 bytes as a zero-padded native word.
+    #[inline]
     fn word(b: &[u8]) -> u64 {
         let mut w = [0u8; 8];
         w[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
@@ -687,9 +815,9 @@ impl<'a> Store<'a> {
         let rec = self.rec(id)?;
         let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
-            return Err(corrupt(format!("object {id}: {size} bytes at {offset} lie outside the data area")));
+            return Err(outside_data(id, offset, size));
         }
-        Ok(Object { id, generation: rec.generation.load(Relaxed), offset, size, parts: self.parts_of(rec)? })
+        Ok(Object { id, generation: rec.generation(Relaxed), offset, size, parts: self.parts_of(rec)? })
     }
 
     /// The key of record `id` where it lies in the pool, checked: for a holder of a reference
@@ -729,11 +857,12 @@ impl<'a> Store<'a> {
         Err(corrupt("an index chain loops".into()))
     }
 
-    /// The sealed record holding `key`, found without the mutex, as its [`ledger_id`] (the
-    /// record's id and generation in one word): a candidate only, which the caller confirms with [`Store::still`] once its reference is
-    /// published. `None` when the index shows no sealed record of the key now, or when what it
-    /// read was changing under it: the caller asks again under the mutex.
-    pub(crate) fn peek(&self, key: &[u8], hash: u64) -> Option<u64> {
+    /// The sealed record holding `key`, found without the mutex: a candidate only, which the
+    /// caller confirms with [`Found::still`] once its reference is published. `None` when the
+    /// index shows no sealed record of the key now, or when what it read was changing under it:
+    /// the caller asks again under the mutex.
+    #[inline]
+    pub(crate) fn peek(&self, key: &[u8], hash: u64) -> Option<Found<'a>> {
         let inline = Self::inline_words(key);
         let mut link = self.bucket(hash).load(Acquire);
         // A chain walked while it changes may lead anywhere: a bounded walk, then the mutex.
@@ -743,11 +872,12 @@ impl<'a> Store<'a> {
             }
             let id = link - 1;
             let rec = self.recs.get(id as usize)?;
-            // The generation first, with acquire: its store at a create follows the record's
-            // last free, so a state read after it is the new object's (or later).
-            let generation = rec.generation.load(Acquire);
-            if rec.state.load(Acquire) == SEALED && self.key_is(rec, key, inline).unwrap_or(false) {
-                return Some(ledger_id(id, generation));
+            // State and generation in one read, with acquire: the key read after it is the
+            // object's of that generation (or a later one's, which the caller's re-check of the
+            // stamp finds out).
+            let (state, generation) = unstamp(rec.stamp.load(Acquire));
+            if state == SEALED && self.key_is(rec, key, inline).unwrap_or(false) {
+                return Some(Found { id, generation, rec });
             }
             link = rec.next.load(Acquire);
         }
@@ -755,36 +885,53 @@ impl<'a> Store<'a> {
     }
 
     /// Marks process slot `slot` as one that may hold a reference on record `id`, before it
-    /// publishes one. A bit already set costs no write (a hot object stays shared by the caches).
+    /// publishes one (see [`Found::mark_holder`]).
     pub(crate) fn mark_holder(&self, id: u32, slot: usize) -> Result<()> {
-        let bit = Self::holder_bit(slot);
-        let rec = self.rec(id)?;
-        if rec.holders.load(Acquire) & bit == 0 {
-            rec.holders.fetch_or(bit, SeqCst);
-        }
+        Found::mark(self.rec(id)?, slot);
         Ok(())
     }
 
     /// Whether record `id` still holds the object of `generation` in `state`, read with the
     /// sequential consistency that orders it against a deleter's scan (see the module's
     /// documentation).
+    #[inline]
     pub(crate) fn still(&self, id: u32, generation: u32, state: u32) -> Result<bool> {
-        let rec = self.rec(id)?;
-        Ok(rec.state.load(SeqCst) == state && rec.generation.load(Acquire) == generation)
+        Ok(Found::is(self.rec(id)?, generation, state))
     }
 
     /// Refreshes the recency of record `id` for LRU eviction, without the mutex: to the clock's
     /// value, which only creates and seals advance, so readers of a hot object write nothing.
+    #[inline]
     pub(crate) fn touch(&self, id: u32) {
         if !self.cfg.evict_lru {
             return;
         }
         if let Some(rec) = self.recs.get(id as usize) {
-            let now = self.ctl.clock.load(Relaxed) as u32;
-            if rec.last_used.load(Relaxed) != now {
-                rec.last_used.store(now, Relaxed);
-            }
+            self.touch_rec(rec);
         }
+    }
+
+    fn touch_rec(&self, rec: &Rec) {
+        let now = self.ctl.clock.load(Relaxed) as u32;
+        if rec.last_used.load(Relaxed) != now {
+            rec.last_used.store(now, Relaxed);
+        }
+    }
+
+    /// [`Store::object_held`] and [`Store::touch`] of a record [`Store::peek`] found, once the
+    /// caller's reference on it is confirmed.
+    #[inline(always)]
+    pub(crate) fn object_found(&self, found: &Found<'a>) -> Result<Object> {
+        let rec = found.rec;
+        let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
+        if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
+            return Err(outside_data(found.id, offset, size));
+        }
+        let parts = if rec.parts() == 0 { None } else { self.parts_of(rec)? };
+        if self.cfg.evict_lru {
+            self.touch_rec(rec);
+        }
+        Ok(Object { id: found.id, generation: found.generation, offset, size, parts })
     }
 
     /// Whether any ledger holds a reference on (`id`, `generation`), or creates it. Called after
@@ -821,7 +968,7 @@ impl<'a> Store<'a> {
         let mut freed = 0;
         for id in 0..high {
             let rec = self.rec(id)?;
-            if rec.state.load(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation.load(Relaxed))? {
+            if rec.state(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation(Relaxed))? {
                 freed += 1;
             }
         }
@@ -829,9 +976,13 @@ impl<'a> Store<'a> {
     }
 
     /// Takes record `id` out of its bucket's chain.
-    fn unlink(&self, _: &Locked<'_>, id: u32) -> Result<()> {
+    fn unlink(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+        self.unlink_hashed(g, id, self.hash(self.key_in_place(id)?))
+    }
+
+    /// [`Store::unlink`] of a record whose key's hash the caller has.
+    fn unlink_hashed(&self, _: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
         let rec = self.rec(id)?;
-        let hash = self.hash(self.key_in_place(id)?);
         let mut at = self.bucket(hash);
         for _ in 0..=self.cfg.max_objects {
             let link = at.load(Relaxed);
@@ -858,7 +1009,7 @@ impl<'a> Store<'a> {
         if head != 0 {
             let id = u32::try_from(head - 1).map_err(|_| corrupt(format!("free record {head}")))?;
             let rec = self.rec(id)?;
-            if rec.state.load(Relaxed) != FREE {
+            if rec.state(Relaxed) != FREE {
                 return Err(corrupt(format!("record {id} on the free list is in use")));
             }
             self.ctl.free_head.store(rec.next.load(Relaxed) as u64, Relaxed);
@@ -879,18 +1030,21 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
-    /// Creates an unsealed object for `key`, recorded as `CREATING` in the empty entry `handle`
-    /// of `ledger` before the record is claimed.
+    /// Creates an unsealed object for `key` (whose [`Store::hash`] is `hash`, computed before
+    /// the mutex was taken), recorded as `CREATING` in the empty entry `handle` of `ledger`
+    /// before the record is claimed. The object answered has no part table: the caller, who
+    /// has it, copies it before taking the mutex.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &self,
         g: &Locked<'_>,
         ledger: &Ledger<'_>,
         handle: Handle,
         key: &[u8],
+        hash: u64,
         size: u64,
         parts: Option<&[(usize, usize)]>,
     ) -> std::result::Result<Object, CreateError> {
-        let hash = self.hash(key);
         if self.find(g, key, hash)?.is_some() {
             return Err(CreateError::AlreadyExists);
         }
@@ -948,7 +1102,7 @@ impl<'a> Store<'a> {
             return undo(e);
         }
         let rec = self.rec(id)?;
-        let mut generation = rec.generation.load(Relaxed).wrapping_add(1);
+        let mut generation = rec.generation(Relaxed).wrapping_add(1);
         if generation == 0 {
             generation = 1;
         }
@@ -958,7 +1112,7 @@ impl<'a> Store<'a> {
         // Cleared before the new generation is published: a reader that sees the generation
         // sees the cleared bits, and sets its own after.
         rec.holders.store(Self::holder_bit(ledger.slot()), Relaxed);
-        rec.generation.store(generation, Release);
+        rec.set_generation(generation, Release);
         if key.len() > INLINE_KEY {
             // SAFETY: the range was just allocated under the mutex and no record names it yet.
             unsafe { self.keys.write_bytes(extra, key)? };
@@ -983,12 +1137,12 @@ impl<'a> Store<'a> {
         rec.inline[1].store(inline[1], Relaxed);
         let bucket = self.bucket(hash);
         rec.next.store(bucket.load(Relaxed), Relaxed);
-        rec.state.store(UNSEALED, Release);
+        rec.set_state(UNSEALED, Release);
         bucket.store(id + 1, Release);
         add(&self.ctl.live, 1);
         add(&self.ctl.used, units * GRANULE as u64);
         add(&self.ctl.keys, 1);
-        Ok(self.object(id)?)
+        Ok(Object { id, generation, offset, size, parts: None })
     }
 
     /// Seals the unsealed object (`id`, `generation`), without the mutex: only its creator (the
@@ -1002,13 +1156,14 @@ impl<'a> Store<'a> {
     /// or this sees its count and wakes it.
     pub(crate) fn seal(&self, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
         let rec = self.rec(id)?;
-        if rec.generation.load(Acquire) != generation {
+        if rec.generation(Acquire) != generation {
             return Ok(None);
         }
         if self.cfg.evict_lru {
             rec.last_used.store(self.tick() as u32, Relaxed);
         }
-        if rec.state.compare_exchange(UNSEALED, SEALED, SeqCst, SeqCst).is_err() {
+        let (unsealed, sealed) = (stamp(UNSEALED, generation), stamp(SEALED, generation));
+        if rec.stamp.compare_exchange(unsealed, sealed, SeqCst, SeqCst).is_err() {
             return Ok(None);
         }
         let hash = self.hash(self.key_in_place(id)?);
@@ -1032,7 +1187,7 @@ impl<'a> Store<'a> {
         }
         rec.node.store(NIL, Relaxed);
         rec.key_node.store(NIL, Relaxed);
-        rec.state.store(FREE, Release);
+        rec.set_state(FREE, Release);
         sub(&self.ctl.live, 1);
         sub(&self.ctl.used, units * GRANULE as u64);
         self.give_id(g, id)
@@ -1053,7 +1208,7 @@ impl<'a> Store<'a> {
             return Ok(false);
         }
         self.unlink(g, id)?;
-        self.rec(id)?.state.store(DELETED, SeqCst);
+        self.rec(id)?.set_state(DELETED, SeqCst);
         sub(&self.ctl.keys, 1);
         self.free_record(g, id)?;
         Ok(true)
@@ -1065,7 +1220,7 @@ impl<'a> Store<'a> {
         let Some(id) = self.find(g, key, hash)? else {
             return Ok(Lookup::Absent);
         };
-        if self.rec(id)?.state.load(Relaxed) != SEALED {
+        if self.rec(id)?.state(Relaxed) != SEALED {
             return Ok(Lookup::Unsealed);
         }
         Ok(Lookup::Sealed(self.object(id)?))
@@ -1073,28 +1228,29 @@ impl<'a> Store<'a> {
 
     /// Takes sealed record `id` out of the index and marks it deleted; frees it unless a reader
     /// holds it (its last reader frees it then).
-    fn remove(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+    fn remove(&self, g: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
         let rec = self.rec(id)?;
-        self.unlink(g, id)?;
-        rec.state.swap(DELETED, SeqCst);
+        self.unlink_hashed(g, id, hash)?;
+        rec.set_state(DELETED, SeqCst);
         sub(&self.ctl.keys, 1);
-        self.free_if_unheld(g, id, rec.generation.load(Relaxed))?;
+        self.free_if_unheld(g, id, rec.generation(Relaxed))?;
         Ok(())
     }
 
-    /// Removes a sealed key.
-    pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8]) -> Result<()> {
-        let id = self.find(g, key, self.hash(key))?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
-        if self.rec(id)?.state.load(Relaxed) != SEALED {
+    /// Removes a sealed key, whose [`Store::hash`] is `hash` (computed before the mutex was
+    /// taken).
+    pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8], hash: u64) -> Result<()> {
+        let id = self.find(g, key, hash)?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
+        if self.rec(id)?.state(Relaxed) != SEALED {
             return Err(Error::NotSealed(crate::error::Key::new(key)));
         }
-        self.remove(g, id)
+        self.remove(g, id, hash)
     }
 
     /// Whether `key` is sealed.
     pub(crate) fn contains_sealed(&self, g: &Locked<'_>, key: &[u8]) -> Result<bool> {
         Ok(match self.find(g, key, self.hash(key))? {
-            Some(id) => self.rec(id)?.state.load(Relaxed) == SEALED,
+            Some(id) => self.rec(id)?.state(Relaxed) == SEALED,
             None => false,
         })
     }
@@ -1107,7 +1263,7 @@ impl<'a> Store<'a> {
         let mut candidates: Vec<(std::cmp::Reverse<u32>, u32)> = self.recs[..high]
             .iter()
             .enumerate()
-            .filter(|(id, r)| r.state.load(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
+            .filter(|(id, r)| r.state(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
             // Oldest first: the longest since its last use, on a clock that wraps at 2^32.
             .map(|(id, r)| (std::cmp::Reverse(now.wrapping_sub(r.last_used.load(Relaxed))), id as u32))
             .collect();
@@ -1116,10 +1272,10 @@ impl<'a> Store<'a> {
         // settle it, as for a delete; a candidate taken meanwhile is restored and the next tried.
         for (_, id) in candidates.into_iter().take(64) {
             let rec = self.rec(id)?;
-            let generation = rec.generation.load(Relaxed);
-            rec.state.swap(DELETED, SeqCst);
+            let generation = rec.generation(Relaxed);
+            rec.set_state(DELETED, SeqCst);
             if self.held(id, generation)? {
-                rec.state.store(SEALED, SeqCst);
+                rec.set_state(SEALED, SeqCst);
                 continue;
             }
             self.unlink(g, id)?;
@@ -1164,7 +1320,7 @@ impl<'a> Store<'a> {
             for (state, lid) in ledger.entries()? {
                 let (id, generation) = split_ledger_id(lid);
                 let rec = self.rec(id)?;
-                if rec.generation.load(Relaxed) != generation {
+                if rec.generation(Relaxed) != generation {
                     continue;
                 }
                 if state == CREATING {
@@ -1195,6 +1351,7 @@ impl<'a> Store<'a> {
 
     /// [`Store::repair_pending`] read without the mutex: a reader that sees it takes the mutex
     /// (and makes the repair) instead of reading the index.
+    #[inline]
     pub(crate) fn repair_pending_now(&self) -> bool {
         self.ctl.repair_pending.load(Acquire) != 0
     }
@@ -1215,7 +1372,7 @@ impl<'a> Store<'a> {
         let mut free_ids = Vec::new();
         for id in 0..high as u32 {
             let rec = self.rec(id)?;
-            let state = rec.state.load(Relaxed);
+            let state = rec.state(Relaxed);
             if state == FREE {
                 free_ids.push(id);
                 continue;
@@ -1229,7 +1386,7 @@ impl<'a> Store<'a> {
                     _ => held != 0,
                 };
             if !keep {
-                rec.state.store(FREE, Release);
+                rec.set_state(FREE, Release);
                 rec.node.store(NIL, Relaxed);
                 rec.key_node.store(NIL, Relaxed);
                 free_ids.push(id);
@@ -1260,7 +1417,7 @@ impl<'a> Store<'a> {
                 if self.find(g, key, hash)?.is_some() {
                     // Two records of one key: only corruption makes them; the later one goes
                     // (freed by the sweep that follows a repair, unless someone reads it).
-                    rec.state.store(DELETED, SeqCst);
+                    rec.set_state(DELETED, SeqCst);
                 } else {
                     let bucket = self.bucket(hash);
                     rec.next.store(bucket.load(Relaxed), Relaxed);
@@ -1338,7 +1495,7 @@ impl<'a> Store<'a> {
         let mut key_blocks = Claims::new("key storage", &self.key_tlsf());
         for id in 0..high as u32 {
             let rec = self.rec(id)?;
-            let state = rec.state.load(Relaxed);
+            let state = rec.state(Relaxed);
             if state == FREE {
                 continue;
             }
