@@ -179,9 +179,9 @@ impl SharedHandle {
                     obj.parts = table;
                     return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true });
                 }
-                // The key may be an unsealed create of a process that died: reclaiming aborts it.
-                Err(CreateError::AlreadyExists) => {
-                    if !reclaimed {
+                // An unsealed key may be the create of a process that died: reclaiming aborts it.
+                Err(CreateError::AlreadyExists { unsealed }) => {
+                    if unsealed && !reclaimed {
                         reclaimed = true;
                         if self.reclaim_locked(&g)? > 0 {
                             continue;

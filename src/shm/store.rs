@@ -451,8 +451,13 @@ impl Found<'_> {
 /// Why a create failed.
 #[derive(Debug)]
 pub(crate) enum CreateError {
-    AlreadyExists,
-    NoSpace { largest_free: u64 },
+    /// The key is there: `unsealed` when its create is not sealed yet (its creator may be dead).
+    AlreadyExists {
+        unsealed: bool,
+    },
+    NoSpace {
+        largest_free: u64,
+    },
     ObjectLimit,
     KeyHeapFull,
     Other(Error),
@@ -1045,8 +1050,8 @@ impl<'a> Store<'a> {
         size: u64,
         parts: Option<&[(usize, usize)]>,
     ) -> std::result::Result<Object, CreateError> {
-        if self.find(g, key, hash)?.is_some() {
-            return Err(CreateError::AlreadyExists);
+        if let Some(id) = self.find(g, key, hash)? {
+            return Err(CreateError::AlreadyExists { unsealed: self.rec(id)?.state(Relaxed) == UNSEALED });
         }
         let Some(id) = self.take_id(g)? else {
             return Err(CreateError::ObjectLimit);
