@@ -821,16 +821,25 @@ static bool test_creating_a_name_that_exists_fails_and_names_it(void) {
 
 /* ---- a killed process is reclaimed ------------------------------------------------------------ */
 
+/* Attaches, takes a reference on "mine" and creates "unsealed" without sealing it: what a child
+ * holds when the parent kills it. */
+static bool attach_holding(const char *name, zc_pool **pool, zc_buffer **r, zc_buffer **w) {
+    if (!attach_pool(name, pool)) {
+        return false;
+    }
+    CHECK_OK(zc_get(*pool, K("mine"), 0, r));
+    CHECK_OK(zc_create_buffer(*pool, K("unsealed"), 16 * KIB, w));
+    fill_pattern(zc_buffer_data(*w), 16 * KIB, 8);
+    return true;
+}
+
 static bool child_holds_and_is_killed(const char *name, chan c, void *arg) {
     (void)arg;
     zc_pool *pool;
-    if (!attach_pool(name, &pool)) {
+    zc_buffer *r = NULL, *w = NULL;
+    if (!attach_holding(name, &pool, &r, &w)) {
         return false;
     }
-    zc_buffer *r = NULL, *w = NULL;
-    CHECK_OK(zc_get(pool, K("mine"), 0, &r));
-    CHECK_OK(zc_create_buffer(pool, K("unsealed"), 16 * KIB, &w));
-    fill_pattern(zc_buffer_data(w), 16 * KIB, 8);
     CHECK(send_byte(c.wr, 'h'));
     /* The parent kills this process here; the byte never comes. */
     (void)expect_byte(c.rd, 'x');
@@ -935,12 +944,10 @@ static bool test_creating_the_key_of_a_creator_that_died_unsealed_reclaims_it_an
 static bool child_forks_then_is_killed(const char *name, chan c, void *arg) {
     (void)arg;
     zc_pool *pool;
-    if (!attach_pool(name, &pool)) {
+    zc_buffer *r = NULL, *w = NULL;
+    if (!attach_holding(name, &pool, &r, &w)) {
         return false;
     }
-    zc_buffer *r = NULL, *w = NULL;
-    CHECK_OK(zc_get(pool, K("mine"), 0, &r));
-    CHECK_OK(zc_create_buffer(pool, K("unsealed"), 16 * KIB, &w));
     /* The grandchild says it runs (so the fork handlers ran in it) before this process reports. */
     int ready[2];
     CHECK(pipe(ready) == 0);
