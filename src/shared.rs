@@ -137,26 +137,9 @@ impl SharedHandle {
         let h = self.take_entry(ledger)?;
         let made = self.create_in(ledger, h, key, hash, size, parts, table);
         if made.is_err() {
-            self.give_back_failed(ledger, h);
+            self.free_entries.give(h);
         }
         made
-    }
-
-    /// Gives back the entry of a create that failed. One that failed after recording itself (on
-    /// metadata found corrupt) left its entry `CREATING` and its record half-made: the entry is
-    /// emptied and the state rebuilt from the records, as after a death, so that neither stays.
-    /// When even that fails the entry is kept out of use rather than handed out again.
-    fn give_back_failed(&self, ledger: &Ledger<'_>, h: Handle) {
-        if !matches!(ledger.is_empty(h), Ok(true)) {
-            let Ok(g) = self.lock() else { return };
-            if ledger.empty(h).is_err() {
-                return;
-            }
-            self.store.begin_repair(&g);
-            // A rebuild that fails leaves the repair pending: the next locker tries again.
-            let _ = self.store.rebuild(&g);
-        }
-        self.free_entries.give(h);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -237,11 +237,6 @@ impl<'a> Ledger<'a> {
         Ok(())
     }
 
-    /// Whether `handle`'s entry records nothing.
-    pub(crate) fn is_empty(&self, handle: Handle) -> Result<bool> {
-        Ok(self.entry(handle.0)?.state.load(Ordering::Acquire) == EMPTY)
-    }
-
     /// Withdraws what `handle`'s entry records. Sequentially consistent, like [`Ledger::hold`],
     /// so that a releaser re-reading the object after this and a deleter scanning after marking
     /// it cannot both miss each other.

@@ -818,11 +818,19 @@ impl<'a> Store<'a> {
     /// reference: the key is the one it looked for, so only the bounds are checked.
     pub(crate) fn object_held(&self, id: u32) -> Result<Object> {
         let rec = self.rec(id)?;
+        self.object_in(rec, id, rec.generation(Relaxed))
+    }
+
+    /// The object (`id`, `generation`) of `rec`, its block checked against the data area.
+    #[inline(always)]
+    fn object_in(&self, rec: &Rec, id: u32, generation: u32) -> Result<Object> {
         let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
         if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
             return Err(outside_data(id, offset, size));
         }
-        Ok(Object { id, generation: rec.generation(Relaxed), offset, size, parts: self.parts_of(rec)? })
+        // The count read here too, so that the common object, without parts, makes no call.
+        let parts = if rec.parts() == 0 { None } else { self.parts_of(rec)? };
+        Ok(Object { id, generation, offset, size, parts })
     }
 
     /// The key of record `id` where it lies in the pool, checked: for a holder of a reference
@@ -927,16 +935,11 @@ impl<'a> Store<'a> {
     /// caller's reference on it is confirmed.
     #[inline(always)]
     pub(crate) fn object_found(&self, found: &Found<'a>) -> Result<Object> {
-        let rec = found.rec;
-        let (offset, size) = (rec.offset(), rec.size.load(Relaxed));
-        if offset.checked_add(size).is_none_or(|end| end > self.cfg.capacity) {
-            return Err(outside_data(found.id, offset, size));
-        }
-        let parts = if rec.parts() == 0 { None } else { self.parts_of(rec)? };
+        let obj = self.object_in(found.rec, found.id, found.generation)?;
         if self.cfg.evict_lru {
-            self.touch_rec(rec);
+            self.touch_rec(found.rec);
         }
-        Ok(Object { id: found.id, generation: found.generation, offset, size, parts })
+        Ok(obj)
     }
 
     /// Whether any ledger holds a reference on (`id`, `generation`), or creates it. Called after
@@ -1103,10 +1106,26 @@ impl<'a> Store<'a> {
             self.give_id(g, id)?;
             Err(e.into())
         };
-        if let Err(e) = self.back_keys(extra, extra_len as u64) {
-            return undo(e);
-        }
-        let rec = self.rec(id)?;
+        // Everything that can fail before the create is recorded, where `undo` gives back what
+        // it took: once recorded, the create only stores.
+        let ready = self.back_keys(extra, extra_len as u64).and_then(|()| {
+            if key.len() > INLINE_KEY {
+                // SAFETY: the range was just allocated under the mutex and no record names it yet.
+                unsafe { self.keys.write_bytes(extra, key)? };
+            }
+            if let Some(parts) = parts {
+                let table = self.keys.slice::<AtomicU64>(extra + long as u64, 2 * parts.len() as u64)?;
+                for (pair, &(o, l)) in table.chunks_exact(2).zip(parts) {
+                    pair[0].store(o as u64, Relaxed);
+                    pair[1].store(l as u64, Relaxed);
+                }
+            }
+            self.rec(id)
+        });
+        let rec = match ready {
+            Ok(rec) => rec,
+            Err(e) => return undo(e),
+        };
         let mut generation = rec.generation(Relaxed).wrapping_add(1);
         if generation == 0 {
             generation = 1;
@@ -1118,18 +1137,6 @@ impl<'a> Store<'a> {
         // sees the cleared bits, and sets its own after.
         rec.holders.store(Self::holder_bit(ledger.slot()), Relaxed);
         rec.set_generation(generation, Release);
-        if key.len() > INLINE_KEY {
-            // SAFETY: the range was just allocated under the mutex and no record names it yet.
-            unsafe { self.keys.write_bytes(extra, key)? };
-        }
-        if let Some(parts) = parts {
-            let at = extra + long as u64;
-            let table = self.keys.slice::<AtomicU64>(at, 2 * parts.len() as u64)?;
-            for (pair, &(o, l)) in table.chunks_exact(2).zip(parts) {
-                pair[0].store(o as u64, Relaxed);
-                pair[1].store(l as u64, Relaxed);
-            }
-        }
         let inline = Self::inline_words(key).unwrap_or([0, 0]);
         rec.shape.store(key.len() as u32 | (parts.map_or(0, |p| p.len() as u32) << KEY_LEN_BITS), Relaxed);
         rec.node.store(node, Relaxed);
