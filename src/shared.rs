@@ -1139,6 +1139,24 @@ mod tests {
     }
 
     #[test]
+    fn a_create_whose_allocator_answers_a_block_past_the_data_area_fails_and_stores_nothing() {
+        use std::os::unix::fs::FileExt;
+        let guard = Name::new("blockpast");
+        let pool = Pool::open(&PoolOptions { size: 1 << 20, name: Some(guard.0.clone()), ..options() }).unwrap();
+        let crate::pool::Backend::Shared(shared) = pool.share() else { panic!("not shared") };
+        // The one free block of a fresh pool (node 0) moved past the end of the data area: the
+        // allocator answers a block no record may name.
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+        let units = (shared.store.cfg.capacity / 64) as u32;
+        file.write_all_at(&units.to_ne_bytes(), shared.store.data_nodes_at()).unwrap();
+        let e = pool.create(b"new", 4096).map(drop).unwrap_err();
+        assert!(e.to_string().contains("outside the data area"), "{e}");
+        assert!(matches!(pool.get(b"new", Wait::Now), Err(Error::NotFound(_))));
+        let s = pool.stats();
+        assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    }
+
+    #[test]
     fn a_repair_that_fails_is_retried_by_the_next_locker_until_it_succeeds() {
         use std::os::unix::fs::FileExt;
         let guard = Name::new("retry");

@@ -1107,8 +1107,13 @@ impl<'a> Store<'a> {
             Err(e.into())
         };
         // Everything that can fail before the create is recorded, where `undo` gives back what
-        // it took: once recorded, the create only stores.
-        let ready = self.back_keys(extra, extra_len as u64).and_then(|()| {
+        // it took: once recorded, the create only stores. The block comes from an allocator
+        // whose state lies in shared memory: it is checked like any block a record names.
+        let in_data = match offset.checked_add(size) {
+            Some(end) if end <= self.cfg.capacity => Ok(()),
+            _ => Err(outside_data(id, offset, size)),
+        };
+        let ready = in_data.and_then(|()| self.back_keys(extra, extra_len as u64)).and_then(|()| {
             if key.len() > INLINE_KEY {
                 // SAFETY: the range was just allocated under the mutex and no record names it yet.
                 unsafe { self.keys.write_bytes(extra, key)? };
@@ -1660,6 +1665,11 @@ unsafe impl Shared for NodeCell {}
 
 #[cfg(test)]
 impl Store<'_> {
+    /// Where the data allocator's node table starts in the pool file.
+    pub(crate) fn data_nodes_at(&self) -> u64 {
+        self.data_nodes_at
+    }
+
     /// Leaves every derived structure wrong, as a process dying half-way through a change could:
     /// an empty index, an allocator with every block free, no free ids and wrong counters.
     pub(crate) fn scramble_derived(&self, _: &Locked<'_>) {
