@@ -168,9 +168,11 @@ def test_every_size_from_1_byte_to_64_MiB_reads_back_identical_over_the_pool(mc)
 def test_batch_of_1000_keys_is_one_size_query_and_one_transfer_call(mc):
     out = mc.run("batch")
     assert out["count"] == 1000 and out["all_same"]
-    # One existence check per put call (a put never replaces a value), whatever the batch size.
+    # One existence check per batch put call, whatever the batch size (its rollback must know
+    # which keys are new); a single-key put is one call, plus the check with if_exists="raise".
     assert out["put_calls"] == {"batch_is_exist": 1, "batch_put_from": 1}
-    assert out["single_put_calls"] == {"batch_is_exist": 1, "put_from": 1}
+    assert out["single_put_calls"] == {"put_from": 1}
+    assert out["single_raise_calls"] == {"batch_is_exist": 1, "put_from": 1}
     assert out["get_calls"] == {"batch_get_replica_desc": 1, "batch_get_into": 1}
     assert out["again_calls"] == {"batch_get_into": 1}
     assert out["objects_after"] == out["objects_before"]
@@ -314,8 +316,21 @@ def test_mooncake_tensor_header_is_checked_field_by_field_before_any_view(mc):
     assert out["objects_after"] == out["objects_before"]
 
 
-def test_put_of_an_existing_key_raises_already_exists_and_keeps_the_old_value(mc):
+def test_put_of_an_existing_key_keeps_the_old_value_and_answers_success_by_default(mc):
     out = mc.run("existing_key")
+    # Mooncake's rule: every single-key put form answers success and the stored value stays.
+    for form, row in out["single"].items():
+        assert row["type"] is None, (form, row)
+        assert row["value_after"] == row["value_before"], (form, row)
+    assert sorted(out["single"]) == sorted(out["forms"])
+    # No question asked first: one put_from, which Mooncake answers 0 without storing.
+    assert out["refused_calls"] == {"put_from": 1}
+    assert out["after_remove"] == [7, 7, 7]
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_put_of_an_existing_key_with_if_exists_raise_raises_already_exists_and_keeps_the_old_value(mc):
+    out = mc.run("existing_key_raise")
     # Every single-key put form: MooncakeAlreadyExistsError naming the key, the old value intact.
     for form, row in out["single"].items():
         assert row["type"] == "MooncakeAlreadyExistsError" and row["code"] == -705, (form, row)
@@ -329,8 +344,28 @@ def test_put_of_an_existing_key_raises_already_exists_and_keeps_the_old_value(mc
     assert out["objects_after"] == out["objects_before"]
 
 
-def test_batch_put_naming_an_existing_key_stores_none_of_its_keys(mc):
+def test_if_exists_accepts_keep_or_raise_and_refuses_anything_else_before_registering(mc):
+    out = mc.run("if_exists_modes")
+    assert out["default"] == "keep" and out["strict"] == "raise"
+    for which in ("bad_mode", "bad_set", "bad_setup"):
+        assert out[which]["type"] == "InvalidArgumentError", (which, out[which])
+        assert "if_exists" in out[which]["message"], (which, out[which])
+    assert out["after_bad_set"] == "keep"
+
+
+def test_batch_put_naming_an_existing_key_stores_the_new_keys_and_keeps_the_old_value_by_default(mc):
     out = mc.run("existing_key_batch")
+    for form, row in out["batches"].items():
+        assert row["type"] is None, (form, row)
+        assert row["old_value_after"] == [1, 2, 3], (form, row)
+        assert row["new_keys_exist"] == [1, 1], (form, row)
+    assert out["batches"]["batch_put_arrays"]["new_key_value"] == [0, 1, 2, 3]
+    assert out["twice"] == {"type": "InvalidArgumentError", "exists": 0}
+    assert out["objects_after"] == out["objects_before"]
+
+
+def test_batch_put_naming_an_existing_key_with_if_exists_raise_stores_none_of_its_keys(mc):
+    out = mc.run("existing_key_batch_raise")
     for form, row in out["batches"].items():
         assert row["type"] == "MooncakeAlreadyExistsError" and row["code"] == -705, (form, row)
         assert "'old-b'" in row["message"], (form, row)
@@ -343,10 +378,18 @@ def test_batch_put_naming_an_existing_key_stores_none_of_its_keys(mc):
 
 def test_failed_batch_put_leaves_every_key_stored_before_with_its_old_value(mc):
     out = mc.run("failed_batch_keeps_old")
-    # The audit's case: a stored key and a value no segment can hold, in one batch.
-    assert out["with_stored_key"]["type"] == "MooncakeAlreadyExistsError"
-    assert out["with_stored_key"]["pre_after"] == list(range(10))
-    assert out["with_stored_key"]["huge_exists"] == 0
+    # The audit's case: a stored key and a value no segment can hold, in one batch with new keys.
+    # By default the stored key is left out of the put; Mooncake refuses the huge value, and the
+    # rollback removes the new keys it stored and nothing else.
+    keep = out["with_stored_key_keep"]
+    assert keep["type"] == "MooncakeOutOfMemoryError" and keep["code"] == -200, keep
+    assert keep["pre_after"] == list(range(10))
+    assert keep["exists_after"] == [0, 1, 0, 0]
+    # With if_exists="raise" the stored key refuses the batch before anything is stored.
+    strict = out["with_stored_key_raise"]
+    assert strict["type"] == "MooncakeAlreadyExistsError", strict
+    assert strict["pre_after"] == list(range(10))
+    assert strict["exists_after"] == [0, 1, 0, 0]
     # A batch of new keys that Mooncake refuses in part: the new keys it stored are removed, the
     # keys stored before (outside the batch) keep their values.
     assert out["new_keys"]["type"] == "MooncakeOutOfMemoryError" and out["new_keys"]["code"] == -200
@@ -533,6 +576,12 @@ def case_batch(ctx):
         assert counting.take() == put_calls
         st.put_array("batch-single", np.arange(3))
         single_put_calls = counting.take()
+        st.if_exists = "raise"
+        try:
+            st.put_array("batch-single-raise", np.arange(3))
+            single_raise_calls = counting.take()
+        finally:
+            st.if_exists = "keep"
         for k in keys:
             st.forget(k)  # as if another client had put them: sizes come from the master
         arrays = st.batch_get_arrays(keys)
@@ -544,7 +593,8 @@ def case_batch(ctx):
         same = same and all(int(a[0]) == i for i, a in enumerate(arrays))
         del arrays
         return {"count": 1000, "all_same": same, "put_calls": put_calls, "get_calls": get_calls,
-                "again_calls": again_calls, "single_put_calls": single_put_calls, "objects_before": before, "objects_after": _objects(st.pool)}
+                "again_calls": again_calls, "single_put_calls": single_put_calls,
+                "single_raise_calls": single_raise_calls, "objects_before": before, "objects_after": _objects(st.pool)}
     finally:
         st.store = counting._store
 
@@ -1045,11 +1095,23 @@ def _value_of(st, key):
 
 
 def case_existing_key(ctx):
+    return _existing_key(ctx, "keep")
+
+
+def case_existing_key_raise(ctx):
+    try:
+        return _existing_key(ctx, "raise")
+    finally:
+        ctx.a.if_exists = "keep"
+
+
+def _existing_key(ctx, mode):
     import numpy as np
 
     zcopy = ctx.zcopy
     st = ctx.a
     before = _objects(st.pool)
+    st.if_exists = mode
     forms = {
         "put_array": lambda k: st.put_array(k, np.array([2, 2, 2])),
         "put_object": lambda k: st.put_object(k, {"v": 2}),
@@ -1101,12 +1163,56 @@ def case_existing_key(ctx):
             "objects_before": before, "objects_after": _objects(st.pool)}
 
 
+def case_if_exists_modes(ctx):
+    zcopy = ctx.zcopy
+    from zcopy.mooncake import ZeroCopyStore
+
+    st = ctx.a
+    out = {"default": st.if_exists}
+    pool = zcopy.Pool(1 << 20, rdma="off")
+    try:
+        try:
+            ZeroCopyStore(st.store, pool, if_exists="replace")
+            out["bad_mode"] = None
+        except zcopy.Error as e:
+            out["bad_mode"] = _exc(e)
+        # Nothing was registered by the refused constructor: the same region registers now.
+        with ZeroCopyStore(st.store, pool, if_exists="raise") as strict:
+            out["strict"] = strict.if_exists
+    finally:
+        pool.close()
+    try:
+        st.if_exists = "overwrite"
+        out["bad_set"] = None
+    except zcopy.Error as e:
+        out["bad_set"] = _exc(e)
+    out["after_bad_set"] = st.if_exists
+    try:
+        ZeroCopyStore.setup(1 << 20, local_hostname="127.0.0.1", if_exists=True)
+        out["bad_setup"] = None
+    except zcopy.Error as e:
+        out["bad_setup"] = _exc(e)
+    return out
+
+
 def case_existing_key_batch(ctx):
+    return _existing_key_batch(ctx, "keep")
+
+
+def case_existing_key_batch_raise(ctx):
+    try:
+        return _existing_key_batch(ctx, "raise")
+    finally:
+        ctx.a.if_exists = "keep"
+
+
+def _existing_key_batch(ctx, mode):
     import numpy as np
 
     zcopy = ctx.zcopy
     st = ctx.a
     before = _objects(st.pool)
+    st.if_exists = mode
     st.put_array("old-b", np.array([1, 2, 3]))
     batches = {
         "batch_put_arrays": lambda ks: st.batch_put_arrays(ks, [np.arange(4)] * 3),
@@ -1141,6 +1247,9 @@ def case_existing_key_batch(ctx):
             b.release()
         row.update(old_value_after=_value_of(st, "old-b"),
                    new_keys_exist=st.store.batch_is_exist([keys[0], keys[2]]))
+        if row["type"] is None:
+            row["new_key_value"] = _value_of(st, keys[0])
+            st.store.batch_remove([keys[0], keys[2]], True)
         out[form] = row
     try:
         st.batch_put_arrays(["twice", "twice"], [np.arange(3), np.arange(4)])
@@ -1161,12 +1270,18 @@ def case_failed_batch_keeps_old(ctx):
     st.put_array("keep-pre", np.arange(10))
     huge = np.zeros(100 * MiB, np.uint8)  # fits the 256 MiB pool, no 96 MiB segment
     out = {}
-    try:
-        st.batch_put_arrays(["keep-pre", "keep-huge"], [np.arange(10) * 100, huge])
-        out["with_stored_key"] = {"type": None}
-    except zcopy.Error as e:
-        out["with_stored_key"] = _exc(e)
-    out["with_stored_key"].update(pre_after=_value_of(st, "keep-pre"), huge_exists=st.store.is_exist("keep-huge"))
+    for mode in ("keep", "raise"):
+        st.if_exists = mode
+        mixed = ["keep-mixed-1", "keep-pre", "keep-huge", "keep-mixed-2"]
+        try:
+            st.batch_put_arrays(mixed, [np.arange(3), np.arange(10) * 100, huge, np.arange(4)])
+            row = {"type": None}
+        except zcopy.Error as e:
+            row = _exc(e)
+        finally:
+            st.if_exists = "keep"
+        row.update(pre_after=_value_of(st, "keep-pre"), exists_after=st.store.batch_is_exist(mixed))
+        out["with_stored_key_" + mode] = row
     keys = ["keep-new-1", "keep-huge", "keep-new-2"]
     try:
         st.batch_put_arrays(keys, [np.arange(5), huge, np.arange(6)])

@@ -14,19 +14,25 @@ buffer of the pool (the parts format of docs/FORMAT.md, the encoders of `Pool.pu
 `put_tensor` / `put_object`) and hands its address to `put_from` (`batch_put_from` for a batch);
 `put_buffer` puts a sealed buffer the caller wrote in place, with no copy at all.
 
-A put never replaces a value: every put (`put_array`, `put_tensor`, `put_object`, `put_parts`,
-`put_buffer` and their `batch_put_*` forms) of a key the store already holds raises
-`MooncakeAlreadyExistsError` (an `AlreadyExistsError`, code OBJECT_ALREADY_EXISTS) naming the
-key, and stores nothing: a batch naming such a key (or one key twice) stores none of its keys.
+A put never replaces a value. By default (`if_exists="keep"`, Mooncake's own rule) a put of a
+key the store already holds keeps the stored value and answers success, as Mooncake's `put`
+does: a single-key put is one Mooncake call (`put_from`), with no question asked first. With
+`if_exists="raise"` every put (`put_array`, `put_tensor`, `put_object`, `put_parts`, `put_buffer`
+and their `batch_put_*` forms) of a key the store already holds raises
+`MooncakeAlreadyExistsError` (an `AlreadyExistsError`, code OBJECT_ALREADY_EXISTS) naming the key
+and stores nothing; that costs one metadata round trip per call (`batch_is_exist`, for one key or
+a whole batch, before anything is encoded). A batch put asks that question in both modes, once
+per call: with "keep" it then puts only the keys the store does not hold, so that a batch which
+Mooncake refuses in part can remove what it stored without touching a value stored before the
+call (Mooncake answers success for an existing key too, so without asking a rollback could not
+tell them apart). A batch naming one key twice is refused (InvalidArgumentError) in both modes.
 To change a value, `remove(key, force=True)` then put it again (readers in between see it
-missing; without force, Mooncake refuses to remove a value read in the last few seconds). Why: Mooncake's own put of an existing key keeps the old value and answers success, so
-without asking first a put could silently store nothing; and its upsert, when it finds no space
-for the new value, loses the old one, so a failed put could not leave the store as it was. So
-each put call first asks the master which of its keys exist (`batch_is_exist`: one metadata
-round trip per call, for one key or a whole batch, before anything is encoded). A key another
-client creates between that question and the put keeps that client's value, and the put answers
-success (Mooncake's answer is the same for both). TransferQueue's backend (`zcopy.transferqueue`)
-replaces values, as TransferQueue needs: it puts through `batch_upsert_from`, not these methods.
+missing; without force, Mooncake refuses to remove a value read in the last few seconds).
+Upsert is not used: when Mooncake finds no space for the new value it loses the old one, so a
+failed put could not leave the store as it was. A key another client creates between the
+question and the put keeps that client's value, and the put answers success (Mooncake's answer
+is the same for both). TransferQueue's backend (`zcopy.transferqueue`) replaces values, as
+TransferQueue needs: it puts through `batch_upsert_from`, not these methods.
 
 A get creates
 one plain buffer per value under a private key of the pool (a batch's in one `zc_create_batch`),
@@ -52,13 +58,13 @@ for a missing key, `MooncakeOutOfMemoryError` (an `OutOfMemoryError`) when Moonc
 `zcopy.OutOfMemoryError` when the pool is full or the value larger than the pool (checked
 before encoding for arrays, tensors and parts; a pickled object that turns out larger raises what
 `Pool.put_object` raises), and
-`MooncakeAlreadyExistsError` (an `AlreadyExistsError`) for a put of a key already stored, and
-`MooncakeError` for every other negative code; each Mooncake one carries `.code`. A get that fails
-leaves no buffer behind. A put that fails leaves Mooncake as it was: one that fails before
-Mooncake is called (a key already stored, pool full, a value that cannot be encoded) stored
-nothing; a batch put that Mooncake refuses for some keys removes the keys it answered success for
-(`batch_remove(force=True)`), then raises. Those keys are all new ones, absent when the put
-began: every key stored before the call keeps its value.
+`MooncakeAlreadyExistsError` (an `AlreadyExistsError`) for a put of a key already stored (with
+`if_exists="raise"`), and `MooncakeError` for every other negative code; each Mooncake one
+carries `.code`. A get that fails leaves no buffer behind. A put that fails leaves Mooncake as it
+was: one that fails before Mooncake is called (a key already stored with "raise", pool full, a
+value that cannot be encoded) stored nothing; a batch put that Mooncake refuses for some keys
+removes the keys it answered success for (`batch_remove(force=True)`), then raises. Those keys
+are all new ones, absent when the put began: every key stored before the call keeps its value.
 
 Not thread-safe: use one `ZeroCopyStore` per thread, or a lock (the Pool and the Mooncake store
 under it are thread-safe). Buffers and views it returned may outlive it and its pool.
@@ -340,9 +346,10 @@ class ZeroCopyStore:
     through another client stays cached until `remove()`/`forget()` here); the least recently
     used copies are dropped when the pool needs room.
 
-    Puts store new keys only: a put of a key the store already holds raises
-    MooncakeAlreadyExistsError and stores nothing (one `batch_is_exist` per put call tells;
-    see the module).
+    A put never replaces a value: `if_exists="keep"` (the default, Mooncake's rule) keeps the
+    stored value of a key the store already holds and answers success; `if_exists="raise"`
+    raises MooncakeAlreadyExistsError and stores nothing, for one more metadata round trip per
+    put call (see the module). The attribute `if_exists` may be changed at any time.
 
     The size of each value this object put or read is remembered (up to 65,536 keys, the
     oldest dropped first), so that getting it again needs no size query: one Mooncake call
@@ -354,9 +361,10 @@ class ZeroCopyStore:
     False` turns this off.
     """
 
-    def __init__(self, store, pool, *, cache=False, _owns=False):
+    def __init__(self, store, pool, *, cache=False, if_exists="keep", _owns=False):
         if not isinstance(pool, Pool):
             raise InvalidArgumentError("pool must be a zcopy.Pool, not %s" % type(pool).__name__)
+        self.if_exists = if_exists  # checked before anything is registered
         self.store = store
         self.pool = pool
         self._owns = _owns
@@ -378,6 +386,19 @@ class ZeroCopyStore:
         self.remember_sizes = True
         self._lock = threading.Lock()
 
+    @property
+    def if_exists(self):
+        """What a put of a key the store already holds does: "keep" (the stored value stays and
+        the put answers success, as Mooncake's put does) or "raise" (MooncakeAlreadyExistsError,
+        nothing stored, one more metadata round trip per put call)."""
+        return "raise" if self._raise_if_exists else "keep"
+
+    @if_exists.setter
+    def if_exists(self, mode):
+        if mode not in ("keep", "raise"):
+            raise InvalidArgumentError('if_exists must be "keep" or "raise", not %r' % (mode,))
+        self._raise_if_exists = mode == "raise"
+
     @classmethod
     def setup(
         cls,
@@ -392,6 +413,7 @@ class ZeroCopyStore:
         master_server_address="127.0.0.1:50051",
         pool_options=None,
         cache=False,
+        if_exists="keep",
         rdma_devices=None,
         master_server_addr=None,
     ):
@@ -399,6 +421,8 @@ class ZeroCopyStore:
         and a `MooncakeDistributedStore` set up with the other arguments, and joins them.
         `rdma_devices` and `master_server_addr` (the names of Mooncake's own `setup`) are
         accepted for `device_name` and `master_server_address`."""
+        if if_exists not in ("keep", "raise"):
+            raise InvalidArgumentError('if_exists must be "keep" or "raise", not %r' % (if_exists,))
         if rdma_devices is not None:
             device_name = rdma_devices
         if master_server_addr is not None:
@@ -420,7 +444,7 @@ class ZeroCopyStore:
                 rc,
             )
         try:
-            return cls(store, pool, cache=cache, _owns=True)
+            return cls(store, pool, cache=cache, if_exists=if_exists, _owns=True)
         except BaseException:
             store.close()
             pool.close()
@@ -643,33 +667,36 @@ class ZeroCopyStore:
             return self._encode_named(pool, lambda name: self.pool.put_object(name, value))
         return self._encode_named(pool, lambda name: self._encode_parts(name, value))
 
-    def _check_new(self, keys):
-        """Refuses, before anything is encoded or stored, a batch naming a key twice and any key
-        the store already holds: Mooncake's put keeps a key's first value and answers success all
-        the same, so only asking first tells a put that stored nothing from one that stored the
-        value. One batch_is_exist call for the whole batch."""
-        if len(keys) > 1 and len(set(keys)) != len(keys):
+    def _absent(self, keys):
+        """The positions of `keys` a put stores, asked before anything is encoded or stored: with
+        "raise", all of them or MooncakeAlreadyExistsError if the store holds any; with "keep",
+        those the store does not hold. A batch naming a key twice is refused. One batch_is_exist
+        call for the whole batch: Mooncake's put keeps a key's first value and answers success
+        all the same, so only asking first tells a key this put stored from one it did not, which
+        a rollback must not remove."""
+        if len(set(keys)) != len(keys):
             seen = set()
             twice = next(k for k in keys if k in seen or seen.add(k))
             raise InvalidArgumentError("key %r is named twice in one batch put" % (twice,))
         found = self.store.batch_is_exist(keys)
         if len(found) != len(keys):
             raise MooncakeError("batch_is_exist answered %d results for %d keys" % (len(found), len(keys)))
-        present = [k for k, e in zip(keys, found) if e > 0]
-        if present:
-            more = "" if len(present) == 1 else " (and %d more of the %d keys)" % (len(present) - 1, len(keys))
-            raise MooncakeAlreadyExistsError(
-                "put of %r: the key is already in the store%s; a put never replaces a value (remove the key "
-                "first: remove(key, force=True)); nothing was stored" % (present[0], more), OBJECT_ALREADY_EXISTS)
         for k, e in zip(keys, found):
             if e < 0:
                 raise MooncakeError("querying key %r before the put (is the master reachable?); nothing was stored"
                                     % (k,), RPC_FAIL)
+        present = [k for k, e in zip(keys, found) if e > 0]
+        if present and self._raise_if_exists:
+            more = "" if len(present) == 1 else " (and %d more of the %d keys)" % (len(present) - 1, len(keys))
+            raise MooncakeAlreadyExistsError(
+                "put of %r: the key is already in the store%s; a put never replaces a value (remove the key "
+                "first: remove(key, force=True)); nothing was stored" % (present[0], more), OBJECT_ALREADY_EXISTS)
+        return [i for i, e in enumerate(found) if e == 0]
 
     def _put_from(self, keys, spans, config):
         """put_from (batch_put_from for several keys) of sealed pool bytes, spans being
-        (address, size) pairs, of keys `_check_new` found absent; on a partial failure removes
-        the keys this call stored (none of them was in the store before it)."""
+        (address, size) pairs, of keys `_absent` found absent; on a partial failure removes the
+        keys this call stored (none of them was in the store before it)."""
         addrs, sizes = [s[0] for s in spans], [s[1] for s in spans]
         if len(keys) == 1:  # put_from: the same put, with less work around it than a batch of one
             args = (keys[0], addrs[0], sizes[0])
@@ -705,7 +732,11 @@ class ZeroCopyStore:
             return
         for k, v in zip(keys, values):
             self._check_fits(k, _data_bytes(kind, v))
-        self._check_new(keys)
+        new = self._absent(keys)
+        if len(new) != len(keys):  # "keep": the keys the store holds are not put
+            keys, values = [keys[i] for i in new], [values[i] for i in new]
+            if not keys:
+                return
         pool = self.pool._p()
         refs = []
         try:
@@ -717,13 +748,15 @@ class ZeroCopyStore:
                 _zc_release(ptr)
 
     def _put_one(self, kind, key, value, config):
-        """_put_many of one value, in the fewest calls: batch_is_exist, then put_from, its
-        reference released as soon as Mooncake has the bytes."""
+        """_put_many of one value, in the fewest calls: put_from (after batch_is_exist with
+        "raise"), its reference released as soon as Mooncake has the bytes. With "keep" there is
+        nothing to ask first: one key needs no rollback, and Mooncake keeps a stored value."""
         self._check_open()
         if type(key) is not str:
             key = _mooncake_key(key)
         self._check_fits(key, _data_bytes(kind, value))
-        self._check_new([key])
+        if self._raise_if_exists:
+            self._absent([key])
         ptr, address, size = self._encode(self.pool._p(), kind, value)
         try:
             args = (key, address, size) if config is None else (key, address, size, config)
@@ -737,9 +770,9 @@ class ZeroCopyStore:
         self._remember((key,), (size,))
 
     def put_array(self, key, array, config=None):
-        """Stores a numpy array (written once into the pool, then put from there) under a new key:
-        MooncakeAlreadyExistsError, nothing stored, if the store already holds `key` (a put never
-        replaces a value; see the module)."""
+        """Stores a numpy array (written once into the pool, then put from there) under `key`. A
+        put never replaces a value: if the store already holds `key`, it keeps that value (the
+        default, if_exists="keep") or raises MooncakeAlreadyExistsError (if_exists="raise")."""
         self._put_one("array", key, array, config)
 
     def put_tensor(self, key, tensor, config=None):
@@ -768,9 +801,12 @@ class ZeroCopyStore:
             spans.append((address, size))
         if len(keys) != len(spans):
             raise InvalidArgumentError("%d keys for %d buffers" % (len(keys), len(spans)))
-        if keys:
-            self._check_new(keys)
-            self._put_from(keys, spans, config)
+        if len(keys) == 1 and not self._raise_if_exists:
+            self._put_from(keys, spans, config)  # one key: nothing to ask first (see _put_one)
+        elif keys:
+            new = self._absent(keys)
+            if new:
+                self._put_from([keys[i] for i in new], [spans[i] for i in new], config)
 
     def put_buffer(self, key, buf, config=None):
         """Stores a sealed buffer of this store's pool as it is (no copy at all) under a new key
@@ -778,10 +814,11 @@ class ZeroCopyStore:
         self._put_buffers([key], [buf], config)
 
     def batch_put_arrays(self, keys, arrays, config=None):
-        """put_array for many keys, in one Mooncake call (after one batch_is_exist). All or
-        nothing: a key already stored, or named twice, refuses the whole batch before anything is
-        stored; a batch Mooncake refuses in part is undone (the new keys it stored are removed),
-        and every key stored before the call keeps its value."""
+        """put_array for many keys, in one Mooncake call (after one batch_is_exist). A key the
+        store already holds keeps its value: with if_exists="keep" it is left out of the put, with
+        "raise" it refuses the whole batch before anything is stored; a key named twice refuses
+        the batch. A batch Mooncake refuses in part is undone (the new keys it stored are
+        removed), and every key stored before the call keeps its value."""
         self._put_many("array", keys, arrays, config)
 
     def batch_put_tensors(self, keys, tensors, config=None):
