@@ -26,7 +26,7 @@ use crate::shm::offset::Area;
 use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
 use crate::shm::store::{ledger_id, DELETED, SEALED};
-use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, PartTable, Store};
+use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, PartTable, Store, Victim};
 
 /// How to create or attach a shared pool.
 #[derive(Debug, Clone)]
@@ -61,6 +61,8 @@ pub(crate) struct SharedInner {
     ledger: Option<Ledger<'static>>,
     /// The entries of `ledger` this process has handed out and not in use.
     free_entries: Arc<FreeEntries>,
+    /// Eviction candidates left from this process's last scan, for its next creates.
+    victims: Mutex<Victims>,
     slot: Option<SlotGuard<'static>>,
     slots: Box<Slots<'static>>,
     closed: AtomicBool,
@@ -154,6 +156,7 @@ impl SharedHandle {
         table: Option<PartTable>,
     ) -> Result<SharedBuffer> {
         let mut reclaimed = false;
+        let mut eviction = Eviction::default();
         loop {
             let g = self.lock()?;
             let e = match self.store.create(&g, ledger, h, key, hash, size as u64, parts) {
@@ -182,7 +185,7 @@ impl SharedHandle {
                     continue;
                 }
             }
-            if self.store.cfg.evict_lru && self.store.evict_one(&g)? {
+            if self.store.cfg.evict_lru && self.evict_one(&g, &mut eviction)? {
                 continue;
             }
             self.store.note_refused();
@@ -197,6 +200,35 @@ impl SharedHandle {
                 CreateError::KeyHeapFull => self.store.key_heap_full(),
                 _ => Error::ObjectLimit { limit: counts.max_objects },
             });
+        }
+    }
+
+    /// Evicts the least recently used sealed object nobody reads, for a create (whose search
+    /// `call` follows); false when there is none. Candidates come from a scan of the records,
+    /// kept for this process's next evictions: a create that must evict thousands of objects,
+    /// or thousands of creates that evict one each, scan the records a few times, not once per
+    /// eviction. A candidate is evicted only if it is still the object it was and unused since,
+    /// so a list made by an earlier create is safe to use. Objects become evictable meanwhile
+    /// (other processes create and release), so a list used up is followed by a new scan, each
+    /// of this create's scans asking for twice as many as the one before; only a scan none of
+    /// whose candidates could be evicted (all taken by readers since) ends the search.
+    fn evict_one(&self, g: &Locked<'_>, call: &mut Eviction) -> Result<bool> {
+        let mut victims = relock(&self.victims);
+        loop {
+            if self.store.evict_next(g, &mut victims.list)? {
+                call.evicted = true;
+                return Ok(true);
+            }
+            if call.scans > 0 && !call.evicted {
+                return Ok(false);
+            }
+            let batch = VICTIMS.saturating_mul(1 << call.scans.min(20));
+            victims.list = self.store.lru_victims(g, batch)?.into_iter();
+            call.scans += 1;
+            call.evicted = false;
+            if victims.list.len() == 0 {
+                return Ok(false);
+            }
         }
     }
 
@@ -296,6 +328,29 @@ impl SharedHandle {
             waited?;
         }
     }
+}
+
+/// Eviction candidates asked of a create's first scan of the records (see
+/// [`SharedHandle::evict_one`]).
+const VICTIMS: usize = 256;
+
+/// Eviction candidates a process keeps between creates (see [`SharedHandle::evict_one`]).
+struct Victims {
+    list: std::vec::IntoIter<Victim>,
+}
+
+impl Default for Victims {
+    fn default() -> Victims {
+        Victims { list: Vec::new().into_iter() }
+    }
+}
+
+/// One create's search for objects to evict: the scans it made, and whether a candidate of the
+/// last one was evicted.
+#[derive(Default)]
+struct Eviction {
+    scans: u32,
+    evicted: bool,
 }
 
 /// Shards of [`FreeEntries`]: threads spread over them.
@@ -596,6 +651,7 @@ impl SharedInner {
             store,
             ledger,
             free_entries: FreeEntries::new(),
+            victims: Mutex::new(Victims::default()),
             slot,
             slots,
             closed: AtomicBool::new(false),
@@ -977,6 +1033,53 @@ mod tests {
     use super::*;
     use crate::pool::{Pool, PoolOptions, Wait};
     use crate::shm::testutil::{child_role, park, say, ChildProcess};
+
+    /// One create that must evict hundreds of objects, and a hundred creates that evict one
+    /// each, scan the records a few times in all, and evict the least recently used objects
+    /// nobody holds, in that order.
+    #[test]
+    fn creates_that_evict_many_objects_scan_the_records_a_few_times_and_evict_oldest_first() {
+        let name = Name::new("evict-many");
+        let opts =
+            PoolOptions { size: 2 << 20, max_objects: 1024, evict_lru: true, name: Some(name.0.clone()), ..options() };
+        let pool = Pool::open(&opts).unwrap();
+        let key = |i: usize| format!("k{i:04}");
+        for i in 0..512 {
+            let mut w = pool.create(key(i).as_bytes(), 4096).unwrap();
+            w.as_mut_slice().unwrap().fill(i as u8);
+            w.seal().unwrap();
+        }
+        assert_eq!(pool.stats().used_bytes, 2 << 20, "the pool is full");
+        let held: Vec<_> = (0..10).map(|i| pool.get(key(i).as_bytes(), Wait::Now).unwrap()).collect();
+        let scans = || crate::shm::store::LRU_SCANS.with(|c| c.get());
+        let before = scans();
+        let mut big = pool.create(b"big", 1 << 20).unwrap();
+        big.seal().unwrap();
+        let evicted = pool.stats().evictions as usize;
+        assert!(evicted >= 256, "{evicted} evictions make room for 1 MiB");
+        assert!(scans() - before <= 2, "{} scans for one create", scans() - before);
+        // The oldest objects nobody holds went, in order; the held ones and the newer stayed.
+        let gone: Vec<usize> = (0..512).filter(|&i| !pool.contains(key(i).as_bytes())).collect();
+        assert_eq!(gone, (10..10 + evicted).collect::<Vec<_>>());
+        for (i, h) in held.iter().enumerate() {
+            assert!(h.as_slice().iter().all(|&b| b == i as u8));
+        }
+        drop(big);
+        // One eviction per create, a hundred times: the candidates of one scan serve them all.
+        let before = scans();
+        let first_left = 10 + evicted;
+        for i in 0..100 {
+            let mut w = pool.create(format!("n{i:03}").as_bytes(), 4096).unwrap();
+            w.as_mut_slice().unwrap().fill(0xEE);
+            w.seal().unwrap();
+        }
+        assert!(scans() - before <= 2, "{} scans for 100 creates", scans() - before);
+        let gone_now: Vec<usize> = (first_left..512).filter(|&i| !pool.contains(key(i).as_bytes())).collect();
+        assert_eq!(gone_now, (first_left..first_left + 100).collect::<Vec<_>>(), "the 100 oldest left went, in order");
+        assert!(pool.contains(b"big"));
+        pool.check().unwrap();
+        drop(held);
+    }
 
     const CHILD_TEST: &str = "shared::tests::child_process_role";
 

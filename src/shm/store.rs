@@ -67,6 +67,19 @@ const NODE_CHUNK: u64 = (1 << 20) / size_of::<NodeCell>() as u64;
 /// The largest data area one allocator describes (2^31 units of 64 bytes).
 pub(crate) const MAX_DATA: u64 = (1 << 31) * GRANULE as u64;
 
+#[cfg(test)]
+thread_local! {
+    /// Scans [`Store::lru_victims`] made on this thread.
+    pub(crate) static LRU_SCANS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A sealed object offered for eviction ([`Store::lru_victims`]), as it was when offered.
+pub(crate) struct Victim {
+    id: u32,
+    generation: u32,
+    last_used: u32,
+}
+
 /// Adds to a counter only the mutex's holder changes: a load and a store, no locked instruction.
 fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
@@ -1287,32 +1300,58 @@ impl<'a> Store<'a> {
         })
     }
 
-    /// Evicts the least recently used sealed object nobody reads; false when there is none.
-    pub(crate) fn evict_one(&self, g: &Locked<'_>) -> Result<bool> {
+    /// Up to `n` sealed objects no ledger holds, least recently used first: the candidates of
+    /// the evictions one create may need, found in one pass over the records (and one over the
+    /// ledgers) and ordered by a partial sort. One create that needs many evictions takes them
+    /// from this list instead of a scan of every record each.
+    pub(crate) fn lru_victims(&self, _: &Locked<'_>, n: usize) -> Result<Vec<Victim>> {
+        #[cfg(test)]
+        LRU_SCANS.with(|c| c.set(c.get() + 1));
         let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
         let held = self.ledger_holds()?.0;
         let now = self.ctl.clock.load(Relaxed) as u32;
-        let mut candidates: Vec<(std::cmp::Reverse<u32>, u32)> = self.recs[..high]
+        let mut candidates: Vec<Victim> = self.recs[..high]
             .iter()
             .enumerate()
             .filter(|(id, r)| r.state(Relaxed) == SEALED && !held.contains_key(&(*id as u32)))
-            // Oldest first: the longest since its last use, on a clock that wraps at 2^32.
-            .map(|(id, r)| (std::cmp::Reverse(now.wrapping_sub(r.last_used.load(Relaxed))), id as u32))
+            .map(|(id, r)| Victim {
+                id: id as u32,
+                generation: r.generation(Relaxed),
+                last_used: r.last_used.load(Relaxed),
+            })
             .collect();
-        candidates.sort_unstable();
-        // A reader may take a candidate after the ledgers were read: the mark and a second look
-        // settle it, as for a delete; a candidate taken meanwhile is restored and the next tried.
-        for (_, id) in candidates.into_iter().take(64) {
-            let rec = self.rec(id)?;
-            let generation = rec.generation(Relaxed);
+        // Oldest first: the longest since its last use, on a clock that wraps at 2^32.
+        let age = |v: &Victim| std::cmp::Reverse(now.wrapping_sub(v.last_used));
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if candidates.len() > n {
+            candidates.select_nth_unstable_by_key(n - 1, age);
+            candidates.truncate(n);
+        }
+        candidates.sort_unstable_by_key(age);
+        Ok(candidates)
+    }
+
+    /// Evicts the first of `victims` that is still the object it was when the list was made
+    /// (sealed, the same generation, not used since) and that nobody reads; false when none is.
+    pub(crate) fn evict_next(&self, g: &Locked<'_>, victims: &mut std::vec::IntoIter<Victim>) -> Result<bool> {
+        for v in victims.by_ref() {
+            let rec = self.rec(v.id)?;
+            if rec.stamp.load(Relaxed) != stamp(SEALED, v.generation) || rec.last_used.load(Relaxed) != v.last_used {
+                continue;
+            }
+            // A reader may take a candidate after the ledgers were read: the mark and a second
+            // look settle it, as for a delete; a candidate taken meanwhile is restored and the
+            // next tried.
             rec.set_state(DELETED, SeqCst);
-            if self.held(id, generation)? {
+            if self.held(v.id, v.generation)? {
                 rec.set_state(SEALED, SeqCst);
                 continue;
             }
-            self.unlink(g, id)?;
+            self.unlink(g, v.id)?;
             sub(&self.ctl.keys, 1);
-            self.free_record(g, id)?;
+            self.free_record(g, v.id)?;
             self.ctl.evictions.fetch_add(1, Relaxed);
             return Ok(true);
         }
