@@ -35,6 +35,12 @@ pub enum IndexError {
     Closed,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Scans [`Index::evictable`] made on this thread.
+    pub(crate) static EVICTABLE_SCANS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A sealed object nobody but the index held when the index was scanned, for eviction.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate {
@@ -234,8 +240,11 @@ impl Index {
         }
     }
 
-    /// Sealed entries that nobody but the index holds (evictable), oldest use first.
-    pub fn evictable(&self, recs: &Records) -> Vec<Candidate> {
+    /// Sealed entries that nobody but the index holds (evictable), oldest use first: at most
+    /// `limit` of them, the oldest, found by a partial sort.
+    pub fn evictable(&self, recs: &Records, limit: usize) -> Vec<Candidate> {
+        #[cfg(test)]
+        EVICTABLE_SCANS.with(|c| c.set(c.get() + 1));
         let mut found = Vec::new();
         for shard in self.shards.iter() {
             let table = self.lock(shard);
@@ -245,6 +254,13 @@ impl Index {
                     found.push(Candidate { last_used: rec.last_used(), hash: self.hash(rec.key()), id });
                 }
             }
+        }
+        if limit == 0 {
+            return Vec::new();
+        }
+        if found.len() > limit {
+            found.select_nth_unstable_by_key(limit - 1, |c| c.last_used);
+            found.truncate(limit);
         }
         found.sort_unstable_by_key(|c| c.last_used);
         found
@@ -453,8 +469,9 @@ mod tests {
         }
         // The creators of `old` and `new` release theirs; `held` keeps its creator's reference.
         assert!(!f.recs.get(old).release() && !f.recs.get(new).release());
-        let found = f.ix.evictable(&f.recs);
+        let found = f.ix.evictable(&f.recs, 10);
         assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), vec![old, new]);
+        assert_eq!(f.ix.evictable(&f.recs, 1).iter().map(|c| c.id).collect::<Vec<_>>(), vec![old], "the oldest only");
         f.recs.get(new).set_last_used(30);
         assert_eq!(f.ix.evict(&f.recs, found[1]), None, "used since the scan");
         assert_eq!(f.ix.evict(&f.recs, found[0]), Some(old));

@@ -187,6 +187,8 @@ pub(crate) struct Inner {
     /// Freed blocks are cached with their record id and the `Arc<Inner>` count their record held.
     arena: SharedArena<Arc<Inner>>,
     evict_lru: bool,
+    /// Eviction candidates left from the last scan of the index, oldest first.
+    victims: Mutex<std::vec::IntoIter<Candidate>>,
     /// Zero of the recency clock (`Record::last_used`).
     epoch: Instant,
     evictions: AtomicU64,
@@ -333,18 +335,26 @@ fn index_error(e: IndexError, key: &[u8], wait: Wait) -> Error {
     }
 }
 
+/// Eviction candidates one scan of the index keeps, at most.
+const VICTIMS: usize = 16384;
+
 impl Inner {
-    /// Evicts the least recently used object nobody holds, taking candidates from `victims` (a
-    /// scan of the index, oldest first) and scanning again when they run out. Other threads
-    /// create, seal and evict meanwhile: a scan's candidates may all be gone by the time they are
-    /// tried while newer objects have become evictable, so only a scan that finds nothing ends
-    /// the search. Answers the evicted id, whose index reference the caller drops.
-    fn evict_one(&self, victims: &mut std::vec::IntoIter<Candidate>) -> Option<u32> {
+    /// Evicts the least recently used object nobody holds, taking candidates from the pool's
+    /// list (from a scan of the index, oldest first, kept for the next creates: a create that
+    /// evicts thousands of objects, or thousands of creates that evict one each, scan the index
+    /// once per `VICTIMS` evictions, not once each) and scanning again when they run out. A
+    /// candidate is evicted only if it is still in the index, sealed, unheld and unused since
+    /// the scan. Other threads create, seal and evict meanwhile: a scan's candidates may all be
+    /// gone by the time they are tried while newer objects have become evictable, so only a
+    /// scan that finds nothing ends the search. Answers the evicted id, whose index reference
+    /// the caller drops.
+    fn evict_one(&self) -> Option<u32> {
+        let mut victims = self.victims.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(id) = victims.find_map(|c| self.index.evict(&self.records, c)) {
                 return Some(id);
             }
-            *victims = self.index.evictable(&self.records).into_iter();
+            *victims = self.index.evictable(&self.records, VICTIMS).into_iter();
             if victims.len() == 0 {
                 return None;
             }
@@ -444,6 +454,7 @@ impl Pool {
                 index: Index::new(),
                 arena: SharedArena::new(arena),
                 evict_lru: opts.evict_lru,
+                victims: Mutex::new(Vec::new().into_iter()),
                 epoch: Instant::now(),
                 evictions: AtomicU64::new(0),
                 creates_refused: AtomicU64::new(0),
@@ -580,7 +591,6 @@ impl Pool {
                 Bytes(capacity as u64)
             )));
         }
-        let mut victims = Vec::new().into_iter();
         let mut retried = false;
         loop {
             let made = inner.index.insert_with(&inner.records, key, || {
@@ -606,7 +616,7 @@ impl Pool {
             // With eviction on, evict least recently used objects one by one (outside any
             // lock of the index) until the create fits or nothing is left to evict.
             if out_of_room && inner.evict_lru {
-                if let Some(id) = inner.evict_one(&mut victims) {
+                if let Some(id) = inner.evict_one() {
                     inner.evictions.fetch_add(1, Ordering::Relaxed);
                     inner.free_evicted(id);
                     continue;
@@ -1070,5 +1080,45 @@ impl std::fmt::Debug for Buffer {
             .field("len", &self.len())
             .field("sealed", &self.is_sealed())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Creates that evict one object each take their candidates from one scan of the index, and
+    /// evict the least recently used objects nobody holds, in that order.
+    #[test]
+    fn creates_that_evict_one_object_each_share_one_scan_of_the_index_and_evict_oldest_first() {
+        let opts = PoolOptions {
+            size: 1 << 20,
+            max_objects: 1024,
+            evict_lru: true,
+            rdma: RdmaMode::Off,
+            ..Default::default()
+        };
+        let pool = Pool::open(&opts).unwrap();
+        let key = |i: usize| format!("k{i:04}");
+        for i in 0..256 {
+            let mut w = pool.create(key(i).as_bytes(), 4096).unwrap();
+            w.as_mut_slice().unwrap().fill(i as u8);
+            w.seal().unwrap();
+        }
+        let held: Vec<_> = (0..4).map(|i| pool.get(key(i).as_bytes(), Wait::Now).unwrap()).collect();
+        let scans = || crate::index::EVICTABLE_SCANS.with(|c| c.get());
+        let before = scans();
+        for i in 0..100 {
+            let mut w = pool.create(format!("n{i:03}").as_bytes(), 4096).unwrap();
+            w.as_mut_slice().unwrap().fill(0xEE);
+            w.seal().unwrap();
+        }
+        assert_eq!(pool.stats().evictions, 100);
+        assert!(scans() - before <= 1, "{} scans for 100 creates", scans() - before);
+        let gone: Vec<usize> = (0..256).filter(|&i| !pool.contains(key(i).as_bytes())).collect();
+        assert_eq!(gone, (4..104).collect::<Vec<_>>(), "the oldest objects nobody held went, in order");
+        for (i, h) in held.iter().enumerate() {
+            assert!(h.as_slice().iter().all(|&b| b == i as u8));
+        }
     }
 }
