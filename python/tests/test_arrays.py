@@ -227,8 +227,8 @@ def test_arrays_that_differ_only_in_their_data_share_one_cached_layout_and_read_
 
 
 def test_an_address_read_again_under_another_layout_gets_that_layout(pool):
-    # get_array caches the interface numpy reads by the data's address; an object stored where
-    # another was, with another dtype and shape, must not be read as the first.
+    # get_array caches the interface numpy reads, which holds the data's address; an object
+    # stored where another was, with another dtype and shape, must not be read as the first.
     first = np.arange(1024, dtype=np.float32)
     pool.put_array("first", first)
     got = pool.get_array("first")
