@@ -44,6 +44,18 @@ def in_pool(pool):
 
 
 @pytest.fixture
+def handle_under():
+    """handle_under(arr): the zcopy handle that keeps the bytes of an array from get_array alive.
+    numpy 2 makes such an array's base (handle, capsule), numpy 1 the handle itself."""
+
+    def find(arr):
+        base = arr.base
+        return base[0] if type(base) is tuple else base
+
+    return find
+
+
+@pytest.fixture
 def make_pool():
     """make_pool(size=..., **options): opens extra pools, each closed after the test."""
     pools = []

@@ -224,3 +224,49 @@ def test_arrays_that_differ_only_in_their_data_share_one_cached_layout_and_read_
     pool.put_array("other", np.full((4, 256), 1, np.float32))
     assert pool.get_array("other").shape == (4, 256)
     assert len(_objects._array_layouts) == 2
+
+
+def test_an_address_read_again_under_another_layout_gets_that_layout(pool):
+    # get_array caches the interface numpy reads, which holds the data's address; an object
+    # stored where another was, with another dtype and shape, must not be read as the first.
+    first = np.arange(1024, dtype=np.float32)
+    pool.put_array("first", first)
+    got = pool.get_array("first")
+    same_array(got, first)
+    address = got.ctypes.data
+    del got
+    pool.delete("first")
+    gc.collect()
+    second = np.arange(2048, dtype=">i2").reshape(32, 64)
+    pool.put_array("second", second)
+    got = pool.get_array("second")
+    assert got.ctypes.data == address  # the freed block again: same address, another layout
+    same_array(got, second)
+
+
+def test_arrays_keep_the_interface_they_were_made_from_when_its_cache_drops_it(pool, handle_under, monkeypatch):
+    # The capsule under an array points into memory that the cache of them holds; the handle
+    # holds it too, so that clearing the cache (at its limit) leaves the array's capsule valid.
+    from zcopy import _objects
+
+    monkeypatch.setattr(_objects, "_CACHE_LIMIT", 4)
+    _objects._array_structs.clear()
+    arrays = {}
+    for i in range(12):
+        pool.put_array("v%d" % i, np.full((3, 5), i, np.int32))
+        arrays[i] = pool.get_array("v%d" % i)
+    assert len(_objects._array_structs) <= 4
+    for i, arr in arrays.items():
+        again = np.asarray(handle_under(arr))  # numpy reads the capsule's memory once more
+        assert again.shape == (3, 5) and again.dtype == np.int32 and not again.flags.writeable
+        assert again.ctypes.data == arr.ctypes.data and np.all(again == i) and np.all(arr == i)
+
+
+def test_get_array_results_are_read_only_and_cannot_be_made_writeable(pool):
+    for name in ("float32-2d", "structured", "0-d-float"):
+        pool.put_array(name, CASES[name])
+        arr = pool.get_array(name)
+        assert not arr.flags.writeable and arr.flags.c_contiguous
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True
+        same_array(arr, CASES[name])

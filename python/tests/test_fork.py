@@ -185,9 +185,9 @@ def test_forked_child_releases_nothing_of_the_parent_when_it_drops_and_collects_
     writer.abort()
 
 
-def test_forked_child_never_releases_its_parents_handles_and_detaches_its_pool_finalizer(parent_state):
+def test_forked_child_never_releases_its_parents_handles_and_detaches_its_pool_finalizer(parent_state, handle_under):
     pool, reader, parts, writer, arr, before = parent_state
-    handles = [reader._handle, parts._handle, writer._handle, arr.base]
+    handles = [reader._handle, parts._handle, writer._handle, handle_under(arr)]
     assert all(h.generation == _core._generation for h in handles) and pool._finalizer.alive
 
     def child(report):

@@ -2,8 +2,10 @@
 
 Lifetime: a `_Handle` owns one `zc_buffer *` and calls `zc_release` exactly once, from its
 `__del__`, when it is garbage collected. Every view (numpy array, memoryview, tensor)
-reaches its handle through its base chain (array.base -> _Span -> _Handle), and a `Buffer` holds
-it too, so the release happens when the last of them is gone, whichever order they die in.
+reaches its handle through its base chain (array.base -> _Span -> _Handle; an array from
+get_array has the handle as its base, or with numpy 2 the pair (handle, capsule) of the
+`__array_struct__` it was made from), and a `Buffer` holds it too, so the release happens when
+the last of them is gone, whichever order they die in.
 `Buffer.release()` only drops the Buffer's own reference: it is safe with live views.
 
 Fork: the pool region is mapped MADV_DONTFORK, so a forked child has none of its parent's pool
@@ -351,9 +353,9 @@ def _forked_buffer_error(key):
 
 class _Handle:
     """Owns one `zc_buffer *`; releases it once, when collected. It may also be an array's base
-    directly (`__array_interface__`), when nothing else needs to sit between them. `__del__`
-    rather than a `weakref.finalize`: a finalizer costs about three times as much to make, on
-    every get."""
+    directly (`__array_interface__`, or `__array_struct__` in the subclass get_array uses), when
+    nothing else needs to sit between them. `__del__` rather than a `weakref.finalize`: a
+    finalizer costs about three times as much to make, on every get."""
 
     __slots__ = ("ptr", "generation", "views", "__array_interface__", "__weakref__")
 
