@@ -304,6 +304,21 @@ def test_tensors_of_both_formats_read_back_in_place(mc):
     assert out["objects_after"] == out["objects_before"]
 
 
+def test_one_dimensional_tensors_of_every_dtype_read_back_as_pool_views_that_hold_their_buffer(mc):
+    out = mc.run("flat_tensors")
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert len(out["same"]) == 2 * 15 and all(got == [True] * 3 for got in out["same"].values()), out["same"]
+    assert all(out["batch_same"].values()), out["batch_same"]
+    assert all(out["in_pool"].values()), out["in_pool"]
+    assert out["empty"] == [["torch.int32", [0]]] * 2
+    # One buffer while the tensor lives, still one while only a slice of it does, none after.
+    before = out["objects_before"]
+    assert out["objects_with_tensor"] == out["objects_with_slice_only"] == before + 1
+    assert out["slice_same"]
+    assert out["objects_after"] == before
+
+
 def test_mooncake_tensor_header_is_checked_field_by_field_before_any_view(mc):
     out = mc.run("tensor_header")
     assert out["valid"] == [304, "float32", [2, 3]] and out["valid_offset_320"] == [320, "float32", [2, 3]]
@@ -1003,6 +1018,47 @@ def case_tensors(ctx):
     out["array_of_mooncake_tensor"] = int(st.get_array("mt-small").nbytes)
     del got, read, mixed
     for k in ["zt-" + name for name in ours] + keys + ["mt-small"]:
+        st.remove(k, force=True)
+    out["objects_before"] = before
+    out["objects_after"] = _objects(st.pool)
+    return out
+
+
+def case_flat_tensors(ctx):
+    try:
+        import torch
+    except ImportError:
+        return {"skip": "torch is not installed"}
+    st = ctx.a
+    before = _objects(st.pool)
+    values = {}
+    for i, name in enumerate(MOONCAKE_DTYPES):
+        raw = torch.from_numpy(_pattern(400 + i, 8 * 40))
+        dtype = getattr(torch, name)
+        values[name] = (raw % 2).bool() if dtype == torch.bool else raw.view(dtype)
+    for name, t in values.items():
+        st.put_tensor("zf-" + name, t)
+        assert st.store.put_tensor("mf-" + name, t) == 0, name
+    keys = [prefix + name for name in values for prefix in ("zf-", "mf-")]
+    # Three gets of each: the first decodes the value, the next ones make the view before the
+    # transfer from the layout the first one learned.
+    out = {"same": {k: [_same_tensor(st.get_tensor(k), values[k[3:]]) for _ in range(3)] for k in keys}}
+    batch = st.batch_get_tensors(keys)
+    out["batch_same"] = {k: _same_tensor(t, values[k[3:]]) for k, t in zip(keys, batch)}
+    out["in_pool"] = {k: _in_pool(st.pool, t.data_ptr()) for k, t in zip(keys, batch)}
+    del batch
+    st.put_tensor("zf-empty", torch.zeros(0, dtype=torch.int32))
+    empty = [st.get_tensor("zf-empty") for _ in range(2)]
+    out["empty"] = [[str(t.dtype), list(t.shape)] for t in empty]
+    del empty
+    whole = st.get_tensor("zf-float32")
+    out["objects_with_tensor"] = _objects(st.pool)
+    part = whole[3:7]
+    del whole
+    out["objects_with_slice_only"] = _objects(st.pool)
+    out["slice_same"] = _same_tensor(part, values["float32"][3:7])
+    del part
+    for k in keys + ["zf-empty"]:
         st.remove(k, force=True)
     out["objects_before"] = before
     out["objects_after"] = _objects(st.pool)
