@@ -12,9 +12,10 @@ runs every method once in a block of calls, in an order rotated round by round):
        its own put_tensor wrote, against Mooncake's get_tensor, get_tensor_into (into one buffer
        registered once), get_buffer, get (bytes), and batch_get_into of one key into the
        registered buffer (the call ZeroCopyStore makes: the difference is its own cost);
-  put: ZeroCopyStore.put_tensor (one copy into the pool, then put_from) and put_buffer of a
-       value produced in place in the pool (no copy), against Mooncake's put_tensor and put_from
-       after copying the tensor into a buffer registered once;
+  put: ZeroCopyStore.put_tensor (one copy into the pool, then put_from; also with
+       if_exists="raise", which asks batch_is_exist first) and put_buffer of a value produced in
+       place in the pool (no copy), against Mooncake's put_tensor and put_from after copying the
+       tensor into a buffer registered once;
 and a batch of 1000 x 4 KiB: batch_get_tensors (both formats) against Mooncake's
 batch_get_tensor, batch_get_buffer and batch_get_into (registered). Without torch the same runs
 with arrays (get_array, put_array) and Mooncake's byte calls.
@@ -190,9 +191,20 @@ def reader(conn, master, w_host, quick):
                     np.copyto(scratch[:size], src_bytes)
                     assert store.put_from(fresh("pf"), at, size, to_w) == 0
 
+                def strict(put):
+                    """The put with if_exists="raise": one batch_is_exist before it."""
+                    def run():
+                        st.if_exists = "raise"
+                        try:
+                            put()
+                        finally:
+                            st.if_exists = "keep"
+                    return run
+
                 if torch_ok:
                     puts = {
                         "zcopy put_tensor": (lambda: st.put_tensor(fresh("zp"), src, to_w), size),
+                        'zcopy put_tensor (if_exists="raise")': (strict(lambda: st.put_tensor(fresh("zp"), src, to_w)), size),
                         "zcopy put_buffer (produced in place)": (lambda: st.put_buffer(fresh("zb"), made, to_w), 0),
                         "mooncake put_tensor": (lambda: store.put_tensor(fresh("mp"), src), size),
                         "mooncake put_from (copy + registered)": (mc_put_from, size),
@@ -200,6 +212,7 @@ def reader(conn, master, w_host, quick):
                 else:
                     puts = {
                         "zcopy put_array": (lambda: st.put_array(fresh("zp"), src, to_w), size),
+                        'zcopy put_array (if_exists="raise")': (strict(lambda: st.put_array(fresh("zp"), src, to_w)), size),
                         "zcopy put_buffer (produced in place)": (lambda: st.put_buffer(fresh("zb"), made, to_w), 0),
                         "mooncake put (bytes)": (lambda: store.put(fresh("mp"), src, to_w), size),
                         "mooncake put_from (copy + registered)": (mc_put_from, size),
