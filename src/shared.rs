@@ -910,7 +910,18 @@ impl SharedInner {
         // Hashed before the mutex is taken, so that it is held for less.
         let hash = self.store.hash(key);
         let g = self.lock()?;
-        self.store.delete(&g, key, hash)
+        let Some((id, generation)) = self.store.delete(&g, key, hash)? else {
+            return Ok(());
+        };
+        drop(g);
+        // Long ledgers are read without the mutex. A process killed here leaves the object
+        // deleted and unheld, which the next reclaim frees (Store::sweep).
+        if self.store.held(id, generation)? {
+            return Ok(()); // its last reader frees it
+        }
+        let g = self.lock()?;
+        self.store.free_deleted(&g, id, generation)?;
+        Ok(())
     }
 
     pub(crate) fn contains(&self, key: &[u8]) -> bool {

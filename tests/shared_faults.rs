@@ -73,6 +73,14 @@ fn work(name: &str) -> ! {
     let pool = Pool::attach(name, &options()).expect("attach");
     let mut rng = Rng(u64::from(std::process::id()) << 20 | 0x9e37);
     let mut held: Vec<Buffer> = Vec::new();
+    // Half the workers keep over 4096 references (on one of the checker's objects): a delete of
+    // an object such a worker read looks for references without the pool's lock, then frees
+    // under it (the long-ledger path of Store::delete), so kills land there too.
+    let _padding: Vec<Buffer> = if std::process::id() % 2 == 0 {
+        (0..4200).map(|_| pool.get(b"checker-0", Wait::Now).expect("the checker's object")).collect()
+    } else {
+        Vec::new()
+    };
     say("ready");
     loop {
         let key = format!("w-{}", rng.below(WORKER_KEYS));

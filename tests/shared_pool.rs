@@ -595,11 +595,31 @@ fn an_evicting_shared_pool_evicts_what_no_process_holds_least_recently_used_firs
 
 #[test]
 fn readers_racing_deletes_and_creates_of_the_same_keys_never_see_wrong_bytes_and_leak_nothing() {
-    // Readers take no lock: each get publishes its reference and re-checks the record, while a
-    // writer deletes and makes the keys again. Every value is one byte repeated (its version), so
-    // a reader that got a freed or reused block would see mixed bytes.
-    let name = Name::new("race");
-    let pool = create(&name, 1 << 20);
+    race_deletes_and_creates("race", 0);
+}
+
+#[test]
+fn readers_racing_deletes_that_scan_long_ledgers_without_the_lock_never_see_wrong_bytes_and_leak_nothing() {
+    // With 5000 references held by this process, its ledger is long enough that every delete of
+    // an object it read looks for references without the pool's lock, then frees under it.
+    race_deletes_and_creates("race-long", 5000);
+}
+
+/// Readers take no lock: each get publishes its reference and re-checks the record, while a
+/// writer deletes and makes the keys again. Every value is one byte repeated (its version), so a
+/// reader that got a freed or reused block would see mixed bytes. `held` references on other
+/// objects are kept throughout.
+fn race_deletes_and_creates(what: &str, held: usize) {
+    let name = Name::new(what);
+    let pool = Pool::open(&PoolOptions { size: 2 << 20, max_objects: 8192, name: Some(name.0.clone()), ..local() })
+        .expect("create a shared pool");
+    let holds: Vec<_> = (0..held)
+        .map(|i| {
+            let key = format!("held-{i}").into_bytes();
+            put(&pool, &key, 8);
+            pool.get(&key, Wait::Now).unwrap()
+        })
+        .collect();
     let keys: Vec<Vec<u8>> = (0..4).map(|i| format!("race-{i}").into_bytes()).collect();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (reads, versions) = std::thread::scope(|s| {
@@ -636,12 +656,59 @@ fn readers_racing_deletes_and_creates_of_the_same_keys_never_see_wrong_bytes_and
     assert!(reads > 0 && versions > 100, "{reads} reads, {versions} versions");
     pool.check().unwrap();
     let s = pool.stats();
-    assert_eq!((s.object_count, s.key_count), (4, 4), "only the last version of each key is left");
+    assert_eq!(
+        (s.object_count, s.key_count),
+        (4 + held as u64, 4 + held as u64),
+        "only the last version of each key is left"
+    );
     for key in &keys {
         pool.delete(key).unwrap();
     }
+    for (i, h) in holds.iter().enumerate() {
+        assert_eq!(h.as_slice(), pattern(format!("held-{i}").as_bytes(), 8));
+    }
+    drop(holds);
+    for i in 0..held {
+        pool.delete(format!("held-{i}").as_bytes()).unwrap();
+    }
     let s = pool.stats();
     assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_delete_that_scans_long_ledgers_without_the_lock_frees_what_nobody_holds_and_leaves_what_is_held() {
+    let name = Name::new("long-ledger");
+    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 8192, name: Some(name.0.clone()), ..local() })
+        .expect("create a shared pool");
+    let holds: Vec<_> = (0..5000)
+        .map(|i| {
+            let key = format!("h{i}").into_bytes();
+            put(&pool, &key, 8);
+            pool.get(&key, Wait::Now).unwrap()
+        })
+        .collect();
+    put(&pool, b"read-once", 4096);
+    put(&pool, b"still-read", 4096);
+    drop(pool.get(b"read-once", Wait::Now).unwrap());
+    let reader = pool.get(b"still-read", Wait::Now).unwrap();
+    let before = pool.stats();
+    // Read by this process, so its 5000-entry ledger is searched: no reference, freed at once.
+    pool.delete(b"read-once").unwrap();
+    let after = pool.stats();
+    assert_eq!(before.object_count - after.object_count, 1);
+    assert_eq!(before.used_bytes - after.used_bytes, 4096);
+    // Held: the key goes, the bytes stay until the reader releases them.
+    pool.delete(b"still-read").unwrap();
+    assert!(!pool.contains(b"still-read"));
+    assert!(matches!(pool.get(b"still-read", Wait::Now), Err(Error::NotFound(_))));
+    assert_eq!(pool.stats().object_count, after.object_count);
+    assert_eq!(reader.as_slice(), pattern(b"still-read", 4096));
+    pool.check().unwrap();
+    drop(reader);
+    let last = pool.stats();
+    assert_eq!((after.object_count - last.object_count, after.used_bytes - last.used_bytes), (1, 4096));
+    drop(holds);
     pool.check().unwrap();
 }
 

@@ -181,7 +181,7 @@ impl<'a> Ledger<'a> {
     }
 
     /// The high-water mark, checked.
-    fn high_water(&self) -> Result<u64> {
+    pub(crate) fn high_water(&self) -> Result<u64> {
         let high = self.header.high_water.load(Ordering::Acquire);
         if high > self.capacity() {
             return Err(corrupt(self.slot, format!("high-water mark {high} past {} entries", self.capacity())));
