@@ -35,6 +35,20 @@ pub enum IndexError {
     Closed,
 }
 
+/// Keeps the `n` items of `items` with the smallest keys, in key order: a partial sort, for the
+/// eviction candidates of one scan.
+pub(crate) fn first_by_key<T, K: Ord>(items: &mut Vec<T>, n: usize, key: impl Fn(&T) -> K + Copy) {
+    if items.len() > n {
+        if n == 0 {
+            items.clear();
+            return;
+        }
+        items.select_nth_unstable_by_key(n - 1, key);
+        items.truncate(n);
+    }
+    items.sort_unstable_by_key(key);
+}
+
 #[cfg(test)]
 thread_local! {
     /// Scans [`Index::evictable`] made on this thread.
@@ -245,6 +259,9 @@ impl Index {
     pub fn evictable(&self, recs: &Records, limit: usize) -> Vec<Candidate> {
         #[cfg(test)]
         EVICTABLE_SCANS.with(|c| c.set(c.get() + 1));
+        if limit == 0 {
+            return Vec::new();
+        }
         let mut found = Vec::new();
         for shard in self.shards.iter() {
             let table = self.lock(shard);
@@ -255,14 +272,7 @@ impl Index {
                 }
             }
         }
-        if limit == 0 {
-            return Vec::new();
-        }
-        if found.len() > limit {
-            found.select_nth_unstable_by_key(limit - 1, |c| c.last_used);
-            found.truncate(limit);
-        }
-        found.sort_unstable_by_key(|c| c.last_used);
+        first_by_key(&mut found, limit, |c| c.last_used);
         found
     }
 

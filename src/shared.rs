@@ -62,7 +62,7 @@ pub(crate) struct SharedInner {
     /// The entries of `ledger` this process has handed out and not in use.
     free_entries: Arc<FreeEntries>,
     /// Eviction candidates left from this process's last scan, for its next creates.
-    victims: Mutex<Victims>,
+    victims: Mutex<std::vec::IntoIter<Victim>>,
     slot: Option<SlotGuard<'static>>,
     slots: Box<Slots<'static>>,
     closed: AtomicBool,
@@ -215,7 +215,7 @@ impl SharedHandle {
     fn evict_one(&self, g: &Locked<'_>, call: &mut Eviction) -> Result<bool> {
         let mut victims = relock(&self.victims);
         loop {
-            if self.store.evict_next(g, &mut victims.list)? {
+            if self.store.evict_next(g, &mut victims)? {
                 call.evicted = true;
                 return Ok(true);
             }
@@ -223,10 +223,10 @@ impl SharedHandle {
                 return Ok(false);
             }
             let batch = VICTIMS.saturating_mul(1 << call.scans.min(20));
-            victims.list = self.store.lru_victims(g, batch)?.into_iter();
+            *victims = self.store.lru_victims(g, batch)?.into_iter();
             call.scans += 1;
             call.evicted = false;
-            if victims.list.len() == 0 {
+            if victims.len() == 0 {
                 return Ok(false);
             }
         }
@@ -333,17 +333,6 @@ impl SharedHandle {
 /// Eviction candidates asked of a create's first scan of the records (see
 /// [`SharedHandle::evict_one`]).
 const VICTIMS: usize = 256;
-
-/// Eviction candidates a process keeps between creates (see [`SharedHandle::evict_one`]).
-struct Victims {
-    list: std::vec::IntoIter<Victim>,
-}
-
-impl Default for Victims {
-    fn default() -> Victims {
-        Victims { list: Vec::new().into_iter() }
-    }
-}
 
 /// One create's search for objects to evict: the scans it made, and whether a candidate of the
 /// last one was evicted.
@@ -651,7 +640,7 @@ impl SharedInner {
             store,
             ledger,
             free_entries: FreeEntries::new(),
-            victims: Mutex::new(Victims::default()),
+            victims: Mutex::new(Vec::new().into_iter()),
             slot,
             slots,
             closed: AtomicBool::new(false),

@@ -591,12 +591,8 @@ def case_batch(ctx):
         assert counting.take() == put_calls
         st.put_array("batch-single", np.arange(3))
         single_put_calls = counting.take()
-        st.if_exists = "raise"
-        try:
-            st.put_array("batch-single-raise", np.arange(3))
-            single_raise_calls = counting.take()
-        finally:
-            st.if_exists = "keep"
+        _in_mode(ctx, "raise", lambda ctx: st.put_array("batch-single-raise", np.arange(3)))
+        single_raise_calls = counting.take()
         for k in keys:
             st.forget(k)  # as if another client had put them: sizes come from the master
         arrays = st.batch_get_arrays(keys)
@@ -1150,24 +1146,29 @@ def _value_of(st, key):
         return "%s: %s" % (type(e).__name__, e)
 
 
-def case_existing_key(ctx):
-    return _existing_key(ctx, "keep")
-
-
-def case_existing_key_raise(ctx):
+def _in_mode(ctx, mode, case):
+    """case(ctx) with client A's puts in if_exists `mode`, then back to the default."""
+    ctx.a.if_exists = mode
     try:
-        return _existing_key(ctx, "raise")
+        return case(ctx)
     finally:
         ctx.a.if_exists = "keep"
 
 
-def _existing_key(ctx, mode):
+def case_existing_key(ctx):
+    return _existing_key(ctx)
+
+
+def case_existing_key_raise(ctx):
+    return _in_mode(ctx, "raise", _existing_key)
+
+
+def _existing_key(ctx):
     import numpy as np
 
     zcopy = ctx.zcopy
     st = ctx.a
     before = _objects(st.pool)
-    st.if_exists = mode
     forms = {
         "put_array": lambda k: st.put_array(k, np.array([2, 2, 2])),
         "put_object": lambda k: st.put_object(k, {"v": 2}),
@@ -1252,23 +1253,19 @@ def case_if_exists_modes(ctx):
 
 
 def case_existing_key_batch(ctx):
-    return _existing_key_batch(ctx, "keep")
+    return _existing_key_batch(ctx)
 
 
 def case_existing_key_batch_raise(ctx):
-    try:
-        return _existing_key_batch(ctx, "raise")
-    finally:
-        ctx.a.if_exists = "keep"
+    return _in_mode(ctx, "raise", _existing_key_batch)
 
 
-def _existing_key_batch(ctx, mode):
+def _existing_key_batch(ctx):
     import numpy as np
 
     zcopy = ctx.zcopy
     st = ctx.a
     before = _objects(st.pool)
-    st.if_exists = mode
     st.put_array("old-b", np.array([1, 2, 3]))
     batches = {
         "batch_put_arrays": lambda ks: st.batch_put_arrays(ks, [np.arange(4)] * 3),
@@ -1326,16 +1323,17 @@ def case_failed_batch_keeps_old(ctx):
     st.put_array("keep-pre", np.arange(10))
     huge = np.zeros(100 * MiB, np.uint8)  # fits the 256 MiB pool, no 96 MiB segment
     out = {}
-    for mode in ("keep", "raise"):
-        st.if_exists = mode
-        mixed = ["keep-mixed-1", "keep-pre", "keep-huge", "keep-mixed-2"]
+    mixed = ["keep-mixed-1", "keep-pre", "keep-huge", "keep-mixed-2"]
+
+    def put_mixed(ctx):
         try:
             st.batch_put_arrays(mixed, [np.arange(3), np.arange(10) * 100, huge, np.arange(4)])
-            row = {"type": None}
+            return {"type": None}
         except zcopy.Error as e:
-            row = _exc(e)
-        finally:
-            st.if_exists = "keep"
+            return _exc(e)
+
+    for mode in ("keep", "raise"):
+        row = _in_mode(ctx, mode, put_mixed)
         row.update(pre_after=_value_of(st, "keep-pre"), exists_after=st.store.batch_is_exist(mixed))
         out["with_stored_key_" + mode] = row
     keys = ["keep-new-1", "keep-huge", "keep-new-2"]

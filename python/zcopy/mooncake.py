@@ -336,6 +336,14 @@ class _StaleSize(Exception):
         self.keys = keys
 
 
+def _raises_if_exists(mode):
+    """Whether `if_exists` mode `mode` raises on a key the store holds; InvalidArgumentError for
+    a mode other than "keep" and "raise"."""
+    if mode not in ("keep", "raise"):
+        raise InvalidArgumentError('if_exists must be "keep" or "raise", not %r' % (mode,))
+    return mode == "raise"
+
+
 class ZeroCopyStore:
     """A Mooncake store whose puts and gets go through the registered memory of one zcopy pool.
 
@@ -395,9 +403,7 @@ class ZeroCopyStore:
 
     @if_exists.setter
     def if_exists(self, mode):
-        if mode not in ("keep", "raise"):
-            raise InvalidArgumentError('if_exists must be "keep" or "raise", not %r' % (mode,))
-        self._raise_if_exists = mode == "raise"
+        self._raise_if_exists = _raises_if_exists(mode)
 
     @classmethod
     def setup(
@@ -421,8 +427,7 @@ class ZeroCopyStore:
         and a `MooncakeDistributedStore` set up with the other arguments, and joins them.
         `rdma_devices` and `master_server_addr` (the names of Mooncake's own `setup`) are
         accepted for `device_name` and `master_server_address`."""
-        if if_exists not in ("keep", "raise"):
-            raise InvalidArgumentError('if_exists must be "keep" or "raise", not %r' % (if_exists,))
+        _raises_if_exists(if_exists)  # refused before anything is made
         if rdma_devices is not None:
             device_name = rdma_devices
         if master_server_addr is not None:
@@ -682,7 +687,10 @@ class ZeroCopyStore:
         those the store does not hold. A batch naming a key twice is refused. One batch_is_exist
         call for the whole batch: Mooncake's put keeps a key's first value and answers success
         all the same, so only asking first tells a key this put stored from one it did not, which
-        a rollback must not remove."""
+        a rollback must not remove. One key with "keep" needs no question: a put of one key has
+        nothing to roll back, and Mooncake keeps a stored value."""
+        if len(keys) == 1 and not self._raise_if_exists:
+            return [0]
         if len(set(keys)) != len(keys):
             seen = set()
             twice = next(k for k in keys if k in seen or seen.add(k))
@@ -764,8 +772,7 @@ class ZeroCopyStore:
         if type(key) is not str:
             key = _mooncake_key(key)
         self._check_fits(key, _data_bytes(kind, value))
-        if self._raise_if_exists:
-            self._absent([key])
+        self._absent([key])
         ptr, address, size = self._encode(self.pool._p(), kind, value)
         try:
             args = (key, address, size) if config is None else (key, address, size, config)
@@ -810,9 +817,7 @@ class ZeroCopyStore:
             spans.append((address, size))
         if len(keys) != len(spans):
             raise InvalidArgumentError("%d keys for %d buffers" % (len(keys), len(spans)))
-        if len(keys) == 1 and not self._raise_if_exists:
-            self._put_from(keys, spans, config)  # one key: nothing to ask first (see _put_one)
-        elif keys:
+        if keys:
             new = self._absent(keys)
             if new:
                 self._put_from([keys[i] for i in new], [spans[i] for i in new], config)

@@ -36,6 +36,7 @@ use std::sync::atomic::{
 
 use crate::alloc::{NodeCell, Tlsf, TlsfCore, GRANULE};
 use crate::error::{Error, Result};
+use crate::index::first_by_key;
 use crate::shm::header::{AreaKind, Layout, AREAS};
 use crate::shm::ledger::{self, Handle, Ledger, CREATING};
 use crate::shm::lock::{MutexGuard, SharedMutex};
@@ -978,18 +979,20 @@ impl<'a> Store<'a> {
     /// Whether any ledger holds a reference on (`id`, `generation`), or creates it. Called after
     /// marking the record, with the sequential consistency that orders it against readers.
     pub(crate) fn held(&self, id: u32, generation: u32) -> Result<bool> {
-        let mut mask = self.rec(id)?.holders.load(SeqCst);
         let lid = ledger_id(id, generation);
-        while mask != 0 {
-            let bit = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            for ledger in self.ledger_views.iter().skip(bit).step_by(32) {
-                if ledger.holds(lid)? {
-                    return Ok(true);
-                }
+        for ledger in self.holder_ledgers(self.rec(id)?.holders.load(SeqCst)) {
+            if ledger.holds(lid)? {
+                return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The ledgers a record's holder bits `mask` point to (bit `b` stands for slots `b`,
+    /// `b + 32`, ...).
+    fn holder_ledgers(&self, mask: u32) -> impl Iterator<Item = &Ledger<'a>> + '_ {
+        let bits = std::iter::successors((mask != 0).then_some(mask), |m| Some(m & (m - 1)).filter(|&m| m != 0));
+        bits.flat_map(move |m| self.ledger_views.iter().skip(m.trailing_zeros() as usize).step_by(32))
     }
 
     /// Frees (`id`, `generation`) if it is deleted and nobody holds it any more: what a reader
@@ -1279,12 +1282,18 @@ impl<'a> Store<'a> {
     /// Takes sealed record `id` out of the index and marks it deleted; frees it unless a reader
     /// holds it (its last reader frees it then).
     fn remove(&self, g: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
+        let generation = self.mark_deleted(g, id, hash)?;
+        self.free_if_unheld(g, id, generation)?;
+        Ok(())
+    }
+
+    /// Takes sealed record `id` out of the index and marks it deleted; answers its generation.
+    fn mark_deleted(&self, g: &Locked<'_>, id: u32, hash: u64) -> Result<u32> {
         let rec = self.rec(id)?;
         self.unlink_hashed(g, id, hash)?;
         rec.set_state(DELETED, SeqCst);
         sub(&self.ctl.keys, 1);
-        self.free_if_unheld(g, id, rec.generation(Relaxed))?;
-        Ok(())
+        Ok(rec.generation(Relaxed))
     }
 
     /// Removes a sealed key, whose [`Store::hash`] is `hash` (computed before the mutex was
@@ -1302,25 +1311,13 @@ impl<'a> Store<'a> {
             self.remove(g, id, hash)?;
             return Ok(None);
         }
-        self.unlink_hashed(g, id, hash)?;
-        rec.set_state(DELETED, SeqCst);
-        sub(&self.ctl.keys, 1);
-        Ok(Some((id, rec.generation(Relaxed))))
+        Ok(Some((id, self.mark_deleted(g, id, hash)?)))
     }
 
     /// Entries up to the high-water marks of the ledgers a record's holder bits point to: what
     /// [`Store::held`] reads.
     fn holders_entries(&self, rec: &Rec) -> Result<u64> {
-        let mut mask = rec.holders.load(Relaxed);
-        let mut total = 0;
-        while mask != 0 {
-            let bit = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            for ledger in self.ledger_views.iter().skip(bit).step_by(32) {
-                total += ledger.high_water()?;
-            }
-        }
-        Ok(total)
+        self.holder_ledgers(rec.holders.load(Relaxed)).map(|l| l.high_water()).sum()
     }
 
     /// Frees (`id`, `generation`) if it is still that deleted object, after a look for
@@ -1352,6 +1349,9 @@ impl<'a> Store<'a> {
     pub(crate) fn lru_victims(&self, _: &Locked<'_>, n: usize) -> Result<Vec<Victim>> {
         #[cfg(test)]
         LRU_SCANS.with(|c| c.set(c.get() + 1));
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
         let held = self.ledger_holds()?.0;
         let now = self.ctl.clock.load(Relaxed) as u32;
@@ -1366,15 +1366,7 @@ impl<'a> Store<'a> {
             })
             .collect();
         // Oldest first: the longest since its last use, on a clock that wraps at 2^32.
-        let age = |v: &Victim| std::cmp::Reverse(now.wrapping_sub(v.last_used));
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        if candidates.len() > n {
-            candidates.select_nth_unstable_by_key(n - 1, age);
-            candidates.truncate(n);
-        }
-        candidates.sort_unstable_by_key(age);
+        first_by_key(&mut candidates, n, |v| std::cmp::Reverse(now.wrapping_sub(v.last_used)));
         Ok(candidates)
     }
 
