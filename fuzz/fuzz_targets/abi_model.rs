@@ -761,7 +761,12 @@ impl Model {
             assert!(statuses.iter().all(|&s| s == 0xdead), "{call}: failed but wrote out_statuses");
             return;
         }
+        // Every item is checked against the model as of the call, the earlier items' creates
+        // included; the handles are adopted after: adopting one may release an older handle (a
+        // full table), and releasing an unsealed writer aborts a key that a later item created
+        // or found already there.
         let mut first = ZC_OK;
+        let mut made = Vec::new();
         for i in 0..n {
             let item = format!("{call} item {i}");
             let want = match keys[i].model {
@@ -773,13 +778,16 @@ impl Model {
                 // SAFETY: a live handle.
                 let addr = unsafe { zc_buffer_const_data(bufs[i]) } as usize;
                 let id = self.created(inst, keys[i].model.expect("valid key"), sizes[i], addr, None, false);
-                self.adopt(bufs[i], id, true);
+                made.push((bufs[i], id));
             } else {
                 assert!(bufs[i].is_null(), "{item}: failed but its handle is not NULL");
                 if first == ZC_OK {
                     first = statuses[i];
                 }
             }
+        }
+        for (buf, id) in made {
+            self.adopt(buf, id, true);
         }
         check(&call, st, first);
     }
