@@ -1,5 +1,6 @@
 //! `cargo bench --bench shared`: shared pools (one pool file, several processes), each figure
-//! printed next to a baseline measured in the same run, as a ratio. `-- --quick` for a shorter run.
+//! printed next to a baseline measured in the same run, as a ratio. `-- --quick` for a shorter run,
+//! `-- --only cycle,many` for some groups alone.
 //!
 //! The bench is its own other process: it starts copies of itself with `ZCOPY_SHARED_BENCH_ROLE`
 //! set to `worker`, which attach the pools they are told to by name and answer one line per
@@ -922,6 +923,9 @@ fn bench_reclaim(s: &Settings, rows: &mut Vec<Row>) {
     );
 }
 
+/// One group of the bench: its rows are pushed onto the list.
+type Group = fn(&Settings, &mut Vec<Row>);
+
 fn main() {
     if std::env::var(ROLE).as_deref() == Ok("worker") {
         worker();
@@ -929,6 +933,21 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let s = if quick { Settings::quick() } else { Settings::full() };
+    // `--only NAME[,NAME…]` runs those groups alone (get, cycle, many, hot, attach, reclaim).
+    let only: Option<Vec<String>> =
+        std::env::args().skip_while(|a| a != "--only").nth(1).map(|v| v.split(',').map(str::to_owned).collect());
+    let groups: [(&str, Group); 6] = [
+        ("get", bench_get),
+        ("cycle", bench_cycle),
+        ("many", bench_many),
+        ("hot", bench_hot),
+        ("attach", bench_attach),
+        ("reclaim", bench_reclaim),
+    ];
+    if let Some(bad) = only.iter().flatten().find(|n| !groups.iter().any(|(g, _)| g == n)) {
+        eprintln!("--only: no group {bad:?}; the groups are get, cycle, many, hot, attach, reclaim");
+        std::process::exit(2);
+    }
     println!(
         "shared pools (RDMA off, /dev/shm): medians of {} rounds, spread (min–max) in brackets; \
          batches of {} ms, rate windows of {} ms",
@@ -939,12 +958,11 @@ fn main() {
     println!("load average at the start: {}", load_average());
     let started = Instant::now();
     let mut rows = Vec::new();
-    bench_get(&s, &mut rows);
-    bench_cycle(&s, &mut rows);
-    bench_many(&s, &mut rows);
-    bench_hot(&s, &mut rows);
-    bench_attach(&s, &mut rows);
-    bench_reclaim(&s, &mut rows);
+    for (name, run) in groups {
+        if only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)) {
+            run(&s, &mut rows);
+        }
+    }
     println!();
     print_table(&rows);
     println!("\nmeasured in {:.1} s; load average at the end: {}", started.elapsed().as_secs_f64(), load_average());
