@@ -17,7 +17,8 @@ import struct
 
 import numpy as np
 
-from ._core import Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _key, _parts_total, _raise, _Span, _timeout_ms, _view
+from ._core import (Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _handle_state, _key, _parts_total, _raise,
+                    _Span, _timeout_ms, _view)
 from . import _lib
 from ._lib import lib
 
@@ -289,6 +290,10 @@ def _array_layout(address, size, head, key):
     return layout
 
 
+# A handle made without a call to __init__: get_array sets its three fields itself.
+_new_array_handle = object.__new__
+
+
 class _ArrayHandle(_Handle):
     """The handle under an array from `get_array`. numpy makes the array from the capsule in its
     `__array_struct__` (numpy 2 keeps that capsule beside the handle as the array's base:
@@ -314,16 +319,16 @@ _addressof = ctypes.addressof
 _capsule_new = ctypes.pythonapi.PyCapsule_New
 _capsule_new.restype = ctypes.py_object
 _capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-# (capsule, memory, dtype) of the arrays read, by what the capsule depends on: the bytes before
-# the data part and the object's size (the key of _array_layouts, so the layout they were found
-# to have) and the object's address. Reading an object again finds its capsule made. Cleared
-# when full: arrays keep their own entry through their handle.
+# (capsule, memory, dtype, meta) of the arrays read, by the address and size of the object read
+# (see _array_struct): a get at the same place whose bytes start with `meta` finds its capsule
+# made. Cleared when full: arrays keep their own entry through their handle.
 _array_structs = {}
 
 
-def _array_struct(layout, data):
-    """(capsule, memory, dtype): the array interface of an array of `layout` (as _array_layout
-    answers it) whose data is at address `data`, in a capsule."""
+def _array_struct(layout, data, meta):
+    """(capsule, memory, dtype, meta): the array interface of an array of `layout` (as
+    _array_layout answers it) whose data is at address `data`, in a capsule, and the bytes
+    before the data part the layout was found in (`meta`, None when not cached)."""
     dtype, shape = layout[2], layout[3]
     ndim = len(shape)
     pack = _INTERFACE_SHAPES[ndim]
@@ -335,7 +340,7 @@ def _array_struct(layout, data):
         memory, 0, 2, ndim, dtype.kind.encode("ascii"), dtype.itemsize, _INTERFACE_FLAGS,
         at + _INTERFACE.size if ndim else 0, 0, data, id(dtype), *shape,
     )
-    return _capsule_new(at, None, None), memory, dtype
+    return _capsule_new(at, None, None), memory, dtype, meta
 
 
 def get_array(pool, key, timeout=None):
@@ -352,17 +357,20 @@ def get_array(pool, key, timeout=None):
     if status:
         _raise(status)
     buffer, address, size, head = _VIEW.unpack_from(view)
-    handle = _ArrayHandle(buffer)
-    head_at, head_len, data_at = _PART_SPANS.unpack_from(head, 32)
-    # The key of _layout_key when the bytes before the data part are all copied out and are the
-    # object's own (not the padding after a smaller one). Bytes without the ZCPARTS magic miss
-    # like any others: every key cached starts with it.
-    if head_at + head_len <= data_at <= size and data_at <= _VIEW_HEAD:
-        meta = head[:data_at]
-        entry = _array_structs.get((meta, size, address))
-    else:
-        meta = entry = None
-    if entry is None:
+    handle = _new_array_handle(_ArrayHandle)
+    handle.ptr = buffer
+    handle.generation = _handle_state[0]
+    handle.views = None
+    # An object read before at this address and size, whose bytes start with the same bytes
+    # before the data part (its parts table included, so the data part starts at the same
+    # place): the same layout, the same capsule.
+    entry = _array_structs.get((address, size))
+    if entry is None or not head.startswith(entry[3]):
+        head_at, head_len, data_at = _PART_SPANS.unpack_from(head, 32)
+        # The bytes before the data part, when they are all copied out and are the object's
+        # own (not the padding after a smaller one): what the layout depends on. Bytes without
+        # the ZCPARTS magic miss like any others: every key cached starts with it.
+        meta = head[:data_at] if head_at + head_len <= data_at <= size and data_at <= _VIEW_HEAD else None
         layout = _array_layouts.get((meta, size)) if meta is not None else None
         if layout is None:
             layout = _array_layout(address, size, head if size >= _VIEW_HEAD else head[:size], key)
@@ -370,11 +378,11 @@ def get_array(pool, key, timeout=None):
             empty = np.empty(layout[3], layout[2])
             empty.flags.writeable = False
             return empty
-        entry = _array_struct(layout, address + layout[0])
+        entry = _array_struct(layout, address + layout[0], meta)
         if meta is not None:
             if len(_array_structs) >= _CACHE_LIMIT:
                 _array_structs.clear()
-            _array_structs[(meta, size, address)] = entry
+            _array_structs[(address, size)] = entry
     handle.struct = entry
     handle.__array_struct__ = entry[0]
     return _asarray(handle)
