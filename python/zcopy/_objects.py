@@ -17,8 +17,7 @@ import struct
 
 import numpy as np
 
-from ._core import (Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _handle_state, _key, _parts_total, _raise,
-                    _Span, _timeout_ms, _view)
+from ._core import Buffer, FormatError, InvalidArgumentError, Pool, _Handle, _key, _parts_total, _raise, _Span, _timeout_ms, _view
 from . import _lib
 from ._lib import lib
 
@@ -290,10 +289,6 @@ def _array_layout(address, size, head, key):
     return layout
 
 
-# A handle made without a call to __init__: get_array sets its three fields itself.
-_new_array_handle = object.__new__
-
-
 class _ArrayHandle(_Handle):
     """The handle under an array from `get_array`. numpy makes the array from the capsule in its
     `__array_struct__` (numpy 2 keeps that capsule beside the handle as the array's base:
@@ -357,10 +352,7 @@ def get_array(pool, key, timeout=None):
     if status:
         _raise(status)
     buffer, address, size, head = _VIEW.unpack_from(view)
-    handle = _new_array_handle(_ArrayHandle)
-    handle.ptr = buffer
-    handle.generation = _handle_state[0]
-    handle.views = None
+    handle = _ArrayHandle(buffer)
     # An object read before at this address and size, whose bytes start with the same bytes
     # before the data part (its parts table included, so the data part starts at the same
     # place): the same layout, the same capsule.
