@@ -82,6 +82,22 @@ unsafe impl Send for SharedInner {}
 // SAFETY: as above.
 unsafe impl Sync for SharedInner {}
 
+impl Drop for SharedInner {
+    /// The last buffer is gone: records a release cached after `close` go back before the slot
+    /// is freed (a process that cannot take the mutex here leaves them to the next owner of its
+    /// slot, who gives them back when it opens).
+    fn drop(&mut self) {
+        if self.check_mapped().is_err() {
+            return;
+        }
+        if let Some(ledger) = &self.ledger {
+            if let Ok(g) = self.lock() {
+                let _ = self.store.settle(&g, ledger.slot());
+            }
+        }
+    }
+}
+
 /// A process's handle on a shared pool.
 pub(crate) type SharedPool = Arc<SharedHandle>;
 
@@ -657,7 +673,7 @@ impl SharedInner {
             // exited) are undone before this process uses it, then dead processes are reclaimed.
             let g = inner.lock()?;
             let leftovers = match &inner.ledger {
-                Some(ledger) => inner.undo_ledger(&g, ledger)?,
+                Some(ledger) => inner.undo_ledger(&g, ledger)? | (inner.store.settle(&g, ledger.slot())? > 0),
                 None => false,
             };
             if inner.reclaim_locked(&g)? == 0 && leftovers {
@@ -726,7 +742,7 @@ impl SharedInner {
         let entries = ledger.entries()?;
         for &(state, lid) in &entries {
             if state == ledger::CREATING {
-                self.store.abort(g, lid as u32, (lid >> 32) as u32)?;
+                self.store.abort(g, lid as u32, (lid >> 32) as u32, None)?;
             }
         }
         ledger.clear()?;
@@ -755,6 +771,7 @@ impl SharedInner {
             let Some(dead) = self.slots.take_if_dead(index)? else { continue };
             let ledger = self.store.ledger(index)?;
             self.undo_ledger(g, &ledger)?;
+            self.store.settle(g, index)?;
             self.store.note_reclaimed(g);
             dead.finish();
             reclaimed += 1;
@@ -842,8 +859,9 @@ impl SharedInner {
             word.fetch_add(1, Ordering::Release);
             let _ = lock::wake_all(word);
         }
-        if self.ledger.is_some() {
+        if let Some(ledger) = &self.ledger {
             if let Ok(g) = self.lock() {
+                let _ = self.store.settle(&g, ledger.slot());
                 let _ = self.reclaim_locked(&g);
             }
         }
@@ -889,7 +907,7 @@ impl SharedInner {
     #[inline(never)]
     fn free_withdrawn(&self, id: u32, generation: u32) -> Result<()> {
         let g = self.lock()?;
-        self.store.free_if_unheld(&g, id, generation)?;
+        self.store.free_if_unheld(&g, id, generation, None)?;
         Ok(())
     }
 
@@ -898,8 +916,9 @@ impl SharedInner {
         check_key(key)?;
         // Hashed before the mutex is taken, so that it is held for less.
         let hash = self.store.hash(key);
+        let cache = self.ledger.as_ref().map(Ledger::slot);
         let g = self.lock()?;
-        let Some((id, generation)) = self.store.delete(&g, key, hash)? else {
+        let Some((id, generation)) = self.store.delete(&g, key, hash, cache)? else {
             return Ok(());
         };
         drop(g);
@@ -909,7 +928,7 @@ impl SharedInner {
             return Ok(()); // its last reader frees it
         }
         let g = self.lock()?;
-        self.store.free_deleted(&g, id, generation)?;
+        self.store.free_deleted(&g, id, generation, cache)?;
         Ok(())
     }
 
@@ -1006,7 +1025,7 @@ impl SharedBuffer {
         let ledger = pool.ledger()?;
         let h = self.entry;
         let g = pool.lock()?;
-        pool.store.abort(&g, self.obj.id, self.obj.generation)?;
+        pool.store.abort(&g, self.obj.id, self.obj.generation, Some(ledger.slot()))?;
         ledger.empty(h)?;
         drop(g);
         pool.free_entries.give(h);

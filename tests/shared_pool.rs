@@ -101,6 +101,39 @@ fn child_roles() {
         }
         say(&format!("read {reads} torn {torn}"));
     }
+    if let Some(name) = role("churner") {
+        // Creates eight 64 KiB objects and deletes them (a process keeps such records and
+        // blocks for its next creates), keeps three 1000-byte ones, deletes the parent's "p0",
+        // and is killed keeping all of it.
+        let pool = attach(&name);
+        for i in 0..8 {
+            put(&pool, format!("churn-{i}").as_bytes(), 64 << 10);
+        }
+        for i in 0..8 {
+            pool.delete(format!("churn-{i}").as_bytes()).unwrap();
+        }
+        for i in 0..3 {
+            put(&pool, format!("kept-{i}").as_bytes(), 1000);
+        }
+        pool.delete(b"p0").unwrap();
+        say("done");
+        park();
+    }
+    if let Some(name) = role("keeper") {
+        // Creates eight objects of a size given after the name ("NAME SIZE") and deletes them
+        // all, then stays alive keeping their records and blocks.
+        let (name, size) = name.split_once(' ').unwrap();
+        let size: usize = size.parse().unwrap();
+        let pool = attach(name);
+        for i in 0..8 {
+            put(&pool, format!("keep-{i}").as_bytes(), size);
+        }
+        for i in 0..8 {
+            pool.delete(format!("keep-{i}").as_bytes()).unwrap();
+        }
+        say("done");
+        park();
+    }
     if let Some(name) = role("racer") {
         // Creates keys race-0..race-199 as fast as it can; says how many it won.
         let pool = attach(&name);
@@ -824,5 +857,109 @@ fn long_keys_are_found_without_the_lock_compared_in_place_and_distinguished_by_t
         pool.delete(&a).unwrap();
         assert!(matches!(reader.get(&a, Wait::Now), Err(Error::NotFound(_))));
     }
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_process_reuses_the_record_and_block_it_freed_for_its_next_create_of_that_size() {
+    let name = Name::new("reuse");
+    let pool = create(&name, 1 << 20);
+    let at = |b: &zcopy::Buffer| b.as_ptr() as usize - pool.region().0 as usize;
+    let mut first = pool.create(b"a", 4096).unwrap();
+    let offset = at(&first);
+    first.seal().unwrap();
+    drop(first);
+    pool.delete(b"a").unwrap();
+    // Another process creating meanwhile gets another block: this one is kept for its owner.
+    let other = attach(&name.0);
+    let theirs = other.create(b"b", 4096).unwrap();
+    assert_ne!(theirs.as_ptr() as usize - other.region().0 as usize, offset);
+    let again = pool.create(b"c", 4096).unwrap();
+    assert_eq!(at(&again), offset, "the next create of that size takes the block back");
+    pool.check().unwrap();
+    drop((theirs, again));
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    assert_eq!(s.largest_free_block, s.capacity_bytes);
+    pool.check().unwrap();
+}
+
+#[test]
+fn what_a_killed_process_kept_for_its_next_creates_and_its_counts_are_given_back_at_reclaim() {
+    let name = Name::new("keptdead");
+    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 32, name: Some(name.0.clone()), ..local() })
+        .expect("create a shared pool");
+    put(&pool, b"p0", 1000);
+    put(&pool, b"p1", 1000);
+    let mut child = Child::spawn("child_roles", "churner", &name.0);
+    child.expect("done");
+    child.kill();
+    assert_eq!(pool.reclaim().unwrap(), 1);
+    // Checked before anything else gives the cache back: a free slot keeps nothing.
+    pool.check().unwrap();
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count, s.used_bytes), (4, 4, 4 * 1024), "p1 and the three kept");
+    assert_eq!(pool.get(b"kept-2", Wait::Now).unwrap().as_slice(), pattern(b"kept-2", 1000));
+    for key in ["p1", "kept-0", "kept-1", "kept-2"] {
+        pool.delete(key.as_bytes()).unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    assert_eq!(s.largest_free_block, s.capacity_bytes, "every block merged back");
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_create_that_finds_no_room_or_no_record_takes_back_what_other_live_processes_keep() {
+    let name = Name::new("keptlive");
+    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 10, name: Some(name.0.clone()), ..local() })
+        .expect("create a shared pool");
+    // A live process keeps eight records: ten creates here need them back.
+    let mut records = Child::spawn("child_roles", "keeper", &format!("{} 64", name.0));
+    records.expect("done");
+    for i in 0..10 {
+        put(&pool, format!("small-{i}").as_bytes(), 64);
+    }
+    assert!(matches!(pool.create(b"one-more", 64), Err(Error::ObjectLimit { .. })), "ten is the limit");
+    pool.check().unwrap();
+    for i in 0..10 {
+        pool.delete(format!("small-{i}").as_bytes()).unwrap();
+    }
+    // Another keeps eight 120 KiB blocks, most of the memory: a create of all but 8 KiB needs
+    // them back (and the small blocks this process kept, lest they split the free space).
+    let mut blocks = Child::spawn("child_roles", "keeper", &format!("{} {}", name.0, 120 << 10));
+    blocks.expect("done");
+    let big = pool.create(b"big", (1 << 20) - (8 << 10)).expect("the blocks another process keeps are given back");
+    pool.check().unwrap();
+    drop(big);
+    records.kill();
+    blocks.kill();
+    pool.reclaim().unwrap();
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    assert_eq!(s.largest_free_block, s.capacity_bytes);
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_lock_word_corrupted_to_name_no_live_holder_answers_a_status_in_bounded_time_never_hangs() {
+    use std::os::unix::fs::FileExt;
+    let name = Name::new("badlock");
+    let pool = create(&name, 1 << 20);
+    put(&pool, b"kept", 100);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(pool.path().unwrap()).unwrap();
+    let mut span = [0u8; 8];
+    file.read_exact_at(&mut span, 64 + 16 * 2).unwrap(); // the Locks area, the 3rd span
+    let word = u64::from_ne_bytes(span) + 8; // the mutex's own word, after its 8-byte tag
+    file.write_all_at(&0x3fff_fff0u32.to_ne_bytes(), word).unwrap(); // a thread id nobody has
+    let started = std::time::Instant::now();
+    let e = pool.create(b"new", 10).expect_err("the lock cannot be taken");
+    let waited = started.elapsed();
+    assert!(e.to_string().contains("held for more than 5 s"), "{e}");
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(15), "{waited:?}");
+    // The word put back, the pool works and kept what it held.
+    file.write_all_at(&0u32.to_ne_bytes(), word).unwrap();
+    assert_eq!(pool.get(b"kept", Wait::Now).unwrap().as_slice(), pattern(b"kept", 100));
+    put(&pool, b"new", 10);
     pool.check().unwrap();
 }

@@ -31,6 +31,16 @@ use crate::shm::offset::Shared;
 /// `trylock` attempts before a `lock` sleeps.
 const SPINS: u32 = 200;
 
+/// How long a `lock` waits before it answers an error. Sections under the lock take microseconds
+/// (a rebuild of a million records, the longest, well under a second): a lock held this long
+/// belongs to a stuck process or is a corrupt word naming no live holder, which would otherwise
+/// leave every process that touches the pool (and `zcopy list`) waiting for ever.
+pub(crate) const LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One wait of [`SharedMutex::lock`] in the kernel, re-armed until [`LOCK_PATIENCE`] (so that a
+/// jump of the wall clock, which `pthread_mutex_timedlock` measures against, cannot stretch it).
+const LOCK_SLICE: Duration = Duration::from_millis(100);
+
 /// `ready` of a mutex the creator initialised.
 const MUTEX_READY: u32 = u32::from_le_bytes(*b"MTX1");
 
@@ -122,10 +132,28 @@ impl SharedMutex {
             std::hint::spin_loop();
         }
         if rc == libc::EBUSY {
-            // SAFETY: the creator initialised the mutex (checked above) and the memory stays
-            // mapped while `self` is borrowed; glibc touches only the mutex and this thread's
-            // robust list.
-            rc = unsafe { libc::pthread_mutex_lock(self.raw.get()) };
+            let deadline = Instant::now() + LOCK_PATIENCE;
+            loop {
+                let until = wall_clock_in(LOCK_SLICE);
+                // SAFETY: the creator initialised the mutex (checked above) and the memory stays
+                // mapped while `self` is borrowed; glibc touches only the mutex and this
+                // thread's robust list; `until` is a valid timespec for the call.
+                rc = unsafe { libc::pthread_mutex_timedlock(self.raw.get(), &until) };
+                if rc != libc::ETIMEDOUT || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            if rc == libc::ETIMEDOUT {
+                return Err(Error::system(
+                    format!(
+                        "take a shared pool's lock: held for more than {} s (by thread id {} in its word); a \
+                         process is stuck inside the pool, or the lock word is corrupt",
+                        LOCK_PATIENCE.as_secs(),
+                        self.owner_word() & 0x3fff_ffff
+                    ),
+                    io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                ));
+            }
         }
         match rc {
             0 => Ok(Acquired::Locked(MutexGuard { mutex: self, on_panic: None, _thread_bound: PhantomData })),
@@ -138,11 +166,31 @@ impl SharedMutex {
         }
     }
 
+    /// The lock word glibc keeps first in the mutex (the holder's thread id and flag bits), for
+    /// a message.
+    fn owner_word(&self) -> u32 {
+        // SAFETY: the word is the first 4 bytes of the mapped, aligned mutex; it is read once,
+        // racing glibc's atomic updates, which a volatile read of an aligned u32 tolerates.
+        unsafe { std::ptr::read_volatile(self.raw.get().cast::<u32>()) }
+    }
+
     fn unlock(&self) {
         // SAFETY: called only by the guard of the thread that holds the mutex. It cannot fail for
         // the holder; were the bytes corrupted, the next `lock` reports it, so nothing is lost by
         // not panicking in a destructor here.
         let _ = unsafe { libc::pthread_mutex_unlock(self.raw.get()) };
+    }
+}
+
+/// The wall clock `after` from now, as `pthread_mutex_timedlock` takes its deadline.
+fn wall_clock_in(after: Duration) -> libc::timespec {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid out-pointer; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let nanos = now.tv_nsec as u64 + after.subsec_nanos() as u64;
+    libc::timespec {
+        tv_sec: now.tv_sec + after.as_secs() as libc::time_t + (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
     }
 }
 

@@ -12,7 +12,9 @@
 //! Writes: a slot's fields are written only by the holder of its byte lock: the owner when it
 //! claims and releases it, a cleaner when it frees a dead owner's slot. `state` is written last,
 //! with a release store, so a slot is `LIVE` only once its `pid` and `incarnation` are written.
-//! Anyone may read any slot at any time (diagnostics, [`Slots::check`]).
+//! Anyone may read any slot at any time (diagnostics, [`Slots::check`]). The exception is the
+//! slot's counters and record cache, part of the pool's shared state: they are written and read
+//! only under the pool's mutex (see `Store::settle`), by the owner, a cleaner or a rebuild.
 //!
 //! OFD locks belong to an open file description, not to a process: two descriptions of the pool
 //! file conflict even inside one process, which lets tests play several processes with threads;
@@ -39,6 +41,8 @@ pub(crate) const FREE: u32 = 0;
 pub(crate) const LIVE: u32 = 1;
 /// The most slots a pool may have.
 pub(crate) const MAX_SLOTS: u64 = 1 << 16;
+/// Records a slot's cache keeps (the rest of the slot's cache line).
+pub(crate) const SLOT_CACHE: usize = 8;
 
 /// One process's slot.
 #[repr(C, align(64))]
@@ -50,6 +54,16 @@ pub(crate) struct Slot {
     /// Bumped at every claim, so that (slot, incarnation) names one process's tenure; never 0
     /// while `LIVE`.
     incarnation: AtomicU64,
+    /// What this process's creates and deletes changed the pool's counts of objects, keys and
+    /// bytes in use by, as wrapping differences from the pool's own counters (the sum is the
+    /// count): kept here so that processes creating and deleting at once do not write one line.
+    /// Only under the pool's mutex; zero while `FREE`.
+    pub(crate) objects: AtomicU32,
+    pub(crate) keys: AtomicU32,
+    pub(crate) bytes: AtomicU64,
+    /// Records this process freed with their blocks of object memory kept, for its next
+    /// creates (id + 1 each, 0 for none): only under the pool's mutex, empty while `FREE`.
+    cache: [AtomicU32; SLOT_CACHE],
 }
 
 const _: () = {
@@ -57,6 +71,9 @@ const _: () = {
     assert!(offset_of!(Slot, state) == 0);
     assert!(offset_of!(Slot, pid) == 4);
     assert!(offset_of!(Slot, incarnation) == 8);
+    assert!(offset_of!(Slot, objects) == 16);
+    assert!(offset_of!(Slot, bytes) == 24);
+    assert!(offset_of!(Slot, cache) == 32);
 };
 
 // SAFETY: `#[repr(C)]`, atomics only (and padding), valid for every bit pattern.
@@ -73,6 +90,11 @@ impl Slot {
 
     pub(crate) fn incarnation(&self) -> u64 {
         self.incarnation.load(Ordering::Relaxed)
+    }
+
+    /// The slot's record cache: read and written only under the pool's mutex.
+    pub(crate) fn cache(&self) -> &[AtomicU32; SLOT_CACHE] {
+        &self.cache
     }
 
     /// The invariants of slot number `index` (named in the error).

@@ -24,6 +24,15 @@
 //! all of it from the records and the ledgers; the dead process's slot is then reclaimed like any
 //! other, by emptying its ledger. [`Store::check`] verifies that everything stored equals what
 //! would be derived.
+//!
+//! Two parts of that derived state live in each process's slot, so that processes creating and
+//! deleting at once do not write the same lines under the mutex: the counts of objects, keys and
+//! bytes its creates and deletes changed (the pool's counts are the control block's plus every
+//! slot's), and a cache of up to eight records it freed with their blocks of object memory kept,
+//! which its next creates of the same sizes take back ([`Store::free_record`]). Both are given
+//! back when the process closes or is reclaimed ([`Store::settle`]), the caches of every process
+//! when a create would fail for lack of memory or records, or when the counters are read; a
+//! rebuild empties them.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -41,7 +50,7 @@ use crate::shm::header::{AreaKind, Layout, AREAS};
 use crate::shm::ledger::{self, Handle, Ledger, CREATING};
 use crate::shm::lock::{MutexGuard, SharedMutex};
 use crate::shm::offset::{Area, Shared};
-use crate::shm::slots::Slot;
+use crate::shm::slots::{Slot, LIVE};
 
 /// A record no object uses.
 pub(crate) const FREE: u32 = 0;
@@ -79,6 +88,13 @@ thread_local! {
 /// object it read scan 1.6 MB, 250 µs in which no other process could create or delete).
 const LONG_LEDGERS: u64 = 4096;
 
+/// A block of object memory: its allocator node and first unit.
+type Block = (u32, u32);
+
+/// The largest object a delete keeps in its process's record cache with its block (64 KiB):
+/// larger blocks go back to the allocator at once, so that no process sits on much memory.
+const CACHED_UNITS: u64 = (64 << 10) / GRANULE as u64;
+
 /// A sealed object offered for eviction ([`Store::lru_victims`]), as it was when offered.
 pub(crate) struct Victim {
     id: u32,
@@ -89,11 +105,6 @@ pub(crate) struct Victim {
 /// Adds to a counter only the mutex's holder changes: a load and a store, no locked instruction.
 fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
-}
-
-/// Subtracts from a counter only the mutex's holder changes (see [`add`]).
-fn sub(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
 }
 
 #[cold]
@@ -524,6 +535,8 @@ pub(crate) struct Store<'a> {
     key_nodes: &'a [NodeCell],
     keys: Area<'a>,
     ledgers: Area<'a>,
+    /// The process slots, for their record caches.
+    slot_table: &'a [Slot],
     /// Every slot's ledger, where deleters look for references.
     ledger_views: Box<[Ledger<'a>]>,
     hasher: foldhash::fast::FixedState,
@@ -579,6 +592,7 @@ impl<'a> Store<'a> {
         let data_nodes = alloc.slice::<NodeCell>(2 * head, cfg.nodes())?;
         let key_nodes = alloc.slice::<NodeCell>(2 * head + nodes_len, cfg.nodes())?;
         let ledgers = area(AreaKind::Ledgers)?;
+        let slot_table = area(AreaKind::Slots)?.slice::<Slot>(0, cfg.slots)?;
         let ledger_views = (0..cfg.slots as usize)
             .map(|slot| Ledger::new(&ledgers, cfg.slots as usize, slot))
             .collect::<Result<Box<[_]>>>()?;
@@ -593,6 +607,7 @@ impl<'a> Store<'a> {
             key_nodes,
             keys: area(AreaKind::Keys)?,
             ledgers,
+            slot_table,
             ledger_views,
             hasher: foldhash::fast::FixedState::with_seed(cfg.seed),
             file: backing,
@@ -996,12 +1011,19 @@ impl<'a> Store<'a> {
     }
 
     /// Frees (`id`, `generation`) if it is deleted and nobody holds it any more: what a reader
-    /// does after withdrawing its reference from a deleted object. Answers whether it freed it.
-    pub(crate) fn free_if_unheld(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
+    /// does after withdrawing its reference from a deleted object, and a delete. `cache` as for
+    /// [`Store::free_record`]. Answers whether it freed it.
+    pub(crate) fn free_if_unheld(
+        &self,
+        g: &Locked<'_>,
+        id: u32,
+        generation: u32,
+        cache: Option<usize>,
+    ) -> Result<bool> {
         if !self.still(id, generation, DELETED)? || self.held(id, generation)? {
             return Ok(false);
         }
-        self.free_record(g, id)?;
+        self.free_record(g, id, cache)?;
         Ok(true)
     }
 
@@ -1012,7 +1034,7 @@ impl<'a> Store<'a> {
         let mut freed = 0;
         for id in 0..high {
             let rec = self.rec(id)?;
-            if rec.state(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation(Relaxed))? {
+            if rec.state(Relaxed) == DELETED && self.free_if_unheld(g, id, rec.generation(Relaxed), None)? {
                 freed += 1;
             }
         }
@@ -1069,6 +1091,8 @@ impl<'a> Store<'a> {
 
     fn give_id(&self, _: &Locked<'_>, id: u32) -> Result<()> {
         let rec = self.rec(id)?;
+        rec.node.store(NIL, Relaxed);
+        rec.key_node.store(NIL, Relaxed);
         rec.next.store(self.ctl.free_head.load(Relaxed) as u32, Relaxed);
         self.ctl.free_head.store(id as u64 + 1, Relaxed);
         Ok(())
@@ -1092,20 +1116,39 @@ impl<'a> Store<'a> {
         if let Some(id) = self.find(g, key, hash)? {
             return Err(CreateError::AlreadyExists { unsealed: self.rec(id)?.state(Relaxed) == UNSEALED });
         }
-        let Some(id) = self.take_id(g)? else {
-            return Err(CreateError::ObjectLimit);
-        };
         let units = size.div_ceil(GRANULE as u64);
+        // A record this process freed, with its block when it is of this size; else one off the
+        // free list, and when there is none, the records every process keeps are given back.
+        let (id, kept) = match self.uncache(g, ledger.slot(), units)? {
+            Some(got) => got,
+            None => match self.take_id(g)? {
+                Some(id) => (id, None),
+                None if self.flush_caches(g)? > 0 => match self.take_id(g)? {
+                    Some(id) => (id, None),
+                    None => return Err(CreateError::ObjectLimit),
+                },
+                None => return Err(CreateError::ObjectLimit),
+            },
+        };
         // An allocation adds at most one node to each allocator.
         let nodes = |data: bool| if data { self.data_tlsf() } else { self.key_tlsf() }.nodes_allocated() as u64 + 1;
         if let Err(e) = self.back_nodes(true, nodes(true)).and_then(|()| self.back_nodes(false, nodes(false))) {
+            if let Some((node, _)) = kept {
+                self.data_tlsf().free(node);
+            }
             self.give_id(g, id)?;
             return Err(e.into());
         }
         let (node, offset) = if units == 0 {
             (NIL, 0)
+        } else if let Some((node, first)) = kept {
+            (node, first as u64 * GRANULE as u64)
         } else {
-            let got = u32::try_from(units).ok().and_then(|u| self.data_tlsf().allocate(u));
+            let allocate = || u32::try_from(units).ok().and_then(|u| self.data_tlsf().allocate(u));
+            let mut got = allocate();
+            if got.is_none() && self.flush_caches(g)? > 0 {
+                got = allocate();
+            }
             match got {
                 Some((node, first)) => (node, first as u64 * GRANULE as u64),
                 None => {
@@ -1192,9 +1235,7 @@ impl<'a> Store<'a> {
         rec.next.store(bucket.load(Relaxed), Relaxed);
         rec.set_state(UNSEALED, Release);
         bucket.store(id + 1, Release);
-        add(&self.ctl.live, 1);
-        add(&self.ctl.used, units * GRANULE as u64);
-        add(&self.ctl.keys, 1);
+        self.count(Some(ledger.slot()), 1, 1, units * GRANULE as u64)?;
         Ok(Object { id, generation, offset, size, parts: None })
     }
 
@@ -1225,25 +1266,172 @@ impl<'a> Store<'a> {
         Ok(Some((self.waiters(hash).load(SeqCst) > 0).then_some(word)))
     }
 
-    fn free_record(&self, g: &Locked<'_>, id: u32) -> Result<()> {
+    /// Frees record `id` and its blocks. With `cache` (the slot of the process freeing it, its
+    /// own object), a small object's record goes into that slot's cache with its block of object
+    /// memory, for the process's next create of the same size ([`Store::uncache`]): the record,
+    /// the block and the allocator's lines then stay with one process instead of moving between
+    /// the processes creating and deleting, under the mutex.
+    fn free_record(&self, g: &Locked<'_>, id: u32, cache: Option<usize>) -> Result<()> {
         let rec = self.rec(id)?;
         let node = rec.node.load(Relaxed);
         let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
         if node != NIL {
             self.check_node(self.data_nodes, node)?;
-            self.data_tlsf().free(node);
         }
         let key_node = rec.key_node.load(Relaxed);
         if key_node != NIL {
             self.check_node(self.key_nodes, key_node)?;
             self.key_tlsf().free(key_node);
         }
-        rec.node.store(NIL, Relaxed);
         rec.key_node.store(NIL, Relaxed);
+        let free = match cache {
+            Some(slot) if units <= CACHED_UNITS => self.slot_cache(slot)?.iter().find(|e| e.load(Relaxed) == 0),
+            _ => None,
+        };
         rec.set_state(FREE, Release);
-        sub(&self.ctl.live, 1);
-        sub(&self.ctl.used, units * GRANULE as u64);
-        self.give_id(g, id)
+        self.count(cache, -1, 0, (units * GRANULE as u64).wrapping_neg())?;
+        match free {
+            Some(entry) => {
+                entry.store(id + 1, Relaxed);
+                Ok(())
+            }
+            None => {
+                if node != NIL {
+                    self.data_tlsf().free(node);
+                }
+                self.give_id(g, id)
+            }
+        }
+    }
+
+    /// Slot `slot`, checked.
+    fn slot_at(&self, slot: usize) -> Result<&'a Slot> {
+        match self.slot_table.get(slot) {
+            Some(s) => Ok(s),
+            None => Err(corrupt(format!("slot {slot} of {}", self.slot_table.len()))),
+        }
+    }
+
+    /// Slot `slot`'s record cache.
+    fn slot_cache(&self, slot: usize) -> Result<&'a [AtomicU32]> {
+        Ok(self.slot_at(slot)?.cache())
+    }
+
+    /// Changes the counts of objects, keys and bytes in use (`bytes` wrapping: a decrease is its
+    /// negation) in slot `tally`'s counters, or the pool's with `None`.
+    fn count(&self, tally: Option<usize>, objects: i32, keys: i32, bytes: u64) -> Result<()> {
+        match tally {
+            Some(slot) => {
+                let s = self.slot_at(slot)?;
+                s.objects.store(s.objects.load(Relaxed).wrapping_add(objects as u32), Relaxed);
+                s.keys.store(s.keys.load(Relaxed).wrapping_add(keys as u32), Relaxed);
+                s.bytes.store(s.bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
+            }
+            None => {
+                add(&self.ctl.live, objects as i64 as u64);
+                add(&self.ctl.keys, keys as i64 as u64);
+                add(&self.ctl.used, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The counts of objects, keys and bytes in use: the pool's counters plus every slot's.
+    fn totals(&self) -> (u64, u64, u64) {
+        let (mut live, mut keys, mut used) =
+            (self.ctl.live.load(Relaxed), self.ctl.keys.load(Relaxed), self.ctl.used.load(Relaxed));
+        for s in self.slot_table {
+            live = live.wrapping_add(s.objects.load(Relaxed) as i32 as i64 as u64);
+            keys = keys.wrapping_add(s.keys.load(Relaxed) as i32 as i64 as u64);
+            used = used.wrapping_add(s.bytes.load(Relaxed));
+        }
+        (live, keys, used)
+    }
+
+    /// Gives back what slot `slot` keeps of the pool's shared state: its cached records
+    /// ([`Store::flush_cache`]) and its counters, added to the pool's. When its process closes,
+    /// or is reclaimed, and when a process takes the slot.
+    pub(crate) fn settle(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
+        let n = self.flush_cache(g, slot)?;
+        let s = self.slot_at(slot)?;
+        add(&self.ctl.live, s.objects.swap(0, Relaxed) as i32 as i64 as u64);
+        add(&self.ctl.keys, s.keys.swap(0, Relaxed) as i32 as i64 as u64);
+        add(&self.ctl.used, s.bytes.swap(0, Relaxed));
+        Ok(n)
+    }
+
+    /// A record out of slot `slot`'s cache for a create of `units`: one whose block is of that
+    /// size, answered with the block (node, first unit), else any, whose block goes back to the
+    /// allocator. `None` when the cache is empty.
+    fn uncache(&self, _: &Locked<'_>, slot: usize, units: u64) -> Result<Option<(u32, Option<Block>)>> {
+        let cache = self.slot_cache(slot)?;
+        let mut any = None;
+        for entry in cache {
+            let link = entry.load(Relaxed);
+            if link == 0 {
+                continue;
+            }
+            let rec = self.cached(link)?;
+            if rec.size.load(Relaxed).div_ceil(GRANULE as u64) == units {
+                entry.store(0, Relaxed);
+                let node = rec.node.load(Relaxed);
+                return Ok(Some((link - 1, (node != NIL).then(|| (node, rec.offset_units.load(Relaxed))))));
+            }
+            any = Some(entry);
+        }
+        let Some(entry) = any else { return Ok(None) };
+        let link = entry.load(Relaxed);
+        let rec = self.cached(link)?;
+        entry.store(0, Relaxed);
+        let node = rec.node.load(Relaxed);
+        if node != NIL {
+            self.data_tlsf().free(node);
+            rec.node.store(NIL, Relaxed);
+        }
+        Ok(Some((link - 1, None)))
+    }
+
+    /// The record a cache entry (id + 1) names, checked: free, its node in the table.
+    fn cached(&self, link: u32) -> Result<&'a Rec> {
+        let rec = self.rec(link.wrapping_sub(1))?;
+        if rec.state(Relaxed) != FREE {
+            return Err(corrupt(format!("cached record {} is in use", link - 1)));
+        }
+        let node = rec.node.load(Relaxed);
+        if node != NIL {
+            self.check_node(self.data_nodes, node)?;
+        }
+        Ok(rec)
+    }
+
+    /// Gives back everything slot `slot`'s cache holds: the blocks to the allocator, the records
+    /// to the free list. Answers how many records.
+    fn flush_cache(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
+        let mut n = 0;
+        for entry in self.slot_cache(slot)? {
+            let link = entry.load(Relaxed);
+            if link == 0 {
+                continue;
+            }
+            let rec = self.cached(link)?;
+            entry.store(0, Relaxed);
+            let node = rec.node.load(Relaxed);
+            if node != NIL {
+                self.data_tlsf().free(node);
+            }
+            self.give_id(g, link - 1)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// [`Store::flush_cache`] of every slot: before a create fails for lack of memory or records.
+    fn flush_caches(&self, g: &Locked<'_>) -> Result<u64> {
+        let mut n = 0;
+        for slot in 0..self.slot_table.len() {
+            n += self.flush_cache(g, slot)?;
+        }
+        Ok(n)
     }
 
     fn check_node(&self, nodes: &[NodeCell], node: u32) -> Result<()> {
@@ -1255,15 +1443,15 @@ impl<'a> Store<'a> {
 
     /// Aborts the unsealed object (`id`, `generation`): its key goes, and the object with it
     /// (nobody reads an unsealed object; its creator empties its entry). A no-op (`false`) when
-    /// it is no longer unsealed.
-    pub(crate) fn abort(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
+    /// it is no longer unsealed. `cache` as for [`Store::free_record`].
+    pub(crate) fn abort(&self, g: &Locked<'_>, id: u32, generation: u32, cache: Option<usize>) -> Result<bool> {
         if !self.still(id, generation, UNSEALED)? {
             return Ok(false);
         }
         self.unlink(g, id)?;
         self.rec(id)?.set_state(DELETED, SeqCst);
-        sub(&self.ctl.keys, 1);
-        self.free_record(g, id)?;
+        self.count(cache, 0, -1, 0)?;
+        self.free_record(g, id, cache)?;
         Ok(true)
     }
 
@@ -1281,18 +1469,19 @@ impl<'a> Store<'a> {
 
     /// Takes sealed record `id` out of the index and marks it deleted; frees it unless a reader
     /// holds it (its last reader frees it then).
-    fn remove(&self, g: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
-        let generation = self.mark_deleted(g, id, hash)?;
-        self.free_if_unheld(g, id, generation)?;
+    fn remove(&self, g: &Locked<'_>, id: u32, hash: u64, cache: Option<usize>) -> Result<()> {
+        let generation = self.mark_deleted(g, id, hash, cache)?;
+        self.free_if_unheld(g, id, generation, cache)?;
         Ok(())
     }
 
-    /// Takes sealed record `id` out of the index and marks it deleted; answers its generation.
-    fn mark_deleted(&self, g: &Locked<'_>, id: u32, hash: u64) -> Result<u32> {
+    /// Takes sealed record `id` out of the index and marks it deleted, counted in slot `tally`'s
+    /// counters (the pool's with `None`); answers its generation.
+    fn mark_deleted(&self, g: &Locked<'_>, id: u32, hash: u64, tally: Option<usize>) -> Result<u32> {
         let rec = self.rec(id)?;
         self.unlink_hashed(g, id, hash)?;
         rec.set_state(DELETED, SeqCst);
-        sub(&self.ctl.keys, 1);
+        self.count(tally, 0, -1, 0)?;
         Ok(rec.generation(Relaxed))
     }
 
@@ -1301,17 +1490,23 @@ impl<'a> Store<'a> {
     /// `Some((id, generation))` when the ledgers that may hold it are long: the key is gone and
     /// the object marked deleted, and the caller looks for references without the mutex
     /// ([`Store::held`]), then frees it with [`Store::free_deleted`] if there were none.
-    pub(crate) fn delete(&self, g: &Locked<'_>, key: &[u8], hash: u64) -> Result<Option<(u32, u32)>> {
+    pub(crate) fn delete(
+        &self,
+        g: &Locked<'_>,
+        key: &[u8],
+        hash: u64,
+        cache: Option<usize>,
+    ) -> Result<Option<(u32, u32)>> {
         let id = self.find(g, key, hash)?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
         let rec = self.rec(id)?;
         if rec.state(Relaxed) != SEALED {
             return Err(Error::NotSealed(crate::error::Key::new(key)));
         }
         if self.holders_entries(rec)? < LONG_LEDGERS {
-            self.remove(g, id, hash)?;
+            self.remove(g, id, hash, cache)?;
             return Ok(None);
         }
-        Ok(Some((id, self.mark_deleted(g, id, hash)?)))
+        Ok(Some((id, self.mark_deleted(g, id, hash, cache)?)))
     }
 
     /// Entries up to the high-water marks of the ledgers a record's holder bits point to: what
@@ -1326,11 +1521,11 @@ impl<'a> Store<'a> {
     /// reader that published a reference after it re-checks the record, finds the mark and
     /// withdraws without touching the object; and a reader that withdrew and freed it first
     /// left it free, or reused under another generation.
-    pub(crate) fn free_deleted(&self, g: &Locked<'_>, id: u32, generation: u32) -> Result<bool> {
+    pub(crate) fn free_deleted(&self, g: &Locked<'_>, id: u32, generation: u32, cache: Option<usize>) -> Result<bool> {
         if !self.still(id, generation, DELETED)? {
             return Ok(false);
         }
-        self.free_record(g, id)?;
+        self.free_record(g, id, cache)?;
         Ok(true)
     }
 
@@ -1387,8 +1582,8 @@ impl<'a> Store<'a> {
                 continue;
             }
             self.unlink(g, v.id)?;
-            sub(&self.ctl.keys, 1);
-            self.free_record(g, v.id)?;
+            self.count(None, 0, -1, 0)?;
+            self.free_record(g, v.id, None)?;
             self.ctl.evictions.fetch_add(1, Relaxed);
             return Ok(true);
         }
@@ -1403,13 +1598,17 @@ impl<'a> Store<'a> {
         self.ctl.reclaimed.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn counts(&self, _: &Locked<'_>) -> Counts {
+    /// The counters. The records processes keep in their caches are given back first
+    /// ([`Store::flush_caches`]), so that the largest free block is what a create may get (a
+    /// corrupt cache is left for [`Store::check`] to report).
+    pub(crate) fn counts(&self, g: &Locked<'_>) -> Counts {
+        let _ = self.flush_caches(g);
         Counts {
             capacity: self.cfg.capacity,
-            used: self.ctl.used.load(Relaxed),
+            used: self.totals().2,
             largest_free: self.data_tlsf().largest_free() as u64 * GRANULE as u64,
-            live: self.ctl.live.load(Relaxed),
-            keys: self.ctl.keys.load(Relaxed),
+            live: self.totals().0,
+            keys: self.totals().1,
             max_objects: self.cfg.max_objects,
             reclaimed: self.ctl.reclaimed.load(Relaxed),
             evictions: self.ctl.evictions.load(Relaxed),
@@ -1473,6 +1672,16 @@ impl<'a> Store<'a> {
         for bucket in self.buckets {
             bucket.store(0, Relaxed);
         }
+        // Cached records are free records: their blocks go back with every other free range.
+        // The slots' counters are recounted into the pool's.
+        for slot in self.slot_table {
+            for entry in slot.cache() {
+                entry.store(0, Relaxed);
+            }
+            slot.objects.store(0, Relaxed);
+            slot.keys.store(0, Relaxed);
+            slot.bytes.store(0, Relaxed);
+        }
         let mut freed = 0;
         let mut used_blocks = Vec::new();
         let mut key_blocks = Vec::new();
@@ -1482,6 +1691,8 @@ impl<'a> Store<'a> {
             let rec = self.rec(id)?;
             let state = rec.state(Relaxed);
             if state == FREE {
+                rec.node.store(NIL, Relaxed);
+                rec.key_node.store(NIL, Relaxed);
                 free_ids.push(id);
                 continue;
             }
@@ -1601,6 +1812,7 @@ impl<'a> Store<'a> {
         let (mut live, mut used, mut keys) = (0u64, 0u64, 0u64);
         let mut data_blocks = Claims::new("object memory", &self.data_tlsf());
         let mut key_blocks = Claims::new("key storage", &self.key_tlsf());
+        let cached = self.check_caches(high, &mut data_blocks)?;
         for id in 0..high as u32 {
             let rec = self.rec(id)?;
             let state = rec.state(Relaxed);
@@ -1655,7 +1867,8 @@ impl<'a> Store<'a> {
         }
         data_blocks.all_claimed()?;
         key_blocks.all_claimed()?;
-        let stored = (self.ctl.live.load(Relaxed), self.ctl.used.load(Relaxed), self.ctl.keys.load(Relaxed));
+        let (stored_live, stored_keys, stored_used) = self.totals();
+        let stored = (stored_live, stored_used, stored_keys);
         if stored != (live, used, keys) {
             return Err(corrupt(format!(
                 "counters say {stored:?} (objects, bytes, keys), the records {:?}",
@@ -1663,10 +1876,45 @@ impl<'a> Store<'a> {
             )));
         }
         let free = self.data_tlsf().free_units() * GRANULE as u64;
-        if free + used != self.cfg.capacity {
-            return Err(corrupt(format!("{free} bytes free and {used} used do not add up to {}", self.cfg.capacity)));
+        if free + used + cached != self.cfg.capacity {
+            return Err(corrupt(format!(
+                "{free} bytes free, {used} used and {cached} cached do not add up to {}",
+                self.cfg.capacity
+            )));
         }
         Ok(())
+    }
+
+    /// The record caches' invariants: only live slots cache, each entry a free record below the
+    /// high-water mark `high`, none twice, each block one the data allocator has in use (claimed
+    /// in `data_blocks`). Answers the bytes their blocks hold.
+    fn check_caches(&self, high: u64, data_blocks: &mut Claims) -> Result<u64> {
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for (index, slot) in self.slot_table.iter().enumerate() {
+            let counters = (slot.objects.load(Relaxed), slot.keys.load(Relaxed), slot.bytes.load(Relaxed));
+            if slot.state() != LIVE && counters != (0, 0, 0) {
+                return Err(corrupt(format!("slot {index} is free but counts {counters:?} (objects, keys, bytes)")));
+            }
+            for entry in slot.cache() {
+                let link = entry.load(Relaxed);
+                if link == 0 {
+                    continue;
+                }
+                let id = link - 1;
+                if slot.state() != LIVE {
+                    return Err(corrupt(format!("slot {index} is free but caches record {id}")));
+                }
+                if id as u64 >= high || !seen.insert(id) {
+                    return Err(corrupt(format!("slot {index} caches record {id}, past the high-water mark or twice")));
+                }
+                let rec = self.cached(link)?;
+                let size = rec.size.load(Relaxed);
+                data_blocks.claim(id, rec.node.load(Relaxed), rec.offset_units.load(Relaxed), size)?;
+                bytes += size.div_ceil(GRANULE as u64) * GRANULE as u64;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Bytes of the key heap record `rec` names: its long key (8-aligned), then its part table.
