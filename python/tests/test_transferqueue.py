@@ -80,8 +80,10 @@ def _same(a, b):
         if a.is_nested:  # a jagged shape holds a symbol of its own: compare the components
             x, y = a.unbind(), b.unbind()
             return a.layout == b.layout and len(x) == len(y) and all(_same(i, j) for i, j in zip(x, y))
-        if a.shape != b.shape:
+        if a.shape != b.shape or a.layout != b.layout or a.requires_grad != b.requires_grad:
             return False
+        if a.layout != torch.strided:
+            return bool(torch.equal(a.to_dense(), b.to_dense()))
         return bool(torch.equal(a, b))
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
@@ -106,6 +108,8 @@ def _kinds():
         "transposed": base.t(),
         "strided_slice": base[::2, 1::3],
         "jagged": torch.nested.nested_tensor([torch.arange(3.0), torch.arange(5.0)], layout=torch.jagged),
+        "sparse": torch.sparse_coo_tensor([[0, 2], [1, 0]], [3.0, 4.0], (3, 2)),
+        "requires_grad": torch.ones(3, requires_grad=True),
         "numpy": np.arange(20, dtype=np.int16).reshape(4, 5),
         "string": "a prompt of the sample",
         "dict": {"score": 0.5, "ids": [1, 2, 3], "t": torch.ones(2)},
@@ -138,7 +142,14 @@ def case_kinds():
     out = {"same": {n: _same(v, g) for (n, v), g in zip(values.items(), got)}}
     out["types"] = {n: type(g).__name__ for n, g in zip(values, got)}
     out["in_pool"] = {n: _in_pool(c, g.data_ptr()) for n, g in zip(values, got)
-                      if isinstance(g, torch.Tensor) and not g.is_nested and g.numel()}
+                      if isinstance(g, torch.Tensor) and not g.is_nested and g.layout == torch.strided
+                      and not g.requires_grad and g.numel()}
+    # A key named twice in one get reads its own value both times (Mooncake fills one buffer per
+    # key named in a batch: the backend transfers it once and references it twice).
+    twice = c.get([keys[0], keys[1], keys[0]])
+    out["twice"] = _same(values["float32"], twice[0]) and _same(values["float32"], twice[2]) \
+        and twice[0].data_ptr() == twice[2].data_ptr()
+    del twice
     out["meta_sizes"] = all(isinstance(m, dict) and m["zc_size"] > 0 for m in meta)
     # Read again without the sizes: they come from what this client remembers or the master.
     out["same_without_meta"] = all(_same(v, g) for v, g in zip(values.values(), c.get(keys)))
@@ -438,6 +449,7 @@ def test_every_value_kind_reads_back_equal_and_tensors_are_views_of_the_pool(res
     assert all(out["same"].values()), out["same"]
     assert out["in_pool"] and all(out["in_pool"].values()), out["in_pool"]
     assert out["types"]["numpy"] == "ndarray" and out["types"]["jagged"] == "NestedTensor"
+    assert out["twice"], "a key named twice in one get reads its own value both times"
     assert out["meta_sizes"] and out["same_without_meta"]
     assert out["view_after_clear"]
 

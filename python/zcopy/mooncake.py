@@ -55,7 +55,8 @@ a sealed buffer; `get_object` and `get_tensor` refuse it (FormatError, an Invali
 
 Errors are exceptions of the `zcopy.Error` family: `MooncakeNotFoundError` (a `NotFoundError`)
 for a missing key, `MooncakeOutOfMemoryError` (an `OutOfMemoryError`) when Mooncake has no space,
-`zcopy.OutOfMemoryError` when the pool is full or the value larger than the pool (checked
+`zcopy.OutOfMemoryError` when the pool is full, `zcopy.TooLargeError` (one of those) when the
+value is larger than the whole pool (checked
 before encoding for arrays, tensors and parts; a pickled object that turns out larger raises what
 `Pool.put_object` raises), and
 `MooncakeAlreadyExistsError` (an `AlreadyExistsError`) for a put of a key already stored (with
@@ -82,7 +83,8 @@ import numpy as np
 
 from . import _lib, _objects
 from ._core import (
-    AlreadyExistsError, Buffer, Error, FormatError, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool, _raise,
+    AlreadyExistsError, Buffer, Error, FormatError, InvalidArgumentError, NotFoundError, OutOfMemoryError, Pool,
+    TooLargeError, _raise,
 )
 
 try:
@@ -422,11 +424,15 @@ class ZeroCopyStore:
         if_exists="keep",
         rdma_devices=None,
         master_server_addr=None,
+        **setup_options,
     ):
         """Makes a pool of `pool_size` bytes (`pool_options`: keyword arguments of `zcopy.Pool`)
         and a `MooncakeDistributedStore` set up with the other arguments, and joins them.
         `rdma_devices` and `master_server_addr` (the names of Mooncake's own `setup`) are
-        accepted for `device_name` and `master_server_address`."""
+        accepted for `device_name` and `master_server_address`; any other keyword argument of
+        Mooncake's `setup` (`engine`, `tenant_id`, `enable_ssd_offload`, `ssd_offload_path`,
+        `enable_client_http_server`, `client_http_port`, ...) is passed on to it as it is, and one
+        it does not know is refused with Mooncake's own TypeError."""
         _raises_if_exists(if_exists)  # refused before anything is made
         if rdma_devices is not None:
             device_name = rdma_devices
@@ -436,10 +442,14 @@ class ZeroCopyStore:
         options.update(pool_options or {})
         pool = Pool(pool_size, **options)
         store = MooncakeDistributedStore()
-        rc = store.setup(
-            local_hostname, metadata_server, int(global_segment_size), int(local_buffer_size),
-            protocol, device_name, master_server_address,
-        )
+        try:
+            rc = store.setup(
+                local_hostname, metadata_server, int(global_segment_size), int(local_buffer_size),
+                protocol, device_name, master_server_address, **setup_options,
+            )
+        except BaseException:
+            pool.close()
+            raise
         if rc != 0:
             # A store whose setup failed is not safe to call again (not even close): drop it.
             pool.close()
@@ -514,8 +524,9 @@ class ZeroCopyStore:
     def _check_fits(self, key, nbytes):
         capacity = self._region[1]
         if nbytes is not None and nbytes > capacity:
-            raise OutOfMemoryError(
-                "the value of %r (%d bytes) is larger than the whole pool (%d bytes)" % (key, nbytes, capacity)
+            raise TooLargeError(
+                "the value of %r (%d bytes) is larger than the whole pool (%d bytes): it can never fit, "
+                "open a larger pool" % (key, nbytes, capacity)
             )
 
     def _create(self, pool, sizes):
@@ -986,6 +997,8 @@ class ZeroCopyStore:
         pool = self.pool._p()
         if not keys:
             return keys, [], [], []
+        if len(keys) > 1 and len(set(keys)) < len(keys):
+            return self._fetch_repeated(pool, keys)
         if not self._cache_on:
             ptrs, addrs, sizes, _ = self._transfer(pool, keys, False)
             return keys, ptrs, addrs, sizes
@@ -1019,8 +1032,44 @@ class ZeroCopyStore:
                         self._cache[keys[i]] = name
                         cached.add(j)
             for j in range(len(todo)):
-                if j not in cached:  # the same key twice in one batch: one copy is cached
+                if j not in cached:  # another thread cached the key meanwhile: one copy is kept
                     _zc_delete(pool, self._key_at(names, j), _NAME_LEN)
+        return keys, ptrs, addrs, sizes
+
+    def _fetch_repeated(self, pool, keys):
+        """`_fetch` of a batch that names some keys more than once. Each distinct key is
+        transferred once, and every further mention gets its own read reference to that same
+        object: Mooncake's batch_get_into, given two buffers for one key, fills one and answers
+        success for both, which would leave the other holding whatever the pool had there. The
+        cache is not consulted or filled here."""
+        distinct = list(dict.fromkeys(keys))
+        uptrs, uaddrs, usizes, names = self._transfer(pool, distinct, True)
+        first = {k: j for j, k in enumerate(distinct)}
+        taken = [False] * len(distinct)
+        ptrs, addrs, sizes = [], [], []
+        try:
+            for k in keys:
+                j = first[k]
+                if taken[j]:
+                    status = _zc_get(pool, self._key_at(names, j), _NAME_LEN, 0, self._out_at)
+                    if status:
+                        _raise(status)
+                    ptrs.append(self._out.value)
+                else:
+                    taken[j] = True
+                    ptrs.append(uptrs[j])
+                addrs.append(uaddrs[j])
+                sizes.append(usizes[j])
+        except BaseException:
+            for p in ptrs:
+                _zc_release(p)
+            for j, p in enumerate(uptrs):
+                if not taken[j]:
+                    _zc_release(p)
+            raise
+        finally:
+            for j in range(len(distinct)):
+                _zc_delete(pool, self._key_at(names, j), _NAME_LEN)
         return keys, ptrs, addrs, sizes
 
     def _read(self, keys, decode):

@@ -53,7 +53,7 @@ import inspect
 import numpy as np
 
 from . import _objects
-from ._core import FormatError, OutOfMemoryError
+from ._core import FormatError, OutOfMemoryError, TooLargeError
 from .mooncake import MooncakeError, ReplicateConfig, ZeroCopyStore, _error, _zc_release
 
 try:
@@ -143,9 +143,11 @@ class _Nested:
 
 def _kind(value):
     """The encoder of a value: "tensor" (dense CPU torch tensor), "array" (numpy array of plain
-    data) or "object" (pickled, pickle 5: its out-of-band buffers in their own parts)."""
+    data) or "object" (pickled, pickle 5: its out-of-band buffers in their own parts). Tensors
+    that are nested, of another layout (sparse) or that require grad are pickled, so that they
+    come back as they went in (copies, not views of the pool)."""
     if isinstance(value, torch.Tensor):
-        if value.is_nested or value.layout != torch.strided:
+        if value.is_nested or value.layout != torch.strided or value.requires_grad:
             return "object"
         return "tensor"
     if type(value) is np.ndarray and not value.dtype.hasobject:
@@ -158,8 +160,8 @@ def _prepare(kind, value):
         return value.cpu()
     if kind == "object" and isinstance(value, torch.Tensor) and value.is_nested:
         return _Nested(value)
-    if kind == "object" and isinstance(value, torch.Tensor):  # sparse and other layouts: dense
-        return value.to_dense()
+    if kind == "object" and isinstance(value, torch.Tensor) and value.requires_grad and value.grad_fn is not None:
+        return value.detach().requires_grad_(True)  # what pickles of a tensor inside a graph: a leaf
     return value
 
 
@@ -242,6 +244,8 @@ class ZcopyMooncakeStoreClient(StorageKVClient):
                     zs._check_fits(key, value.nbytes)
                 try:
                     refs.append(zs._encode(pool, kind, value))
+                except TooLargeError:
+                    raise
                 except OutOfMemoryError as e:
                     raise OutOfMemoryError(
                         "the zcopy pool (%d bytes) is full at value %d of %d (key %r); nothing of this batch "
