@@ -264,25 +264,37 @@ pub(crate) struct Control {
     /// they grow, so that memory follows the objects in use, and no touch of them can fail).
     data_nodes_backed: AtomicU64,
     key_nodes_backed: AtomicU64,
-    /// 1 from a holder's death until a rebuild succeeds.
+    reserved: [AtomicU64; 4],
+    /// 1 from a holder's death until a rebuild succeeds. Read by every get, written almost never:
+    /// on a line of its own, which no create or delete writes.
     repair_pending: AtomicU64,
-    reserved: [AtomicU64; 3],
-    seal: [AtomicU32; SEAL_WORDS],
-    /// Gets waiting on each seal word, so a seal makes the wake system call only when someone
-    /// waits. A waiter killed while waiting leaves its count behind: later seals of that word
-    /// then wake nobody, at the cost of a system call.
-    waiters: [AtomicU32; SEAL_WORDS],
+    reserved_too: [AtomicU64; 7],
+    /// The seal words, one cache line each, so that processes sealing objects of different keys
+    /// at once rarely write one line.
+    seals: [SealLine; SEAL_WORDS],
     /// One bit per chunk of the key heap whose file blocks are reserved.
     key_chunks: [AtomicU64; KEY_CHUNK_WORDS],
 }
 
+/// A seal word and its count of waiters, alone on a cache line.
+#[repr(C, align(64))]
+struct SealLine {
+    /// Bumped by every seal of a key whose hash picks this line: the futex word gets wait on.
+    word: AtomicU32,
+    /// Gets waiting on `word`, so a seal makes the wake system call only when someone waits. A
+    /// waiter killed while waiting leaves its count behind: later seals of that word then wake
+    /// nobody, at the cost of a system call.
+    waiters: AtomicU32,
+}
+
 const _: () = {
-    assert!(size_of::<Control>() == 64 + 64 + 128 + 256 + 256 + 8 * KEY_CHUNK_WORDS);
+    assert!(size_of::<SealLine>() == 64);
+    assert!(size_of::<Control>() == 64 + 64 + 128 + 64 + 64 * SEAL_WORDS + 8 * KEY_CHUNK_WORDS);
+    assert!(std::mem::offset_of!(Control, repair_pending) == 256);
     assert!(std::mem::offset_of!(Control, config) == 64);
     assert!(std::mem::offset_of!(Control, reclaimed) == 128);
-    assert!(std::mem::offset_of!(Control, seal) == 256);
-    assert!(std::mem::offset_of!(Control, waiters) == 512);
-    assert!(std::mem::offset_of!(Control, key_chunks) == 768);
+    assert!(std::mem::offset_of!(Control, seals) == 320);
+    assert!(std::mem::offset_of!(Control, key_chunks) == 320 + 64 * SEAL_WORDS);
     assert!(std::mem::offset_of!(Control, data_nodes_backed) == 208);
 };
 
@@ -749,16 +761,17 @@ impl<'a> Store<'a> {
 
     /// The futex word a `get` of a key with this hash waits on.
     pub(crate) fn seal_word(&self, hash: u64) -> &'a AtomicU32 {
-        &self.ctl.seal[(hash % SEAL_WORDS as u64) as usize]
+        &self.ctl.seals[(hash % SEAL_WORDS as u64) as usize].word
     }
 
-    pub(crate) fn seal_words(&self) -> &'a [AtomicU32] {
-        &self.ctl.seal
+    /// Every seal word.
+    pub(crate) fn seal_words(&self) -> impl Iterator<Item = &'a AtomicU32> {
+        self.ctl.seals.iter().map(|line| &line.word)
     }
 
     /// The count of gets waiting on the seal word of `hash`.
     pub(crate) fn waiters(&self, hash: u64) -> &'a AtomicU32 {
-        &self.ctl.waiters[(hash % SEAL_WORDS as u64) as usize]
+        &self.ctl.seals[(hash % SEAL_WORDS as u64) as usize].waiters
     }
 
     /// Record `id`, checked (an id read from shared memory is a claim).
