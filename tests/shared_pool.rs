@@ -34,6 +34,19 @@ fn create(name: &Name, size: usize) -> Pool {
     Pool::open(&PoolOptions { size, name: Some(name.0.clone()), ..local() }).expect("create a shared pool")
 }
 
+/// A shared pool of `size` bytes and at most `max_objects` objects.
+fn create_limited(name: &Name, size: usize, max_objects: usize) -> Pool {
+    Pool::open(&PoolOptions { size, max_objects, name: Some(name.0.clone()), ..local() }).expect("create a shared pool")
+}
+
+/// The pool holds nothing, its memory is one free range again, and its invariants hold.
+fn assert_empty_and_whole(pool: &Pool) {
+    let s = pool.stats();
+    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
+    assert_eq!(s.largest_free_block, s.capacity_bytes, "every block merged back");
+    pool.check().unwrap();
+}
+
 fn attach(name: &str) -> Pool {
     Pool::attach(name, &local()).expect("attach")
 }
@@ -644,8 +657,7 @@ fn readers_racing_deletes_that_scan_long_ledgers_without_the_lock_never_see_wron
 /// objects are kept throughout.
 fn race_deletes_and_creates(what: &str, held: usize) {
     let name = Name::new(what);
-    let pool = Pool::open(&PoolOptions { size: 2 << 20, max_objects: 8192, name: Some(name.0.clone()), ..local() })
-        .expect("create a shared pool");
+    let pool = create_limited(&name, 2 << 20, 8192);
     let holds: Vec<_> = (0..held)
         .map(|i| {
             let key = format!("held-{i}").into_bytes();
@@ -712,8 +724,7 @@ fn race_deletes_and_creates(what: &str, held: usize) {
 #[test]
 fn a_delete_that_scans_long_ledgers_without_the_lock_frees_what_nobody_holds_and_leaves_what_is_held() {
     let name = Name::new("long-ledger");
-    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 8192, name: Some(name.0.clone()), ..local() })
-        .expect("create a shared pool");
+    let pool = create_limited(&name, 1 << 20, 8192);
     let holds: Vec<_> = (0..5000)
         .map(|i| {
             let key = format!("h{i}").into_bytes();
@@ -751,8 +762,7 @@ fn threads_that_come_and_go_give_their_ledger_entries_back_and_never_fill_it() {
     // for its next get: one that ends must give it back, or 5000 short-lived threads would fill
     // the ledger.
     let name = Name::new("churn");
-    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 16, name: Some(name.0.clone()), ..local() })
-        .expect("create a shared pool");
+    let pool = create_limited(&name, 1 << 20, 16);
     put(&pool, b"k", 100);
     for _ in 0..50 {
         std::thread::scope(|s| {
@@ -878,17 +888,13 @@ fn a_process_reuses_the_record_and_block_it_freed_for_its_next_create_of_that_si
     assert_eq!(at(&again), offset, "the next create of that size takes the block back");
     pool.check().unwrap();
     drop((theirs, again));
-    let s = pool.stats();
-    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
-    assert_eq!(s.largest_free_block, s.capacity_bytes);
-    pool.check().unwrap();
+    assert_empty_and_whole(&pool);
 }
 
 #[test]
 fn what_a_killed_process_kept_for_its_next_creates_and_its_counts_are_given_back_at_reclaim() {
     let name = Name::new("keptdead");
-    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 32, name: Some(name.0.clone()), ..local() })
-        .expect("create a shared pool");
+    let pool = create_limited(&name, 1 << 20, 32);
     put(&pool, b"p0", 1000);
     put(&pool, b"p1", 1000);
     let mut child = Child::spawn("child_roles", "churner", &name.0);
@@ -903,17 +909,13 @@ fn what_a_killed_process_kept_for_its_next_creates_and_its_counts_are_given_back
     for key in ["p1", "kept-0", "kept-1", "kept-2"] {
         pool.delete(key.as_bytes()).unwrap();
     }
-    let s = pool.stats();
-    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
-    assert_eq!(s.largest_free_block, s.capacity_bytes, "every block merged back");
-    pool.check().unwrap();
+    assert_empty_and_whole(&pool);
 }
 
 #[test]
 fn a_create_that_finds_no_room_or_no_record_takes_back_what_other_live_processes_keep() {
     let name = Name::new("keptlive");
-    let pool = Pool::open(&PoolOptions { size: 1 << 20, max_objects: 10, name: Some(name.0.clone()), ..local() })
-        .expect("create a shared pool");
+    let pool = create_limited(&name, 1 << 20, 10);
     // A live process keeps eight records: ten creates here need them back.
     let mut records = Child::spawn("child_roles", "keeper", &format!("{} 64", name.0));
     records.expect("done");
@@ -935,10 +937,7 @@ fn a_create_that_finds_no_room_or_no_record_takes_back_what_other_live_processes
     records.kill();
     blocks.kill();
     pool.reclaim().unwrap();
-    let s = pool.stats();
-    assert_eq!((s.object_count, s.key_count, s.used_bytes), (0, 0, 0));
-    assert_eq!(s.largest_free_block, s.capacity_bytes);
-    pool.check().unwrap();
+    assert_empty_and_whole(&pool);
 }
 
 #[test]

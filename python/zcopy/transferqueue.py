@@ -160,8 +160,6 @@ def _prepare(kind, value):
         return value.cpu()
     if kind == "object" and isinstance(value, torch.Tensor) and value.is_nested:
         return _Nested(value)
-    if kind == "object" and isinstance(value, torch.Tensor) and value.requires_grad and value.grad_fn is not None:
-        return value.detach().requires_grad_(True)  # what pickles of a tensor inside a graph: a leaf
     return value
 
 

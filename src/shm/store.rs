@@ -1102,6 +1102,7 @@ impl<'a> Store<'a> {
         Ok(Some(high as u32))
     }
 
+    /// Puts record `id` on the free list, naming no block.
     fn give_id(&self, _: &Locked<'_>, id: u32) -> Result<()> {
         let rec = self.rec(id)?;
         rec.node.store(NIL, Relaxed);
@@ -1367,9 +1368,8 @@ impl<'a> Store<'a> {
     pub(crate) fn settle(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
         let n = self.flush_cache(g, slot)?;
         let s = self.slot_at(slot)?;
-        add(&self.ctl.live, s.objects.swap(0, Relaxed) as i32 as i64 as u64);
-        add(&self.ctl.keys, s.keys.swap(0, Relaxed) as i32 as i64 as u64);
-        add(&self.ctl.used, s.bytes.swap(0, Relaxed));
+        let (objects, keys, bytes) = (s.objects.swap(0, Relaxed), s.keys.swap(0, Relaxed), s.bytes.swap(0, Relaxed));
+        self.count(None, objects as i32, keys as i32, bytes)?;
         Ok(n)
     }
 
@@ -1393,6 +1393,11 @@ impl<'a> Store<'a> {
             any = Some(entry);
         }
         let Some(entry) = any else { return Ok(None) };
+        Ok(Some((self.take_cached(entry)?, None)))
+    }
+
+    /// Empties cache entry `entry`, its block back to the allocator: answers the record's id.
+    fn take_cached(&self, entry: &AtomicU32) -> Result<u32> {
         let link = entry.load(Relaxed);
         let rec = self.cached(link)?;
         entry.store(0, Relaxed);
@@ -1401,7 +1406,7 @@ impl<'a> Store<'a> {
             self.data_tlsf().free(node);
             rec.node.store(NIL, Relaxed);
         }
-        Ok(Some((link - 1, None)))
+        Ok(link - 1)
     }
 
     /// The record a cache entry (id + 1) names, checked: free, its node in the table.
@@ -1422,18 +1427,11 @@ impl<'a> Store<'a> {
     fn flush_cache(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
         let mut n = 0;
         for entry in self.slot_cache(slot)? {
-            let link = entry.load(Relaxed);
-            if link == 0 {
-                continue;
+            if entry.load(Relaxed) != 0 {
+                let id = self.take_cached(entry)?;
+                self.give_id(g, id)?;
+                n += 1;
             }
-            let rec = self.cached(link)?;
-            entry.store(0, Relaxed);
-            let node = rec.node.load(Relaxed);
-            if node != NIL {
-                self.data_tlsf().free(node);
-            }
-            self.give_id(g, link - 1)?;
-            n += 1;
         }
         Ok(n)
     }
@@ -1616,12 +1614,13 @@ impl<'a> Store<'a> {
     /// corrupt cache is left for [`Store::check`] to report).
     pub(crate) fn counts(&self, g: &Locked<'_>) -> Counts {
         let _ = self.flush_caches(g);
+        let (live, keys, used) = self.totals();
         Counts {
             capacity: self.cfg.capacity,
-            used: self.totals().2,
+            used,
             largest_free: self.data_tlsf().largest_free() as u64 * GRANULE as u64,
-            live: self.totals().0,
-            keys: self.totals().1,
+            live,
+            keys,
             max_objects: self.cfg.max_objects,
             reclaimed: self.ctl.reclaimed.load(Relaxed),
             evictions: self.ctl.evictions.load(Relaxed),
@@ -1704,8 +1703,6 @@ impl<'a> Store<'a> {
             let rec = self.rec(id)?;
             let state = rec.state(Relaxed);
             if state == FREE {
-                rec.node.store(NIL, Relaxed);
-                rec.key_node.store(NIL, Relaxed);
                 free_ids.push(id);
                 continue;
             }
@@ -1719,9 +1716,7 @@ impl<'a> Store<'a> {
                 };
             if !keep {
                 rec.set_state(FREE, Release);
-                rec.node.store(NIL, Relaxed);
-                rec.key_node.store(NIL, Relaxed);
-                free_ids.push(id);
+                free_ids.push(id); // give_id, below, clears its nodes
                 freed += 1;
                 continue;
             }
