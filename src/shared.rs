@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::alloc::GRANULE;
 use crate::error::{Bytes, Error, Key, Result};
 use crate::pool::check_key;
 use crate::rdma::{RdmaDesc, RdmaMode, Registrations};
@@ -26,7 +27,9 @@ use crate::shm::offset::Area;
 use crate::shm::pool_file::{PoolFile, Reserve};
 use crate::shm::slots::{SlotGuard, Slots, LIVE};
 use crate::shm::store::{ledger_id, DELETED, SEALED};
-use crate::shm::store::{Config, Counts, CreateError, Locked, Lookup, Object, PartTable, Store, Victim};
+use crate::shm::store::{
+    Chains, Config, Counts, CreateError, Deleted, Locked, Lookup, Object, PartTable, Store, Victim,
+};
 
 /// How to create or attach a shared pool.
 #[derive(Debug, Clone)]
@@ -92,7 +95,7 @@ impl Drop for SharedInner {
         }
         if let Some(ledger) = &self.ledger {
             if let Ok(g) = self.lock() {
-                let _ = self.store.settle(&g, ledger.slot());
+                let _ = self.store.flush_cache(&g, ledger.slot());
             }
         }
     }
@@ -171,11 +174,29 @@ impl SharedHandle {
         parts: Option<&[(usize, usize)]>,
         table: Option<PartTable>,
     ) -> Result<SharedBuffer> {
+        // Under the lock of the key's chain alone when this process keeps a record of this size
+        // (see Store::create_cached), else under the pool's mutex as well.
+        if parts.is_none() && self.store.may_have_cached(ledger.slot(), (size as u64).div_ceil(GRANULE as u64)) {
+            if let Some(c) = self.store.chains_fast(hash)? {
+                match self.store.create_cached(&c, ledger, h, key, hash, size as u64) {
+                    Ok(Some(obj)) => return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true }),
+                    Ok(None) | Err(CreateError::AlreadyExists { unsealed: true }) => {}
+                    Err(CreateError::AlreadyExists { unsealed: false }) => {
+                        return Err(Error::AlreadyExists(Key::new(key)))
+                    }
+                    Err(CreateError::Other(e)) => return Err(e),
+                    Err(_) => {}
+                }
+            }
+        }
         let mut reclaimed = false;
         let mut eviction = Eviction::default();
         loop {
             let g = self.lock()?;
-            let e = match self.store.create(&g, ledger, h, key, hash, size as u64, parts) {
+            let c = self.chains(&g, hash)?;
+            let made = self.store.create(&g, &c, ledger, h, key, hash, size as u64, parts);
+            drop(c);
+            let e = match made {
                 Ok(mut obj) => {
                     drop(g);
                     obj.parts = table;
@@ -316,9 +337,10 @@ impl SharedHandle {
             // Read before looking: a seal (which takes no lock) after this moves it.
             let word: &AtomicU32 = self.store.seal_word(hash);
             let seen = word.load(Ordering::SeqCst);
-            match self.store.lookup(&g, key, hash)? {
+            let c = self.chains(&g, hash)?;
+            match self.store.lookup(&c, key, hash)? {
                 Lookup::Sealed(obj) => {
-                    // Under the mutex nothing deletes it: no need to confirm.
+                    // Under its chain's lock nothing deletes it: no need to confirm.
                     let h = self.hold(ledger, obj.id, obj.generation)?;
                     self.store.touch(obj.id);
                     return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false });
@@ -338,6 +360,7 @@ impl SharedHandle {
             // word.
             let waiters = self.store.waiters(hash);
             waiters.fetch_add(1, Ordering::SeqCst);
+            drop(c);
             drop(g);
             let waited = lock::wait(word, seen, timeout);
             waiters.fetch_sub(1, Ordering::Relaxed);
@@ -673,7 +696,7 @@ impl SharedInner {
             // exited) are undone before this process uses it, then dead processes are reclaimed.
             let g = inner.lock()?;
             let leftovers = match &inner.ledger {
-                Some(ledger) => inner.undo_ledger(&g, ledger)? | (inner.store.settle(&g, ledger.slot())? > 0),
+                Some(ledger) => inner.undo_ledger(&g, ledger)? | (inner.store.flush_cache(&g, ledger.slot())? > 0),
                 None => false,
             };
             if inner.reclaim_locked(&g)? == 0 && leftovers {
@@ -731,18 +754,35 @@ impl SharedInner {
                 g
             }
         };
-        self.store.rebuild(&g)?;
+        drop(self.store.all_chains(&g)?);
         self.reclaim_locked(&g)?;
         Ok(g)
+    }
+
+    /// The lock of the chain of `hash`'s bucket, under the pool's mutex (see [`Store::chains`]):
+    /// when taking it repaired what a dead holder left, the dead are reclaimed too, as after a
+    /// repair behind the mutex.
+    fn chains(&self, g: &Locked<'_>, hash: u64) -> Result<Chains<'static>> {
+        let repairs = self.store.repairs();
+        let c = self.store.chains(g, hash)?;
+        if self.store.repairs() == repairs {
+            return Ok(c);
+        }
+        drop(c);
+        self.reclaim_locked(g)?;
+        self.store.chains(g, hash)
     }
 
     /// Undoes what `ledger` records and empties it: aborts its creates and drops its references
     /// (the objects they leave unheld are the caller's to sweep). Answers whether it held any.
     fn undo_ledger(&self, g: &Locked<'_>, ledger: &Ledger<'_>) -> Result<bool> {
         let entries = ledger.entries()?;
-        for &(state, lid) in &entries {
-            if state == ledger::CREATING {
-                self.store.abort(g, lid as u32, (lid >> 32) as u32, None)?;
+        if entries.iter().any(|&(state, _)| state == ledger::CREATING) {
+            let all = self.store.all_chains(g)?;
+            for &(state, lid) in &entries {
+                if state == ledger::CREATING {
+                    self.store.abort(g, &all, lid as u32, (lid >> 32) as u32, None)?;
+                }
             }
         }
         ledger.clear()?;
@@ -761,6 +801,7 @@ impl SharedInner {
 
     fn reclaim_slots(&self, g: &Locked<'_>) -> Result<u64> {
         let mut reclaimed = 0;
+        let mut repaired = false;
         for index in 0..self.slots.len() {
             if self.slot.as_ref().is_some_and(|s| s.index() == index) {
                 continue;
@@ -769,9 +810,15 @@ impl SharedInner {
                 continue;
             }
             let Some(dead) = self.slots.take_if_dead(index)? else { continue };
+            if !repaired {
+                // A process may die holding a chain's lock, which only that lock's next taker
+                // would notice: every lock is taken once, repairing what the dead left.
+                drop(self.store.all_chains(g)?);
+                repaired = true;
+            }
             let ledger = self.store.ledger(index)?;
             self.undo_ledger(g, &ledger)?;
-            self.store.settle(g, index)?;
+            self.store.flush_cache(g, index)?;
             self.store.note_reclaimed(g);
             dead.finish();
             reclaimed += 1;
@@ -792,8 +839,9 @@ impl SharedInner {
     pub(crate) fn check(&self) -> Result<()> {
         self.check_mapped()?;
         let g = self.lock()?;
+        let all = self.store.all_chains(&g)?;
         self.slots.check()?;
-        self.store.check(&g)
+        self.store.check(&g, &all)
     }
 
     /// The processes holding slots.
@@ -861,7 +909,7 @@ impl SharedInner {
         }
         if let Some(ledger) = &self.ledger {
             if let Ok(g) = self.lock() {
-                let _ = self.store.settle(&g, ledger.slot());
+                let _ = self.store.flush_cache(&g, ledger.slot());
                 let _ = self.reclaim_locked(&g);
             }
         }
@@ -917,11 +965,19 @@ impl SharedInner {
         // Hashed before the mutex is taken, so that it is held for less.
         let hash = self.store.hash(key);
         let cache = self.ledger.as_ref().map(Ledger::slot);
-        let g = self.lock()?;
-        let Some((id, generation)) = self.store.delete(&g, key, hash, cache)? else {
+        // Under the lock of the key's chain alone when that is enough (see Store::delete_fast),
+        // else under the pool's mutex as well.
+        let deleted = match self.store.chains_fast(hash)? {
+            Some(c) => self.store.delete_fast(&c, key, hash, cache)?,
+            None => {
+                let g = self.lock()?;
+                let c = self.chains(&g, hash)?;
+                self.store.delete(&g, &c, key, hash, cache)?
+            }
+        };
+        let Deleted::Later(id, generation) = deleted else {
             return Ok(());
         };
-        drop(g);
         // Long ledgers are read without the mutex. A process killed here leaves the object
         // deleted and unheld, which the next reclaim frees (Store::sweep).
         if self.store.held(id, generation)? {
@@ -939,8 +995,10 @@ impl SharedInner {
         if self.store.peek(key, self.store.hash(key)).is_some() {
             return true;
         }
-        match self.lock() {
-            Ok(g) => self.store.contains_sealed(&g, key).unwrap_or(false),
+        let hash = self.store.hash(key);
+        let Ok(g) = self.lock() else { return false };
+        match self.chains(&g, hash) {
+            Ok(c) => self.store.contains_sealed(&c, key, hash).unwrap_or(false),
             Err(_) => false,
         }
     }
@@ -1025,8 +1083,10 @@ impl SharedBuffer {
         let ledger = pool.ledger()?;
         let h = self.entry;
         let g = pool.lock()?;
-        pool.store.abort(&g, self.obj.id, self.obj.generation, Some(ledger.slot()))?;
+        let c = pool.chains(&g, pool.store.hash_of(self.obj.id)?)?;
+        pool.store.abort(&g, &c, self.obj.id, self.obj.generation, Some(ledger.slot()))?;
         ledger.empty(h)?;
+        drop(c);
         drop(g);
         pool.free_entries.give(h);
         Ok(())
@@ -1145,6 +1205,21 @@ mod tests {
             ledger.empty(h).unwrap();
             say("withdrawn");
             std::mem::forget(held);
+            park();
+        }
+        if let Some(path) = child_role("die-holding-a-chain-lock") {
+            // Keeps a freed record in its cache, then takes the lock of "sealed"'s chain alone (as
+            // a create or delete without the pool's mutex does), half-changes what it guards and
+            // waits to be killed holding it.
+            let name = path.to_str().unwrap().to_owned();
+            let pool = Pool::attach(&name, &options()).unwrap();
+            pool.create(b"mine", 64).unwrap().seal().unwrap();
+            pool.delete(b"mine").unwrap();
+            let crate::pool::Backend::Shared(shared) = pool.share() else { panic!("not shared") };
+            let c = shared.store.chains_fast(shared.store.hash(b"sealed")).unwrap().expect("no repair pending");
+            shared.store.scramble_chain(&c, b"sealed", shared.ledger().unwrap().slot()).unwrap();
+            say("locked");
+            let _keep = (pool, c);
             park();
         }
         let Some(path) = child_role("die-holding-the-lock") else { return };
@@ -1315,6 +1390,25 @@ mod tests {
         pool.check().unwrap();
     }
 
+    /// Starts child role `role` on pool `name`, kills it once it says it holds a lock, and gets
+    /// "sealed" (1000 bytes of 232): the get finds the state repaired and the dead reclaimed, and
+    /// the counts as they were.
+    fn kill_then_read_sealed(pool: &Pool, name: &str, role: &str) -> crate::pool::Buffer {
+        let before = pool.stats();
+        let mut child = ChildProcess::spawn(CHILD_TEST, role, std::path::Path::new(name));
+        child.expect("locked");
+        child.kill();
+        let got = pool.get(b"sealed", Wait::Now).unwrap();
+        assert_eq!(got.as_slice(), &[1000u16 as u8; 1000][..]);
+        let after = pool.stats();
+        assert_eq!((after.lock_repairs, after.processes_reclaimed), (1, 1));
+        assert_eq!(
+            (after.object_count, after.key_count, after.used_bytes),
+            (before.object_count, before.key_count, before.used_bytes)
+        );
+        got
+    }
+
     #[test]
     fn a_process_killed_holding_the_lock_mid_change_is_repaired_from_the_records_by_the_next_locker() {
         let guard = Name::new("lockdeath");
@@ -1327,19 +1421,8 @@ mod tests {
             b.seal().unwrap();
         }
         let mine = pool.get(b"other", Wait::Now).unwrap();
-        let before = pool.stats();
-        let mut child = ChildProcess::spawn(CHILD_TEST, "die-holding-the-lock", std::path::Path::new(&name));
-        child.expect("locked");
-        child.kill();
         // The next call finds the mutex abandoned: it rebuilds, then reclaims the dead holder.
-        let got = pool.get(b"sealed", Wait::Now).unwrap();
-        assert_eq!(got.as_slice(), &[1000u16 as u8; 1000][..]);
-        let after = pool.stats();
-        assert_eq!((after.lock_repairs, after.processes_reclaimed), (1, 1));
-        assert_eq!(
-            (after.object_count, after.key_count, after.used_bytes),
-            (before.object_count, before.key_count, before.used_bytes)
-        );
+        let got = kill_then_read_sealed(&pool, &name, "die-holding-the-lock");
         pool.check().unwrap();
         pool.create(b"half", 10).unwrap().seal().unwrap();
         drop((got, mine));
@@ -1349,6 +1432,55 @@ mod tests {
         let empty = pool.stats();
         assert_eq!((empty.object_count, empty.key_count, empty.used_bytes), (0, 0, 0));
         assert_eq!(empty.largest_free_block, empty.capacity_bytes, "every block merged back");
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn a_process_killed_holding_a_chain_lock_mid_change_is_repaired_by_the_next_taker_of_that_lock() {
+        let guard = Name::new("chaindeath");
+        let name = guard.0.clone();
+        let opts = PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() };
+        let pool = Pool::open(&opts).unwrap();
+        for (key, len) in [(&b"sealed"[..], 1000), (b"other", 64)] {
+            let mut b = pool.create(key, len).unwrap();
+            b.as_mut_slice().unwrap().fill(len as u8);
+            b.seal().unwrap();
+        }
+        // "sealed" is missing from its chain: the lock-free get misses it, the locked get takes
+        // the chain's lock, finds its holder dead and rebuilds the index from the records.
+        let got = kill_then_read_sealed(&pool, &name, "die-holding-a-chain-lock");
+        pool.check().unwrap();
+        drop(got);
+        for key in [&b"sealed"[..], b"other"] {
+            pool.delete(key).unwrap();
+        }
+        let empty = pool.stats();
+        assert_eq!((empty.object_count, empty.key_count, empty.used_bytes), (0, 0, 0));
+        assert_eq!(
+            empty.largest_free_block, empty.capacity_bytes,
+            "the record the dead took, and its block, came back"
+        );
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn a_chain_lock_left_by_a_dead_process_is_repaired_by_a_reclaim_though_nobody_takes_it() {
+        let guard = Name::new("chainreclaim");
+        let name = guard.0.clone();
+        let opts = PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() };
+        let pool = Pool::open(&opts).unwrap();
+        let mut b = pool.create(b"sealed", 100).unwrap();
+        b.as_mut_slice().unwrap().fill(7);
+        b.seal().unwrap();
+        drop(b);
+        let mut child = ChildProcess::spawn(CHILD_TEST, "die-holding-a-chain-lock", std::path::Path::new(&name));
+        child.expect("locked");
+        child.kill();
+        assert_eq!(pool.reclaim().unwrap(), 1);
+        let s = pool.stats();
+        assert_eq!((s.lock_repairs, s.object_count, s.key_count), (1, 1, 1));
+        assert_eq!(s.used_bytes + s.largest_free_block, s.capacity_bytes, "nothing leaked");
+        assert!(pool.contains(b"sealed"));
         pool.check().unwrap();
     }
 }

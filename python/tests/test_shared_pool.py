@@ -738,11 +738,11 @@ def test_forked_child_gets_pool_forked_error_on_the_parent_handle_but_can_attach
 
 
 def _ledgers_area(path):
-    """(offset, length) of the ledgers area, read from the pool file's header (layout 6:
+    """(offset, length) of the ledgers area, read from the pool file's header (layout 7:
     the area table starts at byte 64, 16 bytes an area, the ledgers second)."""
     with open(path, "rb") as f:
         head = f.read(64 + 16 * 8)
-    assert head[:8] == b"ZCOPYSHM" and struct.unpack_from("<I", head, 8)[0] == 6, "not a layout-6 pool file"
+    assert head[:8] == b"ZCOPYSHM" and struct.unpack_from("<I", head, 8)[0] == 7, "not a layout-7 pool file"
     return struct.unpack_from("<QQ", head, 64 + 16)
 
 

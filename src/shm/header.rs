@@ -22,7 +22,7 @@ use crate::shm::offset::{Area, Plain};
 /// The first eight bytes of every pool file.
 pub(crate) const MAGIC: [u8; 8] = *b"ZCOPYSHM";
 /// Changes whenever the layout of any structure in the file changes.
-pub(crate) const LAYOUT_VERSION: u32 = 6;
+pub(crate) const LAYOUT_VERSION: u32 = 7;
 /// `state` of a file whose creator has not published it (yet, or ever: it may have died).
 pub(crate) const INITIALISING: u32 = 0;
 /// `state` of a published pool.

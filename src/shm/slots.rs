@@ -13,8 +13,7 @@
 //! claims and releases it, a cleaner when it frees a dead owner's slot. `state` is written last,
 //! with a release store, so a slot is `LIVE` only once its `pid` and `incarnation` are written.
 //! Anyone may read any slot at any time (diagnostics, [`Slots::check`]). The exception is the
-//! slot's counters and record cache, part of the pool's shared state: they are written and read
-//! only under the pool's mutex (see `Store::settle`), by the owner, a cleaner or a rebuild.
+//! slot's record cache, part of the pool's shared state (see `Store::flush_cache`).
 //!
 //! OFD locks belong to an open file description, not to a process: two descriptions of the pool
 //! file conflict even inside one process, which lets tests play several processes with threads;
@@ -54,15 +53,12 @@ pub(crate) struct Slot {
     /// Bumped at every claim, so that (slot, incarnation) names one process's tenure; never 0
     /// while `LIVE`.
     incarnation: AtomicU64,
-    /// What this process's creates and deletes changed the pool's counts of objects, keys and
-    /// bytes in use by, as wrapping differences from the pool's own counters (the sum is the
-    /// count): kept here so that processes creating and deleting at once do not write one line.
-    /// Only under the pool's mutex; zero while `FREE`.
-    pub(crate) objects: AtomicU32,
-    pub(crate) keys: AtomicU32,
-    pub(crate) bytes: AtomicU64,
+    /// Zero.
+    reserved: [AtomicU64; 2],
     /// Records this process freed with their blocks of object memory kept, for its next
-    /// creates (id + 1 each, 0 for none): only under the pool's mutex, empty while `FREE`.
+    /// creates (id + 1 each, 0 for none): filled and taken from by the owner's threads one at a
+    /// time, under a lock of the pool (its mutex, or a chain's); emptied, with atomic swaps,
+    /// under the pool's mutex by any process. Empty while `FREE`.
     cache: [AtomicU32; SLOT_CACHE],
 }
 
@@ -71,8 +67,7 @@ const _: () = {
     assert!(offset_of!(Slot, state) == 0);
     assert!(offset_of!(Slot, pid) == 4);
     assert!(offset_of!(Slot, incarnation) == 8);
-    assert!(offset_of!(Slot, objects) == 16);
-    assert!(offset_of!(Slot, bytes) == 24);
+    assert!(offset_of!(Slot, reserved) == 16);
     assert!(offset_of!(Slot, cache) == 32);
 };
 
@@ -92,7 +87,7 @@ impl Slot {
         self.incarnation.load(Ordering::Relaxed)
     }
 
-    /// The slot's record cache: read and written only under the pool's mutex.
+    /// The slot's record cache.
     pub(crate) fn cache(&self) -> &[AtomicU32; SLOT_CACHE] {
         &self.cache
     }

@@ -2,13 +2,23 @@
 //! allocators of object memory and of long keys and part tables, counters and the futex words
 //! `get` waits on. Everything is addressed by ids and offsets.
 //!
-//! Writes: the creator writes the configuration ([`Control`]'s `config`) and initialises the rest
-//! before the pool is published. After that every field is written only by a thread that holds
-//! the pool's one robust mutex (each operation takes the guard as its proof), except three: the
-//! seal words, bumped under the mutex and read without it; a record's `holders` bits, which a
-//! reader sets; and its `last_used`, which a reader refreshes.
+//! Locks: the pool's robust mutex, and [`STRIPES`] robust locks over the index chains (bucket
+//! `b`'s chain under stripe `b % STRIPES`), each with counts of its own. The mutex guards the
+//! allocators, the free-record list, the pool's counters and the high-water mark; a chain's lock
+//! guards the chain, the records in it and its stripe's counts. Most changes take the mutex, then
+//! the lock of the one chain they touch ([`Store::chains`]). A create of a short key with no parts
+//! into a record its process keeps with a block of the right size ([`Store::create_cached`]), and
+//! the delete of such an object ([`Store::delete_fast`]), take the chain's lock alone
+//! ([`Store::chains_fast`]): processes creating and deleting different keys then wait for nobody.
+//! Only a holder of the mutex takes more than one chain lock, in order ([`Store::all_chains`]),
+//! and nobody holding a chain lock waits for the mutex, so no wait goes round in a cycle. The
+//! creator initialises everything before the pool is published. Outside the locks: the seal words,
+//! bumped by a seal and read by gets; a record's state at a seal (one compare-and-swap by its
+//! creator) and when a deleted record is freed (one compare-and-swap, [`Store::claim`], which
+//! decides among the processes that may free it); its `holders` bits, which a reader sets; and its
+//! `last_used`, which a reader refreshes.
 //!
-//! Reading takes no lock. A get finds a sealed record through the index without the mutex
+//! Reading takes no lock. A get finds a sealed record through the index without any lock
 //! ([`Store::peek`]), publishes a reference in its own ledger and re-reads the record's state
 //! and generation ([`Store::still`]); a delete (or an eviction) marks the record `DELETED` and
 //! then looks for references in the ledgers ([`Store::held`]). Both steps are sequentially
@@ -19,20 +29,21 @@
 //!
 //! Records are the truth. Who reads an object is nowhere but in the ledgers (a record's
 //! `holders` bits only say which ledgers to look in), and the index, both allocators, the list
-//! of free ids and the counters are derived from the records. So when a process dies holding the
-//! mutex, half-way through any change, the next holder runs [`Store::rebuild`], which recomputes
-//! all of it from the records and the ledgers; the dead process's slot is then reclaimed like any
-//! other, by emptying its ledger. [`Store::check`] verifies that everything stored equals what
-//! would be derived.
+//! of free ids and the counters are derived from the records. So when a process dies holding a
+//! lock, half-way through any change, the next taker of that lock marks a repair pending, and
+//! [`Store::rebuild`], under the mutex and every chain lock, recomputes all of it from the records
+//! and the ledgers; the dead process's slot is then reclaimed like any other, by emptying its
+//! ledger. [`Store::check`] verifies that everything stored equals what would be derived.
 //!
-//! Two parts of that derived state live in each process's slot, so that processes creating and
-//! deleting at once do not write the same lines under the mutex: the counts of objects, keys and
-//! bytes its creates and deletes changed (the pool's counts are the control block's plus every
-//! slot's), and a cache of up to eight records it freed with their blocks of object memory kept,
-//! which its next creates of the same sizes take back ([`Store::free_record`]). Both are given
-//! back when the process closes or is reclaimed ([`Store::settle`]), the caches of every process
-//! when a create would fail for lack of memory or records, or when the counters are read; a
-//! rebuild empties them.
+//! Two parts of that derived state are kept apart, so that processes creating and deleting at
+//! once do not write the same lines: the counts of objects, keys and bytes the chain-only creates
+//! and deletes changed, in their stripe (the pool's counts are the control block's plus every
+//! stripe's), and in each process's slot a cache of up to eight records it freed with their
+//! blocks of object memory kept, which its next creates of the same sizes take back
+//! ([`Store::free_record`]). The owner's threads fill and take from its cache one at a time;
+//! any process may empty it under the mutex ([`Store::flush_cache`]): when its process closes or
+//! is reclaimed, when a create would fail for lack of memory or records, and when the counters
+//! are read. A rebuild empties them all.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -48,7 +59,7 @@ use crate::error::{Error, Result};
 use crate::index::first_by_key;
 use crate::shm::header::{AreaKind, Layout, AREAS};
 use crate::shm::ledger::{self, Handle, Ledger, CREATING};
-use crate::shm::lock::{MutexGuard, SharedMutex};
+use crate::shm::lock::{Acquired, MutexGuard, SharedMutex};
 use crate::shm::offset::{Area, Shared};
 use crate::shm::slots::{Slot, LIVE};
 
@@ -69,6 +80,8 @@ pub(crate) const INLINE_KEY: usize = 16;
 pub(crate) const SEAL_WORDS: usize = 64;
 /// Process slots of a shared pool.
 pub(crate) const DEFAULT_SLOTS: u64 = 64;
+/// Locks over the index chains: bucket `b`'s chain is under stripe `b % STRIPES`.
+pub(crate) const STRIPES: usize = 64;
 /// Words of the key heap's reservation bitmap: at most 4096 chunks.
 const KEY_CHUNK_WORDS: usize = 64;
 /// Allocator nodes reserved at a time (about 1 MiB of them).
@@ -102,7 +115,7 @@ pub(crate) struct Victim {
     last_used: u32,
 }
 
-/// Adds to a counter only the mutex's holder changes: a load and a store, no locked instruction.
+/// Adds to a counter only the holder of its lock changes: a load and a store, no locked instruction.
 fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
@@ -258,7 +271,7 @@ pub(crate) struct Control {
     /// One more than the first free record below the high-water mark (chained through `next`),
     /// or 0.
     free_head: AtomicU64,
-    /// Repairs after a process died holding the mutex.
+    /// Repairs after a process died holding one of the pool's locks.
     repairs: AtomicU64,
     /// Nodes of each allocator whose file blocks are reserved (the node arrays are reserved as
     /// they grow, so that memory follows the objects in use, and no touch of them can fail).
@@ -274,6 +287,20 @@ pub(crate) struct Control {
     seals: [SealLine; SEAL_WORDS],
     /// One bit per chunk of the key heap whose file blocks are reserved.
     key_chunks: [AtomicU64; KEY_CHUNK_WORDS],
+    /// The locks over the index chains, with the counts changed under each.
+    stripes: [Stripe; STRIPES],
+}
+
+/// The lock of the index chains of the buckets `s`, `s + STRIPES`, ..., and what the creates and
+/// deletes made under it alone changed the pool's counts of objects, keys and bytes by (wrapping
+/// differences: the pool's counts are the control block's plus every stripe's). Two lines: the
+/// mutex's, and the counts', written only by the lock's holder.
+#[repr(C, align(64))]
+struct Stripe {
+    mutex: SharedMutex,
+    objects: AtomicU64,
+    keys: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// A seal word and its count of waiters, alone on a cache line.
@@ -289,16 +316,18 @@ struct SealLine {
 
 const _: () = {
     assert!(size_of::<SealLine>() == 64);
-    assert!(size_of::<Control>() == 64 + 64 + 128 + 64 + 64 * SEAL_WORDS + 8 * KEY_CHUNK_WORDS);
+    assert!(size_of::<Stripe>() == 128);
+    assert!(size_of::<Control>() == 64 + 64 + 128 + 64 + 64 * SEAL_WORDS + 8 * KEY_CHUNK_WORDS + 128 * STRIPES);
     assert!(std::mem::offset_of!(Control, repair_pending) == 256);
     assert!(std::mem::offset_of!(Control, config) == 64);
     assert!(std::mem::offset_of!(Control, reclaimed) == 128);
     assert!(std::mem::offset_of!(Control, seals) == 320);
     assert!(std::mem::offset_of!(Control, key_chunks) == 320 + 64 * SEAL_WORDS);
     assert!(std::mem::offset_of!(Control, data_nodes_backed) == 208);
+    assert!(std::mem::offset_of!(Control, stripes) == 320 + 64 * SEAL_WORDS + 8 * KEY_CHUNK_WORDS);
 };
 
-// SAFETY: `#[repr(C)]`, atomics and a `SharedMutex` (itself `Shared`), valid for any bytes.
+// SAFETY: `#[repr(C)]`, atomics and `SharedMutex`es (themselves `Shared`), valid for any bytes.
 unsafe impl Shared for Control {}
 
 /// One object's record: 64 bytes, one cache line (the Records area starts on a page), so a get
@@ -379,9 +408,10 @@ impl Rec {
         unstamp(self.stamp.load(order)).1
     }
 
-    /// Sets the state and keeps the generation, under the mutex. The generation changes only
-    /// under the mutex, and the state too but for a seal ([`Store::seal`]) of an unsealed
-    /// record, which this overwrites as a store of the state alone would.
+    /// Sets the state and keeps the generation, under the lock that guards the record. The
+    /// generation changes only under that lock, and the state too but for a seal
+    /// ([`Store::seal`]) of an unsealed record, which this overwrites as a store of the state
+    /// alone would, and a [`Store::claim`], which only a deleted record undergoes.
     fn set_state(&self, state: u32, order: Ordering) {
         let (now, generation) = unstamp(self.stamp.load(Relaxed));
         if now != UNSEALED {
@@ -392,7 +422,7 @@ impl Rec {
         let _ = self.stamp.fetch_update(order, Relaxed, |word| Some(stamp(state, unstamp(word).1)));
     }
 
-    /// Sets the generation of a record nobody else changes now (a free record, under the mutex).
+    /// Sets the generation of a record nobody else changes now (a free record its caller took).
     fn set_generation(&self, generation: u32, order: Ordering) {
         let state = self.state(Relaxed);
         self.stamp.store(stamp(state, generation), order);
@@ -490,6 +520,18 @@ impl Found<'_> {
     }
 }
 
+/// What a create took for its object: the record, the block of object memory (node, offset)
+/// and the key heap's block of its long key and part table (node, offset), with its number of
+/// parts.
+struct Made {
+    id: u32,
+    node: u32,
+    offset: u64,
+    key_node: u32,
+    extra: u64,
+    parts: u32,
+}
+
 /// Why a create failed.
 #[derive(Debug)]
 pub(crate) enum CreateError {
@@ -551,6 +593,9 @@ pub(crate) struct Store<'a> {
     slot_table: &'a [Slot],
     /// Every slot's ledger, where deleters look for references.
     ledger_views: Box<[Ledger<'a>]>,
+    /// Serialises this process's threads taking records from and putting records into its
+    /// slot's cache (which other processes only empty, with atomic swaps).
+    cache_lock: std::sync::Mutex<()>,
     hasher: foldhash::fast::FixedState,
     /// The pool file, to reserve the blocks of metadata that grows with use; `None` while the
     /// creator initialises the file (whose first chunks it reserved when making it).
@@ -564,6 +609,48 @@ pub(crate) struct Store<'a> {
 
 /// Proof that the caller holds the pool's mutex.
 pub(crate) type Locked<'g> = MutexGuard<'g>;
+
+/// Proof that the caller holds the locks of index chains ([`STRIPES`]): of one stripe, or of
+/// all of them (with the pool's mutex, taken first: see [`Store::all_chains`]).
+pub(crate) enum Chains<'g> {
+    One { stripe: usize, _guard: MutexGuard<'g> },
+    All { _guards: Vec<MutexGuard<'g>> },
+}
+
+impl Chains<'_> {
+    /// Whether the chain of bucket `bucket` is under these locks.
+    fn covers(&self, bucket: usize) -> bool {
+        match self {
+            Chains::One { stripe, .. } => bucket % STRIPES == *stripe,
+            Chains::All { .. } => true,
+        }
+    }
+
+    /// Where changes to the counts made under these locks alone go.
+    fn tally(&self) -> Tally {
+        match self {
+            Chains::One { stripe, .. } => Tally::Stripe(*stripe),
+            Chains::All { .. } => Tally::Pool,
+        }
+    }
+}
+
+/// Which counters a change of the counts goes to: the control block's (under the pool's mutex),
+/// or a stripe's (under that stripe's lock).
+#[derive(Clone, Copy)]
+enum Tally {
+    Pool,
+    Stripe(usize),
+}
+
+/// What a delete left to do ([`Store::delete_fast`], [`Store::delete`]).
+pub(crate) enum Deleted {
+    /// The object is freed, or left to its last reader.
+    Done,
+    /// The key is gone and the object marked deleted; the caller looks for references without
+    /// the mutex ([`Store::held`]) and frees it with [`Store::free_deleted`] if there are none.
+    Later(u32, u32),
+}
 
 impl<'a> Store<'a> {
     /// The views of a mapped pool file's areas, checked against `cfg` (the creator's, or the
@@ -621,6 +708,7 @@ impl<'a> Store<'a> {
             ledgers,
             slot_table,
             ledger_views,
+            cache_lock: std::sync::Mutex::new(()),
             hasher: foldhash::fast::FixedState::with_seed(cfg.seed),
             file: backing,
             data_nodes_at: layout.span(AreaKind::Alloc).offset + 2 * head,
@@ -720,6 +808,10 @@ impl<'a> Store<'a> {
     pub(crate) unsafe fn init(&self) -> Result<()> {
         // SAFETY: per this function's contract.
         unsafe { self.ctl.mutex.init()? };
+        for stripe in &self.ctl.stripes {
+            // SAFETY: per this function's contract.
+            unsafe { stripe.mutex.init()? };
+        }
         for (word, value) in self.ctl.config.iter().zip(self.cfg.words()) {
             word.store(value, Relaxed);
         }
@@ -734,6 +826,81 @@ impl<'a> Store<'a> {
 
     pub(crate) fn mutex(&self) -> &'a SharedMutex {
         &self.ctl.mutex
+    }
+
+    /// The stripe whose lock covers the chain of `hash`'s bucket.
+    #[inline]
+    fn stripe_of(&self, hash: u64) -> usize {
+        (hash & (self.cfg.buckets - 1)) as usize % STRIPES
+    }
+
+    /// The lock of the chain of `hash`'s bucket, taken without the pool's mutex: for a create or
+    /// delete that changes nothing else the mutex guards. `None` when the index cannot be trusted
+    /// now: a repair is pending, or this lock's last holder died holding it (the repair is then
+    /// marked pending, before the lock is made consistent). The caller then takes the pool's
+    /// mutex, which makes the repair.
+    #[inline]
+    pub(crate) fn chains_fast(&self, hash: u64) -> Result<Option<Chains<'a>>> {
+        let stripe = self.stripe_of(hash);
+        match self.ctl.stripes[stripe].mutex.lock()? {
+            Acquired::Locked(mut guard) => {
+                if self.repair_pending_now() {
+                    return Ok(None);
+                }
+                guard.flag_on_panic(&self.ctl.repair_pending);
+                Ok(Some(Chains::One { stripe, _guard: guard }))
+            }
+            Acquired::OwnerDied(repair) => {
+                self.ctl.repair_pending.store(1, Release);
+                drop(repair.consistent()?);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The lock of the chain of `hash`'s bucket, under the pool's mutex: a lock whose holder died
+    /// makes the repair ([`Store::all_chains`]) first.
+    pub(crate) fn chains(&self, g: &Locked<'_>, hash: u64) -> Result<Chains<'a>> {
+        let stripe = self.stripe_of(hash);
+        for _ in 0..4 {
+            match self.ctl.stripes[stripe].mutex.lock()? {
+                Acquired::Locked(mut guard) => {
+                    if !self.repair_pending(g) {
+                        guard.flag_on_panic(&self.ctl.repair_pending);
+                        return Ok(Chains::One { stripe, _guard: guard });
+                    }
+                }
+                Acquired::OwnerDied(repair) => {
+                    self.begin_repair(g);
+                    drop(repair.consistent()?);
+                }
+            }
+            drop(self.all_chains(g)?);
+        }
+        Err(Error::Internal("a shared pool's index lock keeps being left by dying processes".into()))
+    }
+
+    /// Every chain's lock, under the pool's mutex (so that only one thread of all the processes
+    /// holds more than one), in order; when one's holder died, or a repair is pending, the index
+    /// and everything derived is rebuilt ([`Store::rebuild`]) before this answers.
+    pub(crate) fn all_chains(&self, g: &Locked<'_>) -> Result<Chains<'a>> {
+        let mut guards = Vec::with_capacity(STRIPES);
+        for stripe in &self.ctl.stripes {
+            let mut guard = match stripe.mutex.lock()? {
+                Acquired::Locked(guard) => guard,
+                Acquired::OwnerDied(repair) => {
+                    self.begin_repair(g);
+                    repair.consistent()?
+                }
+            };
+            guard.flag_on_panic(&self.ctl.repair_pending);
+            guards.push(guard);
+        }
+        let all = Chains::All { _guards: guards };
+        if self.repair_pending(g) {
+            self.rebuild(g, &all)?;
+        }
+        Ok(all)
     }
 
     pub(crate) fn ledger(&self, slot: usize) -> Result<Ledger<'a>> {
@@ -792,6 +959,14 @@ impl<'a> Store<'a> {
     #[inline]
     fn bucket(&self, hash: u64) -> &'a AtomicU32 {
         &self.buckets[(hash & (self.cfg.buckets - 1)) as usize]
+    }
+
+    /// [`Store::bucket`], to change its chain or walk it under `c`.
+    #[inline]
+    fn chain(&self, c: &Chains<'_>, hash: u64) -> &'a AtomicU32 {
+        let bucket = (hash & (self.cfg.buckets - 1)) as usize;
+        debug_assert!(c.covers(bucket), "bucket {bucket}'s chain is changed under another stripe's lock");
+        &self.buckets[bucket]
     }
 
     #[inline]
@@ -915,8 +1090,8 @@ impl<'a> Store<'a> {
     }
 
     /// The record holding `key` in the index, if any.
-    fn find(&self, _: &Locked<'_>, key: &[u8], hash: u64) -> Result<Option<u32>> {
-        let mut link = self.bucket(hash).load(Relaxed);
+    fn find(&self, c: &Chains<'_>, key: &[u8], hash: u64) -> Result<Option<u32>> {
+        let mut link = self.chain(c, hash).load(Relaxed);
         let inline = Self::inline_words(key);
         for _ in 0..=self.cfg.max_objects {
             if link == 0 {
@@ -1036,8 +1211,7 @@ impl<'a> Store<'a> {
         if !self.still(id, generation, DELETED)? || self.held(id, generation)? {
             return Ok(false);
         }
-        self.free_record(g, id, cache)?;
-        Ok(true)
+        self.free_record(g, id, generation, cache)
     }
 
     /// Frees every deleted object nobody holds: those whose last reader died after withdrawing
@@ -1054,15 +1228,10 @@ impl<'a> Store<'a> {
         Ok(freed)
     }
 
-    /// Takes record `id` out of its bucket's chain.
-    fn unlink(&self, g: &Locked<'_>, id: u32) -> Result<()> {
-        self.unlink_hashed(g, id, self.hash(self.key_in_place(id)?))
-    }
-
-    /// [`Store::unlink`] of a record whose key's hash the caller has.
-    fn unlink_hashed(&self, _: &Locked<'_>, id: u32, hash: u64) -> Result<()> {
+    /// Takes record `id`, whose key's hash is `hash`, out of its bucket's chain.
+    fn unlink(&self, c: &Chains<'_>, id: u32, hash: u64) -> Result<()> {
         let rec = self.rec(id)?;
-        let mut at = self.bucket(hash);
+        let mut at = self.chain(c, hash);
         for _ in 0..=self.cfg.max_objects {
             let link = at.load(Relaxed);
             if link == 0 {
@@ -1114,12 +1283,14 @@ impl<'a> Store<'a> {
 
     /// Creates an unsealed object for `key` (whose [`Store::hash`] is `hash`, computed before
     /// the mutex was taken), recorded as `CREATING` in the empty entry `handle` of `ledger`
-    /// before the record is claimed. The object answered has no part table: the caller, who
-    /// has it, copies it before taking the mutex.
+    /// before the record is claimed, under the pool's mutex and the lock of the key's chain. The
+    /// object answered has no part table: the caller, who has it, copies it before taking the
+    /// mutex.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &self,
         g: &Locked<'_>,
+        c: &Chains<'_>,
         ledger: &Ledger<'_>,
         handle: Handle,
         key: &[u8],
@@ -1127,7 +1298,7 @@ impl<'a> Store<'a> {
         size: u64,
         parts: Option<&[(usize, usize)]>,
     ) -> std::result::Result<Object, CreateError> {
-        if let Some(id) = self.find(g, key, hash)? {
+        if let Some(id) = self.find(c, key, hash)? {
             return Err(CreateError::AlreadyExists { unsealed: self.rec(id)?.state(Relaxed) == UNSEALED });
         }
         let units = size.div_ceil(GRANULE as u64);
@@ -1218,39 +1389,100 @@ impl<'a> Store<'a> {
                     pair[1].store(l as u64, Relaxed);
                 }
             }
-            self.rec(id)
+            Ok(())
         });
-        let rec = match ready {
-            Ok(rec) => rec,
-            Err(e) => return undo(e),
+        let made = Made { id, node, offset, key_node, extra, parts: parts.map_or(0, |p| p.len() as u32) };
+        match ready.and_then(|()| self.publish(c, ledger, handle, key, hash, size, &made)) {
+            Ok(generation) => {
+                self.count(Tally::Pool, 1, 1, units * GRANULE as u64);
+                Ok(Object { id, generation, offset, size, parts: None })
+            }
+            Err(e) => undo(e),
+        }
+    }
+
+    /// A create ([`Store::create`]) under the lock of the key's chain alone, without the pool's
+    /// mutex: of a key held in the record, with no parts, into a record this process freed with
+    /// a block of this size, out of its cache. `Ok(None)` when it keeps none: nothing changed,
+    /// and the caller makes the create under the mutex.
+    pub(crate) fn create_cached(
+        &self,
+        c: &Chains<'_>,
+        ledger: &Ledger<'_>,
+        handle: Handle,
+        key: &[u8],
+        hash: u64,
+        size: u64,
+    ) -> std::result::Result<Option<Object>, CreateError> {
+        let units = size.div_ceil(GRANULE as u64);
+        if key.len() > INLINE_KEY || units > CACHED_UNITS {
+            return Ok(None);
+        }
+        if let Some(id) = self.find(c, key, hash)? {
+            return Err(CreateError::AlreadyExists { unsealed: self.rec(id)?.state(Relaxed) == UNSEALED });
+        }
+        let slot = ledger.slot();
+        let _mine = self.cache_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((id, node, first)) = self.uncache_exact(slot, units)? else { return Ok(None) };
+        let offset = first as u64 * GRANULE as u64;
+        let made = Made { id, node, offset, key_node: NIL, extra: 0, parts: 0 };
+        let published = match offset.checked_add(size) {
+            Some(end) if end <= self.cfg.capacity => self.publish(c, ledger, handle, key, hash, size, &made),
+            _ => Err(outside_data(id, offset, size)),
         };
+        match published {
+            Ok(generation) => {
+                self.count(c.tally(), 1, 1, units * GRANULE as u64);
+                Ok(Some(Object { id, generation, offset, size, parts: None }))
+            }
+            Err(e) => {
+                // Back where it was: the entry it came from is still empty, as nothing but this
+                // process's threads (serialised here) fills it.
+                self.recache(slot, id)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The last steps of a create, once the record `made.id` and its blocks are the caller's:
+    /// records the create in `ledger`'s entry `handle` (the only step that can fail), then
+    /// fills the record and links it into the key's chain. Answers the object's generation.
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        c: &Chains<'_>,
+        ledger: &Ledger<'_>,
+        handle: Handle,
+        key: &[u8],
+        hash: u64,
+        size: u64,
+        made: &Made,
+    ) -> Result<u32> {
+        let rec = self.rec(made.id)?;
         let mut generation = rec.generation(Relaxed).wrapping_add(1);
         if generation == 0 {
             generation = 1;
         }
-        if let Err(e) = ledger.begin_create(handle, ledger_id(id, generation)) {
-            return undo(e);
-        }
+        ledger.begin_create(handle, ledger_id(made.id, generation))?;
         // Cleared before the new generation is published: a reader that sees the generation
         // sees the cleared bits, and sets its own after.
         rec.holders.store(Self::holder_bit(ledger.slot()), Relaxed);
         rec.set_generation(generation, Release);
         let inline = Self::inline_words(key).unwrap_or([0, 0]);
-        rec.shape.store(key.len() as u32 | (parts.map_or(0, |p| p.len() as u32) << KEY_LEN_BITS), Relaxed);
-        rec.node.store(node, Relaxed);
-        rec.key_node.store(key_node, Relaxed);
-        rec.offset_units.store((offset / GRANULE as u64) as u32, Relaxed);
+        rec.shape.store(key.len() as u32 | (made.parts << KEY_LEN_BITS), Relaxed);
+        rec.node.store(made.node, Relaxed);
+        rec.key_node.store(made.key_node, Relaxed);
+        rec.offset_units.store((made.offset / GRANULE as u64) as u32, Relaxed);
         rec.size.store(size, Relaxed);
-        rec.extra_units.store((extra / GRANULE as u64) as u32, Relaxed);
+        rec.extra_units.store((made.extra / GRANULE as u64) as u32, Relaxed);
         rec.last_used.store(0, Relaxed);
         rec.inline[0].store(inline[0], Relaxed);
         rec.inline[1].store(inline[1], Relaxed);
-        let bucket = self.bucket(hash);
-        rec.next.store(bucket.load(Relaxed), Relaxed);
+        let chain = self.chain(c, hash);
+        rec.next.store(chain.load(Relaxed), Relaxed);
         rec.set_state(UNSEALED, Release);
-        bucket.store(id + 1, Release);
-        self.count(Some(ledger.slot()), 1, 1, units * GRANULE as u64)?;
-        Ok(Object { id, generation, offset, size, parts: None })
+        chain.store(made.id + 1, Release);
+        Ok(generation)
     }
 
     /// Seals the unsealed object (`id`, `generation`), without the mutex: only its creator (the
@@ -1280,12 +1512,13 @@ impl<'a> Store<'a> {
         Ok(Some((self.waiters(hash).load(SeqCst) > 0).then_some(word)))
     }
 
-    /// Frees record `id` and its blocks. With `cache` (the slot of the process freeing it, its
-    /// own object), a small object's record goes into that slot's cache with its block of object
-    /// memory, for the process's next create of the same size ([`Store::uncache`]): the record,
-    /// the block and the allocator's lines then stay with one process instead of moving between
-    /// the processes creating and deleting, under the mutex.
-    fn free_record(&self, g: &Locked<'_>, id: u32, cache: Option<usize>) -> Result<()> {
+    /// Frees the deleted object (`id`, `generation`) and its blocks, under the pool's mutex,
+    /// when it is still that object; answers whether it freed it. With `cache` (the slot of the
+    /// process freeing it, its own object), a small object's record goes into that slot's cache
+    /// with its block of object memory, for the process's next create of the same size
+    /// ([`Store::create_cached`]): the record, the block and the allocator's lines then stay with
+    /// one process instead of moving between the processes creating and deleting.
+    fn free_record(&self, g: &Locked<'_>, id: u32, generation: u32, cache: Option<usize>) -> Result<bool> {
         let rec = self.rec(id)?;
         let node = rec.node.load(Relaxed);
         let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
@@ -1295,27 +1528,56 @@ impl<'a> Store<'a> {
         let key_node = rec.key_node.load(Relaxed);
         if key_node != NIL {
             self.check_node(self.key_nodes, key_node)?;
+        }
+        if !Self::claim(rec, generation) {
+            return Ok(false);
+        }
+        if key_node != NIL {
             self.key_tlsf().free(key_node);
+            rec.key_node.store(NIL, Relaxed);
         }
-        rec.key_node.store(NIL, Relaxed);
-        let free = match cache {
-            Some(slot) if units <= CACHED_UNITS => self.slot_cache(slot)?.iter().find(|e| e.load(Relaxed) == 0),
-            _ => None,
+        self.count(Tally::Pool, -1, 0, (units * GRANULE as u64).wrapping_neg());
+        let cached = match cache {
+            Some(slot) if units <= CACHED_UNITS => {
+                let _mine = self.cache_lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.put_cached(slot, id)?
+            }
+            _ => false,
         };
-        rec.set_state(FREE, Release);
-        self.count(cache, -1, 0, (units * GRANULE as u64).wrapping_neg())?;
-        match free {
-            Some(entry) => {
-                entry.store(id + 1, Relaxed);
-                Ok(())
+        if !cached {
+            if node != NIL {
+                self.data_tlsf().free(node);
             }
-            None => {
-                if node != NIL {
-                    self.data_tlsf().free(node);
-                }
-                self.give_id(g, id)
-            }
+            self.give_id(g, id)?;
         }
+        Ok(true)
+    }
+
+    /// Makes the deleted object (`id`, `generation`) free, its record the caller's: one
+    /// compare-and-swap, so that of the processes that may free one object (its deleter, its last
+    /// reader, a sweep, under different locks) exactly one does.
+    fn claim(rec: &Rec, generation: u32) -> bool {
+        rec.stamp.compare_exchange(stamp(DELETED, generation), stamp(FREE, generation), SeqCst, Relaxed).is_ok()
+    }
+
+    /// Puts free record `id` (its block still named) into an empty entry of slot `slot`'s cache,
+    /// the caller holding `cache_lock`; false when every entry is full.
+    fn put_cached(&self, slot: usize, id: u32) -> Result<bool> {
+        match self.slot_cache(slot)?.iter().find(|e| e.load(Relaxed) == 0) {
+            Some(entry) => {
+                entry.store(id + 1, Release);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// [`Store::put_cached`] of a record taken out of the cache a moment ago.
+    fn recache(&self, slot: usize, id: u32) -> Result<()> {
+        if self.put_cached(slot, id)? {
+            return Ok(());
+        }
+        Err(corrupt(format!("slot {slot}'s record cache filled while this process held its lock")))
     }
 
     /// Slot `slot`, checked.
@@ -1332,81 +1594,98 @@ impl<'a> Store<'a> {
     }
 
     /// Changes the counts of objects, keys and bytes in use (`bytes` wrapping: a decrease is its
-    /// negation) in slot `tally`'s counters, or the pool's with `None`.
-    fn count(&self, tally: Option<usize>, objects: i32, keys: i32, bytes: u64) -> Result<()> {
-        match tally {
-            Some(slot) => {
-                let s = self.slot_at(slot)?;
-                s.objects.store(s.objects.load(Relaxed).wrapping_add(objects as u32), Relaxed);
-                s.keys.store(s.keys.load(Relaxed).wrapping_add(keys as u32), Relaxed);
-                s.bytes.store(s.bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
+    /// negation) in the counters of `tally`, whose lock the caller holds.
+    fn count(&self, tally: Tally, objects: i64, keys: i64, bytes: u64) {
+        let (o, k, b) = match tally {
+            Tally::Pool => (&self.ctl.live, &self.ctl.keys, &self.ctl.used),
+            Tally::Stripe(i) => {
+                let s = &self.ctl.stripes[i];
+                (&s.objects, &s.keys, &s.bytes)
             }
-            None => {
-                add(&self.ctl.live, objects as i64 as u64);
-                add(&self.ctl.keys, keys as i64 as u64);
-                add(&self.ctl.used, bytes);
-            }
-        }
-        Ok(())
+        };
+        add(o, objects as u64);
+        add(k, keys as u64);
+        add(b, bytes);
     }
 
-    /// The counts of objects, keys and bytes in use: the pool's counters plus every slot's.
+    /// The counts of objects, keys and bytes in use: the pool's counters plus every stripe's.
     fn totals(&self) -> (u64, u64, u64) {
         let (mut live, mut keys, mut used) =
             (self.ctl.live.load(Relaxed), self.ctl.keys.load(Relaxed), self.ctl.used.load(Relaxed));
-        for s in self.slot_table {
-            live = live.wrapping_add(s.objects.load(Relaxed) as i32 as i64 as u64);
-            keys = keys.wrapping_add(s.keys.load(Relaxed) as i32 as i64 as u64);
+        for s in &self.ctl.stripes {
+            live = live.wrapping_add(s.objects.load(Relaxed));
+            keys = keys.wrapping_add(s.keys.load(Relaxed));
             used = used.wrapping_add(s.bytes.load(Relaxed));
         }
         (live, keys, used)
     }
 
-    /// Gives back what slot `slot` keeps of the pool's shared state: its cached records
-    /// ([`Store::flush_cache`]) and its counters, added to the pool's. When its process closes,
-    /// or is reclaimed, and when a process takes the slot.
-    pub(crate) fn settle(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
-        let n = self.flush_cache(g, slot)?;
-        let s = self.slot_at(slot)?;
-        let (objects, keys, bytes) = (s.objects.swap(0, Relaxed), s.keys.swap(0, Relaxed), s.bytes.swap(0, Relaxed));
-        self.count(None, objects as i32, keys as i32, bytes)?;
-        Ok(n)
+    /// Whether slot `slot`'s cache seems to hold a record with a block of `units` (read without
+    /// any lock: a hint, so that a create that would find none takes no lock to look).
+    #[inline]
+    pub(crate) fn may_have_cached(&self, slot: usize, units: u64) -> bool {
+        let Some(s) = self.slot_table.get(slot) else { return false };
+        s.cache().iter().any(|e| {
+            let link = e.load(Relaxed);
+            link != 0
+                && self
+                    .recs
+                    .get(link as usize - 1)
+                    .is_some_and(|r| r.size.load(Relaxed).div_ceil(GRANULE as u64) == units)
+        })
     }
 
-    /// A record out of slot `slot`'s cache for a create of `units`: one whose block is of that
-    /// size, answered with the block (node, first unit), else any, whose block goes back to the
-    /// allocator. `None` when the cache is empty.
-    fn uncache(&self, _: &Locked<'_>, slot: usize, units: u64) -> Result<Option<(u32, Option<Block>)>> {
-        let cache = self.slot_cache(slot)?;
-        let mut any = None;
-        for entry in cache {
-            let link = entry.load(Relaxed);
+    /// A record out of slot `slot`'s cache whose block is of `units`, with the block: (id,
+    /// node, first unit). The caller holds `cache_lock`; other processes only empty entries.
+    fn uncache_exact(&self, slot: usize, units: u64) -> Result<Option<(u32, u32, u32)>> {
+        for entry in self.slot_cache(slot)? {
+            let link = entry.load(Acquire);
             if link == 0 {
                 continue;
             }
             let rec = self.cached(link)?;
-            if rec.size.load(Relaxed).div_ceil(GRANULE as u64) == units {
-                entry.store(0, Relaxed);
-                let node = rec.node.load(Relaxed);
-                return Ok(Some((link - 1, (node != NIL).then(|| (node, rec.offset_units.load(Relaxed))))));
+            if rec.size.load(Relaxed).div_ceil(GRANULE as u64) != units {
+                continue;
             }
-            any = Some(entry);
+            let (node, first) = (rec.node.load(Relaxed), rec.offset_units.load(Relaxed));
+            // Fails only when another process emptied the entry meanwhile (and took the record).
+            if entry.compare_exchange(link, 0, Acquire, Relaxed).is_ok() {
+                return Ok(Some((link - 1, node, first)));
+            }
         }
-        let Some(entry) = any else { return Ok(None) };
-        Ok(Some((self.take_cached(entry)?, None)))
+        Ok(None)
     }
 
-    /// Empties cache entry `entry`, its block back to the allocator: answers the record's id.
-    fn take_cached(&self, entry: &AtomicU32) -> Result<u32> {
-        let link = entry.load(Relaxed);
+    /// A record out of slot `slot`'s cache for a create of `units`, under the pool's mutex: one
+    /// whose block is of that size, answered with the block (node, first unit), else any, whose
+    /// block goes back to the allocator. `None` when the cache is empty.
+    fn uncache(&self, _: &Locked<'_>, slot: usize, units: u64) -> Result<Option<(u32, Option<Block>)>> {
+        let _mine = self.cache_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, node, first)) = self.uncache_exact(slot, units)? {
+            return Ok(Some((id, (node != NIL).then_some((node, first)))));
+        }
+        for entry in self.slot_cache(slot)? {
+            if let Some(id) = self.take_cached(entry)? {
+                return Ok(Some((id, None)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Empties cache entry `entry` (under the pool's mutex), its block back to the allocator:
+    /// answers the record's id, or `None` when the entry was empty.
+    fn take_cached(&self, entry: &AtomicU32) -> Result<Option<u32>> {
+        let link = entry.swap(0, Acquire);
+        if link == 0 {
+            return Ok(None);
+        }
         let rec = self.cached(link)?;
-        entry.store(0, Relaxed);
         let node = rec.node.load(Relaxed);
         if node != NIL {
             self.data_tlsf().free(node);
             rec.node.store(NIL, Relaxed);
         }
-        Ok(link - 1)
+        Ok(Some(link - 1))
     }
 
     /// The record a cache entry (id + 1) names, checked: free, its node in the table.
@@ -1422,13 +1701,13 @@ impl<'a> Store<'a> {
         Ok(rec)
     }
 
-    /// Gives back everything slot `slot`'s cache holds: the blocks to the allocator, the records
-    /// to the free list. Answers how many records.
-    fn flush_cache(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
+    /// Gives back everything slot `slot`'s cache holds, under the pool's mutex: the blocks to
+    /// the allocator, the records to the free list. When its process closes or is reclaimed,
+    /// when a process takes the slot, and for [`Store::flush_caches`]. Answers how many records.
+    pub(crate) fn flush_cache(&self, g: &Locked<'_>, slot: usize) -> Result<u64> {
         let mut n = 0;
         for entry in self.slot_cache(slot)? {
-            if entry.load(Relaxed) != 0 {
-                let id = self.take_cached(entry)?;
+            if let Some(id) = self.take_cached(entry)? {
                 self.give_id(g, id)?;
                 n += 1;
             }
@@ -1452,24 +1731,38 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
-    /// Aborts the unsealed object (`id`, `generation`): its key goes, and the object with it
-    /// (nobody reads an unsealed object; its creator empties its entry). A no-op (`false`) when
-    /// it is no longer unsealed. `cache` as for [`Store::free_record`].
-    pub(crate) fn abort(&self, g: &Locked<'_>, id: u32, generation: u32, cache: Option<usize>) -> Result<bool> {
+    /// Aborts the unsealed object (`id`, `generation`), under the pool's mutex and the lock of
+    /// its key's chain: its key goes, and the object with it (nobody reads an unsealed object;
+    /// its creator empties its entry). A no-op (`false`) when it is no longer unsealed. `cache`
+    /// as for [`Store::free_record`].
+    pub(crate) fn abort(
+        &self,
+        g: &Locked<'_>,
+        c: &Chains<'_>,
+        id: u32,
+        generation: u32,
+        cache: Option<usize>,
+    ) -> Result<bool> {
         if !self.still(id, generation, UNSEALED)? {
             return Ok(false);
         }
-        self.unlink(g, id)?;
+        self.unlink(c, id, self.hash(self.key_in_place(id)?))?;
         self.rec(id)?.set_state(DELETED, SeqCst);
-        self.count(cache, 0, -1, 0)?;
-        self.free_record(g, id, cache)?;
-        Ok(true)
+        self.count(Tally::Pool, 0, -1, 0);
+        self.free_record(g, id, generation, cache)
     }
 
-    /// The key's state under the mutex: a sealed key's object is the caller's to publish a
-    /// reference on (which it may do without re-checking: nothing deletes under the mutex).
-    pub(crate) fn lookup(&self, g: &Locked<'_>, key: &[u8], hash: u64) -> Result<Lookup> {
-        let Some(id) = self.find(g, key, hash)? else {
+    /// The hash of the key of record `id`, to take its chain's lock: only meaningful while the
+    /// record holds the object the caller means, which the caller confirms under the lock.
+    pub(crate) fn hash_of(&self, id: u32) -> Result<u64> {
+        Ok(self.hash(self.key_in_place(id)?))
+    }
+
+    /// The key's state under the lock of its chain: a sealed key's object is the caller's to
+    /// publish a reference on (which it may do without re-checking: nothing deletes it while the
+    /// lock is held).
+    pub(crate) fn lookup(&self, c: &Chains<'_>, key: &[u8], hash: u64) -> Result<Lookup> {
+        let Some(id) = self.find(c, key, hash)? else {
             return Ok(Lookup::Absent);
         };
         if self.rec(id)?.state(Relaxed) != SEALED {
@@ -1478,46 +1771,81 @@ impl<'a> Store<'a> {
         Ok(Lookup::Sealed(self.object(id)?))
     }
 
-    /// Takes sealed record `id` out of the index and marks it deleted; frees it unless a reader
-    /// holds it (its last reader frees it then).
-    fn remove(&self, g: &Locked<'_>, id: u32, hash: u64, cache: Option<usize>) -> Result<()> {
-        let generation = self.mark_deleted(g, id, hash, cache)?;
-        self.free_if_unheld(g, id, generation, cache)?;
-        Ok(())
-    }
-
-    /// Takes sealed record `id` out of the index and marks it deleted, counted in slot `tally`'s
-    /// counters (the pool's with `None`); answers its generation.
-    fn mark_deleted(&self, g: &Locked<'_>, id: u32, hash: u64, tally: Option<usize>) -> Result<u32> {
+    /// Takes sealed record `id` out of the index and marks it deleted, counted in `tally`;
+    /// answers its generation.
+    fn mark_deleted(&self, c: &Chains<'_>, id: u32, hash: u64, tally: Tally) -> Result<u32> {
         let rec = self.rec(id)?;
-        self.unlink_hashed(g, id, hash)?;
+        self.unlink(c, id, hash)?;
         rec.set_state(DELETED, SeqCst);
-        self.count(tally, 0, -1, 0)?;
+        self.count(tally, 0, -1, 0);
         Ok(rec.generation(Relaxed))
     }
 
-    /// Removes a sealed key, whose [`Store::hash`] is `hash` (computed before the mutex was
-    /// taken). Answers `None` when the object is freed or left to its last reader, or
-    /// `Some((id, generation))` when the ledgers that may hold it are long: the key is gone and
-    /// the object marked deleted, and the caller looks for references without the mutex
-    /// ([`Store::held`]), then frees it with [`Store::free_deleted`] if there were none.
-    pub(crate) fn delete(
-        &self,
-        g: &Locked<'_>,
-        key: &[u8],
-        hash: u64,
-        cache: Option<usize>,
-    ) -> Result<Option<(u32, u32)>> {
-        let id = self.find(g, key, hash)?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
+    /// The sealed record of `key` (whose [`Store::hash`] is `hash`), to delete.
+    fn to_delete(&self, c: &Chains<'_>, key: &[u8], hash: u64) -> Result<(u32, &'a Rec)> {
+        let id = self.find(c, key, hash)?.ok_or_else(|| Error::NotFound(crate::error::Key::new(key)))?;
         let rec = self.rec(id)?;
         if rec.state(Relaxed) != SEALED {
             return Err(Error::NotSealed(crate::error::Key::new(key)));
         }
-        if self.holders_entries(rec)? < LONG_LEDGERS {
-            self.remove(g, id, hash, cache)?;
-            return Ok(None);
+        Ok((id, rec))
+    }
+
+    /// Removes a sealed key, whose [`Store::hash`] is `hash` (computed before the mutex was
+    /// taken), under the pool's mutex and the lock of its chain. The object is freed or left to
+    /// its last reader, unless the ledgers that may hold it are long: then it is left to the
+    /// caller ([`Deleted::Later`]), who looks for references without the mutex.
+    pub(crate) fn delete(
+        &self,
+        g: &Locked<'_>,
+        c: &Chains<'_>,
+        key: &[u8],
+        hash: u64,
+        cache: Option<usize>,
+    ) -> Result<Deleted> {
+        let (id, rec) = self.to_delete(c, key, hash)?;
+        let long = self.holders_entries(rec)? >= LONG_LEDGERS;
+        let generation = self.mark_deleted(c, id, hash, Tally::Pool)?;
+        if long {
+            return Ok(Deleted::Later(id, generation));
         }
-        Ok(Some((id, self.mark_deleted(g, id, hash, cache)?)))
+        self.free_if_unheld(g, id, generation, cache)?;
+        Ok(Deleted::Done)
+    }
+
+    /// A delete ([`Store::delete`]) under the lock of the key's chain alone, without the pool's
+    /// mutex. The object is freed here when nobody holds it and it can go into the cache of this
+    /// process (slot `cache`) whole: a key held in the record, no parts, a small block, a free
+    /// entry. Otherwise, unless a reader holds it, it is left to the caller ([`Deleted::Later`]),
+    /// who frees it under the mutex.
+    pub(crate) fn delete_fast(&self, c: &Chains<'_>, key: &[u8], hash: u64, cache: Option<usize>) -> Result<Deleted> {
+        let (id, rec) = self.to_delete(c, key, hash)?;
+        let long = self.holders_entries(rec)? >= LONG_LEDGERS;
+        let generation = self.mark_deleted(c, id, hash, c.tally())?;
+        if long {
+            return Ok(Deleted::Later(id, generation));
+        }
+        if self.held(id, generation)? {
+            return Ok(Deleted::Done); // its last reader frees it
+        }
+        let units = rec.size.load(Relaxed).div_ceil(GRANULE as u64);
+        let Some(slot) = cache.filter(|_| rec.key_node.load(Relaxed) == NIL && units <= CACHED_UNITS) else {
+            return Ok(Deleted::Later(id, generation));
+        };
+        let node = rec.node.load(Relaxed);
+        if node != NIL {
+            self.check_node(self.data_nodes, node)?;
+        }
+        let _mine = self.cache_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.slot_cache(slot)?.iter().any(|e| e.load(Relaxed) == 0) {
+            return Ok(Deleted::Later(id, generation));
+        }
+        if !Self::claim(rec, generation) {
+            return Ok(Deleted::Done); // a reader that withdrew freed it first
+        }
+        self.count(c.tally(), -1, 0, (units * GRANULE as u64).wrapping_neg());
+        self.recache(slot, id)?;
+        Ok(Deleted::Done)
     }
 
     /// Entries up to the high-water marks of the ledgers a record's holder bits point to: what
@@ -1526,23 +1854,19 @@ impl<'a> Store<'a> {
         self.holder_ledgers(rec.holders.load(Relaxed)).map(|l| l.high_water()).sum()
     }
 
-    /// Frees (`id`, `generation`) if it is still that deleted object, after a look for
-    /// references made without the mutex found none ([`Store::delete`]). No second look: the
-    /// look came after the object was marked deleted (both sequentially consistent), so a
-    /// reader that published a reference after it re-checks the record, finds the mark and
-    /// withdraws without touching the object; and a reader that withdrew and freed it first
-    /// left it free, or reused under another generation.
+    /// Frees (`id`, `generation`) if it is still that deleted object, under the pool's mutex,
+    /// after a look for references made without the mutex found none ([`Deleted::Later`]). No
+    /// second look: the look came after the object was marked deleted (both sequentially
+    /// consistent), so a reader that published a reference after it re-checks the record, finds
+    /// the mark and withdraws without touching the object; and a reader that withdrew and freed
+    /// it first left it free, or reused under another generation.
     pub(crate) fn free_deleted(&self, g: &Locked<'_>, id: u32, generation: u32, cache: Option<usize>) -> Result<bool> {
-        if !self.still(id, generation, DELETED)? {
-            return Ok(false);
-        }
-        self.free_record(g, id, cache)?;
-        Ok(true)
+        self.free_record(g, id, generation, cache)
     }
 
-    /// Whether `key` is sealed.
-    pub(crate) fn contains_sealed(&self, g: &Locked<'_>, key: &[u8]) -> Result<bool> {
-        Ok(match self.find(g, key, self.hash(key))? {
+    /// Whether `key`, whose [`Store::hash`] is `hash`, is sealed.
+    pub(crate) fn contains_sealed(&self, c: &Chains<'_>, key: &[u8], hash: u64) -> Result<bool> {
+        Ok(match self.find(c, key, hash)? {
             Some(id) => self.rec(id)?.state(Relaxed) == SEALED,
             None => false,
         })
@@ -1581,7 +1905,15 @@ impl<'a> Store<'a> {
     pub(crate) fn evict_next(&self, g: &Locked<'_>, victims: &mut std::vec::IntoIter<Victim>) -> Result<bool> {
         for v in victims.by_ref() {
             let rec = self.rec(v.id)?;
-            if rec.stamp.load(Relaxed) != stamp(SEALED, v.generation) || rec.last_used.load(Relaxed) != v.last_used {
+            let unchanged =
+                || rec.stamp.load(SeqCst) == stamp(SEALED, v.generation) && rec.last_used.load(Relaxed) == v.last_used;
+            if !unchanged() {
+                continue;
+            }
+            // The key read may be a later object's, torn: the look again under the lock tells.
+            let hash = self.hash_of(v.id)?;
+            let c = self.chains(g, hash)?;
+            if !unchanged() {
                 continue;
             }
             // A reader may take a candidate after the ledgers were read: the mark and a second
@@ -1592,13 +1924,19 @@ impl<'a> Store<'a> {
                 rec.set_state(SEALED, SeqCst);
                 continue;
             }
-            self.unlink(g, v.id)?;
-            self.count(None, 0, -1, 0)?;
-            self.free_record(g, v.id, None)?;
+            self.unlink(&c, v.id, hash)?;
+            self.count(Tally::Pool, 0, -1, 0);
+            drop(c);
+            self.free_record(g, v.id, v.generation, None)?;
             self.ctl.evictions.fetch_add(1, Relaxed);
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Rebuilds made so far.
+    pub(crate) fn repairs(&self) -> u64 {
+        self.ctl.repairs.load(Relaxed)
     }
 
     pub(crate) fn note_refused(&self) {
@@ -1676,23 +2014,25 @@ impl<'a> Store<'a> {
     }
 
     /// Recomputes everything derived from the records and the ledgers (see the module's
-    /// documentation): after a process died holding the mutex. Answers how many records were
+    /// documentation): after a process died holding a lock. Answers how many records were
     /// found half-made or unreachable and freed.
-    pub(crate) fn rebuild(&self, g: &Locked<'_>) -> Result<u64> {
+    fn rebuild(&self, g: &Locked<'_>, all: &Chains<'_>) -> Result<u64> {
         let (holds, creating) = self.ledger_holds()?;
         let high = self.ctl.high_water.load(Relaxed).min(self.cfg.max_objects) as usize;
         for bucket in self.buckets {
             bucket.store(0, Relaxed);
         }
         // Cached records are free records: their blocks go back with every other free range.
-        // The slots' counters are recounted into the pool's.
+        // The stripes' counters are recounted into the pool's.
         for slot in self.slot_table {
             for entry in slot.cache() {
                 entry.store(0, Relaxed);
             }
-            slot.objects.store(0, Relaxed);
-            slot.keys.store(0, Relaxed);
-            slot.bytes.store(0, Relaxed);
+        }
+        for stripe in &self.ctl.stripes {
+            stripe.objects.store(0, Relaxed);
+            stripe.keys.store(0, Relaxed);
+            stripe.bytes.store(0, Relaxed);
         }
         let mut freed = 0;
         let mut used_blocks = Vec::new();
@@ -1741,14 +2081,14 @@ impl<'a> Store<'a> {
             if state != DELETED {
                 let key = self.key_in_place(id)?;
                 let hash = self.hash(key);
-                if self.find(g, key, hash)?.is_some() {
+                if self.find(all, key, hash)?.is_some() {
                     // Two records of one key: only corruption makes them; the later one goes
                     // (freed by the sweep that follows a repair, unless someone reads it).
                     rec.set_state(DELETED, SeqCst);
                 } else {
-                    let bucket = self.bucket(hash);
-                    rec.next.store(bucket.load(Relaxed), Relaxed);
-                    bucket.store(id + 1, Release);
+                    let chain = self.chain(all, hash);
+                    rec.next.store(chain.load(Relaxed), Relaxed);
+                    chain.store(id + 1, Release);
                     keys += 1;
                 }
             }
@@ -1797,7 +2137,7 @@ impl<'a> Store<'a> {
     /// each, none shared, none without a record), each record's holders against the ledgers, each
     /// key reachable in the index and only once, the chains holding only present keys, the
     /// counters against the records, and the ledgers' own.
-    pub(crate) fn check(&self, g: &Locked<'_>) -> Result<()> {
+    pub(crate) fn check(&self, _: &Locked<'_>, all: &Chains<'_>) -> Result<()> {
         self.data_tlsf().check().map_err(|why| corrupt(format!("object memory allocator: {why}")))?;
         self.key_tlsf().check().map_err(|why| corrupt(format!("key storage allocator: {why}")))?;
         for (tlsf, backed) in
@@ -1851,7 +2191,7 @@ impl<'a> Store<'a> {
             }
             live += 1;
             used += object.size.div_ceil(GRANULE as u64) * GRANULE as u64;
-            let present = self.find(g, key, self.hash(key))?;
+            let present = self.find(all, key, self.hash(key))?;
             if state == DELETED && present == Some(id) {
                 return Err(corrupt(format!("deleted record {id} is still in the index")));
             }
@@ -1900,10 +2240,6 @@ impl<'a> Store<'a> {
         let mut seen = std::collections::HashSet::new();
         let mut bytes = 0;
         for (index, slot) in self.slot_table.iter().enumerate() {
-            let counters = (slot.objects.load(Relaxed), slot.keys.load(Relaxed), slot.bytes.load(Relaxed));
-            if slot.state() != LIVE && counters != (0, 0, 0) {
-                return Err(corrupt(format!("slot {index} is free but counts {counters:?} (objects, keys, bytes)")));
-            }
             for entry in slot.cache() {
                 let link = entry.load(Relaxed);
                 if link == 0 {
@@ -2028,6 +2364,21 @@ impl Store<'_> {
         self.ctl.live.store(12345, Relaxed);
         self.ctl.used.store(1, Relaxed);
         self.ctl.keys.store(0, Relaxed);
+    }
+
+    /// Leaves the chain `c` covers half-changed, as a process dying inside a create or delete
+    /// under that lock alone could: `key` (sealed, in that chain) unlinked but still sealed, and a
+    /// record taken out of slot `slot`'s cache and put nowhere. Answers the record's id.
+    pub(crate) fn scramble_chain(&self, c: &Chains<'_>, key: &[u8], slot: usize) -> Result<u32> {
+        let hash = self.hash(key);
+        let id = self.find(c, key, hash)?.ok_or_else(|| corrupt("no such key".into()))?;
+        self.unlink(c, id, hash)?;
+        let entry = self
+            .slot_cache(slot)?
+            .iter()
+            .find(|e| e.load(Relaxed) != 0)
+            .ok_or_else(|| corrupt("empty cache".into()))?;
+        Ok(entry.swap(0, Relaxed) - 1)
     }
 }
 
