@@ -179,7 +179,7 @@ impl SharedHandle {
         if parts.is_none() && self.store.may_have_cached(ledger.slot(), (size as u64).div_ceil(GRANULE as u64)) {
             if let Some(c) = self.store.chains_fast(hash)? {
                 match self.store.create_cached(&c, ledger, h, key, hash, size as u64) {
-                    Ok(Some(obj)) => return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true }),
+                    Ok(Some(obj)) => return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true, hash }),
                     Ok(None) | Err(CreateError::AlreadyExists { unsealed: true }) => {}
                     Err(CreateError::AlreadyExists { unsealed: false }) => {
                         return Err(Error::AlreadyExists(Key::new(key)))
@@ -200,7 +200,7 @@ impl SharedHandle {
                 Ok(mut obj) => {
                     drop(g);
                     obj.parts = table;
-                    return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true });
+                    return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: true, hash });
                 }
                 // An unsealed key may be the create of a process that died: reclaiming aborts it.
                 Err(CreateError::AlreadyExists { unsealed }) => {
@@ -312,7 +312,7 @@ impl SharedHandle {
                             return Err(e);
                         }
                     };
-                    return Ok(wrap(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false }));
+                    return Ok(wrap(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false, hash: 0 }));
                 }
                 self.withdraw(ledger, h, found.id, found.generation)?;
             }
@@ -343,7 +343,7 @@ impl SharedHandle {
                     // Under its chain's lock nothing deletes it: no need to confirm.
                     let h = self.hold(ledger, obj.id, obj.generation)?;
                     self.store.touch(obj.id);
-                    return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false });
+                    return Ok(SharedBuffer { pool: self.lease(), obj, entry: h, writer: false, hash: 0 });
                 }
                 Lookup::Unsealed if wait == Wait::Now => return Err(Error::NotSealed(Key::new(key))),
                 Lookup::Absent if wait == Wait::Now => return Err(Error::NotFound(Key::new(key))),
@@ -547,6 +547,8 @@ pub(crate) struct SharedBuffer {
     entry: Handle,
     /// Created by this buffer and not sealed yet.
     writer: bool,
+    /// The key's [`Store::hash`] while `writer` (for the seal), else 0.
+    hash: u64,
 }
 
 /// The path of pool `name` in `dir`.
@@ -1053,7 +1055,7 @@ impl SharedBuffer {
         let h = self.entry;
         let pool = &self.pool;
         let ledger = pool.ledger()?;
-        let Some(word) = pool.store.seal(self.obj.id, self.obj.generation)? else {
+        let Some(word) = pool.store.seal(self.obj.id, self.obj.generation, self.hash)? else {
             // Only a reclaim that took this process for dead aborts its creates.
             return Err(Error::Internal(format!("the unsealed object {} was aborted", Key::new(self.key()))));
         };

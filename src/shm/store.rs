@@ -80,8 +80,13 @@ pub(crate) const INLINE_KEY: usize = 16;
 pub(crate) const SEAL_WORDS: usize = 64;
 /// Process slots of a shared pool.
 pub(crate) const DEFAULT_SLOTS: u64 = 64;
-/// Locks over the index chains: bucket `b`'s chain is under stripe `b % STRIPES`.
-pub(crate) const STRIPES: usize = 64;
+/// Locks over the index chains: bucket `b`'s chain is under stripe `b % STRIPES`. Two processes creating
+/// and deleting one key each wait for each other only when their keys share a stripe (1 in 256).
+pub(crate) const STRIPES: usize = 256;
+
+// A repair holds every chain lock and the mutex at once, each linked in the thread's robust list,
+// which the kernel walks at the thread's death only up to 2048 entries.
+const _: () = assert!(STRIPES + 1 < 2048);
 /// Words of the key heap's reservation bitmap: at most 4096 chunks.
 const KEY_CHUNK_WORDS: usize = 64;
 /// Allocator nodes reserved at a time (about 1 MiB of them).
@@ -1494,7 +1499,7 @@ impl<'a> Store<'a> {
     /// A get that finds the key unsealed reads the seal word before it looks (and counts itself
     /// a waiter before it sleeps): so either it sees the seal, or the word it sleeps on has moved,
     /// or this sees its count and wakes it.
-    pub(crate) fn seal(&self, id: u32, generation: u32) -> Result<Option<Option<&'a AtomicU32>>> {
+    pub(crate) fn seal(&self, id: u32, generation: u32, hash: u64) -> Result<Option<Option<&'a AtomicU32>>> {
         let rec = self.rec(id)?;
         if rec.generation(Acquire) != generation {
             return Ok(None);
@@ -1506,7 +1511,6 @@ impl<'a> Store<'a> {
         if rec.stamp.compare_exchange(unsealed, sealed, SeqCst, SeqCst).is_err() {
             return Ok(None);
         }
-        let hash = self.hash(self.key_in_place(id)?);
         let word = self.seal_word(hash);
         word.fetch_add(1, SeqCst);
         Ok(Some((self.waiters(hash).load(SeqCst) > 0).then_some(word)))
@@ -1820,11 +1824,9 @@ impl<'a> Store<'a> {
     /// who frees it under the mutex.
     pub(crate) fn delete_fast(&self, c: &Chains<'_>, key: &[u8], hash: u64, cache: Option<usize>) -> Result<Deleted> {
         let (id, rec) = self.to_delete(c, key, hash)?;
-        let long = self.holders_entries(rec)? >= LONG_LEDGERS;
         let generation = self.mark_deleted(c, id, hash, c.tally())?;
-        if long {
-            return Ok(Deleted::Later(id, generation));
-        }
+        // However long the ledgers, they are read under the chain's lock: it holds up only the
+        // creates and deletes of keys of its stripe.
         if self.held(id, generation)? {
             return Ok(Deleted::Done); // its last reader frees it
         }
