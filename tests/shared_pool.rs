@@ -962,3 +962,57 @@ fn a_lock_word_corrupted_to_name_no_live_holder_answers_a_status_in_bounded_time
     put(&pool, b"new", 10);
     pool.check().unwrap();
 }
+
+#[test]
+fn threads_of_one_process_sharing_its_record_cache_while_stats_empty_it_lose_no_bytes_and_leak_nothing() {
+    // Four threads create, read and delete short keys of three sizes (mostly through the record
+    // cache their process keeps, under a chain's lock alone), with long keys and aborted creates
+    // (under the pool's mutex) between; a fifth thread reads the stats, which empties every cache.
+    let name = Name::new("cachethreads");
+    let pool = create_limited(&name, 4 << 20, 4096);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (cycles, stats) = std::thread::scope(|s| {
+        let pool = &pool;
+        let stop = &stop;
+        let stats = s.spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let st = pool.stats();
+                assert!(st.used_bytes <= st.capacity_bytes, "{st:?}");
+                n += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            n
+        });
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || {
+                    let until = std::time::Instant::now() + Duration::from_millis(500);
+                    let mut n = 0usize;
+                    while std::time::Instant::now() < until && n < 200_000 {
+                        let key = match n % 11 {
+                            10 => format!("a-long-key-of-thread-{t}-number-{n}"),
+                            _ => format!("t{t}-{}", n % 4),
+                        };
+                        let len = [64, 4096, 100, 65536, 0][n % 5];
+                        if n % 7 == 6 {
+                            drop(pool.create(key.as_bytes(), len).unwrap()); // aborted
+                        }
+                        put(pool, key.as_bytes(), len);
+                        let got = pool.get(key.as_bytes(), Wait::Now).unwrap();
+                        assert_eq!(got.as_slice(), pattern(key.as_bytes(), len), "{key}");
+                        drop(got);
+                        pool.delete(key.as_bytes()).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let cycles: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (cycles, stats.join().unwrap())
+    });
+    assert!(cycles > 1000 && stats > 10, "{cycles} cycles, {stats} stats");
+    assert_empty_and_whole(&pool);
+}
