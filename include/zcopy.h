@@ -583,9 +583,11 @@ zc_status zc_pool_check(const struct zc_pool *pool);
 
 /**
  * Closes the pool: later calls on its buffers' keys fail with `ZC_ERR_POOL_CLOSED`, blocked
- * `zc_get` calls wake with it, and every sealed object nobody holds is freed. Buffers still held
- * stay valid; the memory is unmapped when the last one is released. NULL is a no-op. In a child
- * forked after the pool was opened it frees the handle and leaves the parent's pool alone.
+ * `zc_get` calls wake with it, and, on a private pool, every sealed object nobody holds is freed
+ * (a shared pool keeps its objects for the other processes and for later attaches; this process's
+ * slot is given up). Buffers still held stay valid; the memory is unmapped when the last one is
+ * released. NULL is a no-op. In a child forked after the pool was opened it frees the handle and
+ * leaves the parent's pool alone.
  *
  * Consumes `pool`; do not use it afterwards.
  *

@@ -1209,6 +1209,23 @@ mod tests {
             std::mem::forget(held);
             park();
         }
+        if let Some(path) = child_role("flush-and-reuse") {
+            // On each line: reads the stats (which give back every process's cached records),
+            // then creates and seals a long key of 64 bytes, which takes the record freed last.
+            let name = path.to_str().unwrap().to_owned();
+            let pool = Pool::attach(&name, &options()).unwrap();
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).unwrap() > 0 {
+                let _ = pool.stats();
+                pool.create(format!("a-long-key-made-by-another-process-{}", line.trim()).as_bytes(), 64)
+                    .unwrap()
+                    .seal()
+                    .unwrap();
+                say("done");
+                line.clear();
+            }
+            park();
+        }
         if let Some(path) = child_role("die-holding-a-chain-lock") {
             // Keeps a freed record in its cache, then takes the lock of "sealed"'s chain alone (as
             // a create or delete without the pool's mutex does), half-changes what it guards and
@@ -1484,5 +1501,31 @@ mod tests {
         assert_eq!(s.used_bytes + s.largest_free_block, s.capacity_bytes, "nothing leaked");
         assert!(pool.contains(b"sealed"));
         pool.check().unwrap();
+    }
+
+    #[test]
+    fn a_cached_record_another_process_takes_back_and_reuses_mid_create_is_passed_over_not_called_corrupt() {
+        let guard = Name::new("cachereuse");
+        let name = guard.0.clone();
+        let pool = Pool::open(&PoolOptions { size: 1 << 20, name: Some(name.clone()), ..options() }).unwrap();
+        let mut other = ChildProcess::spawn_with_stdin(CHILD_TEST, "flush-and-reuse", std::path::Path::new(&name));
+        // This process keeps the record of "k" (64 bytes) in its cache once "k" is deleted.
+        pool.create(b"k", 64).unwrap().seal().unwrap();
+        pool.delete(b"k").unwrap();
+        // The other process gives the record back and reuses it between this create's read of
+        // its cache entry and its swap of it.
+        let hook: crate::shm::store::CacheHook = Box::new(move |_, _| {
+            other.send("1");
+            other.expect("done");
+        });
+        crate::shm::store::BEFORE_UNCACHE.with(|h| h.set(Some(hook)));
+        let mut b = pool.create(b"k", 64).expect("the create goes on under the pool's mutex");
+        assert!(crate::shm::store::BEFORE_UNCACHE.with(|h| h.take()).is_none(), "the hook ran");
+        b.as_mut_slice().unwrap().fill(9);
+        b.seal().unwrap();
+        let s = pool.stats();
+        assert_eq!((s.object_count, s.key_count), (2, 2));
+        pool.check().unwrap();
+        assert_eq!(pool.get(b"k", Wait::Now).unwrap().as_slice(), &[9; 64][..]);
     }
 }

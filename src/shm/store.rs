@@ -99,7 +99,13 @@ pub(crate) const MAX_DATA: u64 = (1 << 31) * GRANULE as u64;
 thread_local! {
     /// Scans [`Store::lru_victims`] made on this thread.
     pub(crate) static LRU_SCANS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Runs once, in [`Store::uncache_exact`], between its read of a cache entry and its swap:
+    /// where another process may empty the entry and reuse the record.
+    pub(crate) static BEFORE_UNCACHE: std::cell::Cell<Option<CacheHook>> = const { std::cell::Cell::new(None) };
 }
+
+#[cfg(test)]
+pub(crate) type CacheHook = Box<dyn FnOnce(&AtomicU32, &Rec)>;
 
 /// Ledger entries a delete reads under the mutex, at most, when it looks for references; above
 /// this it looks without the mutex (a process holding 100,000 references made each delete of an
@@ -1647,15 +1653,25 @@ impl<'a> Store<'a> {
             if link == 0 {
                 continue;
             }
-            let rec = self.cached(link)?;
+            // Until the swap below, another process may empty the entry and reuse the record
+            // under the mutex: what is read of the record before it is a guess, not a claim.
+            let Some(rec) = self.recs.get(link.wrapping_sub(1) as usize) else {
+                return Err(corrupt(format!("slot {slot} caches record {}", link.wrapping_sub(1))));
+            };
             if rec.size.load(Relaxed).div_ceil(GRANULE as u64) != units {
                 continue;
             }
-            let (node, first) = (rec.node.load(Relaxed), rec.offset_units.load(Relaxed));
-            // Fails only when another process emptied the entry meanwhile (and took the record).
-            if entry.compare_exchange(link, 0, Acquire, Relaxed).is_ok() {
-                return Ok(Some((link - 1, node, first)));
+            #[cfg(test)]
+            BEFORE_UNCACHE.with(|hook| hook.take().map(|f| f(entry, rec)));
+            // Fails when another process emptied the entry meanwhile (and took the record). Once
+            // it succeeds the record is this process's: nobody else fills its entries, so the
+            // entry held this record from the read above on, and so the record was free and
+            // unchanged all along.
+            if entry.compare_exchange(link, 0, Acquire, Relaxed).is_err() {
+                continue;
             }
+            let rec = self.cached(link)?;
+            return Ok(Some((link - 1, rec.node.load(Relaxed), rec.offset_units.load(Relaxed))));
         }
         Ok(None)
     }
