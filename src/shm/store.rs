@@ -76,8 +76,9 @@ pub(crate) const DELETED: u32 = 3;
 const NIL: u32 = u32::MAX;
 /// Keys up to this long live in the record.
 pub(crate) const INLINE_KEY: usize = 16;
-/// Futex words `get` waits on, chosen by key hash.
-pub(crate) const SEAL_WORDS: usize = 64;
+/// Futex words `get` waits on, chosen by key hash: as many as the chain locks, picked by the same
+/// bits of the hash, so that two keys share a seal word's line only when they share a chain lock.
+pub(crate) const SEAL_WORDS: usize = 256;
 /// Process slots of a shared pool.
 pub(crate) const DEFAULT_SLOTS: u64 = 64;
 /// Locks over the index chains: bucket `b`'s chain is under stripe `b % STRIPES`. Two processes creating
