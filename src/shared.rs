@@ -547,7 +547,7 @@ pub(crate) struct SharedBuffer {
     entry: Handle,
     /// Created by this buffer and not sealed yet.
     writer: bool,
-    /// The key's [`Store::hash`] while `writer` (for the seal), else 0.
+    /// The key's [`Store::hash`] while `writer` (for the seal, or the abort), else 0.
     hash: u64,
 }
 
@@ -1085,7 +1085,7 @@ impl SharedBuffer {
         let ledger = pool.ledger()?;
         let h = self.entry;
         let g = pool.lock()?;
-        let c = pool.chains(&g, pool.store.hash_of(self.obj.id)?)?;
+        let c = pool.chains(&g, self.hash)?;
         pool.store.abort(&g, &c, self.obj.id, self.obj.generation, Some(ledger.slot()))?;
         ledger.empty(h)?;
         drop(c);

@@ -1775,7 +1775,7 @@ impl<'a> Store<'a> {
 
     /// The hash of the key of record `id`, to take its chain's lock: only meaningful while the
     /// record holds the object the caller means, which the caller confirms under the lock.
-    pub(crate) fn hash_of(&self, id: u32) -> Result<u64> {
+    fn hash_of(&self, id: u32) -> Result<u64> {
         Ok(self.hash(self.key_in_place(id)?))
     }
 
